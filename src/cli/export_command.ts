@@ -1,0 +1,57 @@
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { EXPORT_DEVICES, EXPORT_DTYPES, EXPORT_LAYOUTS, exportModel } from '../export/exporter.js';
+import { createProgress } from '../util/progress.js';
+import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+
+export const EXPORT_FLAGS: FlagSpec[] = [
+  { name: 'model', type: 'string', help: 'Hugging Face Qwen3 checkpoint directory (config.json, *.safetensors, tokenizer files)' },
+  { name: 'out', type: 'string', help: 'Output directory for the ONNX export' },
+  { name: 'dtype', type: 'string', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits, block 32)', default: 'fp32' },
+  { name: 'layout', type: 'string', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', default: 'fast' },
+  { name: 'device', type: 'string', help: 'Target device: cpu, or cuda (fp16 activations)', default: 'cpu' },
+  { name: 'force', type: 'boolean', help: 'Replace the output directory if it exists' },
+];
+
+const schema = z.object({
+  model: z.string({ error: 'is required' }).min(1),
+  out: z.string({ error: 'is required' }).min(1),
+  dtype: z.enum(EXPORT_DTYPES).default('fp32'),
+  layout: z.enum(EXPORT_LAYOUTS).default('fast'),
+  device: z.enum(EXPORT_DEVICES).default('cpu'),
+  force: z.boolean().default(false),
+});
+
+export const EXPORT_HELP = formatHelp(
+  'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--force]',
+  'Exports a Hugging Face Qwen3 checkpoint to an ONNX directory the server loads (no Python needed).',
+  EXPORT_FLAGS,
+);
+
+export async function exportCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(EXPORT_FLAGS, argv);
+  if (flags.help) {
+    process.stdout.write(EXPORT_HELP);
+    return;
+  }
+  const parsed = schema.safeParse(flags);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(describeIssue(issue.path, issue.message, EXPORT_FLAGS));
+  }
+  const o = parsed.data;
+  const started = Date.now();
+  const manifest = await exportModel({
+    modelDir: o.model,
+    outDir: o.out,
+    dtype: o.dtype,
+    layout: o.layout,
+    device: o.device,
+    force: o.force,
+    progress: createProgress(),
+  });
+  const c = manifest.config;
+  process.stderr.write(
+    `exported ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize} as ${o.dtype}/${o.layout} to ${o.out} in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+  );
+}

@@ -1,0 +1,99 @@
+/**
+ * One error hierarchy for the whole project. Every failure a user can cause is an
+ * `AppError` with an HTTP status and an OpenAI error `type`/`code`; the HTTP layer maps
+ * them to the OpenAI envelope in one place, the CLI prints `message` and exits.
+ * Anything that is not an AppError is an internal fault (HTTP 500).
+ */
+export interface ErrorDetails {
+  param?: string | null;
+  code?: string | null;
+  /** Seconds a client should wait before retrying (429/503). */
+  retryAfter?: number;
+}
+
+export class AppError extends Error {
+  readonly status: number;
+  readonly type: string;
+  readonly param: string | null;
+  readonly code: string | null;
+  readonly retryAfter: number | undefined;
+
+  constructor(status: number, type: string, message: string, details: ErrorDetails = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.status = status;
+    this.type = type;
+    this.param = details.param ?? null;
+    this.code = details.code ?? null;
+    this.retryAfter = details.retryAfter;
+  }
+}
+
+/** The request is malformed or asks for something impossible (HTTP 400). */
+export class InvalidRequestError extends AppError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(400, 'invalid_request_error', message, details);
+  }
+}
+
+export class ContextLengthExceededError extends InvalidRequestError {
+  constructor(message: string, param: string | null = 'messages') {
+    super(message, { param, code: 'context_length_exceeded' });
+  }
+}
+
+export class AuthenticationError extends AppError {
+  constructor(message = 'Invalid or missing API key.') {
+    super(401, 'authentication_error', message, { code: 'invalid_api_key' });
+  }
+}
+
+export class NotFoundError extends AppError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(404, 'not_found_error', message, details);
+  }
+}
+
+export class PayloadTooLargeError extends AppError {
+  constructor(message: string) {
+    super(413, 'invalid_request_error', message, { code: 'payload_too_large' });
+  }
+}
+
+/** The waiting queue is full: the client should retry later (HTTP 429). */
+export class QueueFullError extends AppError {
+  constructor(message: string, retryAfter = 1) {
+    super(429, 'rate_limit_error', message, { code: 'queue_full', retryAfter });
+  }
+}
+
+/** The engine is loading, restarting or shutting down (HTTP 503). */
+export class ServiceUnavailableError extends AppError {
+  constructor(message: string, retryAfter = 5) {
+    super(503, 'service_unavailable', message, { code: 'service_unavailable', retryAfter });
+  }
+}
+
+/** A request was aborted (client went away, shutdown deadline). */
+export class AbortedError extends AppError {
+  constructor(message = 'The request was aborted.') {
+    super(499, 'aborted', message, { code: 'aborted' });
+  }
+}
+
+/**
+ * A model checkpoint or export directory is unusable: bad config, missing tensor,
+ * truncated file. Raised by the exporter and the loader; the CLI exits with it.
+ */
+export class ModelFormatError extends AppError {
+  constructor(message: string) {
+    super(500, 'model_error', message, { code: 'model_format' });
+  }
+}
+
+/** A command-line or environment setting is invalid (the CLI exits with code 2). */
+export class ConfigError extends AppError {
+  constructor(message: string) {
+    super(400, 'config_error', message, { code: 'invalid_config' });
+  }
+}

@@ -1,0 +1,175 @@
+import { createHash } from 'node:crypto';
+import { copyFileSync, createReadStream, existsSync, mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { ConfigError, ModelFormatError } from '../errors.js';
+import { loadQwen3Config, type Qwen3Config } from '../model/config.js';
+import { SafetensorsCheckpoint } from '../model/safetensors.js';
+import { silentProgress, type Progress } from '../util/progress.js';
+import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
+import { ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
+import { buildFastGraph, buildStandardGraph, type GraphIo, type Layout } from './qwen3_graph.js';
+import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
+import { PACKAGE_VERSION } from '../version.js';
+
+export const EXPORT_DTYPES = ['fp32', 'fp16', 'int4'] as const;
+export const EXPORT_LAYOUTS = ['fast', 'standard'] as const;
+export const EXPORT_DEVICES = ['cpu', 'cuda'] as const;
+
+export interface ExportOptions {
+  modelDir: string;
+  outDir: string;
+  dtype?: ExportDtype;
+  layout?: Layout;
+  /** The device the graph is meant for: CUDA's GQA needs fp16 activations. */
+  device?: 'cpu' | 'cuda';
+  force?: boolean;
+  /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on CPU), 0 in float. */
+  int4AccuracyLevel?: number;
+  progress?: Progress;
+}
+
+/** Files copied beside the graph so an export directory is self-contained. */
+const REQUIRED_FILES = ['config.json', 'tokenizer.json'];
+const OPTIONAL_FILES = ['tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
+
+/** Every tensor the graph reads, with the shape config.json implies. */
+export function expectedTensors(cfg: Qwen3Config): Map<string, number[]> {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
+  const m = new Map<string, number[]>();
+  m.set('model.embed_tokens.weight', [V, H]);
+  m.set('model.norm.weight', [H]);
+  if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [V, H]);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `model.layers.${l}`;
+    m.set(`${p}.input_layernorm.weight`, [H]);
+    m.set(`${p}.post_attention_layernorm.weight`, [H]);
+    m.set(`${p}.self_attn.q_proj.weight`, [NH * HD, H]);
+    m.set(`${p}.self_attn.k_proj.weight`, [KVH * HD, H]);
+    m.set(`${p}.self_attn.v_proj.weight`, [KVH * HD, H]);
+    m.set(`${p}.self_attn.o_proj.weight`, [H, NH * HD]);
+    m.set(`${p}.self_attn.q_norm.weight`, [HD]);
+    m.set(`${p}.self_attn.k_norm.weight`, [HD]);
+    if (cfg.attentionBias) {
+      m.set(`${p}.self_attn.q_proj.bias`, [NH * HD]);
+      m.set(`${p}.self_attn.k_proj.bias`, [KVH * HD]);
+      m.set(`${p}.self_attn.v_proj.bias`, [KVH * HD]);
+    }
+    m.set(`${p}.mlp.gate_proj.weight`, [I, H]);
+    m.set(`${p}.mlp.up_proj.weight`, [I, H]);
+    m.set(`${p}.mlp.down_proj.weight`, [H, I]);
+  }
+  return m;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Identity of the source checkpoint: the cache re-exports when any of these change. */
+export async function sourceFingerprint(modelDir: string, weightFiles: string[]): Promise<Manifest['source']['files']> {
+  const names = [...REQUIRED_FILES, ...OPTIONAL_FILES.filter((f) => existsSync(join(modelDir, f)))];
+  const files = [...names.map((n) => join(modelDir, n)), ...weightFiles];
+  const idx = join(modelDir, 'model.safetensors.index.json');
+  if (existsSync(idx)) files.push(idx);
+  const out: Manifest['source']['files'] = [];
+  for (const f of files) out.push({ name: relative(modelDir, f), bytes: statSync(f).size, sha256: await sha256File(f) });
+  return out;
+}
+
+function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progress'>> {
+  const dtype = o.dtype ?? 'fp32';
+  const layout = o.layout ?? 'fast';
+  const device = o.device ?? 'cpu';
+  if (!(EXPORT_DTYPES as readonly string[]).includes(dtype)) {
+    throw new ConfigError(`unknown dtype ${JSON.stringify(dtype)}; expected one of ${EXPORT_DTYPES.join(', ')}.`);
+  }
+  if (!(EXPORT_LAYOUTS as readonly string[]).includes(layout)) {
+    throw new ConfigError(`unknown layout ${JSON.stringify(layout)}; expected one of ${EXPORT_LAYOUTS.join(', ')}.`);
+  }
+  if (!(EXPORT_DEVICES as readonly string[]).includes(device)) {
+    throw new ConfigError(`unknown device ${JSON.stringify(device)}; expected cpu or cuda.`);
+  }
+  if (device === 'cuda' && dtype === 'fp32' && layout === 'fast') {
+    throw new ConfigError('GroupQueryAttention on CUDA runs in fp16 only: export with --dtype fp16 or int4 for --device cuda.');
+  }
+  const level = o.int4AccuracyLevel ?? 4;
+  if (![0, 1, 2, 3, 4].includes(level)) throw new ConfigError(`int4 accuracy level must be 0-4, got ${level}.`);
+  return { modelDir: resolve(o.modelDir), outDir: resolve(o.outDir), dtype, layout, device, force: o.force ?? false, int4AccuracyLevel: level };
+}
+
+/**
+ * Exports a Hugging Face Qwen3 checkpoint to an ONNX directory the runtime loads.
+ * Everything is written into a sibling temporary directory and renamed into place at the
+ * end, so a failure never leaves a half-written export behind.
+ */
+export async function exportModel(options: ExportOptions): Promise<Manifest> {
+  const o = validateOptions(options);
+  const progress = options.progress ?? silentProgress;
+  if (!existsSync(o.modelDir) || !statSync(o.modelDir).isDirectory()) {
+    throw new ModelFormatError(`model directory ${o.modelDir} does not exist.`);
+  }
+  if (existsSync(o.outDir) && !o.force) {
+    throw new ConfigError(`output directory ${o.outDir} exists; pass --force to replace it.`);
+  }
+  const cfg = loadQwen3Config(o.modelDir);
+  for (const f of REQUIRED_FILES) {
+    if (!existsSync(join(o.modelDir, f))) throw new ModelFormatError(`${o.modelDir} is missing ${f}.`);
+  }
+  const ckpt = new SafetensorsCheckpoint(o.modelDir);
+  // Check every tensor before writing anything: a missing or mis-shaped tensor is
+  // reported in a second, not after minutes of export.
+  for (const [name, shape] of expectedTensors(cfg)) ckpt.info(name, shape);
+
+  const activationFp16 = o.dtype === 'fp16' || o.device === 'cuda';
+  const tmp = join(dirname(o.outDir), `.${basename(o.outDir)}.partial-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(dirname(o.outDir), { recursive: true });
+  const modelRel = o.layout === 'fast' ? 'model.onnx' : 'onnx/model.onnx';
+  // transformers.js looks for `<name>.onnx_data`; our own layout uses the ONNX default name.
+  const dataRel = o.layout === 'fast' ? 'model.onnx.data' : 'onnx/model.onnx_data';
+  mkdirSync(dirname(join(tmp, modelRel)), { recursive: true });
+  try {
+    const writer = new ExternalDataWriter(join(tmp, dataRel), basename(dataRel));
+    let io: GraphIo;
+    const total = [...expectedTensors(cfg).keys()].reduce((n, name) => n + ckpt.info(name).end - ckpt.info(name).start, 0);
+    progress.start(total, `export ${o.dtype}/${o.layout}`);
+    try {
+      const g = new GraphBuilder(writer);
+      const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4AccuracyLevel, (name, bytes) =>
+        progress.advance(bytes, name),
+      );
+      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg) : buildStandardGraph(g, w, cfg);
+      writeFileSync(join(tmp, modelRel), g.encode({ '': 17, 'com.microsoft': 1 }, 'qwen3-serve'));
+    } finally {
+      writer.close();
+      progress.stop();
+    }
+    for (const f of [...REQUIRED_FILES, ...OPTIONAL_FILES]) {
+      if (existsSync(join(o.modelDir, f))) copyFileSync(join(o.modelDir, f), join(tmp, f));
+    }
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT,
+      version: MANIFEST_VERSION,
+      layout: o.layout,
+      dtype: o.dtype,
+      kvDtype: activationFp16 ? 'float16' : 'float32',
+      device: o.device,
+      model: modelRel,
+      externalData: dataRel,
+      config: cfg,
+      io,
+      int4: o.dtype === 'int4' ? { blockSize: INT4_BLOCK_SIZE, accuracyLevel: o.int4AccuracyLevel } : null,
+      source: { files: await sourceFingerprint(o.modelDir, ckpt.files) },
+      exporter: { name: 'qwen3-serve', version: PACKAGE_VERSION },
+    };
+    writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    if (existsSync(o.outDir)) rmSync(o.outDir, { recursive: true, force: true });
+    renameSync(tmp, o.outDir);
+    return manifest;
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}

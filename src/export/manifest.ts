@@ -1,0 +1,73 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { ModelFormatError } from '../errors.js';
+import { readJsonFile } from '../model/config.js';
+
+export const MANIFEST_FILE = 'qwen3-serve.json';
+export const MANIFEST_FORMAT = 'qwen3-serve-onnx';
+export const MANIFEST_VERSION = 1;
+
+const configSchema = z.object({
+  vocabSize: z.number().int(),
+  hiddenSize: z.number().int(),
+  intermediateSize: z.number().int(),
+  numLayers: z.number().int(),
+  numHeads: z.number().int(),
+  numKvHeads: z.number().int(),
+  headDim: z.number().int(),
+  ropeTheta: z.number(),
+  rmsNormEps: z.number(),
+  tieWordEmbeddings: z.boolean(),
+  maxPositionEmbeddings: z.number().int(),
+  attentionBias: z.boolean(),
+});
+
+const manifestSchema = z.object({
+  format: z.literal(MANIFEST_FORMAT),
+  version: z.literal(MANIFEST_VERSION),
+  layout: z.enum(['fast', 'standard']),
+  dtype: z.enum(['fp32', 'fp16', 'int4']),
+  /** Element type of activations and of the KV cache inputs/outputs. */
+  kvDtype: z.enum(['float32', 'float16']),
+  device: z.enum(['cpu', 'cuda']),
+  /** Model path relative to the export directory; its external data sits beside it. */
+  model: z.string(),
+  externalData: z.string(),
+  config: configSchema,
+  io: z.object({
+    inputs: z.array(z.string()),
+    outputs: z.array(z.string()),
+    /** Name templates with `{layer}` for the per-layer KV tensors. */
+    pastKey: z.string(),
+    pastValue: z.string(),
+    newKey: z.string(),
+    newValue: z.string(),
+  }),
+  int4: z.object({ blockSize: z.number().int(), accuracyLevel: z.number().int() }).nullable(),
+  source: z.object({
+    files: z.array(z.object({ name: z.string(), bytes: z.number(), sha256: z.string() })),
+  }),
+  exporter: z.object({ name: z.string(), version: z.string() }),
+});
+
+export type Manifest = z.infer<typeof manifestSchema>;
+
+export function ioName(template: string, layer: number): string {
+  return template.replace('{layer}', String(layer));
+}
+
+export function isExportDir(dir: string): boolean {
+  return existsSync(join(dir, MANIFEST_FILE));
+}
+
+export function readManifest(dir: string): Manifest {
+  const path = join(dir, MANIFEST_FILE);
+  if (!existsSync(path)) throw new ModelFormatError(`${dir} has no ${MANIFEST_FILE}: not a qwen3-serve export.`);
+  const parsed = manifestSchema.safeParse(readJsonFile(path));
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ModelFormatError(`${path}: ${issue.path.join('.')}: ${issue.message} (re-export the model).`);
+  }
+  return parsed.data;
+}

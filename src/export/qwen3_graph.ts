@@ -1,0 +1,291 @@
+import type { Qwen3Config } from '../model/config.js';
+import { DataType, float, int, ints, type GraphBuilder } from './onnx_builder.js';
+import type { WeightEmitter } from './weights.js';
+import { ioName } from './manifest.js';
+
+export type Layout = 'fast' | 'standard';
+
+/** Per-layer KV tensor names, as templates with `{layer}`. */
+export interface KvNames {
+  pastKey: string;
+  pastValue: string;
+  newKey: string;
+  newValue: string;
+}
+
+/** Graph I/O names, recorded in the manifest so the runtime never guesses. */
+export interface GraphIo extends KvNames {
+  inputs: string[];
+  outputs: string[];
+}
+
+export const FAST_IO_NAMES: KvNames = {
+  pastKey: 'past_key.{layer}',
+  pastValue: 'past_value.{layer}',
+  newKey: 'new_key.{layer}',
+  newValue: 'new_value.{layer}',
+};
+
+export const STANDARD_IO_NAMES: KvNames = {
+  pastKey: 'past_key_values.{layer}.key',
+  pastValue: 'past_key_values.{layer}.value',
+  newKey: 'present.{layer}.key',
+  newValue: 'present.{layer}.value',
+};
+
+const INT64_MAX = Number.MAX_SAFE_INTEGER;
+
+/** RoPE tables [maxPos, headDim/2] for Qwen3's rotate-half rotary embedding, in float64 then rounded. */
+export function ropeTables(cfg: Qwen3Config): { cos: Float32Array; sin: Float32Array } {
+  const half = cfg.headDim / 2;
+  const cos = new Float32Array(cfg.maxPositionEmbeddings * half);
+  const sin = new Float32Array(cfg.maxPositionEmbeddings * half);
+  const invFreq = Array.from({ length: half }, (_, i) => 1 / cfg.ropeTheta ** ((2 * i) / cfg.headDim));
+  for (let p = 0; p < cfg.maxPositionEmbeddings; p++) {
+    for (let i = 0; i < half; i++) {
+      const a = p * invFreq[i];
+      cos[p * half + i] = Math.cos(a);
+      sin[p * half + i] = Math.sin(a);
+    }
+  }
+  return { cos, sin };
+}
+
+interface LayerWeights {
+  prefix: string;
+}
+
+function layerPrefix(l: number): LayerWeights {
+  return { prefix: `model.layers.${l}` };
+}
+
+/** Shared front: embedding lookup. Returns the hidden states and the lm_head builder. */
+function embeddingAndHead(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, ids: string) {
+  const { vocabSize: V, hiddenSize: H } = cfg;
+  const embed = w.matrix('model.embed_tokens.weight', V, H);
+  // int4 exports keep the lookup table in fp16: it is the largest tensor (V × H) and a
+  // lookup needs no more precision than the quantized weights around it.
+  const halfTable = w.dtype === 'int4' && w.act === DataType.FLOAT;
+  const table = halfTable
+    ? w.halfTensor('model.embed_tokens.weight', [V, H], embed)
+    : w.floatTensor('model.embed_tokens.weight', [V, H], embed);
+  const gathered = g.op('Gather', [table, ids], { axis: int(0) });
+  const x = halfTable ? g.op('Cast', [gathered], { to: int(DataType.FLOAT) }) : gathered;
+  // Tied checkpoints reuse the embedding for lm_head: in float graphs the same initializer
+  // (Gemm with transB), in int4 a quantized copy for MatMulNBits.
+  // Keep the float embedding alive only when an int4 copy of it is still to be written.
+  let headSource: { name: string; data: Float32Array } | null =
+    cfg.tieWordEmbeddings && w.dtype === 'int4' ? { name: 'lm_head.tied', data: embed } : null;
+  const lmHead = (h2d: string): string => {
+    if (w.dtype === 'int4') {
+      const src = headSource ?? { name: 'lm_head.weight', data: w.matrix('lm_head.weight', V, H) };
+      headSource = null;
+      return w.linearFrom(h2d, src.name, src.data, V, H);
+    }
+    const weight = cfg.tieWordEmbeddings ? table : w.floatTensor('lm_head.weight', [V, H], w.matrix('lm_head.weight', V, H));
+    return g.op('Gemm', [h2d, weight], { transB: int(1) });
+  };
+  return { x, lmHead };
+}
+
+function castToFloat(g: GraphBuilder, w: WeightEmitter, x: string): string {
+  return w.act === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) });
+}
+
+/**
+ * The fast layout (DESIGN.md §3): GQA over a capacity KV buffer owned by the caller,
+ * RoPE outside GQA so the new tokens' post-RoPE keys can be outputs, logits for the last
+ * token only.
+ */
+export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config): GraphIo {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
+  const T = w.act;
+  const ids = g.input('input_ids', DataType.INT64, ['batch', 'seq']);
+  const pos = g.input('position_ids', DataType.INT64, ['batch', 'seq']);
+  const seqlensK = g.input('seqlens_k', DataType.INT32, ['batch']);
+  const totalLen = g.input('total_sequence_length', DataType.INT32, []);
+  const inputs = [ids, pos, seqlensK, totalLen];
+  const outputs = ['logits'];
+
+  const rope = ropeTables(cfg);
+  const cos = w.floatTensor('rope.cos', [cfg.maxPositionEmbeddings, HD / 2], rope.cos);
+  const sin = w.floatTensor('rope.sin', [cfg.maxPositionEmbeddings, HD / 2], rope.sin);
+  const eps = float(cfg.rmsNormEps);
+  const norm = (x: string, weight: string) =>
+    g.op('SimplifiedLayerNormalization', [x, weight], { epsilon: eps, axis: int(-1), stash_type: int(1) });
+  const headsShape = (n: number) => g.int64s([0, 0, n, HD]);
+  const flatShape = g.int64s([0, 0, -1]);
+
+  let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const { prefix } = layerPrefix(l);
+    const pastK = g.input(ioName(FAST_IO_NAMES.pastKey, l), T, ['batch', KVH, 'capacity', HD]);
+    const pastV = g.input(ioName(FAST_IO_NAMES.pastValue, l), T, ['batch', KVH, 'capacity', HD]);
+    inputs.push(pastK, pastV);
+
+    const h = norm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
+    let q = w.linear(h, `${prefix}.self_attn.q_proj.weight`, NH * HD, H);
+    let k = w.linear(h, `${prefix}.self_attn.k_proj.weight`, KVH * HD, H);
+    let v = w.linear(h, `${prefix}.self_attn.v_proj.weight`, KVH * HD, H);
+    if (cfg.attentionBias) {
+      q = g.op('Add', [q, w.vector(`${prefix}.self_attn.q_proj.bias`, NH * HD)]);
+      k = g.op('Add', [k, w.vector(`${prefix}.self_attn.k_proj.bias`, KVH * HD)]);
+      v = g.op('Add', [v, w.vector(`${prefix}.self_attn.v_proj.bias`, KVH * HD)]);
+    }
+    // q_norm / k_norm are RMSNorms over each head: separate nodes because GQA on CPU
+    // rejects its fused q/k-norm inputs (DESIGN.md §2).
+    const qNormW = w.vector(`${prefix}.self_attn.q_norm.weight`, HD);
+    const kNormW = w.vector(`${prefix}.self_attn.k_norm.weight`, HD);
+    q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);
+    k = g.op('Reshape', [norm(g.op('Reshape', [k, headsShape(KVH)]), kNormW), flatShape]);
+    q = g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft');
+    k = g.op('RotaryEmbedding', [k, pos, cos, sin], { interleaved: int(0), num_heads: int(KVH) }, 'com.microsoft');
+
+    // GQA's present outputs must be named even though nobody fetches them: left empty,
+    // GQA silently ignores the past (DESIGN.md §3).
+    const [attn] = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
+      domain: 'com.microsoft',
+      outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
+      attrs: { num_heads: int(NH), kv_num_heads: int(KVH), do_rotary: int(0), scale: float(1 / Math.sqrt(HD)) },
+    });
+    const perm = ints([0, 2, 1, 3]);
+    g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm } });
+    g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } });
+    g.output(ioName(FAST_IO_NAMES.newKey, l), T, ['batch', KVH, 'seq', HD]);
+    g.output(ioName(FAST_IO_NAMES.newValue, l), T, ['batch', KVH, 'seq', HD]);
+    outputs.push(ioName(FAST_IO_NAMES.newKey, l), ioName(FAST_IO_NAMES.newValue, l));
+
+    x = g.op('Add', [x, w.linear(attn, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
+    x = g.op('Add', [x, mlp(g, w, norm(x, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
+  }
+  // Only the last position's logits leave the graph: a long prefill would otherwise
+  // compute and copy seq × vocab floats.
+  const last = g.op('Slice', [x, g.int64s([-1]), g.int64s([INT64_MAX]), g.int64s([1])]);
+  const h = norm(g.op('Reshape', [last, g.int64s([0, -1])]), w.vector('model.norm.weight', H));
+  g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
+  g.output('logits', DataType.FLOAT, ['batch', V]);
+  return { inputs, outputs, ...FAST_IO_NAMES };
+}
+
+function mlp(g: GraphBuilder, w: WeightEmitter, h: string, prefix: string, H: number, I: number): string {
+  const gate = w.linear(h, `${prefix}.mlp.gate_proj.weight`, I, H);
+  const up = w.linear(h, `${prefix}.mlp.up_proj.weight`, I, H);
+  const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+  return w.linear(act, `${prefix}.mlp.down_proj.weight`, H, I);
+}
+
+/**
+ * The standard layout (optimum / onnx-community contract) in plain ONNX ops:
+ * attention_mask + past_key_values.N.key/value in, logits for every position and
+ * present.N.key/value out. transformers.js and other ONNX tools run it as is.
+ */
+export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config): GraphIo {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
+  const T = w.act;
+  const groups = NH / KVH;
+  const ids = g.input('input_ids', DataType.INT64, ['batch_size', 'sequence_length']);
+  const mask = g.input('attention_mask', DataType.INT64, ['batch_size', 'total_sequence_length']);
+  const pos = g.input('position_ids', DataType.INT64, ['batch_size', 'sequence_length']);
+  const inputs = [ids, mask, pos];
+  const outputs = ['logits'];
+  const eps = cfg.rmsNormEps;
+
+  // RMSNorm in float32 whatever the graph dtype, like the reference implementation.
+  const epsConst = g.constant('eps', DataType.FLOAT, [], Float32Array.of(eps));
+  const rmsNorm = (x: string, weight: string): string => {
+    const xf = castToFloat(g, w, x);
+    const ms = g.op('ReduceMean', [g.op('Mul', [xf, xf])], { axes: ints([-1]), keepdims: int(1) });
+    const normed = g.op('Div', [xf, g.op('Sqrt', [g.op('Add', [ms, epsConst])])]);
+    const back = T === DataType.FLOAT ? normed : g.op('Cast', [normed], { to: int(T) });
+    return g.op('Mul', [back, weight]);
+  };
+
+  // cos/sin for this step's positions: [B, 1, S, HD] (halves duplicated for rotate-half).
+  const rope = ropeTables(cfg);
+  const cosTable = w.floatTensor('rope.cos', [cfg.maxPositionEmbeddings, HD / 2], rope.cos);
+  const sinTable = w.floatTensor('rope.sin', [cfg.maxPositionEmbeddings, HD / 2], rope.sin);
+  const ropeFor = (table: string) => {
+    const half = g.op('Gather', [table, pos], { axis: int(0) });
+    return g.op('Unsqueeze', [g.op('Concat', [half, half], { axis: int(-1) }), g.int64s([1])]);
+  };
+  const cos = ropeFor(cosTable);
+  const sin = ropeFor(sinTable);
+  const halfSplit = g.int64s([HD / 2, HD / 2]);
+  const applyRope = (x: string): string => {
+    const [x1, x2] = g.node('Split', [x, halfSplit], { outputs: 2, attrs: { axis: int(-1) } });
+    const rotated = g.op('Concat', [g.op('Neg', [x2]), x1], { axis: int(-1) });
+    return g.op('Add', [g.op('Mul', [x, cos]), g.op('Mul', [rotated, sin])]);
+  };
+
+  // Additive mask [B, 1, 1, S, T]: key j is visible to query i when j ≤ past + i and the
+  // attention_mask allows it. Built once, in float32.
+  const shapeIds = g.op('Shape', [ids]);
+  const shapeMask = g.op('Shape', [mask]);
+  const seqLen = g.op('Gather', [shapeIds, g.int64Scalar(1)], { axis: int(0) });
+  const totLen = g.op('Gather', [shapeMask, g.int64Scalar(1)], { axis: int(0) });
+  const pastLen = g.op('Sub', [totLen, seqLen]);
+  const one = g.int64Scalar(1);
+  const qPos = g.op('Range', [pastLen, totLen, one]);
+  const kPos = g.op('Range', [g.int64Scalar(0), totLen, one]);
+  const causal = g.op('LessOrEqual', [g.op('Unsqueeze', [kPos, g.int64s([0])]), g.op('Unsqueeze', [qPos, g.int64s([1])])]);
+  const padOk = g.op('Unsqueeze', [g.op('Cast', [mask], { to: int(DataType.BOOL) }), g.int64s([1, 2, 3])]);
+  const allowed = g.op('And', [causal, padOk]);
+  const maskAdd = g.op('Where', [
+    allowed,
+    g.constant('zero', DataType.FLOAT, [], Float32Array.of(0)),
+    g.constant('neg', DataType.FLOAT, [], Float32Array.of(-3.0e38)),
+  ]);
+  const scale = g.constant('scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
+
+  let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
+  const toHeads = (t: string, n: number) =>
+    g.op('Transpose', [g.op('Reshape', [t, g.int64s([0, 0, n, HD])])], { perm: ints([0, 2, 1, 3]) });
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const { prefix } = layerPrefix(l);
+    const pastK = g.input(ioName(STANDARD_IO_NAMES.pastKey, l), T, ['batch_size', KVH, 'past_sequence_length', HD]);
+    const pastV = g.input(ioName(STANDARD_IO_NAMES.pastValue, l), T, ['batch_size', KVH, 'past_sequence_length', HD]);
+    inputs.push(pastK, pastV);
+
+    const h = rmsNorm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
+    let q = w.linear(h, `${prefix}.self_attn.q_proj.weight`, NH * HD, H);
+    let k = w.linear(h, `${prefix}.self_attn.k_proj.weight`, KVH * HD, H);
+    let v = w.linear(h, `${prefix}.self_attn.v_proj.weight`, KVH * HD, H);
+    if (cfg.attentionBias) {
+      q = g.op('Add', [q, w.vector(`${prefix}.self_attn.q_proj.bias`, NH * HD)]);
+      k = g.op('Add', [k, w.vector(`${prefix}.self_attn.k_proj.bias`, KVH * HD)]);
+      v = g.op('Add', [v, w.vector(`${prefix}.self_attn.v_proj.bias`, KVH * HD)]);
+    }
+    const qNormW = w.vector(`${prefix}.self_attn.q_norm.weight`, HD);
+    const kNormW = w.vector(`${prefix}.self_attn.k_norm.weight`, HD);
+    const qh = applyRope(rmsNorm(toHeads(q, NH), qNormW)); // [B, NH, S, HD]
+    const kh = applyRope(rmsNorm(toHeads(k, KVH), kNormW)); // [B, KVH, S, HD]
+    const vh = toHeads(v, KVH);
+    const presentK = g.node('Concat', [pastK, kh], { outputs: [ioName(STANDARD_IO_NAMES.newKey, l)], attrs: { axis: int(2) } })[0];
+    const presentV = g.node('Concat', [pastV, vh], { outputs: [ioName(STANDARD_IO_NAMES.newValue, l)], attrs: { axis: int(2) } })[0];
+    g.output(presentK, T, ['batch_size', KVH, 'total_sequence_length', HD]);
+    g.output(presentV, T, ['batch_size', KVH, 'total_sequence_length', HD]);
+    outputs.push(presentK, presentV);
+
+    // Grouped heads without copying the KV: queries [B, KVH, G, S, HD] against keys
+    // [B, KVH, 1, T, HD] broadcast over G. Scores and softmax in float32.
+    const q5 = g.op('Reshape', [castToFloat(g, w, qh), g.int64s([0, KVH, groups, -1, HD])]);
+    const k5 = g.op('Unsqueeze', [castToFloat(g, w, presentK), g.int64s([2])]);
+    const v5 = g.op('Unsqueeze', [castToFloat(g, w, presentV), g.int64s([2])]);
+    const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [q5, g.op('Transpose', [k5], { perm: ints([0, 1, 2, 4, 3]) })]), scale]), maskAdd]);
+    const ctx = g.op('MatMul', [g.op('Softmax', [scores], { axis: int(-1) }), v5]); // [B, KVH, G, S, HD]
+    const ctxT = T === DataType.FLOAT ? ctx : g.op('Cast', [ctx], { to: int(T) });
+    const merged = g.op('Reshape', [
+      g.op('Transpose', [g.op('Reshape', [ctxT, g.int64s([0, NH, -1, HD])])], { perm: ints([0, 2, 1, 3]) }),
+      g.int64s([0, 0, NH * HD]),
+    ]);
+    x = g.op('Add', [x, w.linear(merged, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
+    x = g.op('Add', [x, mlp(g, w, rmsNorm(x, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
+  }
+  const h = rmsNorm(x, w.vector('model.norm.weight', H));
+  const h2d = g.op('Reshape', [h, g.int64s([-1, H])]);
+  const logits2d = castToFloat(g, w, lmHead(h2d));
+  const outShape = g.op('Concat', [shapeIds, g.int64s([V])], { axis: int(0) });
+  g.node('Reshape', [logits2d, outShape], { outputs: ['logits'] });
+  g.output('logits', DataType.FLOAT, ['batch_size', 'sequence_length', V]);
+  return { inputs, outputs, ...STANDARD_IO_NAMES };
+}

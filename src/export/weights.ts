@@ -1,0 +1,92 @@
+import { floatsToHalf } from '../model/dtype.js';
+import type { SafetensorsCheckpoint } from '../model/safetensors.js';
+import { DataType, int, type ElemType, type GraphBuilder } from './onnx_builder.js';
+import { quantizeInt4 } from './quantize.js';
+
+export type ExportDtype = 'fp32' | 'fp16' | 'int4';
+
+export const INT4_BLOCK_SIZE = 32;
+
+export interface WeightProgress {
+  (tensorName: string, bytes: number): void;
+}
+
+/** [rows, cols] row-major → [cols, rows]. */
+export function transpose(src: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(src.length);
+  for (let r = 0; r < rows; r++) {
+    const base = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = src[base + c];
+  }
+  return out;
+}
+
+/**
+ * Turns checkpoint tensors into graph initializers and the ops that use them, in the
+ * export's dtype: one source tensor is read, converted, written and dropped at a time.
+ */
+export class WeightEmitter {
+  /** Element type of activations, KV cache and float weights. */
+  readonly act: ElemType;
+
+  constructor(
+    private readonly g: GraphBuilder,
+    private readonly ckpt: SafetensorsCheckpoint,
+    readonly dtype: ExportDtype,
+    activationFp16: boolean,
+    private readonly int4AccuracyLevel: number,
+    private readonly progress: WeightProgress,
+  ) {
+    this.act = activationFp16 ? DataType.FLOAT16 : DataType.FLOAT;
+  }
+
+  private read(name: string, shape: number[]): Float32Array {
+    const data = this.ckpt.readFloat32(name, shape);
+    const info = this.ckpt.info(name);
+    this.progress(name, info.end - info.start);
+    return data;
+  }
+
+  /** A float tensor in the activation dtype. */
+  floatTensor(name: string, dims: number[], data: Float32Array): string {
+    return this.act === DataType.FLOAT16
+      ? this.g.weight(name, DataType.FLOAT16, dims, floatsToHalf(data))
+      : this.g.weight(name, DataType.FLOAT, dims, data);
+  }
+
+  /** A float tensor stored as fp16 whatever the activation dtype. */
+  halfTensor(name: string, dims: number[], data: Float32Array): string {
+    return this.g.weight(name, DataType.FLOAT16, dims, floatsToHalf(data));
+  }
+
+  /** A 1-D weight (norm scales, biases). */
+  vector(srcName: string, n: number): string {
+    return this.floatTensor(srcName, [n], this.read(srcName, [n]));
+  }
+
+  /** Reads a whole [rows, cols] source tensor (e.g. the embedding, used twice when tied). */
+  matrix(srcName: string, rows: number, cols: number): Float32Array {
+    return this.read(srcName, [rows, cols]);
+  }
+
+  /** y = x · Wᵀ for a HF Linear weight W [n, k]; x has any leading dims. */
+  linear(x: string, srcName: string, n: number, k: number): string {
+    return this.linearFrom(x, srcName, this.read(srcName, [n, k]), n, k);
+  }
+
+  linearFrom(x: string, name: string, w: Float32Array, n: number, k: number): string {
+    if (this.dtype === 'int4') {
+      const q = quantizeInt4(w, n, k, INT4_BLOCK_SIZE);
+      const b = this.g.weight(`${name}.qweight`, DataType.UINT8, [n, q.blocksPerRow, INT4_BLOCK_SIZE / 2], q.packed);
+      const s = this.floatTensor(`${name}.scales`, [n, q.blocksPerRow], q.scales);
+      return this.g.op(
+        'MatMulNBits',
+        [x, b, s],
+        { K: int(k), N: int(n), bits: int(4), block_size: int(INT4_BLOCK_SIZE), accuracy_level: int(this.int4AccuracyLevel) },
+        'com.microsoft',
+      );
+    }
+    const wt = this.floatTensor(name, [k, n], transpose(w, n, k));
+    return this.g.op('MatMul', [x, wt]);
+  }
+}

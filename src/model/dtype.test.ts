@@ -1,0 +1,34 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decodeToFloat32, floatToBf16, floatToHalf, halfToFloat } from './dtype.js';
+
+test('half conversion rounds to nearest even and keeps specials', () => {
+  const cases: Array<[number, number]> = [
+    [0, 0x0000],
+    [-0, 0x8000],
+    [1, 0x3c00],
+    [-2, 0xc000],
+    [65504, 0x7bff],
+    [65520, 0x7c00], // rounds up to infinity
+    [Infinity, 0x7c00],
+    [5.960464477539063e-8, 0x0001], // smallest subnormal
+    [1 + 2 ** -11, 0x3c00], // tie → even
+    [1 + 3 * 2 ** -11, 0x3c02], // tie → even (up)
+  ];
+  for (const [v, bits] of cases) assert.equal(floatToHalf(v), bits, `${v}`);
+  assert.ok(Number.isNaN(halfToFloat(floatToHalf(NaN))));
+  for (let h = 0; h < 0x7c00; h += 7) assert.equal(floatToHalf(halfToFloat(h)), h);
+});
+
+test('bf16 rounds to nearest even; safetensors bytes decode exactly', () => {
+  assert.equal(floatToBf16(1), 0x3f80);
+  assert.equal(floatToBf16(1 + 2 ** -8), 0x3f80); // tie → even
+  assert.equal(floatToBf16(1 + 3 * 2 ** -8), 0x3f82);
+  const bytes = new Uint8Array([0x80, 0x3f, 0x00, 0xc0]); // bf16 1, -2
+  assert.deepEqual(Array.from(decodeToFloat32(bytes, 'BF16')), [1, -2]);
+  assert.deepEqual(Array.from(decodeToFloat32(new Uint8Array([0x00, 0x3c]), 'F16')), [1]);
+  // An odd byte offset (a slice of a file read) decodes too.
+  const odd = new Uint8Array(5).subarray(1);
+  new DataView(odd.buffer, 1).setFloat32(0, 3.5, true);
+  assert.deepEqual(Array.from(decodeToFloat32(odd, 'F32')), [3.5]);
+});

@@ -1,0 +1,187 @@
+import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { floatToBf16, floatToHalf } from './dtype.js';
+
+/** The real Qwen3 tokenizer files, shipped with the package. */
+export const TOKENIZER_ASSETS = fileURLToPath(new URL('../../../assets/tokenizer/', import.meta.url));
+
+export interface RandomCheckpointOptions {
+  vocabSize?: number;
+  hiddenSize?: number;
+  intermediateSize?: number;
+  numLayers?: number;
+  numHeads?: number;
+  numKvHeads?: number;
+  headDim?: number;
+  tieWordEmbeddings?: boolean;
+  maxPositionEmbeddings?: number;
+  ropeTheta?: number;
+  /** Element type of the safetensors files. */
+  dtype?: 'bf16' | 'f16' | 'f32';
+  /** Split the weights over this many files with an index (Hugging Face's sharded layout). */
+  shards?: number;
+  seed?: number;
+  /** Standard deviation of the projection weights (trained Qwen3 models are near 0.02). */
+  std?: number;
+}
+
+/** The 0.6B shape (Qwen3-0.6B's config), for benchmarks. */
+export const QWEN3_0_6B_SHAPE: RandomCheckpointOptions = {
+  vocabSize: 151936,
+  hiddenSize: 1024,
+  intermediateSize: 3072,
+  numLayers: 28,
+  numHeads: 16,
+  numKvHeads: 8,
+  headDim: 128,
+  tieWordEmbeddings: true,
+  maxPositionEmbeddings: 40960,
+};
+
+/** mulberry32: small, fast, and the same on every platform. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function normal(rand: () => number): number {
+  // Box–Muller; 1 - u keeps log away from 0.
+  return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+}
+
+interface PlannedTensor {
+  name: string;
+  shape: number[];
+  /** Generates value i of the tensor. */
+  kind: 'weight' | 'norm';
+}
+
+function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype'>>): PlannedTensor[] {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = o;
+  const t: PlannedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, H], kind: 'weight' }];
+  for (let l = 0; l < o.numLayers; l++) {
+    const p = `model.layers.${l}`;
+    t.push(
+      { name: `${p}.input_layernorm.weight`, shape: [H], kind: 'norm' },
+      { name: `${p}.self_attn.q_proj.weight`, shape: [NH * HD, H], kind: 'weight' },
+      { name: `${p}.self_attn.k_proj.weight`, shape: [KVH * HD, H], kind: 'weight' },
+      { name: `${p}.self_attn.v_proj.weight`, shape: [KVH * HD, H], kind: 'weight' },
+      { name: `${p}.self_attn.o_proj.weight`, shape: [H, NH * HD], kind: 'weight' },
+      { name: `${p}.self_attn.q_norm.weight`, shape: [HD], kind: 'norm' },
+      { name: `${p}.self_attn.k_norm.weight`, shape: [HD], kind: 'norm' },
+      { name: `${p}.post_attention_layernorm.weight`, shape: [H], kind: 'norm' },
+      { name: `${p}.mlp.gate_proj.weight`, shape: [I, H], kind: 'weight' },
+      { name: `${p}.mlp.up_proj.weight`, shape: [I, H], kind: 'weight' },
+      { name: `${p}.mlp.down_proj.weight`, shape: [H, I], kind: 'weight' },
+    );
+  }
+  t.push({ name: 'model.norm.weight', shape: [H], kind: 'norm' });
+  if (!o.tieWordEmbeddings) t.push({ name: 'lm_head.weight', shape: [V, H], kind: 'weight' });
+  return t;
+}
+
+const ST_DTYPE = { bf16: 'BF16', f16: 'F16', f32: 'F32' } as const;
+
+/**
+ * Writes a Qwen3 checkpoint with deterministic random weights in Hugging Face layout
+ * (config.json, safetensors, the real tokenizer), for tests, benchmarks and the demo
+ * model. Tensors are generated and written one at a time: memory stays small even for
+ * the 0.6B shape.
+ */
+export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOptions = {}): void {
+  const o = {
+    vocabSize: 151936,
+    hiddenSize: 64,
+    intermediateSize: 128,
+    numLayers: 2,
+    numHeads: 4,
+    numKvHeads: 2,
+    headDim: 16,
+    tieWordEmbeddings: true,
+    maxPositionEmbeddings: 40960,
+    ropeTheta: 1_000_000,
+    ...options,
+  };
+  const dtype = options.dtype ?? 'bf16';
+  const shards = options.shards ?? 1;
+  const std = options.std ?? 0.02;
+  const rand = rng(options.seed ?? 1234);
+  const bytesPer = dtype === 'f32' ? 4 : 2;
+  mkdirSync(dir, { recursive: true });
+
+  const tensors = plan(o);
+  const perShard = Math.ceil(tensors.length / shards);
+  const weightMap: Record<string, string> = {};
+  let totalSize = 0;
+  for (let s = 0; s < shards; s++) {
+    const group = tensors.slice(s * perShard, (s + 1) * perShard);
+    const file = shards === 1 ? 'model.safetensors' : `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+    const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
+    let offset = 0;
+    for (const t of group) {
+      const n = t.shape.reduce((a, d) => a * d, 1) * bytesPer;
+      header[t.name] = { dtype: ST_DTYPE[dtype], shape: t.shape, data_offsets: [offset, offset + n] };
+      offset += n;
+      weightMap[t.name] = file;
+    }
+    totalSize += offset;
+    let headerText = JSON.stringify(header);
+    headerText += ' '.repeat((8 - (headerText.length % 8)) % 8);
+    const fd = openSync(join(dir, file), 'w');
+    try {
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(headerText.length));
+      writeSync(fd, len);
+      writeSync(fd, headerText);
+      for (const t of group) {
+        const n = t.shape.reduce((a, d) => a * d, 1);
+        const buf = Buffer.alloc(n * bytesPer);
+        for (let i = 0; i < n; i++) {
+          const v = t.kind === 'norm' ? 1 + 0.1 * normal(rand) : std * normal(rand);
+          if (dtype === 'f32') buf.writeFloatLE(v, i * 4);
+          else buf.writeUInt16LE(dtype === 'bf16' ? floatToBf16(v) : floatToHalf(v), i * 2);
+        }
+        writeSync(fd, buf);
+      }
+    } finally {
+      closeSync(fd);
+    }
+  }
+  if (shards > 1) {
+    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2));
+  }
+  const config = {
+    architectures: ['Qwen3ForCausalLM'],
+    model_type: 'qwen3',
+    vocab_size: o.vocabSize,
+    hidden_size: o.hiddenSize,
+    intermediate_size: o.intermediateSize,
+    num_hidden_layers: o.numLayers,
+    num_attention_heads: o.numHeads,
+    num_key_value_heads: o.numKvHeads,
+    head_dim: o.headDim,
+    hidden_act: 'silu',
+    max_position_embeddings: o.maxPositionEmbeddings,
+    rms_norm_eps: 1e-6,
+    rope_theta: o.ropeTheta,
+    rope_scaling: null,
+    tie_word_embeddings: o.tieWordEmbeddings,
+    attention_bias: false,
+    torch_dtype: { bf16: 'bfloat16', f16: 'float16', f32: 'float32' }[dtype],
+    bos_token_id: 151643,
+    eos_token_id: 151645,
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  writeFileSync(
+    join(dir, 'generation_config.json'),
+    JSON.stringify({ bos_token_id: 151643, eos_token_id: [151645, 151643], pad_token_id: 151643, do_sample: true, temperature: 0.6, top_p: 0.95, top_k: 20 }, null, 2),
+  );
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER_ASSETS, f), join(dir, f));
+}

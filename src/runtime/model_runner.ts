@@ -1,0 +1,33 @@
+import type { Manifest } from '../export/manifest.js';
+
+/**
+ * One model step at a time, for sequences identified by small integer ids. The KV state
+ * of each sequence lives inside the runner; the scheduler only says what to run.
+ * Logits are float32, `vocabSize` per row.
+ */
+export interface ModelRunner {
+  readonly manifest: Manifest;
+  readonly vocabSize: number;
+  /** How many sequences can hold KV state at once. */
+  readonly maxSequences: number;
+  addSequence(id: number): void;
+  removeSequence(id: number): void;
+  /** Tokens of `id` whose keys and values are cached. */
+  cachedLength(id: number): number;
+  /** Runs a chunk of `id`'s prompt (after what is cached); returns the last token's logits. */
+  prefill(id: number, tokens: number[]): Promise<Float32Array>;
+  /** One new token for each sequence; returns logits [ids.length × vocab] in that order. */
+  decode(ids: number[], tokens: number[]): Promise<Float32Array>;
+  /** Bytes of KV memory currently allocated. */
+  kvBytes(): number;
+}
+
+export type KvArray = Float32Array | Uint16Array;
+
+export function kvArray(dtype: Manifest['kvDtype'], length: number): KvArray {
+  return dtype === 'float16' ? new Uint16Array(length) : new Float32Array(length);
+}
+
+export function kvTensorType(dtype: Manifest['kvDtype']): 'float16' | 'float32' {
+  return dtype;
+}

@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { FIXTURE_DIR, tempDir } from './support/runner.js';
+
+const CLI = new URL('../src/cli.js', import.meta.url).pathname;
+const EXPORT_SCRIPT = new URL('../scripts/export_onnx.js', import.meta.url).pathname;
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, args, { encoding: 'utf8', env: { ...process.env, ...env } });
+}
+
+test('qwen3-serve --help lists the commands; export --help lists its flags', () => {
+  const top = run([CLI, '--help']);
+  assert.equal(top.status, 0);
+  assert.match(top.stdout, /export/);
+  const exp = run([CLI, 'export', '--help']);
+  assert.equal(exp.status, 0);
+  for (const flag of ['--model', '--out', '--dtype', '--layout', '--device', '--force']) assert.match(exp.stdout, new RegExp(flag));
+});
+
+test('bad flags and values exit 2 with a message naming them', () => {
+  const unknown = run([CLI, 'export', '--bogus']);
+  assert.equal(unknown.status, 2);
+  assert.match(unknown.stderr, /--bogus/);
+  const badDtype = run([CLI, 'export', '--model', 'x', '--out', 'y', '--dtype', 'int3']);
+  assert.equal(badDtype.status, 2);
+  assert.match(badDtype.stderr, /--dtype/);
+  const missing = run([CLI, 'export', '--model', 'x']);
+  assert.equal(missing.status, 2);
+  assert.match(missing.stderr, /--out/);
+  const command = run([CLI, 'frobnicate']);
+  assert.equal(command.status, 2);
+  assert.match(command.stderr, /unknown command "frobnicate"/);
+});
+
+test('the export script exports the fixture and logs plain lines when not on a terminal', () => {
+  const out = join(tempDir(), 'export');
+  const r = run([EXPORT_SCRIPT, '--model', FIXTURE_DIR, '--out', out, '--dtype', 'fp16', '--layout', 'standard']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /export fp16\/standard: 100%/);
+  assert.match(r.stderr, /done/);
+  assert.ok(existsSync(join(out, 'onnx', 'model.onnx')) && existsSync(join(out, 'onnx', 'model.onnx_data')));
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'qwen3-serve.json']) {
+    assert.ok(existsSync(join(out, f)), f);
+  }
+  const again = run([EXPORT_SCRIPT, '--model', FIXTURE_DIR, '--out', out]);
+  assert.equal(again.status, 2, 'an existing output directory is a usage error');
+  assert.match(again.stderr, /--force/);
+  const bad = run([EXPORT_SCRIPT, '--model', join(out, 'nope'), '--out', join(out, 'x')]);
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /does not exist/);
+});

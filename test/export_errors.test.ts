@@ -1,0 +1,106 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, existsSync, readdirSync, readFileSync, truncateSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { exportModel } from '../src/export/exporter.js';
+import { ConfigError, ModelFormatError } from '../src/errors.js';
+import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
+import { tempDir } from './support/runner.js';
+
+const work = tempDir();
+const good = join(work, 'good');
+writeRandomCheckpoint(good, { hiddenSize: 32, intermediateSize: 64, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 16, shards: 2 });
+
+let n = 0;
+function copyOfGood(): string {
+  const dir = join(work, `case-${n++}`);
+  cpSync(good, dir, { recursive: true });
+  return dir;
+}
+
+function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): void {
+  const path = join(dir, 'config.json');
+  const c = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  edit(c);
+  writeFileSync(path, JSON.stringify(c));
+}
+
+/** Exports into a fresh folder, expects `errorType` matching `pattern`, and no output left behind. */
+async function expectFailure(modelDir: string, pattern: RegExp, errorType: new (...args: never[]) => Error, extra: { dtype?: string; outDir?: string } = {}) {
+  const parent = join(work, `out-${n++}`);
+  mkdirSync(parent);
+  const outDir = extra.outDir ?? join(parent, 'export');
+  await assert.rejects(
+    exportModel({ modelDir, outDir, dtype: extra.dtype as 'fp32' | undefined }),
+    (err: Error) => {
+      assert.ok(err instanceof errorType, `${err.name}: ${err.message}`);
+      assert.match(err.message, pattern);
+      return true;
+    },
+  );
+  if (!extra.outDir) assert.deepEqual(readdirSync(parent), [], 'no output or partial directory is left behind');
+}
+
+test('the generated checkpoint itself exports (the error cases below differ by one thing)', async () => {
+  const out = join(work, 'good-export');
+  await exportModel({ modelDir: good, outDir: out });
+  assert.ok(existsSync(join(out, 'model.onnx')) && existsSync(join(out, 'qwen3-serve.json')));
+});
+
+test('missing model_type is named', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => delete c.model_type);
+  await expectFailure(dir, /no model_type/, ModelFormatError);
+});
+
+test('unknown model_type is named', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => (c.model_type = 'llama'));
+  await expectFailure(dir, /model_type "llama".*only "qwen3"/, ModelFormatError);
+});
+
+test('qwen3_moe says it is not supported yet', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => (c.model_type = 'qwen3_moe'));
+  await expectFailure(dir, /qwen3_moe.*not supported yet/, ModelFormatError);
+});
+
+test('a missing tensor is named', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => (c.num_hidden_layers = 2));
+  await expectFailure(dir, /missing tensor model\.layers\.1\./, ModelFormatError);
+});
+
+test('a shape mismatch names the tensor and both shapes', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => (c.intermediate_size = 80));
+  await expectFailure(dir, /tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape \[\d+,\d+\] but config\.json implies \[\d+,\d+\]/, ModelFormatError);
+});
+
+test('a truncated safetensors file is reported as truncated', async () => {
+  const dir = copyOfGood();
+  const shard = readdirSync(dir).find((f) => f.endsWith('00002.safetensors'))!;
+  truncateSync(join(dir, shard), statSync(join(dir, shard)).size - 100);
+  await expectFailure(dir, /truncated/, ModelFormatError);
+});
+
+test('an unknown dtype is rejected', async () => {
+  await expectFailure(good, /unknown dtype "int3"/, ConfigError, { dtype: 'int3' });
+});
+
+test('an existing output directory is refused without force, replaced with it', async () => {
+  const out = join(work, 'exists');
+  mkdirSync(out);
+  writeFileSync(join(out, 'keep.txt'), 'x');
+  await expectFailure(good, /exists; pass --force/, ConfigError, { outDir: out });
+  assert.ok(existsSync(join(out, 'keep.txt')), 'the existing directory is untouched');
+  await exportModel({ modelDir: good, outDir: out, force: true });
+  assert.ok(!existsSync(join(out, 'keep.txt')) && existsSync(join(out, 'model.onnx')));
+});
+
+test('a directory that is not a checkpoint is named', async () => {
+  await expectFailure(join(work, 'nope'), /does not exist/, ModelFormatError);
+  const empty = join(work, 'empty');
+  mkdirSync(empty);
+  await expectFailure(empty, /no config\.json/, ModelFormatError);
+});

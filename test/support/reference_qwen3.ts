@@ -1,0 +1,116 @@
+import { loadQwen3Config, type Qwen3Config } from '../../src/model/config.js';
+import { SafetensorsCheckpoint } from '../../src/model/safetensors.js';
+
+/**
+ * A from-scratch Qwen3 forward pass in float64, written straight from the architecture
+ * (no KV cache, no ONNX), to check exported graphs on shapes the fixture does not cover.
+ */
+export class ReferenceQwen3 {
+  readonly cfg: Qwen3Config;
+  private readonly w = new Map<string, Float32Array>();
+
+  constructor(dir: string) {
+    this.cfg = loadQwen3Config(dir);
+    const ckpt = new SafetensorsCheckpoint(dir);
+    for (const name of ckpt.tensors.keys()) this.w.set(name, ckpt.readFloat32(name));
+  }
+
+  private get(name: string): Float32Array {
+    const t = this.w.get(name);
+    if (!t) throw new Error(`missing ${name}`);
+    return t;
+  }
+
+  private rmsNorm(x: Float64Array, weight: Float32Array): Float64Array {
+    let ss = 0;
+    for (const v of x) ss += v * v;
+    const inv = 1 / Math.sqrt(ss / x.length + this.cfg.rmsNormEps);
+    return x.map((v, i) => v * inv * weight[i]);
+  }
+
+  private linear(x: Float64Array, weight: Float32Array, out: number): Float64Array {
+    const k = x.length;
+    const y = new Float64Array(out);
+    for (let o = 0; o < out; o++) {
+      let s = 0;
+      for (let i = 0; i < k; i++) s += weight[o * k + i] * x[i];
+      y[o] = s;
+    }
+    return y;
+  }
+
+  private rope(x: Float64Array, pos: number): Float64Array {
+    const hd = x.length;
+    const half = hd / 2;
+    const out = new Float64Array(hd);
+    for (let i = 0; i < half; i++) {
+      const a = pos / this.cfg.ropeTheta ** ((2 * i) / hd);
+      out[i] = x[i] * Math.cos(a) - x[i + half] * Math.sin(a);
+      out[i + half] = x[i + half] * Math.cos(a) + x[i] * Math.sin(a);
+    }
+    return out;
+  }
+
+  /** Logits of the last position after running `tokens` from position 0. */
+  lastLogits(tokens: number[]): Float64Array {
+    const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = this.cfg;
+    const embed = this.get('model.embed_tokens.weight');
+    let xs = tokens.map((t) => Float64Array.from(embed.subarray(t * H, (t + 1) * H)));
+    for (let l = 0; l < this.cfg.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      const qs: Float64Array[][] = [];
+      const ks: Float64Array[][] = [];
+      const vs: Float64Array[][] = [];
+      xs.forEach((x, pos) => {
+        const h = this.rmsNorm(x, this.get(`${p}.input_layernorm.weight`));
+        const q = this.linear(h, this.get(`${p}.self_attn.q_proj.weight`), NH * HD);
+        const k = this.linear(h, this.get(`${p}.self_attn.k_proj.weight`), KVH * HD);
+        const v = this.linear(h, this.get(`${p}.self_attn.v_proj.weight`), KVH * HD);
+        qs.push(Array.from({ length: NH }, (_, n) => this.rope(this.rmsNorm(q.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.q_norm.weight`)), pos)));
+        ks.push(Array.from({ length: KVH }, (_, n) => this.rope(this.rmsNorm(k.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.k_norm.weight`)), pos)));
+        vs.push(Array.from({ length: KVH }, (_, n) => v.slice(n * HD, (n + 1) * HD)));
+      });
+      xs = xs.map((x, pos) => {
+        const attn = new Float64Array(NH * HD);
+        for (let n = 0; n < NH; n++) {
+          const kv = Math.floor(n / (NH / KVH));
+          const scores = Array.from({ length: pos + 1 }, (_, j) => {
+            let s = 0;
+            for (let d = 0; d < HD; d++) s += qs[pos][n][d] * ks[j][kv][d];
+            return s / Math.sqrt(HD);
+          });
+          const m = Math.max(...scores);
+          const e = scores.map((s) => Math.exp(s - m));
+          const z = e.reduce((a, b) => a + b, 0);
+          for (let j = 0; j <= pos; j++) for (let d = 0; d < HD; d++) attn[n * HD + d] += (e[j] / z) * vs[j][kv][d];
+        }
+        const o = this.linear(attn, this.get(`${p}.self_attn.o_proj.weight`), H);
+        const x1 = x.map((v, i) => v + o[i]);
+        const h2 = this.rmsNorm(x1, this.get(`${p}.post_attention_layernorm.weight`));
+        const g = this.linear(h2, this.get(`${p}.mlp.gate_proj.weight`), I);
+        const u = this.linear(h2, this.get(`${p}.mlp.up_proj.weight`), I);
+        const act = g.map((gv, i) => (gv / (1 + Math.exp(-gv))) * u[i]);
+        const d = this.linear(act, this.get(`${p}.mlp.down_proj.weight`), H);
+        return x1.map((v, i) => v + d[i]);
+      });
+    }
+    const h = this.rmsNorm(xs[xs.length - 1], this.get('model.norm.weight'));
+    const head = this.cfg.tieWordEmbeddings ? embed : this.get('lm_head.weight');
+    return this.linear(h, head, V);
+  }
+}
+
+export function logSoftmax(x: ArrayLike<number>): Float64Array {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) m = Math.max(m, x[i]);
+  let s = 0;
+  for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
+  const lse = Math.log(s) + m;
+  return Float64Array.from(x as ArrayLike<number>, (v) => v - lse);
+}
+
+export function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}
