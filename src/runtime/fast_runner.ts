@@ -10,10 +10,11 @@ export const CAPACITY_STEP = 256;
  * [maxSequences, kvHeads, capacity, headDim], owned here and fed to every step without a
  * copy; the graph returns only this step's keys and values, which are written in place.
  *
- * Each sequence owns a row. A batched decode feeds rows [0, R) where R is one past the
- * highest row in use: rows that are free or not decoding this step ride along with a
- * dummy token whose outputs are ignored (GQA never writes into our buffer), so joining
- * or leaving the batch never moves KV data.
+ * Each sequence owns a row and rows stay compact: when a sequence leaves, the last row
+ * moves into its place. A batched decode feeds rows [0, R); rows that are still
+ * prefilling ride along with a dummy token whose outputs are dropped (GQA never writes
+ * into our buffer). The buffer holds R rows × capacity, both resized in steps, so memory
+ * follows the work: `slotsFor` tells the scheduler what a set of sequences would take.
  */
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
@@ -21,11 +22,13 @@ export class FastRunner implements ModelRunner {
   private readonly headDim: number;
   private readonly layers: number;
   private capacity = CAPACITY_STEP;
+  private rows = 0;
   private keys: KvArray[] = [];
   private values: KvArray[] = [];
   private readonly rowOf = new Map<number, number>();
+  /** The sequence id in each row [0, count). */
+  private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
-  private readonly rowUsed: Uint8Array;
   private readonly pastKeyNames: string[];
   private readonly pastValueNames: string[];
   private readonly newKeyNames: string[];
@@ -44,55 +47,72 @@ export class FastRunner implements ModelRunner {
     this.headDim = c.headDim;
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
-    this.rowUsed = new Uint8Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
     this.pastKeyNames = names(manifest.io.pastKey);
     this.pastValueNames = names(manifest.io.pastValue);
     this.newKeyNames = names(manifest.io.newKey);
     this.newValueNames = names(manifest.io.newValue);
-    this.allocate(CAPACITY_STEP);
+    this.allocate(1, CAPACITY_STEP);
   }
 
   private rowSize(cap = this.capacity): number {
     return this.kvHeads * cap * this.headDim;
   }
 
-  private allocate(cap: number): void {
+  private allocate(rows: number, cap: number): void {
     const old = { keys: this.keys, values: this.values, cap: this.capacity };
     this.capacity = cap;
-    this.keys = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, this.maxSequences * this.rowSize(cap)));
-    this.values = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, this.maxSequences * this.rowSize(cap)));
-    if (old.keys.length === 0) return;
+    this.rows = rows;
+    const size = rows * this.rowSize(cap);
+    this.keys = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, size));
+    this.values = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, size));
+    for (let row = 0; row < this.idOfRow.length; row++) this.copyRow(old, row, row);
+  }
+
+  /** Copies the cached prefix of row `from` in `src` to row `to` of the current buffers. */
+  private copyRow(src: { keys: KvArray[]; values: KvArray[]; cap: number }, from: number, to: number): void {
+    const len = this.rowLength[from];
+    if (len === 0 || src.keys.length === 0) return;
     const hd = this.headDim;
-    for (let row = 0; row < this.maxSequences; row++) {
-      const len = this.rowUsed[row] ? this.rowLength[row] : 0;
-      if (len === 0) continue;
-      for (let l = 0; l < this.layers; l++) {
-        for (let h = 0; h < this.kvHeads; h++) {
-          const from = ((row * this.kvHeads + h) * old.cap) * hd;
-          const to = ((row * this.kvHeads + h) * cap) * hd;
-          this.keys[l].set(old.keys[l].subarray(from, from + len * hd), to);
-          this.values[l].set(old.values[l].subarray(from, from + len * hd), to);
-        }
+    for (let l = 0; l < this.layers; l++) {
+      for (let h = 0; h < this.kvHeads; h++) {
+        const a = (from * this.kvHeads + h) * src.cap * hd;
+        const b = (to * this.kvHeads + h) * this.capacity * hd;
+        this.keys[l].set(src.keys[l].subarray(a, a + len * hd), b);
+        this.values[l].set(src.values[l].subarray(a, a + len * hd), b);
       }
     }
   }
 
-  /** Re-lays out the cache when the longest row needs another capacity bucket. */
-  private fitCapacity(needed: number): void {
+  private static bucket(length: number): number {
+    return Math.max(CAPACITY_STEP, Math.ceil(length / CAPACITY_STEP) * CAPACITY_STEP);
+  }
+
+  /** Token slots the cache occupies for these sequences: rows × the longest one's bucket. */
+  slotsFor(lengths: number[]): number {
+    if (lengths.length === 0) return 0;
+    return lengths.length * FastRunner.bucket(Math.max(...lengths));
+  }
+
+  /** Resizes to the rows in use and the capacity bucket `needed` tokens require. */
+  private fit(needed: number): void {
     if (needed > this.maxLength) throw new Error(`sequence of ${needed} tokens exceeds the runner's limit of ${this.maxLength}`);
     let longest = needed;
-    for (let r = 0; r < this.maxSequences; r++) if (this.rowUsed[r]) longest = Math.max(longest, this.rowLength[r]);
-    const bucket = Math.ceil(longest / CAPACITY_STEP) * CAPACITY_STEP;
-    // Grow at once; shrink only when the bucket halves, so sizes do not flap.
-    if (bucket > this.capacity || bucket * 2 <= this.capacity) this.allocate(Math.max(bucket, CAPACITY_STEP));
+    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r]);
+    const cap = FastRunner.bucket(longest);
+    const rows = Math.max(1, this.idOfRow.length);
+    // Grow at once; shrink only when a size halves, so allocations do not flap.
+    const growCap = cap > this.capacity;
+    const growRows = rows > this.rows;
+    const shrink = cap * 2 <= this.capacity || rows * 2 <= this.rows;
+    if (growCap || growRows || shrink) this.allocate(growRows || shrink ? rows : this.rows, growCap || shrink ? cap : this.capacity);
   }
 
   addSequence(id: number): void {
     if (this.rowOf.has(id)) throw new Error(`sequence ${id} already has a row`);
-    const row = this.rowUsed.indexOf(0);
-    if (row < 0) throw new Error(`all ${this.maxSequences} KV rows are in use`);
-    this.rowUsed[row] = 1;
+    if (this.idOfRow.length >= this.maxSequences) throw new Error(`all ${this.maxSequences} KV rows are in use`);
+    const row = this.idOfRow.length;
+    this.idOfRow.push(id);
     this.rowLength[row] = 0;
     this.rowOf.set(id, row);
   }
@@ -101,8 +121,17 @@ export class FastRunner implements ModelRunner {
     const row = this.rowOf.get(id);
     if (row === undefined) return;
     this.rowOf.delete(id);
-    this.rowUsed[row] = 0;
-    this.rowLength[row] = 0;
+    const last = this.idOfRow.length - 1;
+    if (row !== last) {
+      // Keep rows compact: the last row's cache moves into the hole.
+      this.copyRow({ keys: this.keys, values: this.values, cap: this.capacity }, last, row);
+      this.rowLength[row] = this.rowLength[last];
+      this.idOfRow[row] = this.idOfRow[last];
+      this.rowOf.set(this.idOfRow[row], row);
+    }
+    this.idOfRow.pop();
+    this.rowLength[last] = 0;
+    if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
   }
 
   cachedLength(id: number): number {
@@ -111,7 +140,7 @@ export class FastRunner implements ModelRunner {
 
   kvBytes(): number {
     const bytesPer = this.manifest.kvDtype === 'float16' ? 2 : 4;
-    return 2 * this.layers * this.maxSequences * this.rowSize() * bytesPer;
+    return 2 * this.layers * this.rows * this.rowSize() * bytesPer;
   }
 
   private row(id: number): number {
@@ -168,7 +197,7 @@ export class FastRunner implements ModelRunner {
     const past = this.rowLength[row];
     const s = tokens.length;
     if (s === 0) throw new Error('prefill needs at least one token');
-    this.fitCapacity(past + s);
+    this.fit(past + s);
     // GQA takes a multi-token step with a past only at batch 1: the row's own slice.
     const positions = Array.from({ length: s }, (_, i) => past + i);
     const out = await this.run(tokens, positions, [past + s - 1], past + s, 1, row, s);
@@ -178,27 +207,22 @@ export class FastRunner implements ModelRunner {
   }
 
   async decode(ids: number[], tokens: number[]): Promise<Float32Array> {
-    let rows = 0;
-    for (const id of ids) rows = Math.max(rows, this.row(id) + 1);
     let longest = 0;
     for (const id of ids) longest = Math.max(longest, this.rowLength[this.row(id)] + 1);
-    this.fitCapacity(longest);
+    this.fit(longest);
+    const rows = this.idOfRow.length;
     const inputIds = new Array<number>(rows).fill(0);
     const positions = new Array<number>(rows);
-    const seqlensK = new Array<number>(rows);
     let total = 0;
     for (let r = 0; r < rows; r++) {
-      // Rows that ride along (free or prefilling) attend to their own cached prefix and
-      // their outputs are dropped; their length bounds stay inside the buffer.
-      const len = this.rowUsed[r] ? Math.min(this.rowLength[r], this.capacity - 1) : 0;
-      positions[r] = len;
-      seqlensK[r] = len;
-      total = Math.max(total, len + 1);
+      positions[r] = this.rowLength[r];
+      total = Math.max(total, this.rowLength[r] + 1);
     }
     ids.forEach((id, i) => {
       inputIds[this.row(id)] = tokens[i];
     });
-    const out = await this.run(inputIds, positions, seqlensK, total, rows, 0, 1);
+    // For S = 1, seqlens_k (past + S − 1) equals the position.
+    const out = await this.run(inputIds, positions, positions, total, rows, 0, 1);
     const logits = out.logits.data as Float32Array;
     const result = new Float32Array(ids.length * this.vocabSize);
     ids.forEach((id, i) => {

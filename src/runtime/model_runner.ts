@@ -20,6 +20,8 @@ export interface ModelRunner {
   decode(ids: number[], tokens: number[]): Promise<Float32Array>;
   /** Bytes of KV memory currently allocated. */
   kvBytes(): number;
+  /** Token slots the cache would occupy with sequences of these lengths resident. */
+  slotsFor(lengths: number[]): number;
 }
 
 export type KvArray = Float32Array | Uint16Array;

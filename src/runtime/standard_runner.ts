@@ -58,6 +58,11 @@ export class StandardRunner implements ModelRunner {
     return n;
   }
 
+  slotsFor(lengths: number[]): number {
+    // Each sequence's buffers grow by doubling, so count that worst case.
+    return lengths.reduce((n, l) => n + Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(l, 1)))), 0);
+  }
+
   private seq(id: number): SequenceKv {
     const s = this.seqs.get(id);
     if (!s) throw new Error(`sequence ${id} has no KV state`);

@@ -1,0 +1,228 @@
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { AbortedError, AppError, ServiceUnavailableError } from '../errors.js';
+import type { MainMessage, WireError, WorkerMessage, WorkerOptions } from './protocol.js';
+import type { EngineEvent, EngineInfo, EngineStats, GenerateRequest } from './types.js';
+
+export type EngineState = 'loading' | 'ready' | 'restarting' | 'down' | 'stopped';
+
+export interface EngineLogger {
+  info(obj: object | string, msg?: string): void;
+  warn(obj: object | string, msg?: string): void;
+  error(obj: object | string, msg?: string): void;
+}
+
+const silentLogger: EngineLogger = { info() {}, warn() {}, error() {} };
+
+/** Events of one request, pushed by the worker and pulled by the HTTP handler. */
+class EventChannel {
+  private readonly queue: Array<EngineEvent | AppError> = [];
+  private waiter: (() => void) | null = null;
+  done = false;
+
+  push(item: EngineEvent | AppError): void {
+    this.queue.push(item);
+    this.waiter?.();
+  }
+
+  async *drain(): AsyncGenerator<EngineEvent> {
+    for (;;) {
+      while (this.queue.length > 0) {
+        const item = this.queue.shift()!;
+        if (item instanceof AppError) throw item;
+        yield item;
+        if (item.finishReason !== null) return;
+      }
+      await new Promise<void>((resolve) => {
+        this.waiter = resolve;
+      });
+      this.waiter = null;
+    }
+  }
+}
+
+function toAppError(e: WireError): AppError {
+  return new AppError(e.status, e.type, e.message, { code: e.code, param: e.param, retryAfter: e.retryAfter ?? undefined });
+}
+
+/**
+ * The main thread's handle on the engine worker: submit requests and read their events
+ * as async iterables, abort them, read stats. If the worker dies, requests in flight end
+ * with an error, `state` says so, and a new worker is started.
+ */
+export class Engine extends EventEmitter {
+  state: EngineState = 'loading';
+  info: EngineInfo | null = null;
+  private worker: Worker | null = null;
+  private readonly channels = new Map<string, EventChannel>();
+  private readonly statsWaiters = new Map<number, (s: EngineStats) => void>();
+  private statsToken = 0;
+  private restarts: number[] = [];
+  private lastError: string | null = null;
+
+  private constructor(
+    private readonly options: WorkerOptions,
+    private readonly log: EngineLogger,
+  ) {
+    super();
+  }
+
+  /** Starts the worker and resolves once the model is loaded. */
+  static async start(options: WorkerOptions, log: EngineLogger = silentLogger): Promise<Engine> {
+    const engine = new Engine(options, log);
+    await engine.spawn();
+    return engine;
+  }
+
+  get statusMessage(): string | null {
+    return this.lastError;
+  }
+
+  private spawn(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: this.options });
+      this.worker = worker;
+      let ready = false;
+      worker.on('message', (msg: WorkerMessage) => {
+        switch (msg.type) {
+          case 'ready':
+            ready = true;
+            this.info = msg.info;
+            this.state = 'ready';
+            this.lastError = null;
+            this.emit('ready', msg.info);
+            resolve();
+            break;
+          case 'events':
+            for (const ev of msg.events) {
+              const ch = this.channels.get(ev.requestId);
+              if (!ch) continue;
+              if (ev.finishReason === 'error' && ev.error) {
+                ch.push(new AppError(ev.error.status, ev.error.type, ev.error.message, { code: ev.error.code }));
+                this.channels.delete(ev.requestId);
+                continue;
+              }
+              ch.push(ev);
+              if (ev.finishReason !== null) this.channels.delete(ev.requestId);
+            }
+            break;
+          case 'rejected': {
+            const ch = this.channels.get(msg.requestId);
+            this.channels.delete(msg.requestId);
+            ch?.push(toAppError(msg.error));
+            break;
+          }
+          case 'stats':
+            this.statsWaiters.get(msg.token)?.(msg.stats);
+            this.statsWaiters.delete(msg.token);
+            break;
+          case 'fault':
+            this.log.error({ fault: msg.message }, 'engine step failed; requests in flight were ended');
+            break;
+          case 'failed':
+            this.lastError = msg.message;
+            if (!ready) reject(new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));
+            break;
+        }
+      });
+      worker.on('error', (err) => {
+        this.lastError = err.message;
+        this.log.error({ err }, 'engine worker error');
+        if (!ready) reject(err);
+      });
+      worker.on('exit', (code) => {
+        if (this.worker !== worker) return;
+        this.worker = null;
+        this.failInFlight(new ServiceUnavailableError('The engine stopped while this request was running; retry.'));
+        if (this.state === 'stopped') return;
+        if (!ready) return; // start() reports it
+        this.log.error({ code }, 'engine worker exited; restarting');
+        this.restart();
+      });
+    });
+  }
+
+  private restart(): void {
+    const now = Date.now();
+    this.restarts = this.restarts.filter((t) => now - t < 60_000);
+    if (this.restarts.length >= 3) {
+      this.state = 'down';
+      this.log.error('engine worker died 3 times within a minute; not restarting');
+      return;
+    }
+    this.restarts.push(now);
+    this.state = 'restarting';
+    this.spawn().catch((err: Error) => {
+      this.state = 'down';
+      this.lastError = err.message;
+      this.log.error({ err }, 'engine restart failed');
+    });
+  }
+
+  private failInFlight(err: AppError): void {
+    for (const ch of this.channels.values()) ch.push(err);
+    this.channels.clear();
+    for (const w of this.statsWaiters.values()) w(emptyStats());
+    this.statsWaiters.clear();
+  }
+
+  private send(msg: MainMessage): void {
+    this.worker?.postMessage(msg);
+  }
+
+  /**
+   * Submits a request; iterate the result for its events. Errors (queue full, too long,
+   * engine down) are thrown by the iterator. Aborting `signal` ends generation at the next
+   * step boundary with finishReason 'abort'.
+   */
+  generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<EngineEvent> {
+    if (this.state !== 'ready' || !this.worker) {
+      throw new ServiceUnavailableError(this.state === 'loading' ? 'The model is still loading.' : `The engine is ${this.state}.`);
+    }
+    if (signal?.aborted) throw new AbortedError();
+    const ch = new EventChannel();
+    this.channels.set(request.requestId, ch);
+    this.send({ type: 'submit', request });
+    const onAbort = () => this.abort(request.requestId);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const drain = ch.drain();
+    return (async function* () {
+      try {
+        yield* drain;
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+      }
+    })();
+  }
+
+  abort(requestId: string): void {
+    if (this.channels.has(requestId)) this.send({ type: 'abort', requestId });
+  }
+
+  stats(): Promise<EngineStats> {
+    if (!this.worker || this.state !== 'ready') return Promise.resolve(emptyStats());
+    const token = ++this.statsToken;
+    return new Promise((resolve) => {
+      this.statsWaiters.set(token, resolve);
+      this.send({ type: 'stats', token });
+    });
+  }
+
+  /** Stops the worker; requests still running end with an error. */
+  async close(): Promise<void> {
+    this.state = 'stopped';
+    const w = this.worker;
+    this.worker = null;
+    this.failInFlight(new ServiceUnavailableError('The server is shutting down.'));
+    if (w) await w.terminate();
+  }
+
+  /** For tests: kill the worker as a crash would. */
+  async crashWorkerForTest(): Promise<void> {
+    await this.worker?.terminate();
+  }
+}
+
+export function emptyStats(): EngineStats {
+  return { running: 0, waiting: 0, kvUsedTokens: 0, kvTotalTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0 };
+}

@@ -1,0 +1,242 @@
+import { AppError } from '../errors.js';
+import type { ModelRunner } from '../runtime/model_runner.js';
+import { Sampler, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
+import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
+import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
+import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
+
+interface ActiveSequence extends ScheduledSequence {
+  request: GenerateRequest;
+  sampler: Sampler;
+  history: SequenceHistory;
+  detokenizer: IncrementalDetokenizer;
+  stopMatcher: StopStringMatcher;
+  stopIds: Set<number>;
+  generated: number;
+  arrivedAt: number;
+  admittedAt: number | null;
+  firstTokenAt: number | null;
+}
+
+/**
+ * The engine's step loop body, owned by the worker thread: scheduler decisions, model
+ * runs, sampling and text output for every request. `step()` runs one step and returns
+ * the events it produced.
+ */
+export class EngineCore {
+  readonly scheduler: Scheduler;
+  private readonly byRequest = new Map<string, ActiveSequence>();
+  private nextId = 0;
+  private pendingEvents: EngineEvent[] = [];
+  private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
+
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly tokenizer: QwenTokenizer,
+    readonly limits: EngineLimits,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.scheduler = new Scheduler(
+      { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvSlots: limits.kvCacheTokens },
+      runner,
+    );
+  }
+
+  /** Queues a request; throws QueueFullError (or a validation AppError) at once. */
+  submit(req: GenerateRequest): void {
+    if (this.byRequest.has(req.requestId)) throw new Error(`duplicate request id ${req.requestId}`);
+    const total = req.promptIds.length + req.maxTokens;
+    if (req.promptIds.length === 0) throw new AppError(400, 'invalid_request_error', 'The prompt is empty.', { param: 'prompt' });
+    if (total > this.limits.maxModelLen) {
+      throw new AppError(
+        400,
+        'invalid_request_error',
+        `This model's maximum context length is ${this.limits.maxModelLen} tokens. However, you requested ${total} tokens (${req.promptIds.length} in the prompt, ${req.maxTokens} for the completion). Please reduce the length of the prompt or max_tokens.`,
+        { code: 'context_length_exceeded', param: 'max_tokens' },
+      );
+    }
+    const seq: ActiveSequence = {
+      id: this.nextId++,
+      tokens: [...req.promptIds],
+      promptLength: req.promptIds.length,
+      numComputed: 0,
+      state: 'waiting',
+      preemptions: 0,
+      request: req,
+      sampler: new Sampler(req.sampling, this.runner.vocabSize),
+      history: { outputCounts: new Map(), seen: new Set(req.promptIds) },
+      detokenizer: new IncrementalDetokenizer(this.tokenizer, req.skipSpecialTokens),
+      stopMatcher: new StopStringMatcher(req.stop),
+      stopIds: new Set(req.ignoreEos ? [] : req.stopTokenIds),
+      generated: 0,
+      arrivedAt: this.now(),
+      admittedAt: null,
+      firstTokenAt: null,
+    };
+    this.scheduler.add(seq);
+    this.byRequest.set(req.requestId, seq);
+  }
+
+  /** Ends a request between steps and frees its cache. */
+  abort(requestId: string): void {
+    const seq = this.byRequest.get(requestId);
+    if (!seq) return;
+    this.finish(seq, 'abort', null);
+  }
+
+  hasWork(): boolean {
+    return this.scheduler.hasWork();
+  }
+
+  stats(): EngineStats {
+    let used = 0;
+    for (const s of this.byRequest.values()) if (s.state === 'prefill' || s.state === 'decode') used += s.numComputed;
+    return {
+      running: this.scheduler.numRunning,
+      waiting: this.scheduler.numWaiting,
+      kvUsedTokens: used,
+      kvTotalTokens: this.limits.kvCacheTokens,
+      kvBytes: this.runner.kvBytes(),
+      promptTokensTotal: this.totals.prompt,
+      generationTokensTotal: this.totals.generation,
+      requestsFinished: this.totals.finished,
+      steps: this.totals.steps,
+    };
+  }
+
+  /** Events produced since the last call (including aborts done between steps). */
+  takeEvents(): EngineEvent[] {
+    const out = this.pendingEvents;
+    this.pendingEvents = [];
+    return out;
+  }
+
+  async step(): Promise<void> {
+    const plan = this.scheduler.schedule();
+    this.totals.steps++;
+    for (const seq of plan.preempted) this.runner.removeSequence(seq.id);
+    for (const seq of plan.admitted as ActiveSequence[]) {
+      this.runner.addSequence(seq.id);
+      seq.admittedAt ??= this.now();
+    }
+    if (plan.decode.length > 0) {
+      const seqs = plan.decode as ActiveSequence[];
+      const logits = await this.runner.decode(
+        seqs.map((s) => s.id),
+        seqs.map((s) => s.tokens[s.tokens.length - 1]),
+      );
+      const v = this.runner.vocabSize;
+      seqs.forEach((seq, i) => {
+        if (seq.state !== 'decode') return; // aborted during the run
+        this.scheduler.decoded(seq);
+        this.accept(seq, logits.subarray(i * v, (i + 1) * v));
+      });
+    }
+    if (plan.prefill) {
+      const { start, end } = plan.prefill;
+      const seq = plan.prefill.seq as ActiveSequence;
+      const logits = await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
+      if (seq.state === 'prefill') {
+        const fresh = seq.tokens.length === seq.promptLength;
+        if (this.scheduler.prefilled(seq, end) && fresh) {
+          this.totals.prompt += seq.promptLength;
+          this.accept(seq, logits);
+        }
+      }
+    }
+  }
+
+  /** Samples the next token of `seq` and turns it into an event. */
+  private accept(seq: ActiveSequence, logits: Float32Array): void {
+    const { token, logprob } = seq.sampler.sample(logits, seq.history);
+    seq.tokens.push(token);
+    seq.generated++;
+    this.totals.generation++;
+    seq.history.seen.add(token);
+    seq.history.outputCounts.set(token, (seq.history.outputCounts.get(token) ?? 0) + 1);
+    seq.firstTokenAt ??= this.now();
+    const logprobs: TokenLogprob[] | null = logprob ? [logprob] : null;
+
+    if (seq.stopIds.has(token)) {
+      // The stop token itself is not text; release what the stop-string matcher held.
+      const text = seq.detokenizer.flush() + seq.stopMatcher.flush();
+      this.emit(seq, [token], text, logprobs);
+      this.finish(seq, 'stop', token);
+      return;
+    }
+    const piece = seq.detokenizer.push(token);
+    const { emit, stopped, matched } = seq.stopMatcher.push(piece);
+    if (stopped) {
+      this.emit(seq, [token], emit, logprobs);
+      this.finish(seq, 'stop', matched ?? null);
+      return;
+    }
+    const atLimit = seq.generated >= seq.request.maxTokens || seq.tokens.length >= this.limits.maxModelLen;
+    if (atLimit) {
+      const text = emit + seq.stopMatcher.push(seq.detokenizer.flush()).emit + seq.stopMatcher.flush();
+      this.emit(seq, [token], text, logprobs);
+      this.finish(seq, 'length', null);
+      return;
+    }
+    this.emit(seq, [token], emit, logprobs);
+  }
+
+  private emit(seq: ActiveSequence, tokenIds: number[], text: string, logprobs: TokenLogprob[] | null): void {
+    this.pendingEvents.push({
+      requestId: seq.request.requestId,
+      tokenIds,
+      text,
+      logprobs,
+      finishReason: null,
+      stopReason: null,
+      metrics: null,
+      error: null,
+    });
+  }
+
+  private finish(seq: ActiveSequence, reason: FinishReason, stopReason: string | number | null): void {
+    if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
+    this.byRequest.delete(seq.request.requestId);
+    this.totals.finished++;
+    const t = this.now();
+    this.pendingEvents.push({
+      requestId: seq.request.requestId,
+      tokenIds: [],
+      text: '',
+      logprobs: null,
+      finishReason: reason,
+      stopReason,
+      metrics: {
+        promptTokens: seq.promptLength,
+        completionTokens: seq.generated,
+        cachedTokens: 0,
+        queueMs: (seq.admittedAt ?? t) - seq.arrivedAt,
+        firstTokenMs: (seq.firstTokenAt ?? t) - seq.arrivedAt,
+        totalMs: t - seq.arrivedAt,
+        preemptions: seq.preemptions,
+      },
+      error: null,
+    });
+  }
+
+  /** Fails every request (the model faulted); returns their events. */
+  failAll(message: string): EngineEvent[] {
+    const events: EngineEvent[] = [];
+    for (const seq of [...this.byRequest.values()]) {
+      if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
+      this.byRequest.delete(seq.request.requestId);
+      events.push({
+        requestId: seq.request.requestId,
+        tokenIds: [],
+        text: '',
+        logprobs: null,
+        finishReason: 'error',
+        stopReason: null,
+        metrics: null,
+        error: { message, status: 500, type: 'internal_error', code: null },
+      });
+    }
+    return events;
+  }
+}

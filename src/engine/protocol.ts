@@ -1,0 +1,40 @@
+import type { DeviceChoice } from '../runtime/session.js';
+import type { EngineEvent, EngineInfo, EngineStats, GenerateRequest } from './types.js';
+
+/** What the worker is started with. */
+export interface WorkerOptions {
+  modelDir: string;
+  device: DeviceChoice;
+  threads: number;
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxQueue: number;
+  maxModelLen: number | null;
+  /** Bytes, or a fraction (≤ 1) of free memory at start. */
+  kvCacheMemory: number;
+}
+
+export interface WireError {
+  message: string;
+  status: number;
+  type: string;
+  code: string | null;
+  param: string | null;
+  retryAfter: number | null;
+}
+
+/** Main thread → worker. */
+export type MainMessage =
+  | { type: 'submit'; request: GenerateRequest }
+  | { type: 'abort'; requestId: string }
+  | { type: 'stats'; token: number }
+  | { type: 'shutdown' };
+
+/** Worker → main thread. */
+export type WorkerMessage =
+  | { type: 'ready'; info: EngineInfo }
+  | { type: 'events'; events: EngineEvent[] }
+  | { type: 'rejected'; requestId: string; error: WireError }
+  | { type: 'stats'; token: number; stats: EngineStats }
+  | { type: 'fault'; message: string }
+  | { type: 'failed'; message: string };

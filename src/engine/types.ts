@@ -1,0 +1,75 @@
+import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
+
+/** A generation request as the engine takes it: plain data, sent to the worker. */
+export interface GenerateRequest {
+  /** Unique per request; events and aborts refer to it. */
+  requestId: string;
+  promptIds: number[];
+  sampling: SamplingParams;
+  maxTokens: number;
+  /** Token ids that end generation (the model's EOS ids unless ignoreEos), plus any the client gave. */
+  stopTokenIds: number[];
+  stop: string[];
+  ignoreEos: boolean;
+  skipSpecialTokens: boolean;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
+
+export interface RequestMetrics {
+  promptTokens: number;
+  completionTokens: number;
+  cachedTokens: number;
+  /** Milliseconds from arrival to admission, to first token, and total. */
+  queueMs: number;
+  firstTokenMs: number;
+  totalMs: number;
+  preemptions: number;
+}
+
+/** What one step produced for one request. */
+export interface EngineEvent {
+  requestId: string;
+  tokenIds: number[];
+  /** Text completed by these tokens (stop strings already cut). */
+  text: string;
+  logprobs: TokenLogprob[] | null;
+  finishReason: FinishReason | null;
+  /** The stop string or token id that ended generation, as vLLM reports it. */
+  stopReason: string | number | null;
+  metrics: RequestMetrics | null;
+  /** Set when finishReason is 'error': a fault that ended this request. */
+  error: { message: string; status: number; type: string; code: string | null } | null;
+}
+
+export interface EngineStats {
+  running: number;
+  waiting: number;
+  kvUsedTokens: number;
+  kvTotalTokens: number;
+  kvBytes: number;
+  promptTokensTotal: number;
+  generationTokensTotal: number;
+  requestsFinished: number;
+  steps: number;
+}
+
+export interface EngineLimits {
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  maxQueue: number;
+  maxModelLen: number;
+  kvCacheTokens: number;
+}
+
+/** What the worker reports once the model is loaded. */
+export interface EngineInfo {
+  modelDir: string;
+  layout: string;
+  dtype: string;
+  device: 'cpu' | 'cuda';
+  deviceNote: string | null;
+  vocabSize: number;
+  limits: EngineLimits;
+  eosTokenIds: number[];
+}

@@ -1,0 +1,143 @@
+/**
+ * The engine's worker thread: it owns the ONNX Runtime session, the KV cache, the
+ * scheduler and the samplers, so model runs never block the HTTP thread. It talks to the
+ * main thread only in plain messages (see `WorkerMessage` / `MainMessage`).
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { freemem } from 'node:os';
+import { AppError } from '../errors.js';
+import { readManifest } from '../export/manifest.js';
+import { createSession } from '../runtime/session.js';
+import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
+import { StandardRunner } from '../runtime/standard_runner.js';
+import type { ModelRunner } from '../runtime/model_runner.js';
+import { QwenTokenizer } from '../text/tokenizer.js';
+import { readGenerationConfig } from '../model/generation_config.js';
+import { EngineCore } from './engine_core.js';
+import type { MainMessage, WorkerMessage, WorkerOptions } from './protocol.js';
+import type { EngineInfo, EngineLimits } from './types.js';
+
+const port = parentPort!;
+const options = workerData as WorkerOptions;
+
+function post(message: WorkerMessage): void {
+  port.postMessage(message);
+}
+
+/** Bytes of KV per token: keys and values, every layer. */
+function kvBytesPerToken(m: ReturnType<typeof readManifest>): number {
+  return 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim * (m.kvDtype === 'float16' ? 2 : 4);
+}
+
+function resolveLimits(manifest: ReturnType<typeof readManifest>): { limits: EngineLimits; kvBudgetBytes: number } {
+  const perToken = kvBytesPerToken(manifest);
+  const budget = options.kvCacheMemory <= 1 ? Math.floor(freemem() * options.kvCacheMemory) : Math.floor(options.kvCacheMemory);
+  let kvSlots = Math.floor(budget / perToken);
+  let maxModelLen = Math.min(options.maxModelLen ?? manifest.config.maxPositionEmbeddings, manifest.config.maxPositionEmbeddings);
+  // One sequence of the longest allowed length must fit, capacity buckets included.
+  const fitsOne = Math.floor(kvSlots / CAPACITY_STEP) * CAPACITY_STEP;
+  if (fitsOne < CAPACITY_STEP) {
+    throw new AppError(500, 'config_error', `--kv-cache-memory gives ${budget} bytes, less than one ${CAPACITY_STEP}-token block (${perToken * CAPACITY_STEP} bytes) of this model's KV cache.`);
+  }
+  if (maxModelLen > fitsOne) maxModelLen = fitsOne;
+  kvSlots = Math.max(kvSlots, CAPACITY_STEP);
+  return {
+    limits: {
+      maxNumSeqs: options.maxNumSeqs,
+      maxNumBatchedTokens: options.maxNumBatchedTokens,
+      maxQueue: options.maxQueue,
+      maxModelLen,
+      kvCacheTokens: kvSlots,
+    },
+    kvBudgetBytes: budget,
+  };
+}
+
+async function start(): Promise<EngineCore> {
+  const manifest = readManifest(options.modelDir);
+  const { session, device, fallbackReason } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
+  const { limits } = resolveLimits(manifest);
+  const runner: ModelRunner =
+    manifest.layout === 'fast'
+      ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen)
+      : new StandardRunner(session, manifest, limits.maxNumSeqs);
+  const tokenizer = QwenTokenizer.fromDir(options.modelDir);
+  const generation = readGenerationConfig(options.modelDir);
+  const core = new EngineCore(runner, tokenizer, limits);
+  const info: EngineInfo = {
+    modelDir: options.modelDir,
+    layout: manifest.layout,
+    dtype: manifest.dtype,
+    device,
+    deviceNote: fallbackReason,
+    vocabSize: manifest.config.vocabSize,
+    limits,
+    eosTokenIds: generation.eosTokenIds,
+  };
+  post({ type: 'ready', info });
+  return core;
+}
+
+let wake: (() => void) | null = null;
+let core: EngineCore | null = null;
+let stopping = false;
+
+function flush(): void {
+  if (!core) return;
+  const events = core.takeEvents();
+  if (events.length > 0) post({ type: 'events', events });
+}
+
+port.on('message', (msg: MainMessage) => {
+  if (!core) return;
+  switch (msg.type) {
+    case 'submit':
+      try {
+        core.submit(msg.request);
+      } catch (err) {
+        const e = err instanceof AppError ? err : new AppError(500, 'internal_error', (err as Error).message);
+        post({ type: 'rejected', requestId: msg.request.requestId, error: { message: e.message, status: e.status, type: e.type, code: e.code, param: e.param, retryAfter: e.retryAfter ?? null } });
+      }
+      break;
+    case 'abort':
+      core.abort(msg.requestId);
+      flush();
+      break;
+    case 'stats':
+      post({ type: 'stats', token: msg.token, stats: core.stats() });
+      break;
+    case 'shutdown':
+      stopping = true;
+      break;
+  }
+  wake?.();
+});
+
+async function loop(): Promise<void> {
+  core = await start();
+  while (!stopping) {
+    if (!core.hasWork()) {
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
+      wake = null;
+      continue;
+    }
+    try {
+      await core.step();
+    } catch (err) {
+      // A model fault ends the requests in flight, not the engine.
+      post({ type: 'events', events: core.failAll(`model step failed: ${(err as Error).message}`) });
+      post({ type: 'fault', message: (err as Error).stack ?? String(err) });
+    }
+    flush();
+    // Let queued messages (new requests, aborts) in between steps.
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  port.close();
+}
+
+loop().catch((err: unknown) => {
+  post({ type: 'failed', message: err instanceof Error ? err.message : String(err) });
+  process.exit(1);
+});

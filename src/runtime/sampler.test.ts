@@ -1,0 +1,90 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DEFAULT_SAMPLING, nucleus, Rng, Sampler, tokenLogprob, topIndices, type SamplingParams, type SequenceHistory } from './sampler.js';
+
+const empty = (): SequenceHistory => ({ outputCounts: new Map(), seen: new Set() });
+const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
+const fromProbs = (probs: number[]) => Float32Array.from(probs, (p) => Math.log(p));
+
+function counts(sampler: Sampler, logits: Float32Array, n: number, history = empty()): number[] {
+  const c = new Array<number>(logits.length).fill(0);
+  for (let i = 0; i < n; i++) c[sampler.sample(logits, history).token]++;
+  return c;
+}
+
+test('greedy picks the largest logit; top_k 1 does too', () => {
+  const logits = Float32Array.from([0.1, 2.5, -1, 2.4]);
+  assert.equal(new Sampler(params({ temperature: 0 }), 4).sample(logits, empty()).token, 1);
+  assert.deepEqual(counts(new Sampler(params({ topK: 1, seed: 1 }), 4), logits, 50), [0, 50, 0, 0]);
+});
+
+test('the same seed draws the same tokens; another seed differs', () => {
+  const logits = new Float32Array(1000).map((_, i) => Math.sin(i));
+  const draw = (seed: number) => {
+    const s = new Sampler(params({ seed }), 1000);
+    return Array.from({ length: 30 }, () => s.sample(logits, empty()).token);
+  };
+  assert.deepEqual(draw(42), draw(42));
+  assert.notDeepEqual(draw(42), draw(43));
+});
+
+test('temperature sampling follows the softmax', () => {
+  const probs = [0.5, 0.3, 0.15, 0.05];
+  const c = counts(new Sampler(params({ seed: 3 }), 4), fromProbs(probs), 20000);
+  probs.forEach((p, i) => assert.ok(Math.abs(c[i] / 20000 - p) < 0.015, `token ${i}: ${c[i] / 20000} vs ${p}`));
+  // Temperature 0.5 squares the odds: 0.5² : 0.3² : …
+  const sq = probs.map((p) => p * p);
+  const z = sq.reduce((a, b) => a + b);
+  const c2 = counts(new Sampler(params({ seed: 4, temperature: 0.5 }), 4), fromProbs(probs), 20000);
+  sq.forEach((p, i) => assert.ok(Math.abs(c2[i] / 20000 - p / z) < 0.015));
+});
+
+test('top_p keeps the smallest set reaching p; top_k the k best; min_p drops the tail', () => {
+  const logits = fromProbs([0.05, 0.5, 0.15, 0.3]);
+  assert.deepEqual(counts(new Sampler(params({ topP: 0.75, seed: 5 }), 4), logits, 2000).map((c) => c > 0), [false, true, false, true]);
+  assert.deepEqual(counts(new Sampler(params({ topK: 2, seed: 6 }), 4), logits, 2000).map((c) => c > 0), [false, true, false, true]);
+  assert.deepEqual(counts(new Sampler(params({ minP: 0.25, seed: 7 }), 4), logits, 2000).map((c) => c > 0), [false, true, true, true]);
+});
+
+test('nucleus selection equals sorting, on random weights with ties', () => {
+  const rng = new Rng(9);
+  for (let trial = 0; trial < 200; trial++) {
+    const n = 1 + Math.floor(rng.next() * 300);
+    const w = Float64Array.from({ length: n }, () => Math.floor(rng.next() * 20) / 7);
+    const total = w.reduce((a, b) => a + b, 0);
+    const p = rng.next();
+    const chosen = nucleus(w, Int32Array.from({ length: n }, (_, i) => i), p * total);
+    const sorted = Array.from(w).sort((a, b) => b - a);
+    let k = 0;
+    let acc = 0;
+    while (k < n && acc < p * total) acc += sorted[k++];
+    assert.equal(chosen.length, Math.max(k, 1), `trial ${trial}`);
+    const picked = Array.from(chosen, (i) => w[i]).sort((a, b) => b - a);
+    assert.deepEqual(picked, sorted.slice(0, Math.max(k, 1)));
+  }
+});
+
+test('logit_bias and the penalties move the right tokens', () => {
+  const logits = Float32Array.from([1, 2, 3]);
+  assert.equal(new Sampler(params({ temperature: 0, logitBias: { 0: 100 } }), 3).sample(logits, empty()).token, 0);
+  const seen: SequenceHistory = { outputCounts: new Map([[2, 3]]), seen: new Set([2]) };
+  // repetition 2: logit 3 → 1.5 < 2
+  assert.equal(new Sampler(params({ temperature: 0, repetitionPenalty: 2 }), 3).sample(logits, seen).token, 1);
+  // presence 1.5: 3 → 1.5
+  assert.equal(new Sampler(params({ temperature: 0, presencePenalty: 1.5 }), 3).sample(logits, seen).token, 1);
+  // frequency 0.4 × 3 occurrences: 3 → 1.8
+  assert.equal(new Sampler(params({ temperature: 0, frequencyPenalty: 0.4 }), 3).sample(logits, seen).token, 1);
+  assert.equal(new Sampler(params({ temperature: 0, frequencyPenalty: 0.2 }), 3).sample(logits, seen).token, 2);
+});
+
+test('logprobs are those of the raw distribution, top-n sorted', () => {
+  const logits = fromProbs([0.1, 0.6, 0.3]);
+  const lp = tokenLogprob(logits, 2, 2);
+  assert.ok(Math.abs(lp.logprob - Math.log(0.3)) < 1e-6);
+  assert.deepEqual(lp.top.map((t) => t.token), [1, 2]);
+  assert.deepEqual(topIndices(Float32Array.from([3, 9, 1, 9, 5]), 3), [1, 3, 4]);
+  const s = new Sampler(params({ temperature: 0, logprobs: 1, logitBias: { 0: 50 } }), 3);
+  const out = s.sample(logits, empty());
+  assert.equal(out.token, 0);
+  assert.ok(Math.abs(out.logprob!.logprob - Math.log(0.1)) < 1e-6, 'bias does not change the reported logprob');
+});

@@ -1,0 +1,159 @@
+import { QueueFullError } from '../errors.js';
+
+export type SequenceState = 'waiting' | 'prefill' | 'decode' | 'finished';
+
+/** What the scheduler knows of a request: token counts and state, nothing about sampling. */
+export interface ScheduledSequence {
+  /** Small integer id, also the KV cache's key. */
+  readonly id: number;
+  /** Prompt followed by generated tokens. */
+  readonly tokens: number[];
+  readonly promptLength: number;
+  /** Tokens whose keys/values are cached. */
+  numComputed: number;
+  state: SequenceState;
+  /** Times this sequence was preempted (its cache dropped, to be recomputed). */
+  preemptions: number;
+}
+
+export interface SchedulerConfig {
+  maxNumSeqs: number;
+  /** Prefill chunk size: the per-step token budget for prompt tokens. */
+  maxNumBatchedTokens: number;
+  maxQueue: number;
+  /** KV cache budget in token slots. */
+  kvSlots: number;
+}
+
+/** The cache's cost model, from the model runner. */
+export interface KvCostModel {
+  slotsFor(lengths: number[]): number;
+}
+
+export interface StepPlan {
+  /** Sequences newly given a KV slot this step. */
+  admitted: ScheduledSequence[];
+  /** Sequences whose cache must be dropped before the step (they wait to be recomputed). */
+  preempted: ScheduledSequence[];
+  /** One new token each, batched. */
+  decode: ScheduledSequence[];
+  /** At most one prompt chunk: tokens[start, end) of `seq`. */
+  prefill: { seq: ScheduledSequence; start: number; end: number } | null;
+}
+
+/**
+ * Continuous batching at step granularity (vLLM v1 / llama.cpp slots): every step
+ * decodes all running sequences and advances at most one prompt by one chunk. Admission
+ * is FIFO, bounded by `maxNumSeqs` and the KV budget; when a growing batch would exceed
+ * the budget, the most recently admitted sequence is preempted and recomputed later.
+ *
+ * A prompt's chunk boundaries depend only on the prompt (fixed chunk size), never on what
+ * else runs, so a request's numbers do not depend on its neighbours.
+ */
+export class Scheduler {
+  private readonly waiting: ScheduledSequence[] = [];
+  /** In admission order (the last is the first to be preempted). */
+  private readonly running: ScheduledSequence[] = [];
+
+  constructor(
+    readonly config: SchedulerConfig,
+    private readonly kv: KvCostModel,
+  ) {}
+
+  get numWaiting(): number {
+    return this.waiting.length;
+  }
+
+  get numRunning(): number {
+    return this.running.length;
+  }
+
+  hasWork(): boolean {
+    return this.waiting.length > 0 || this.running.length > 0;
+  }
+
+  add(seq: ScheduledSequence): void {
+    if (this.waiting.length >= this.config.maxQueue) {
+      throw new QueueFullError(`The server is busy: ${this.waiting.length} requests are already waiting. Retry shortly.`);
+    }
+    seq.state = 'waiting';
+    this.waiting.push(seq);
+  }
+
+  /** Removes a sequence wherever it is; returns true if it was running (its cache must be freed). */
+  remove(seq: ScheduledSequence): boolean {
+    const w = this.waiting.indexOf(seq);
+    if (w >= 0) this.waiting.splice(w, 1);
+    const r = this.running.indexOf(seq);
+    if (r >= 0) this.running.splice(r, 1);
+    seq.state = 'finished';
+    return r >= 0;
+  }
+
+  /** Tokens of the sequence still to be prefilled before it can decode. */
+  static prefillTarget(seq: ScheduledSequence): number {
+    // A fresh prompt is prefilled whole (its last logits give the first token); a
+    // recomputed sequence prefills all but its last token, which it then decodes.
+    return seq.tokens.length === seq.promptLength ? seq.promptLength : seq.tokens.length - 1;
+  }
+
+  private needs(extra?: { seq: ScheduledSequence; length: number }): number[] {
+    const lengths = this.running.map((s) =>
+      extra && s === extra.seq ? extra.length : s.state === 'decode' ? s.numComputed + 1 : s.numComputed,
+    );
+    if (extra && !this.running.includes(extra.seq)) lengths.push(extra.length);
+    return lengths;
+  }
+
+  private fits(extra?: { seq: ScheduledSequence; length: number }): boolean {
+    return this.kv.slotsFor(this.needs(extra)) <= this.config.kvSlots;
+  }
+
+  schedule(): StepPlan {
+    const plan: StepPlan = { admitted: [], preempted: [], decode: [], prefill: null };
+    // Make room for this step's decode tokens, preempting the youngest first.
+    while (this.running.length > 1 && !this.fits()) {
+      const victim = this.running.pop()!;
+      victim.numComputed = 0;
+      victim.state = 'waiting';
+      victim.preemptions++;
+      this.waiting.unshift(victim);
+      plan.preempted.push(victim);
+    }
+    plan.decode = this.running.filter((s) => s.state === 'decode');
+
+    let candidate = this.running.find((s) => s.state === 'prefill');
+    if (!candidate && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
+      const next = this.waiting[0];
+      // Admit only if the whole prefill fits next to what runs now.
+      if (this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0) {
+        this.waiting.shift();
+        next.state = 'prefill';
+        this.running.push(next);
+        plan.admitted.push(next);
+        candidate = next;
+      }
+    }
+    if (candidate) {
+      const start = candidate.numComputed;
+      const end = Math.min(Scheduler.prefillTarget(candidate), start + this.config.maxNumBatchedTokens);
+      if (this.fits({ seq: candidate, length: end })) plan.prefill = { seq: candidate, start, end };
+    }
+    return plan;
+  }
+
+  /** Records that a prefill chunk ran; returns true when the sequence is ready to decode. */
+  prefilled(seq: ScheduledSequence, end: number): boolean {
+    seq.numComputed = end;
+    if (end >= Scheduler.prefillTarget(seq)) {
+      seq.state = 'decode';
+      return true;
+    }
+    return false;
+  }
+
+  /** Records a decode step: the sequence's previous last token is now cached. */
+  decoded(seq: ScheduledSequence): void {
+    seq.numComputed += 1;
+  }
+}

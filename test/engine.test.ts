@@ -1,0 +1,137 @@
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { join } from 'node:path';
+import { exportModel } from '../src/export/exporter.js';
+import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
+import { QueueFullError } from '../src/errors.js';
+import { collect, Engine, engineOptions, fixtureExport, request, type Collected } from './support/engine.js';
+import { FIXTURE_REFERENCE, tempDir, type ReferenceCase } from './support/runner.js';
+
+const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
+const engines: Engine[] = [];
+after(async () => {
+  for (const e of engines) await e.close();
+});
+
+async function startEngine(...args: Parameters<typeof engineOptions>): Promise<Engine> {
+  const e = await Engine.start(engineOptions(...args));
+  engines.push(e);
+  return e;
+}
+
+const extraPrompts = [
+  [151644, 872, 198, 3838, 374, 220, 17, 10, 17, 30, 151645, 198, 151644, 77091, 198],
+  Array.from({ length: 150 }, (_, i) => 1000 + ((i * 7919) % 50000)),
+  [9707],
+  Array.from({ length: 70 }, (_, i) => 20000 + i * 13),
+  [151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645, 198, 151644, 872, 198, 13048, 151645],
+];
+
+for (const layout of ['fast', 'standard'] as const) {
+  test(`${layout}: the engine reproduces the fixture's greedy ids, and batching changes nothing`, async () => {
+    const engine = await startEngine(await fixtureExport(layout), { maxNumBatchedTokens: 16 });
+    const prompts = [...cases.map((c) => c.prompt_ids), ...extraPrompts];
+    const alone: Collected[] = [];
+    for (const p of prompts) alone.push(await collect(engine, request(p, { maxTokens: 12, ignoreEos: true })));
+    cases.forEach((c, i) => assert.deepEqual(alone[i].tokens.slice(0, 8), c.greedy_ids));
+    // All eight again, arriving staggered while others decode: token-identical.
+    const together = await Promise.all(
+      prompts.map(async (p, i) => {
+        await sleep(i * 7);
+        return collect(engine, request(p, { maxTokens: 12, ignoreEos: true }));
+      }),
+    );
+    together.forEach((r, i) => {
+      assert.deepEqual(r.tokens, alone[i].tokens, `prompt ${i}`);
+      assert.equal(r.text, alone[i].text);
+      assert.equal(r.finish?.finishReason, 'length');
+      assert.equal(r.finish?.metrics?.completionTokens, 12);
+      assert.equal(r.finish?.metrics?.promptTokens, prompts[i].length);
+    });
+    const stats = await engine.stats();
+    assert.equal(stats.running, 0);
+    assert.equal(stats.waiting, 0);
+  });
+}
+
+test('seeded sampling gives the same output alone and in a busy batch', async () => {
+  const engine = await startEngine(await fixtureExport('fast'));
+  const seeded = (seed: number) =>
+    request(cases[0].prompt_ids, { maxTokens: 16, ignoreEos: true, sampling: { temperature: 1, topP: 0.9, topK: 50, seed } });
+  const alone = await collect(engine, seeded(11));
+  const busy = await Promise.all([
+    collect(engine, seeded(11)),
+    ...extraPrompts.map((p) => collect(engine, request(p, { maxTokens: 16, ignoreEos: true, sampling: { temperature: 1 } }))),
+  ]);
+  assert.deepEqual(busy[0].tokens, alone.tokens);
+  const other = await collect(engine, seeded(12));
+  assert.notDeepEqual(other.tokens, alone.tokens, 'another seed gives another sample');
+});
+
+test('stop strings end generation and are not emitted; stop token ids too', async () => {
+  const engine = await startEngine(await fixtureExport('fast'));
+  const full = await collect(engine, request(cases[1].prompt_ids, { maxTokens: 12, ignoreEos: true }));
+  assert.ok(full.text.length > 3);
+  const stopAt = full.text.slice(2, 4);
+  const cut = await collect(engine, request(cases[1].prompt_ids, { maxTokens: 12, ignoreEos: true, stop: [stopAt] }));
+  assert.equal(cut.text, full.text.slice(0, full.text.indexOf(stopAt)));
+  assert.equal(cut.finish?.finishReason, 'stop');
+  assert.equal(cut.finish?.stopReason, stopAt);
+  const byId = await collect(engine, request(cases[1].prompt_ids, { maxTokens: 12, stopTokenIds: [full.tokens[3]] }));
+  assert.deepEqual(byId.tokens, full.tokens.slice(0, 4));
+  assert.equal(byId.finish?.finishReason, 'stop');
+  assert.equal(byId.finish?.stopReason, full.tokens[3]);
+});
+
+test('abort frees the sequence within a step; a full queue and an over-long request are rejected at once', async () => {
+  const engine = await startEngine(await fixtureExport('fast'), { maxNumSeqs: 1, maxQueue: 1, maxModelLen: 512 });
+  const controller = new AbortController();
+  let seen = 0;
+  const long = collect(engine, request([1, 2, 3], { maxTokens: 400, ignoreEos: true }), controller.signal, () => {
+    if (++seen === 5) controller.abort();
+  });
+  // While it runs, one more waits and the next is refused.
+  await sleep(5);
+  const waiting = collect(engine, request([4, 5, 6], { maxTokens: 4, ignoreEos: true }));
+  await sleep(5);
+  await assert.rejects(collect(engine, request([7], { maxTokens: 4 })), (err: Error) => err instanceof Error && (err as QueueFullError).status === 429);
+  const aborted = await long;
+  assert.equal(aborted.finish?.finishReason, 'abort');
+  assert.ok(aborted.tokens.length < 400);
+  assert.equal((await waiting).tokens.length, 4);
+  const stats = await engine.stats();
+  assert.equal(stats.running, 0);
+  assert.equal(stats.waiting, 0);
+  await assert.rejects(collect(engine, request(new Array(500).fill(9), { maxTokens: 100 })), /maximum context length is 512 tokens.*600 tokens \(500 in the prompt, 100 for the completion\)/);
+});
+
+test('the main thread keeps running timers during a long prefill in the worker', async () => {
+  const src = join(tempDir(), 'wide');
+  writeRandomCheckpoint(src, { hiddenSize: 256, intermediateSize: 1024, numLayers: 6, numHeads: 8, numKvHeads: 4, headDim: 32 });
+  const out = `${src}-export`;
+  await exportModel({ modelDir: src, outDir: out });
+  const engine = await startEngine(out, { maxNumBatchedTokens: 4096 });
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 5);
+  const started = performance.now();
+  const r = await collect(engine, request(Array.from({ length: 3000 }, (_, i) => 100 + i), { maxTokens: 1 }));
+  const elapsed = performance.now() - started;
+  clearInterval(timer);
+  assert.equal(r.tokens.length, 1);
+  // A blocked main thread would see ~0 ticks; allow for timer coarseness on a busy CI box.
+  assert.ok(ticks >= Math.floor(elapsed / 5 / 4), `${ticks} ticks in ${elapsed.toFixed(0)} ms`);
+});
+
+test('a crashed worker ends requests in flight with an error, then the engine restarts and serves', async () => {
+  const engine = await startEngine(await fixtureExport('fast'));
+  const inflight = collect(engine, request([1, 2, 3], { maxTokens: 30000, ignoreEos: true }));
+  await sleep(50);
+  await engine.crashWorkerForTest();
+  await assert.rejects(inflight, (err: Error & { status?: number }) => err.status === 503);
+  for (let i = 0; i < 200 && engine.state !== 'ready'; i++) await sleep(25);
+  assert.equal(engine.state, 'ready');
+  const r = await collect(engine, request(cases[0].prompt_ids));
+  assert.deepEqual(r.tokens, cases[0].greedy_ids);
+});
