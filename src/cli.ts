@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { AppError, ConfigError } from './errors.js';
 import { exportCommand, EXPORT_HELP } from './cli/export_command.js';
+import { serveCommand } from './cli/serve_command.js';
 import { PACKAGE_VERSION } from './version.js';
 
 interface Command {
@@ -9,6 +10,7 @@ interface Command {
 }
 
 const COMMANDS: Record<string, Command> = {
+  serve: { run: serveCommand, summary: 'Serve a model over the OpenAI API (the default command)' },
   export: { run: exportCommand, summary: 'Export a Hugging Face Qwen3 checkpoint to ONNX' },
 };
 
@@ -28,7 +30,9 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${PACKAGE_VERSION}\n`);
     return 0;
   }
-  const command = first === undefined || first.startsWith('-') ? undefined : COMMANDS[first];
+  // No command, or options only: serve.
+  if (first === undefined || (first.startsWith('-') && first !== '--help')) return main(['serve', ...argv]);
+  const command = COMMANDS[first];
   if (!command) {
     process.stderr.write(`qwen3-serve: unknown command ${JSON.stringify(first ?? '')}\n\n${mainHelp()}`);
     return 2;

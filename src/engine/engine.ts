@@ -18,9 +18,23 @@ const silentLogger: EngineLogger = { info() {}, warn() {}, error() {} };
 class EventChannel {
   private readonly queue: Array<EngineEvent | AppError> = [];
   private waiter: (() => void) | null = null;
-  done = false;
+  /** Settles when the worker accepts the request (or refuses it, or dies first). */
+  readonly accepted: Promise<void>;
+  accept!: () => void;
+  private refuse!: (err: AppError) => void;
+
+  constructor() {
+    this.accepted = new Promise<void>((resolve, reject) => {
+      this.accept = resolve;
+      this.refuse = reject;
+    });
+    // A refusal is read through `accepted`; never let it count as unhandled.
+    this.accepted.catch(() => {});
+  }
 
   push(item: EngineEvent | AppError): void {
+    if (item instanceof AppError) this.refuse(item);
+    else this.accept();
     this.queue.push(item);
     this.waiter?.();
   }
@@ -92,6 +106,9 @@ export class Engine extends EventEmitter {
             this.lastError = null;
             this.emit('ready', msg.info);
             resolve();
+            break;
+          case 'accepted':
+            this.channels.get(msg.requestId)?.accept();
             break;
           case 'events':
             for (const ev of msg.events) {
@@ -171,11 +188,12 @@ export class Engine extends EventEmitter {
   }
 
   /**
-   * Submits a request; iterate the result for its events. Errors (queue full, too long,
-   * engine down) are thrown by the iterator. Aborting `signal` ends generation at the next
-   * step boundary with finishReason 'abort'.
+   * Submits a request and resolves, once the worker has queued it, to its events.
+   * Refusals (queue full, too long, engine down) reject here, before any output; faults
+   * later are thrown by the iterator. Aborting `signal` ends generation at the next step
+   * boundary with finishReason 'abort'.
    */
-  generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<EngineEvent> {
+  async submit(request: GenerateRequest, signal?: AbortSignal): Promise<AsyncGenerator<EngineEvent>> {
     if (this.state !== 'ready' || !this.worker) {
       throw new ServiceUnavailableError(this.state === 'loading' ? 'The model is still loading.' : `The engine is ${this.state}.`);
     }
@@ -185,6 +203,12 @@ export class Engine extends EventEmitter {
     this.send({ type: 'submit', request });
     const onAbort = () => this.abort(request.requestId);
     signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      await ch.accepted;
+    } catch (err) {
+      signal?.removeEventListener('abort', onAbort);
+      throw err;
+    }
     const drain = ch.drain();
     return (async function* () {
       try {
@@ -193,6 +217,11 @@ export class Engine extends EventEmitter {
         signal?.removeEventListener('abort', onAbort);
       }
     })();
+  }
+
+  /** `submit` and iterate in one: errors of either kind come from the iterator. */
+  async *generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<EngineEvent> {
+    yield* await this.submit(request, signal);
   }
 
   abort(requestId: string): void {

@@ -33,6 +33,7 @@ export type MainMessage =
 /** Worker → main thread. */
 export type WorkerMessage =
   | { type: 'ready'; info: EngineInfo }
+  | { type: 'accepted'; requestId: string }
   | { type: 'events'; events: EngineEvent[] }
   | { type: 'rejected'; requestId: string; error: WireError }
   | { type: 'stats'; token: number; stats: EngineStats }

@@ -94,6 +94,7 @@ port.on('message', (msg: MainMessage) => {
     case 'submit':
       try {
         core.submit(msg.request);
+        post({ type: 'accepted', requestId: msg.request.requestId });
       } catch (err) {
         const e = err instanceof AppError ? err : new AppError(500, 'internal_error', (err as Error).message);
         post({ type: 'rejected', requestId: msg.request.requestId, error: { message: e.message, status: e.status, type: e.type, code: e.code, param: e.param, retryAfter: e.retryAfter ?? null } });

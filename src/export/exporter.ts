@@ -74,7 +74,10 @@ export async function sourceFingerprint(modelDir: string, weightFiles: string[])
   const idx = join(modelDir, 'model.safetensors.index.json');
   if (existsSync(idx)) files.push(idx);
   const out: Manifest['source']['files'] = [];
-  for (const f of files) out.push({ name: relative(modelDir, f), bytes: statSync(f).size, sha256: await sha256File(f) });
+  for (const f of files) {
+    const st = statSync(f);
+    out.push({ name: relative(modelDir, f), bytes: st.size, sha256: await sha256File(f), mtimeMs: st.mtimeMs });
+  }
   return out;
 }
 

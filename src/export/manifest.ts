@@ -46,7 +46,7 @@ const manifestSchema = z.object({
   }),
   int4: z.object({ blockSize: z.number().int(), accuracyLevel: z.number().int() }).nullable(),
   source: z.object({
-    files: z.array(z.object({ name: z.string(), bytes: z.number(), sha256: z.string() })),
+    files: z.array(z.object({ name: z.string(), bytes: z.number(), sha256: z.string(), mtimeMs: z.number().optional() })),
   }),
   exporter: z.object({ name: z.string(), version: z.string() }),
 });

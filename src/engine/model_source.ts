@@ -1,0 +1,90 @@
+import { createHash } from 'node:crypto';
+import { existsSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { basename, join, resolve } from 'node:path';
+import { ModelFormatError } from '../errors.js';
+import { exportModel } from '../export/exporter.js';
+import { isExportDir, readManifest } from '../export/manifest.js';
+import type { Layout } from '../export/qwen3_graph.js';
+import type { ExportDtype } from '../export/weights.js';
+import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
+import type { Progress } from '../util/progress.js';
+
+export interface ModelSourceOptions {
+  /** An export directory, a Hugging Face checkpoint directory, or undefined for the demo model. */
+  model: string | undefined;
+  cacheDir: string;
+  dtype: ExportDtype;
+  layout: Layout;
+  device: 'cpu' | 'cuda';
+  progress: Progress;
+  log: (msg: string) => void;
+}
+
+export interface ResolvedModel {
+  /** The export directory the engine loads. */
+  exportDir: string;
+  /** Default served name. */
+  name: string;
+  demo: boolean;
+}
+
+export function defaultCacheDir(): string {
+  return process.env.QWEN3_SERVE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'qwen3-serve');
+}
+
+/** The demo model: a small random-weight Qwen3 with the real tokenizer, built once. */
+export const DEMO_SHAPE = { hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, maxPositionEmbeddings: 8192, seed: 20260101 };
+export const DEMO_NAME = 'qwen3-demo-random';
+
+/** Is the export in `dir` still the export of `source` as it is now? (Sizes and mtimes.) */
+function exportIsCurrent(dir: string, source: string): boolean {
+  if (!isExportDir(dir)) return false;
+  try {
+    const m = readManifest(dir);
+    return m.source.files.every((f) => {
+      const p = join(source, f.name);
+      if (!existsSync(p)) return false;
+      const st = statSync(p);
+      return st.size === f.bytes && (f.mtimeMs === undefined || Math.abs(st.mtimeMs - f.mtimeMs) < 1);
+    });
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Turns `--model` into an export directory: an export is used as is; a checkpoint is
+ * exported once into the cache (reused while its files are unchanged); nothing means the
+ * demo model, built deterministically at first start.
+ */
+export async function resolveModel(o: ModelSourceOptions): Promise<ResolvedModel> {
+  if (o.model === undefined) {
+    const src = join(o.cacheDir, 'checkpoints', DEMO_NAME);
+    if (!existsSync(join(src, 'config.json'))) {
+      o.log(`building the demo model (random weights, real Qwen3 tokenizer) in ${src}`);
+      writeRandomCheckpoint(src, DEMO_SHAPE);
+    }
+    const exportDir = await exportCached(src, DEMO_NAME, o);
+    return { exportDir, name: DEMO_NAME, demo: true };
+  }
+  const dir = resolve(o.model);
+  if (existsSync(dir) && statSync(dir).isDirectory()) {
+    if (isExportDir(dir)) return { exportDir: dir, name: basename(dir), demo: false };
+    if (existsSync(join(dir, 'config.json'))) return { exportDir: await exportCached(dir, basename(dir), o), name: basename(dir), demo: false };
+    throw new ModelFormatError(`${dir} is neither a qwen3-serve export nor a Hugging Face checkpoint (no config.json).`);
+  }
+  throw new ModelFormatError(`model ${JSON.stringify(o.model)} is not a directory here.`);
+}
+
+async function exportCached(source: string, name: string, o: ModelSourceOptions): Promise<string> {
+  const key = createHash('sha256').update(resolve(source)).digest('hex').slice(0, 12);
+  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}`);
+  if (exportIsCurrent(dir, source)) {
+    o.log(`using the cached export ${dir}`);
+    return dir;
+  }
+  o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout); later starts reuse it`);
+  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress });
+  return dir;
+}

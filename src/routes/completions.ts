@@ -1,0 +1,153 @@
+import { randomUUID } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { InvalidRequestError } from '../errors.js';
+import type { EngineEvent } from '../engine/types.js';
+import type { TokenLogprob } from '../runtime/sampler.js';
+import type { ServingContext } from '../server/context.js';
+import { clientAbortSignal } from '../server/disconnect.js';
+import { toOpenAIError } from '../server/error_envelope.js';
+import { checkModel, checkTokenIds, engineRequest, parseBody, resolveMaxTokens, samplingParams, tokenName, unixNow } from '../server/generation.js';
+import { completionRequestSchema, type CompletionRequest } from '../server/schemas.js';
+import { SseStream } from '../server/sse.js';
+import { submitAll } from './chat_completions.js';
+
+/** Every form of `prompt` as token-id lists. */
+function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): number[][] {
+  if (typeof prompt === 'string') return [ctx.tokenizer.encode(prompt)];
+  if (prompt.length > 0 && typeof prompt[0] === 'number') return [prompt as number[]];
+  if (typeof prompt[0] === 'string') return (prompt as string[]).map((p) => ctx.tokenizer.encode(p));
+  return prompt as number[][];
+}
+
+/** The legacy completions `logprobs` object for some tokens. */
+function legacyLogprobs(ctx: ServingContext, lps: TokenLogprob[], asIds: boolean, textOffset: number) {
+  const out = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Array<Record<string, number>>, text_offset: [] as number[] };
+  let offset = textOffset;
+  for (const lp of lps) {
+    const name = tokenName(ctx, lp.token, asIds).token;
+    out.tokens.push(name);
+    out.token_logprobs.push(lp.logprob);
+    const top: Record<string, number> = {};
+    for (const t of lp.top) top[tokenName(ctx, t.token, asIds).token] = t.logprob;
+    top[name] = lp.logprob;
+    out.top_logprobs.push(top);
+    out.text_offset.push(offset);
+    offset += asIds ? 0 : name.length;
+  }
+  return out;
+}
+
+export function registerCompletions(app: FastifyInstance, ctx: ServingContext): void {
+  app.post('/v1/completions', async (request: FastifyRequest, reply: FastifyReply) => {
+    const req = parseBody(completionRequestSchema, request.body);
+    checkModel(ctx, req.model);
+    if (req.suffix) throw new InvalidRequestError('suffix is not supported.', { param: 'suffix' });
+    const n = req.n ?? 1;
+    if (req.best_of !== null && req.best_of !== undefined && req.best_of !== n) {
+      throw new InvalidRequestError('best_of other than n is not supported.', { param: 'best_of' });
+    }
+    if (req.echo && req.logprobs !== null && req.logprobs !== undefined) {
+      throw new InvalidRequestError('echo together with logprobs (prompt log-probabilities) is not supported yet.', { param: 'echo' });
+    }
+    const prompts = promptsOf(ctx, req.prompt);
+    prompts.forEach((p, i) => {
+      if (p.length === 0) throw new InvalidRequestError('A prompt is empty.', { param: 'prompt' });
+      checkTokenIds(ctx, p, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
+    });
+    const logprobs = req.logprobs ?? null;
+    const asIds = req.return_tokens_as_token_ids ?? false;
+    const requests = prompts.flatMap((p) => {
+      const maxTokens = resolveMaxTokens(ctx, p.length, req.max_tokens ?? (req.max_tokens === null ? null : 16), 'max_tokens');
+      return Array.from({ length: n }, (_, i) => engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req));
+    });
+    const signal = clientAbortSignal(request, reply);
+    const streams = await submitAll(ctx, requests, signal);
+    const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
+    const created = unixNow();
+    const model = ctx.options.modelName;
+    const echoText = (i: number) => (req.echo ? ctx.tokenizer.decode(requests[i].promptIds, false) : '');
+    const state = requests.map(() => ({ text: '', logprobs: [] as TokenLogprob[], tokens: 0, finish: null as EngineEvent | null }));
+    const usage = () => {
+      const prompt = requests.reduce((s, r, i) => s + (i % n === 0 ? r.promptIds.length : 0), 0);
+      const completion = state.reduce((s, c) => s + c.tokens, 0);
+      return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+    };
+    const account = (i: number, ev: EngineEvent) => {
+      state[i].tokens += ev.tokenIds.length;
+      if (ev.logprobs) state[i].logprobs.push(...ev.logprobs);
+      if (ev.finishReason) {
+        state[i].finish = ev;
+        if (ev.metrics) ctx.metrics.observe(ev.metrics, ev.finishReason);
+      }
+    };
+    const reason = (i: number) => {
+      const r = state[i].finish?.finishReason ?? 'stop';
+      return r === 'abort' || r === 'error' ? 'stop' : r;
+    };
+
+    if (!req.stream) {
+      await Promise.all(
+        streams.map(async (s, i) => {
+          for await (const ev of s) {
+            account(i, ev);
+            state[i].text += ev.text;
+          }
+        }),
+      );
+      if (signal.aborted) return reply;
+      return {
+        id,
+        object: 'text_completion',
+        created,
+        model,
+        choices: state.map((c, i) => ({
+          index: i,
+          text: echoText(i) + c.text,
+          logprobs: logprobs === null ? null : legacyLogprobs(ctx, c.logprobs, asIds, 0),
+          finish_reason: reason(i),
+          stop_reason: c.finish?.stopReason ?? null,
+        })),
+        usage: usage(),
+      };
+    }
+
+    const sse = new SseStream();
+    const includeUsage = req.stream_options?.include_usage ?? false;
+    const chunk = (choice: unknown) => ({ id, object: 'text_completion', created, model, choices: [choice], ...(includeUsage ? { usage: null } : {}) });
+    reply.raw.on('close', () => sse.abandon());
+    const run = async () => {
+      sse.startKeepAlive(ctx.options.keepAliveMs);
+      try {
+        await Promise.all(
+          streams.map(async (s, i) => {
+            let offset = 0;
+            if (req.echo) {
+              const echo = echoText(i);
+              sse.send(chunk({ index: i, text: echo, logprobs: null, finish_reason: null }));
+              offset = echo.length;
+            }
+            for await (const ev of s) {
+              sse.stopKeepAlive();
+              account(i, ev);
+              if (ev.finishReason) {
+                sse.send(chunk({ index: i, text: ev.text, logprobs: null, finish_reason: reason(i), stop_reason: ev.stopReason }));
+                continue;
+              }
+              sse.send(chunk({ index: i, text: ev.text, logprobs: logprobs === null || !ev.logprobs ? null : legacyLogprobs(ctx, ev.logprobs, asIds, offset), finish_reason: null }));
+              offset += ev.text.length;
+            }
+          }),
+        );
+        if (includeUsage) sse.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
+      } catch (err) {
+        const mapped = toOpenAIError(err);
+        if (mapped.internal) request.log.error({ err }, 'error while streaming');
+        sse.send(mapped.body);
+      }
+      sse.end();
+    };
+    void run();
+    reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+    return reply.send(sse.stream);
+  });
+}

@@ -1,0 +1,144 @@
+import { z } from 'zod';
+
+/**
+ * Request bodies of the OpenAI-compatible endpoints, with vLLM's extensions. Unknown
+ * fields are ignored (as vLLM does), known ones are checked strictly: a bad value is a
+ * 400 naming the parameter.
+ */
+
+const textPart = z.object({ type: z.literal('text'), text: z.string() });
+const contentPart = z.union([
+  textPart,
+  z.object({ type: z.string() }).passthrough().refine((p) => p.type === 'text', { message: 'only text content parts are supported' }),
+]);
+const content = z.union([z.string(), z.array(contentPart)]);
+
+const toolCall = z.object({
+  id: z.string().optional(),
+  type: z.literal('function').default('function'),
+  function: z.object({ name: z.string(), arguments: z.union([z.string(), z.record(z.string(), z.unknown())]) }),
+});
+
+export const messageSchema = z.discriminatedUnion('role', [
+  z.object({ role: z.literal('system'), content, name: z.string().optional() }),
+  z.object({ role: z.literal('developer'), content, name: z.string().optional() }),
+  z.object({ role: z.literal('user'), content, name: z.string().optional() }),
+  z.object({
+    role: z.literal('assistant'),
+    content: content.nullable().optional(),
+    reasoning_content: z.string().nullable().optional(),
+    tool_calls: z.array(toolCall).optional(),
+    name: z.string().optional(),
+  }),
+  z.object({ role: z.literal('tool'), content, tool_call_id: z.string().optional() }),
+]);
+
+export type MessageInput = z.infer<typeof messageSchema>;
+
+const toolSchema = z.object({
+  type: z.literal('function'),
+  function: z.object({
+    name: z.string().min(1).max(256),
+    description: z.string().optional(),
+    parameters: z.record(z.string(), z.unknown()).optional(),
+    strict: z.boolean().nullable().optional(),
+  }),
+});
+
+const toolChoice = z.union([
+  z.enum(['none', 'auto', 'required']),
+  z.object({ type: z.literal('function'), function: z.object({ name: z.string() }) }),
+]);
+
+const stop = z.union([z.string(), z.array(z.string()).max(16)]).nullable().optional();
+
+const logitBias = z
+  .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100))
+  .nullable()
+  .optional();
+
+/** Sampling and limits shared by both endpoints. */
+const samplingFields = {
+  model: z.string().optional(),
+  max_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+  top_k: z.number().int().min(-1).max(1_000_000).nullable().optional(),
+  min_p: z.number().min(0).max(1).nullable().optional(),
+  presence_penalty: z.number().min(-2).max(2).nullable().optional(),
+  frequency_penalty: z.number().min(-2).max(2).nullable().optional(),
+  repetition_penalty: z.number().gt(0).max(10).nullable().optional(),
+  stop,
+  stop_token_ids: z.array(z.number().int().min(0)).max(64).nullable().optional(),
+  seed: z.number().int().min(-(2 ** 53)).max(2 ** 53).nullable().optional(),
+  n: z.number().int().min(1).max(16).nullable().optional(),
+  logit_bias: logitBias,
+  user: z.string().max(512).optional(),
+  stream: z.boolean().nullable().optional(),
+  stream_options: z.object({ include_usage: z.boolean().nullable().optional() }).nullable().optional(),
+  ignore_eos: z.boolean().optional(),
+  skip_special_tokens: z.boolean().optional(),
+  return_tokens_as_token_ids: z.boolean().optional(),
+};
+
+export const chatRequestSchema = z.object({
+  ...samplingFields,
+  messages: z.array(messageSchema).min(1, 'at least one message is required').max(4096),
+  max_completion_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
+  logprobs: z.boolean().nullable().optional(),
+  top_logprobs: z.number().int().min(0).max(20).nullable().optional(),
+  tools: z.array(toolSchema).max(128).nullable().optional(),
+  tool_choice: toolChoice.nullable().optional(),
+  parallel_tool_calls: z.boolean().nullable().optional(),
+  response_format: z
+    .object({ type: z.enum(['text', 'json_object', 'json_schema']) })
+    .passthrough()
+    .nullable()
+    .optional(),
+  chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
+  reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
+});
+
+export type ChatRequest = z.infer<typeof chatRequestSchema>;
+
+const tokenIds = z.array(z.number().int().min(0)).min(1);
+
+export const completionRequestSchema = z.object({
+  ...samplingFields,
+  prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)]),
+  echo: z.boolean().nullable().optional(),
+  logprobs: z.number().int().min(0).max(20).nullable().optional(),
+  suffix: z.string().nullable().optional(),
+  best_of: z.number().int().min(1).max(16).nullable().optional(),
+});
+
+export type CompletionRequest = z.infer<typeof completionRequestSchema>;
+
+export const tokenizeRequestSchema = z.union([
+  z.object({
+    model: z.string().optional(),
+    prompt: z.string(),
+    add_special_tokens: z.boolean().optional(),
+    return_token_strs: z.boolean().optional(),
+  }),
+  z.object({
+    model: z.string().optional(),
+    messages: z.array(messageSchema).min(1),
+    add_generation_prompt: z.boolean().optional(),
+    chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
+    tools: z.array(toolSchema).nullable().optional(),
+    return_token_strs: z.boolean().optional(),
+  }),
+]);
+
+export const detokenizeRequestSchema = z.object({
+  model: z.string().optional(),
+  tokens: z.array(z.number().int().min(0)),
+});
+
+/** "messages[0].content" from a zod issue path. */
+export function paramName(path: PropertyKey[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out;
+}
