@@ -128,7 +128,7 @@ test('a crashed worker ends requests in flight with an error, then the engine re
   const engine = await startEngine(await fixtureExport('fast'));
   const inflight = collect(engine, request([1, 2, 3], { maxTokens: 30000, ignoreEos: true }));
   await sleep(50);
-  await engine.crashWorkerForTest();
+  engine.crashWorkerForTest();
   await assert.rejects(inflight, (err: Error & { status?: number }) => err.status === 503);
   for (let i = 0; i < 200 && engine.state !== 'ready'; i++) await sleep(25);
   assert.equal(engine.state, 'ready');

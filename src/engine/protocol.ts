@@ -28,7 +28,9 @@ export type MainMessage =
   | { type: 'submit'; request: GenerateRequest }
   | { type: 'abort'; requestId: string }
   | { type: 'stats'; token: number }
-  | { type: 'shutdown' };
+  | { type: 'shutdown' }
+  /** Fault injection for tests: the worker throws an uncaught error between steps. */
+  | { type: 'crash' };
 
 /** Worker → main thread. */
 export type WorkerMessage =

@@ -110,6 +110,11 @@ port.on('message', (msg: MainMessage) => {
     case 'shutdown':
       stopping = true;
       break;
+    case 'crash':
+      setImmediate(() => {
+        throw new Error('crash injected by a test');
+      });
+      break;
   }
   wake?.();
 });

@@ -24,6 +24,8 @@ export interface RandomCheckpointOptions {
   seed?: number;
   /** Standard deviation of the projection weights (trained Qwen3 models are near 0.02). */
   std?: number;
+  /** Values for chosen tensors instead of random ones (e.g. hand-built test models). */
+  override?: (name: string, shape: number[]) => Float32Array | null;
 }
 
 /** The 0.6B shape (Qwen3-0.6B's config), for benchmarks. */
@@ -63,7 +65,7 @@ interface PlannedTensor {
   kind: 'weight' | 'norm';
 }
 
-function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype'>>): PlannedTensor[] {
+function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype' | 'override'>>): PlannedTensor[] {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = o;
   const t: PlannedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, H], kind: 'weight' }];
   for (let l = 0; l < o.numLayers; l++) {
@@ -143,8 +145,9 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
       for (const t of group) {
         const n = t.shape.reduce((a, d) => a * d, 1);
         const buf = Buffer.alloc(n * bytesPer);
+        const given = options.override?.(t.name, t.shape) ?? null;
         for (let i = 0; i < n; i++) {
-          const v = t.kind === 'norm' ? 1 + 0.1 * normal(rand) : std * normal(rand);
+          const v = given ? given[i] : t.kind === 'norm' ? 1 + 0.1 * normal(rand) : std * normal(rand);
           if (dtype === 'f32') buf.writeFloatLE(v, i * 4);
           else buf.writeUInt16LE(dtype === 'bf16' ? floatToBf16(v) : floatToHalf(v), i * 2);
         }

@@ -73,7 +73,10 @@ export class Scheduler {
   }
 
   add(seq: ScheduledSequence): void {
-    if (this.waiting.length >= this.config.maxQueue) {
+    // The queue bound counts requests that must wait: those a free batch slot will take
+    // at the next step do not.
+    const freeSlots = Math.max(0, this.config.maxNumSeqs - this.running.length);
+    if (this.waiting.length >= this.config.maxQueue + freeSlots) {
       throw new QueueFullError(`The server is busy: ${this.waiting.length} requests are already waiting. Retry shortly.`);
     }
     seq.state = 'waiting';

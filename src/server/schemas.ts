@@ -6,11 +6,14 @@ import { z } from 'zod';
  * 400 naming the parameter.
  */
 
-const textPart = z.object({ type: z.literal('text'), text: z.string() });
-const contentPart = z.union([
-  textPart,
-  z.object({ type: z.string() }).passthrough().refine((p) => p.type === 'text', { message: 'only text content parts are supported' }),
-]);
+const contentPart = z
+  .object({ type: z.string(), text: z.unknown().optional() })
+  .passthrough()
+  .superRefine((p, c) => {
+    if (p.type !== 'text') c.addIssue({ code: 'custom', path: ['type'], message: `content parts of type '${p.type}' are not supported; only 'text' is` });
+    else if (typeof p.text !== 'string') c.addIssue({ code: 'custom', path: ['text'], message: 'a text part needs a string `text`' });
+  })
+  .transform((p) => ({ type: 'text' as const, text: p.text as string }));
 const content = z.union([z.string(), z.array(contentPart)]);
 
 const toolCall = z.object({

@@ -1,0 +1,102 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { fixtureExport } from './support/engine.js';
+import { startTestServer, type TestServer } from './support/server.js';
+
+let s: TestServer;
+before(async () => {
+  s = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--max-model-len', '256', '--body-limit', '1MiB']);
+});
+after(async () => {
+  await s.close();
+});
+
+const msg = [{ role: 'user', content: 'hi' }];
+
+/** Raw bodies and field variations a careless or hostile client might send. */
+function hostileBodies(): Array<{ path: string; body: string; contentType?: string }> {
+  const out: Array<{ path: string; body: string; contentType?: string }> = [];
+  const chat = (o: Record<string, unknown>) => ({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: msg, max_tokens: 2, ...o }) });
+  const cmpl = (o: Record<string, unknown>) => ({ path: '/v1/completions', body: JSON.stringify({ model: 'tiny', prompt: 'hi', max_tokens: 2, ...o }) });
+  for (const raw of ['', '{', '{"messages": [}', 'null', '[]', '"text"', '42', 'true', '{"a":1,}', '\u0000', '{"messages": "x"}', '{}']) {
+    out.push({ path: '/v1/chat/completions', body: raw }, { path: '/v1/completions', body: raw });
+  }
+  // For each field, values that are invalid for it (null is allowed everywhere, as in OpenAI's API).
+  const junk: unknown[] = ['x', [], {}, 1e308, -1e308];
+  const chatBad: Record<string, unknown[]> = {
+    max_tokens: [...junk, -1, 0, 1.5, 2 ** 60, true],
+    max_completion_tokens: [...junk, -5, 0, 2.5, true],
+    temperature: [...junk, -0.1, 2.5, true],
+    top_p: [...junk, 0, -1, 1.01, true],
+    top_k: [...junk, -2, 0.5, true],
+    min_p: [...junk, -0.5, 1.5, true],
+    presence_penalty: [...junk, -3, 2.5, true],
+    frequency_penalty: [...junk, 3, true],
+    repetition_penalty: [...junk, 0, -1, 11, true],
+    n: [...junk, 0, -1, 1.5, 1000, true],
+    seed: ['x', [], {}, 1e308, 1.5, Number.MAX_SAFE_INTEGER * 4, true],
+    logprobs: ['x', [], {}, 5],
+    top_logprobs: [...junk, -1, 21, 1.5, true],
+    stop: [5, [5], {}, true, new Array(100).fill('x')],
+    logit_bias: ['x', [], 5, { abc: 5 }, { 1: 'x' }, { 1: 1000 }, { 999999999: 5 }],
+    stream: ['x', 5, [], {}],
+    tools: ['x', 5, {}, [{}], [{ type: 'function' }], [{ type: 'function', function: {} }], [{ type: 'retrieval', function: { name: 'x' } }]],
+    tool_choice: ['maybe', 5, [], { type: 'function' }, { type: 'function', function: { name: 'missing' } }],
+    response_format: ['json', 5, {}, { type: 'xml' }, { type: 'json_schema', json_schema: { name: 'x' } }],
+    stream_options: ['x', 5, [], { include_usage: 'yes' }],
+    chat_template_kwargs: ['x', 5, [], { enable_thinking: 'yes' }],
+    reasoning_effort: ['extreme', 5, true],
+    stop_token_ids: ['x', [-1], [1.5], 5],
+    ignore_eos: ['x', 5],
+  };
+  for (const [f, values] of Object.entries(chatBad)) for (const v of values) out.push(chat({ [f]: v }));
+  const cmplBad: Record<string, unknown[]> = {
+    max_tokens: [...junk, -1, 0, 1.5],
+    temperature: [...junk, -1, 3],
+    n: [...junk, 0, 100],
+    logprobs: [...junk, -1, 21, 1.5, true],
+    echo: ['x', 5],
+    prompt: [5, {}, [], [[]], [999999999], [-1], [1.5], [[1], 'x'], null, true],
+    suffix: [5, 'tail'],
+    best_of: [0, 5, 'x'],
+  };
+  for (const [f, values] of Object.entries(cmplBad)) for (const v of values) out.push(cmpl({ [f]: v }));
+  out.push(cmpl({ echo: true, logprobs: 2 }), chat({ model: 'other' }), cmpl({ model: 5 }));
+  for (const m of [
+    [],
+    [{ role: 'wizard', content: 'x' }],
+    [{ content: 'x' }],
+    [{ role: 'user' }],
+    [{ role: 'user', content: 5 }],
+    [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x' } }] }],
+    [{ role: 'user', content: [{ type: 'text' }] }],
+    [{ role: 'assistant', tool_calls: [{ type: 'function' }] }],
+    'hello',
+    null,
+  ]) {
+    out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: m }) });
+  }
+  out.push(chat({ max_tokens: 300 }), chat({ messages: [{ role: 'user', content: 'word '.repeat(2000) }] }));
+  // Deep nesting and big bodies.
+  out.push({ path: '/v1/chat/completions', body: '['.repeat(100_000) + ']'.repeat(100_000) });
+  out.push({ path: '/v1/chat/completions', body: `{"model":"tiny","messages":[{"role":"user","content":${'['.repeat(5000)}${']'.repeat(5000)}}]}` });
+  out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: [{ role: 'user', content: 'x'.repeat(2 * 2 ** 20) }] }) });
+  out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: msg }), contentType: 'text/plain' });
+  out.push({ path: '/tokenize', body: JSON.stringify({ prompt: 5 }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [-5] }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [1e12] }) });
+  return out;
+}
+
+test('hundreds of malformed or hostile bodies get 4xx in the OpenAI envelope, and the server keeps serving', async () => {
+  const bodies = hostileBodies();
+  assert.ok(bodies.length >= 200, `${bodies.length} bodies`);
+  for (const b of bodies) {
+    const res = await fetch(`${s.url}${b.path}`, { method: 'POST', headers: { 'content-type': b.contentType ?? 'application/json' }, body: b.body });
+    const text = await res.text();
+    assert.ok(res.status >= 400 && res.status < 500, `${res.status} for ${b.path} ${b.body.slice(0, 120)}: ${text.slice(0, 200)}`);
+    const parsed = JSON.parse(text) as { error?: { message?: string; type?: string } };
+    assert.equal(typeof parsed.error?.message, 'string', text.slice(0, 200));
+    assert.equal(typeof parsed.error?.type, 'string');
+  }
+  const ok = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'still there?' }], max_tokens: 2 });
+  assert.equal(ok.choices.length, 1);
+});
