@@ -14,7 +14,7 @@ import { createProgress } from '../util/progress.js';
 import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
 
 export const SERVE_FLAGS: FlagSpec[] = [
-  { name: 'model', type: 'string', env: 'QWEN3_SERVE_MODEL', help: 'Export directory or Hugging Face checkpoint directory; none serves the demo model' },
+  { name: 'model', type: 'string', env: 'QWEN3_SERVE_MODEL', help: 'Export directory, Hugging Face checkpoint directory, or Hub repo id (org/name); none serves the demo model' },
   { name: 'host', type: 'string', env: 'QWEN3_SERVE_HOST', default: '127.0.0.1', help: 'Address to listen on' },
   { name: 'port', type: 'string', env: 'QWEN3_SERVE_PORT', default: '8000', help: 'Port to listen on' },
   { name: 'served-model-name', type: 'string', env: 'QWEN3_SERVE_SERVED_MODEL_NAME', help: 'Model id in the API (default: the model directory name)' },

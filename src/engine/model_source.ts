@@ -9,6 +9,7 @@ import type { Layout } from '../export/qwen3_graph.js';
 import type { ExportDtype } from '../export/weights.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
 import type { Progress } from '../util/progress.js';
+import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
 
 export interface ModelSourceOptions {
   /** An export directory, a Hugging Face checkpoint directory, or undefined for the demo model. */
@@ -74,7 +75,20 @@ export async function resolveModel(o: ModelSourceOptions): Promise<ResolvedModel
     if (existsSync(join(dir, 'config.json'))) return { exportDir: await exportCached(dir, basename(dir), o), name: basename(dir), demo: false };
     throw new ModelFormatError(`${dir} is neither a qwen3-serve export nor a Hugging Face checkpoint (no config.json).`);
   }
-  throw new ModelFormatError(`model ${JSON.stringify(o.model)} is not a directory here.`);
+  if (HUB_REPO_ID.test(o.model)) {
+    const [repo, revision] = o.model.split('@');
+    const checkpoint = await downloadFromHub({
+      repo,
+      revision,
+      cacheDir: join(o.cacheDir, 'hub'),
+      endpoint: process.env.HF_ENDPOINT || undefined,
+      token: process.env.HF_TOKEN || process.env.HUGGING_FACE_HUB_TOKEN || undefined,
+      progress: o.progress,
+      log: o.log,
+    });
+    return { exportDir: await exportCached(checkpoint, repo.split('/')[1], o), name: repo, demo: false };
+  }
+  throw new ModelFormatError(`model ${JSON.stringify(o.model)} is neither a directory here nor a Hugging Face repo id (org/name).`);
 }
 
 async function exportCached(source: string, name: string, o: ModelSourceOptions): Promise<string> {
