@@ -3,6 +3,7 @@ import { AppError, ConfigError } from './errors.js';
 import { exportCommand, EXPORT_HELP } from './cli/export_command.js';
 import { serveCommand } from './cli/serve_command.js';
 import { generateCommand } from './cli/generate_command.js';
+import { benchCommand } from './cli/bench_command.js';
 import { PACKAGE_VERSION } from './version.js';
 
 interface Command {
@@ -14,6 +15,7 @@ const COMMANDS: Record<string, Command> = {
   serve: { run: serveCommand, summary: 'Serve a model over the OpenAI API (the default command)' },
   export: { run: exportCommand, summary: 'Export a Hugging Face Qwen3 checkpoint to ONNX' },
   generate: { run: generateCommand, summary: 'Generate from a prompt in the terminal' },
+  bench: { run: benchCommand, summary: 'Benchmark an OpenAI-compatible server (TTFT, TPOT, ITL, throughput)' },
 };
 
 function mainHelp(): string {

@@ -6,7 +6,7 @@ import { loadQwen3Config, type Qwen3Config } from '../model/config.js';
 import { SafetensorsCheckpoint } from '../model/safetensors.js';
 import { silentProgress, type Progress } from '../util/progress.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
-import { ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
+import { DataType, ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
 import { buildFastGraph, buildStandardGraph, type GraphIo, type Layout } from './qwen3_graph.js';
 import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
 import { PACKAGE_VERSION } from '../version.js';
@@ -23,6 +23,8 @@ export interface ExportOptions {
   /** The device the graph is meant for: CUDA's GQA needs fp16 activations. */
   device?: 'cpu' | 'cuda';
   force?: boolean;
+  /** KV cache element type of the fast layout (default: fp16 for int4 and fp16 exports, else fp32). */
+  kvDtype?: 'fp16' | 'fp32';
   /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on CPU), 0 in float. */
   int4AccuracyLevel?: number;
   progress?: Progress;
@@ -97,9 +99,25 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
   if (device === 'cuda' && dtype === 'fp32' && layout === 'fast') {
     throw new ConfigError('GroupQueryAttention on CUDA runs in fp16 only: export with --dtype fp16 or int4 for --device cuda.');
   }
+  const activationFp16 = dtype === 'fp16' || device === 'cuda';
+  const kvDtype = o.kvDtype ?? (activationFp16 || dtype === 'int4' ? 'fp16' : 'fp32');
+  if (!['fp16', 'fp32'].includes(kvDtype)) throw new ConfigError(`unknown KV cache dtype ${JSON.stringify(kvDtype)}; expected fp16 or fp32.`);
+  if (layout === 'standard' && kvDtype === 'fp16' && !activationFp16 && o.kvDtype === 'fp16') {
+    throw new ConfigError('the standard layout keeps its KV cache in the activation type; --kv-dtype fp16 needs the fast layout or fp16 weights.');
+  }
   const level = o.int4AccuracyLevel ?? 4;
   if (![0, 1, 2, 3, 4].includes(level)) throw new ConfigError(`int4 accuracy level must be 0-4, got ${level}.`);
-  return { modelDir: resolve(o.modelDir), outDir: resolve(o.outDir), dtype, layout, device, force: o.force ?? false, int4AccuracyLevel: level };
+  return {
+    modelDir: resolve(o.modelDir),
+    outDir: resolve(o.outDir),
+    dtype,
+    layout,
+    device,
+    force: o.force ?? false,
+    int4AccuracyLevel: level,
+    // The standard layout's KV follows its activations (what transformers.js expects).
+    kvDtype: layout === 'standard' ? (activationFp16 ? 'fp16' : 'fp32') : (kvDtype as 'fp16' | 'fp32'),
+  };
 }
 
 /**
@@ -126,6 +144,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
   for (const [name, shape] of expectedTensors(cfg)) ckpt.info(name, shape);
 
   const activationFp16 = o.dtype === 'fp16' || o.device === 'cuda';
+  const kvType = o.kvDtype === 'fp16' ? DataType.FLOAT16 : DataType.FLOAT;
   const tmp = join(dirname(o.outDir), `.${basename(o.outDir)}.partial-${process.pid}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(dirname(o.outDir), { recursive: true });
@@ -143,7 +162,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4AccuracyLevel, (name, bytes) =>
         progress.advance(bytes, name),
       );
-      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg) : buildStandardGraph(g, w, cfg);
+      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType) : buildStandardGraph(g, w, cfg);
       writeFileSync(join(tmp, modelRel), g.encode({ '': 17, 'com.microsoft': 1 }, 'qwen3-serve'));
     } finally {
       writer.close();
@@ -157,7 +176,8 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       version: MANIFEST_VERSION,
       layout: o.layout,
       dtype: o.dtype,
-      kvDtype: activationFp16 ? 'float16' : 'float32',
+      kvDtype: o.kvDtype === 'fp16' ? 'float16' : 'float32',
+      activationDtype: activationFp16 ? 'float16' : 'float32',
       device: o.device,
       model: modelRel,
       externalData: dataRel,

@@ -28,8 +28,9 @@ const manifestSchema = z.object({
   version: z.literal(MANIFEST_VERSION),
   layout: z.enum(['fast', 'standard']),
   dtype: z.enum(['fp32', 'fp16', 'int4']),
-  /** Element type of activations and of the KV cache inputs/outputs. */
+  /** Element type of the KV cache inputs/outputs (activations may differ, see below). */
   kvDtype: z.enum(['float32', 'float16']),
+  activationDtype: z.enum(['float32', 'float16']),
   device: z.enum(['cpu', 'cuda']),
   /** Model path relative to the export directory; its external data sits beside it. */
   model: z.string(),

@@ -1,5 +1,5 @@
 import type { Qwen3Config } from '../model/config.js';
-import { DataType, float, int, ints, type GraphBuilder } from './onnx_builder.js';
+import { DataType, float, int, ints, type ElemType, type GraphBuilder } from './onnx_builder.js';
 import type { WeightEmitter } from './weights.js';
 import { ioName } from './manifest.js';
 
@@ -97,9 +97,13 @@ function castToFloat(g: GraphBuilder, w: WeightEmitter, x: string): string {
  * RoPE outside GQA so the new tokens' post-RoPE keys can be outputs, logits for the last
  * token only.
  */
-export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config): GraphIo {
+export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, kvType: ElemType = w.act): GraphIo {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
-  const T = w.act;
+  const T = kvType;
+  // Attention runs in the KV cache's type: an fp16 cache halves the bytes GQA copies per
+  // step. Casting one step's Q/K/V costs little next to that.
+  const toKv = (x: string) => (kvType === w.act ? x : g.op('Cast', [x], { to: int(kvType) }));
+  const fromKv = (x: string) => (kvType === w.act ? x : g.op('Cast', [x], { to: int(w.act) }));
   const ids = g.input('input_ids', DataType.INT64, ['batch', 'seq']);
   const pos = g.input('position_ids', DataType.INT64, ['batch', 'seq']);
   const seqlensK = g.input('seqlens_k', DataType.INT32, ['batch']);
@@ -138,16 +142,18 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     const kNormW = w.vector(`${prefix}.self_attn.k_norm.weight`, HD);
     q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);
     k = g.op('Reshape', [norm(g.op('Reshape', [k, headsShape(KVH)]), kNormW), flatShape]);
-    q = g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft');
-    k = g.op('RotaryEmbedding', [k, pos, cos, sin], { interleaved: int(0), num_heads: int(KVH) }, 'com.microsoft');
+    q = toKv(g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft'));
+    k = toKv(g.op('RotaryEmbedding', [k, pos, cos, sin], { interleaved: int(0), num_heads: int(KVH) }, 'com.microsoft'));
+    v = toKv(v);
 
     // GQA's present outputs must be named even though nobody fetches them: left empty,
     // GQA silently ignores the past (DESIGN.md §3).
-    const [attn] = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
+    const [attnKv] = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
       domain: 'com.microsoft',
       outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
       attrs: { num_heads: int(NH), kv_num_heads: int(KVH), do_rotary: int(0), scale: float(1 / Math.sqrt(HD)) },
     });
+    const attn = fromKv(attnKv);
     const perm = ints([0, 2, 1, 3]);
     g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm } });
     g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } });

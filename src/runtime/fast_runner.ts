@@ -3,7 +3,7 @@ import { ioName, type Manifest } from '../export/manifest.js';
 import { kvArray, type KvArray, type ModelRunner } from './model_runner.js';
 
 /** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (DESIGN.md §3). */
-export const CAPACITY_STEP = 256;
+export const CAPACITY_STEP = 64;
 
 /**
  * Runs the fast layout. The KV cache is one buffer per layer and K/V of shape

@@ -188,6 +188,12 @@ export class Sampler {
   /** Picks the next token from one row of raw logits. */
   sample(logits: Float32Array, history: SequenceHistory): { token: number; logprob: TokenLogprob | null } {
     const p = this.params;
+    const plain = !p.logitBias && p.repetitionPenalty === 1 && p.presencePenalty === 0 && p.frequencyPenalty === 0;
+    if (plain && p.temperature <= 0) {
+      // Greedy with nothing to adjust: one pass over the raw logits, no copy.
+      const token = argmax(logits);
+      return { token, logprob: p.logprobs === null ? null : tokenLogprob(logits, token, p.logprobs) };
+    }
     const w = this.scratch;
     for (let i = 0; i < logits.length; i++) w[i] = logits[i];
     if (p.logitBias) for (const [id, bias] of Object.entries(p.logitBias)) if (Number(id) < w.length) w[Number(id)] += bias;

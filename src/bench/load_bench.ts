@@ -1,0 +1,241 @@
+/**
+ * A load generator for any OpenAI-compatible server, with vLLM `bench serve`'s metric
+ * definitions: TTFT (time to first token), TPOT (time per output token after the first,
+ * per request), ITL (gaps between streamed chunks), E2E latency, request throughput and
+ * output tokens per second.
+ */
+export interface LoadBenchOptions {
+  baseUrl: string;
+  model: string | null;
+  apiKey: string | null;
+  endpoint: 'completions' | 'chat';
+  inputLen: number;
+  outputLen: number;
+  numPrompts: number;
+  /** Concurrency levels to run, one after another. */
+  concurrency: number[];
+  /** Requests per second (Poisson arrivals) instead of a fixed concurrency; Infinity = all at once. */
+  requestRate: number | null;
+  seed: number;
+  /** Per request, seconds. */
+  timeout: number;
+}
+
+export interface RequestResult {
+  ok: boolean;
+  error: string | null;
+  promptTokens: number;
+  outputTokens: number;
+  ttft: number;
+  e2e: number;
+  itls: number[];
+}
+
+export interface Summary {
+  mean: number;
+  median: number;
+  p99: number;
+}
+
+export interface LevelResult {
+  concurrency: number | null;
+  requestRate: number | null;
+  completed: number;
+  failed: number;
+  durationS: number;
+  requestThroughput: number;
+  outputThroughput: number;
+  totalTokenThroughput: number;
+  meanInputTokens: number;
+  meanOutputTokens: number;
+  ttftMs: Summary;
+  tpotMs: Summary;
+  itlMs: Summary;
+  e2eMs: Summary;
+  errors: string[];
+}
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const WORDS = 'time person year way day thing man world life hand part child eye woman place work week case point government company number group problem fact river mountain ocean planet garden window music story system question answer market city country history science language energy water light'.split(' ');
+
+/** Seeded random prompts: token ids for completions (exact lengths), words for chat. */
+export function randomPrompts(n: number, inputLen: number, seed: number, endpoint: 'completions' | 'chat'): Array<number[] | string> {
+  const rand = mulberry32(seed);
+  return Array.from({ length: n }, () =>
+    endpoint === 'completions'
+      ? Array.from({ length: inputLen }, () => 1000 + Math.floor(rand() * 100_000))
+      : Array.from({ length: inputLen }, () => WORDS[Math.floor(rand() * WORDS.length)]).join(' '),
+  );
+}
+
+export function summarize(values: number[]): Summary {
+  if (values.length === 0) return { mean: 0, median: 0, p99: 0 };
+  const s = [...values].sort((a, b) => a - b);
+  const q = (p: number) => {
+    const idx = (s.length - 1) * p;
+    const lo = Math.floor(idx);
+    return s[lo] + (s[Math.min(lo + 1, s.length - 1)] - s[lo]) * (idx - lo);
+  };
+  return { mean: s.reduce((a, b) => a + b, 0) / s.length, median: q(0.5), p99: q(0.99) };
+}
+
+async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string): Promise<RequestResult> {
+  const body =
+    o.endpoint === 'completions'
+      ? { model, prompt, max_tokens: o.outputLen, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } }
+      : {
+          model,
+          messages: [{ role: 'user', content: prompt }],
+          max_tokens: o.outputLen,
+          ignore_eos: true,
+          temperature: 0,
+          stream: true,
+          stream_options: { include_usage: true },
+        };
+  const started = performance.now();
+  const result: RequestResult = { ok: false, error: null, promptTokens: 0, outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
+  try {
+    const res = await fetch(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {}) },
+      body: JSON.stringify(body),
+      signal: AbortSignal.timeout(o.timeout * 1000),
+    });
+    if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`);
+    const decoder = new TextDecoder();
+    let buffer = '';
+    let last = 0;
+    let chunks = 0;
+    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += decoder.decode(part, { stream: true });
+      let sep: number;
+      while ((sep = buffer.indexOf('\n\n')) >= 0) {
+        const event = buffer.slice(0, sep);
+        buffer = buffer.slice(sep + 2);
+        const data = event.split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+        if (!data || data === '[DONE]') continue;
+        const json = JSON.parse(data) as {
+          choices?: Array<{ text?: string; delta?: { content?: string; reasoning_content?: string; reasoning?: string } }>;
+          usage?: { prompt_tokens: number; completion_tokens: number } | null;
+          error?: { message: string };
+        };
+        if (json.error) throw new Error(json.error.message);
+        if (json.usage) {
+          result.promptTokens = json.usage.prompt_tokens;
+          result.outputTokens = json.usage.completion_tokens;
+        }
+        const c = json.choices?.[0];
+        const text = c?.text ?? c?.delta?.content ?? c?.delta?.reasoning_content ?? c?.delta?.reasoning ?? '';
+        if (!text) continue;
+        const now = performance.now();
+        if (chunks === 0) result.ttft = now - started;
+        else result.itls.push(now - last);
+        last = now;
+        chunks++;
+      }
+    }
+    result.e2e = performance.now() - started;
+    if (result.outputTokens === 0) result.outputTokens = chunks;
+    result.ok = true;
+  } catch (err) {
+    result.error = (err as Error).message;
+    result.e2e = performance.now() - started;
+  }
+  return result;
+}
+
+async function runLevel(o: LoadBenchOptions, model: string, prompts: Array<number[] | string>, concurrency: number | null, rate: number | null): Promise<LevelResult> {
+  const results: RequestResult[] = [];
+  const started = performance.now();
+  if (rate !== null) {
+    const rand = mulberry32(o.seed + 1);
+    const pending: Promise<void>[] = [];
+    for (const p of prompts) {
+      pending.push(oneRequest(o, model, p).then((r) => void results.push(r)));
+      if (Number.isFinite(rate)) await new Promise((r) => setTimeout(r, (-Math.log(1 - rand()) / rate) * 1000));
+    }
+    await Promise.all(pending);
+  } else {
+    let next = 0;
+    const worker = async () => {
+      while (next < prompts.length) {
+        const p = prompts[next++];
+        results.push(await oneRequest(o, model, p));
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency ?? 1 }, worker));
+  }
+  const durationS = (performance.now() - started) / 1000;
+  const ok = results.filter((r) => r.ok);
+  const outputTokens = ok.reduce((n, r) => n + r.outputTokens, 0);
+  const inputTokens = ok.reduce((n, r) => n + r.promptTokens, 0);
+  return {
+    concurrency,
+    requestRate: rate,
+    completed: ok.length,
+    failed: results.length - ok.length,
+    durationS,
+    requestThroughput: ok.length / durationS,
+    outputThroughput: outputTokens / durationS,
+    totalTokenThroughput: (inputTokens + outputTokens) / durationS,
+    meanInputTokens: ok.length ? inputTokens / ok.length : 0,
+    meanOutputTokens: ok.length ? outputTokens / ok.length : 0,
+    ttftMs: summarize(ok.map((r) => r.ttft)),
+    tpotMs: summarize(ok.filter((r) => r.outputTokens > 1).map((r) => (r.e2e - r.ttft) / (r.outputTokens - 1))),
+    itlMs: summarize(ok.flatMap((r) => r.itls)),
+    e2eMs: summarize(ok.map((r) => r.e2e)),
+    errors: [...new Set(results.filter((r) => !r.ok).map((r) => r.error ?? 'unknown'))].slice(0, 5),
+  };
+}
+
+export async function resolveModelName(o: LoadBenchOptions): Promise<string> {
+  if (o.model) return o.model;
+  const res = await fetch(`${o.baseUrl}/models`, { headers: o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {} });
+  if (!res.ok) throw new Error(`GET ${o.baseUrl}/models: HTTP ${res.status}`);
+  return ((await res.json()) as { data: Array<{ id: string }> }).data[0].id;
+}
+
+export async function runLoadBench(o: LoadBenchOptions, log: (line: string) => void = () => {}): Promise<{ model: string; levels: LevelResult[] }> {
+  const model = await resolveModelName(o);
+  const prompts = randomPrompts(o.numPrompts, o.inputLen, o.seed, o.endpoint);
+  // One short request first so that lazy initialisation is not measured.
+  await oneRequest({ ...o, outputLen: 2 }, model, prompts[0]);
+  const levels: LevelResult[] = [];
+  const plan: Array<[number | null, number | null]> = o.requestRate !== null ? [[null, o.requestRate]] : o.concurrency.map((c) => [c, null]);
+  for (const [c, rate] of plan) {
+    const r = await runLevel(o, model, prompts, c, rate);
+    levels.push(r);
+    log(formatRow(r));
+  }
+  return { model, levels };
+}
+
+const f1 = (x: number) => x.toFixed(1);
+
+export function formatRow(r: LevelResult): string {
+  const head = r.concurrency !== null ? `concurrency ${r.concurrency}` : `rate ${r.requestRate}/s`;
+  return `${head}: ${r.completed} ok, ${r.failed} failed; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms`;
+}
+
+export function markdownTable(levels: LevelResult[]): string {
+  const rows = [
+    '| concurrency | req/s | output tok/s | TTFT mean / median / p99 (ms) | TPOT mean / median / p99 (ms) | ITL median / p99 (ms) | E2E median / p99 (ms) | failed |',
+    '|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of levels) {
+    rows.push(
+      `| ${r.concurrency ?? `${r.requestRate}/s`} | ${r.requestThroughput.toFixed(2)} | ${f1(r.outputThroughput)} | ${f1(r.ttftMs.mean)} / ${f1(r.ttftMs.median)} / ${f1(r.ttftMs.p99)} | ${f1(r.tpotMs.mean)} / ${f1(r.tpotMs.median)} / ${f1(r.tpotMs.p99)} | ${f1(r.itlMs.median)} / ${f1(r.itlMs.p99)} | ${f1(r.e2eMs.median)} / ${f1(r.e2eMs.p99)} | ${r.failed} |`,
+    );
+  }
+  return rows.join('\n');
+}

@@ -1,0 +1,92 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import { renderChart } from '../bench/chart.js';
+import { markdownTable, runLoadBench } from '../bench/load_bench.js';
+import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+
+export const BENCH_FLAGS: FlagSpec[] = [
+  { name: 'base-url', type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)' },
+  { name: 'model', type: 'string', help: 'Model id (default: the first of GET /models)' },
+  { name: 'api-key', type: 'string', env: 'OPENAI_API_KEY', help: 'Bearer token' },
+  { name: 'endpoint', type: 'string', default: 'completions', help: 'completions (token-id prompts, exact lengths) or chat' },
+  { name: 'input-len', type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat)' },
+  { name: 'output-len', type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)' },
+  { name: 'num-prompts', type: 'string', default: '32', help: 'Requests per concurrency level' },
+  { name: 'concurrency', type: 'string', default: '1,4,8,16', help: 'Comma-separated concurrency levels' },
+  { name: 'request-rate', type: 'string', help: 'Requests per second with Poisson arrivals (instead of --concurrency); inf = all at once' },
+  { name: 'seed', type: 'string', default: '0', help: 'Seed of the random prompts' },
+  { name: 'timeout', type: 'string', default: '600', help: 'Seconds per request' },
+  { name: 'out', type: 'string', default: 'bench-results/bench', help: 'Writes <out>.json, <out>.md and <out>.png' },
+];
+
+const int = (min: number) => z.string().regex(/^\d+$/, 'expected a whole number').transform(Number).pipe(z.number().int().min(min));
+const schema = z.object({
+  'base-url': z.string().url().default('http://127.0.0.1:8000/v1'),
+  model: z.string().optional(),
+  'api-key': z.string().optional(),
+  endpoint: z.enum(['completions', 'chat']).default('completions'),
+  'input-len': int(1).default(128),
+  'output-len': int(1).default(128),
+  'num-prompts': int(1).default(32),
+  concurrency: z
+    .string()
+    .regex(/^\d+(,\d+)*$/, 'expected numbers separated by commas')
+    .transform((s) => s.split(',').map(Number))
+    .default([1, 4, 8, 16]),
+  'request-rate': z
+    .string()
+    .regex(/^(inf|\d+(\.\d+)?)$/, 'expected a number or inf')
+    .transform((s) => (s === 'inf' ? Infinity : Number(s)))
+    .optional(),
+  seed: int(0).default(0),
+  timeout: int(1).default(600),
+  out: z.string().default('bench-results/bench'),
+});
+
+export const BENCH_HELP = formatHelp(
+  'qwen3-serve bench [--base-url URL] [--endpoint completions|chat] [--input-len N] [--output-len N] [--concurrency 1,4,8,16]',
+  "Measures an OpenAI-compatible server the way vLLM's `bench serve` does: TTFT, TPOT, ITL, E2E latency (mean, median, p99), request and token throughput.",
+  BENCH_FLAGS,
+);
+
+export async function benchCommand(argv: string[]): Promise<void> {
+  const flags = parseFlags(BENCH_FLAGS, argv);
+  if (flags.help) {
+    process.stdout.write(BENCH_HELP);
+    return;
+  }
+  const parsed = schema.safeParse(flags);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(describeIssue(issue.path, issue.message, BENCH_FLAGS));
+  }
+  const o = parsed.data;
+  const { model, levels } = await runLoadBench(
+    {
+      baseUrl: o['base-url'].replace(/\/+$/, ''),
+      model: o.model ?? null,
+      apiKey: o['api-key'] ?? null,
+      endpoint: o.endpoint,
+      inputLen: o['input-len'],
+      outputLen: o['output-len'],
+      numPrompts: o['num-prompts'],
+      concurrency: o.concurrency,
+      requestRate: o['request-rate'] ?? null,
+      seed: o.seed,
+      timeout: o.timeout,
+    },
+    (line) => process.stderr.write(`${line}\n`),
+  );
+  const table = markdownTable(levels);
+  process.stdout.write(`\n${model} via ${o.endpoint}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} requests per level\n\n${table}\n`);
+  mkdirSync(dirname(o.out) || '.', { recursive: true });
+  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
+  writeFileSync(`${o.out}.json`, JSON.stringify({ ...meta, levels }, null, 2));
+  writeFileSync(`${o.out}.md`, `${table}\n`);
+  if (levels.length > 0 && levels[0].concurrency !== null) {
+    writeFileSync(`${o.out}.png`, await renderChart(levels, `${model}: input ${o['input-len']}, output ${o['output-len']}`));
+  }
+  process.stderr.write(`wrote ${o.out}.json, ${o.out}.md${levels[0]?.concurrency !== null ? `, ${o.out}.png` : ''}\n`);
+}
