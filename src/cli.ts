@@ -1,9 +1,5 @@
 #!/usr/bin/env node
 import { AppError, ConfigError } from './errors.js';
-import { exportCommand, EXPORT_HELP } from './cli/export_command.js';
-import { serveCommand } from './cli/serve_command.js';
-import { generateCommand } from './cli/generate_command.js';
-import { benchCommand } from './cli/bench_command.js';
 import { PACKAGE_VERSION } from './version.js';
 
 interface Command {
@@ -11,11 +7,12 @@ interface Command {
   summary: string;
 }
 
+// Commands load their modules on use: `--help` and small commands start fast.
 const COMMANDS: Record<string, Command> = {
-  serve: { run: serveCommand, summary: 'Serve a model over the OpenAI API (the default command)' },
-  export: { run: exportCommand, summary: 'Export a Hugging Face Qwen3 checkpoint to ONNX' },
-  generate: { run: generateCommand, summary: 'Generate from a prompt in the terminal' },
-  bench: { run: benchCommand, summary: 'Benchmark an OpenAI-compatible server (TTFT, TPOT, ITL, throughput)' },
+  serve: { run: async (a) => (await import('./cli/serve_command.js')).serveCommand(a), summary: 'Serve a model over the OpenAI API (the default command)' },
+  export: { run: async (a) => (await import('./cli/export_command.js')).exportCommand(a), summary: 'Export a Hugging Face Qwen3 checkpoint to ONNX' },
+  generate: { run: async (a) => (await import('./cli/generate_command.js')).generateCommand(a), summary: 'Generate from a prompt in the terminal' },
+  bench: { run: async (a) => (await import('./cli/bench_command.js')).benchCommand(a), summary: 'Benchmark an OpenAI-compatible server (TTFT, TPOT, ITL, throughput)' },
 };
 
 function mainHelp(): string {
@@ -57,8 +54,6 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
 }
-
-export { EXPORT_HELP };
 
 // Run when executed directly (bin or `node dist/src/cli.js`), not when imported by tests.
 const invoked = process.argv[1] ? new URL(`file://${process.argv[1]}`).pathname : '';

@@ -199,7 +199,11 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
         void engine.close();
       }, config['shutdown-timeout'] * 1000);
       deadline.unref();
+      // Connections that finish their last request while we close would otherwise idle
+      // until the keep-alive timeout: drop them as they become idle.
+      const reaper = setInterval(() => app.server.closeIdleConnections(), 100);
       await app.close();
+      clearInterval(reaper);
       clearTimeout(deadline);
       await engine.close();
     })();

@@ -29,6 +29,8 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
       return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     },
     return503OnClosing: true,
+    // On close, idle keep-alive connections are dropped at once instead of waiting them out.
+    forceCloseConnections: 'idle',
   });
 
   // JSON bodies: any parse failure (syntax, absurd nesting) is the client's 400.

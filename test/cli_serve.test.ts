@@ -1,0 +1,90 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { tempDir } from './support/runner.js';
+
+const CLI = new URL('../src/cli.js', import.meta.url).pathname;
+
+function run(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+}
+
+test('every command prints its help', () => {
+  for (const cmd of ['serve', 'export', 'generate', 'bench']) {
+    const r = run([cmd, '--help']);
+    assert.equal(r.status, 0, cmd);
+    assert.match(r.stdout, new RegExp(`Usage: qwen3-serve ${cmd}`));
+  }
+  assert.match(run(['--help']).stdout, /serve[\s\S]*export[\s\S]*generate[\s\S]*bench/);
+});
+
+test('invalid serve flags, values and environment variables exit 2 naming them', () => {
+  const cases: Array<[string[], NodeJS.ProcessEnv, RegExp]> = [
+    [['--port', 'eighty'], {}, /--port/],
+    [['--port', '70000'], {}, /--port/],
+    [['--device', 'tpu'], {}, /--device/],
+    [['--kv-cache-memory', 'lots'], {}, /--kv-cache-memory/],
+    [['--max-num-seqs', '0'], {}, /--max-num-seqs/],
+    [['--frobnicate'], {}, /frobnicate/],
+    [[], { QWEN3_SERVE_PORT: '-3' }, /QWEN3_SERVE_PORT/],
+    [[], { QWEN3_SERVE_LOG_PROMPTS: 'perhaps' }, /QWEN3_SERVE_LOG_PROMPTS/],
+  ];
+  for (const [args, env, pattern] of cases) {
+    const r = run(['serve', ...args], env);
+    assert.equal(r.status, 2, `${args.join(' ')} ${JSON.stringify(env)}: ${r.stderr}`);
+    assert.match(r.stderr, pattern);
+  }
+  const gen = run(['generate', '--prompt', 'x', '--temperature', 'hot']);
+  assert.equal(gen.status, 2);
+  assert.match(gen.stderr, /--temperature/);
+  const bench = run(['bench', '--concurrency', 'many']);
+  assert.equal(bench.status, 2);
+  assert.match(bench.stderr, /--concurrency/);
+});
+
+test('npm start with nothing configured serves the demo model: a streamed chat completion, then a clean SIGTERM', async () => {
+  const cache = tempDir('qwen3-serve-start-');
+  const child = spawn(process.execPath, [CLI, '--port', '0', '--host', '127.0.0.1', '--threads', '1', '--log-level', 'info'], {
+    env: { ...process.env, QWEN3_SERVE_CACHE: cache },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  child.stdout.on('data', (d: Buffer) => (log += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (log += d.toString()));
+  try {
+    const started = Date.now();
+    let url = '';
+    while (!url && Date.now() - started < 60_000) {
+      url = /serving qwen3-demo-random on cpu at (http:\/\/[\d.:]+)\/v1/.exec(log)?.[1] ?? '';
+      await sleep(100);
+    }
+    assert.ok(url, `the server started within 60 s:\n${log}`);
+    assert.match(log, /demo model with random weights/);
+    assert.match(log, /--model/);
+    const res = await fetch(`${url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'qwen3-demo-random', messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 8, stream: true }),
+    });
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /text\/event-stream/);
+    const body = await res.text();
+    assert.match(body, /"role":"assistant"/);
+    assert.match(body, /data: \[DONE\]\n\n$/);
+    // SIGTERM: a request in flight still completes, then the process exits 0.
+    const inflight = fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'Hi', max_tokens: 40, ignore_eos: true }),
+    });
+    await sleep(50);
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    const done = (await (await inflight).json()) as { usage: { completion_tokens: number } };
+    assert.equal(done.usage.completion_tokens, 40);
+    assert.equal(await exited, 0);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});
