@@ -4,6 +4,7 @@ import { Sampler, type SequenceHistory, type TokenLogprob } from '../runtime/sam
 import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
+import { advance, initialJsonState, isComplete, maskLogits, type JsonState } from '../runtime/json_constraint.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -17,6 +18,8 @@ interface ActiveSequence extends ScheduledSequence {
   arrivedAt: number;
   admittedAt: number | null;
   firstTokenAt: number | null;
+  /** JSON mode: the recognizer's state after the output so far. */
+  json: JsonState | null;
 }
 
 /**
@@ -30,6 +33,7 @@ export class EngineCore {
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
   private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
+  private textTokenBytes: Array<Uint8Array | null> | null = null;
 
   constructor(
     private readonly runner: ModelRunner,
@@ -73,6 +77,7 @@ export class EngineCore {
       arrivedAt: this.now(),
       admittedAt: null,
       firstTokenAt: null,
+      json: req.responseFormat === 'json_object' ? initialJsonState() : null,
     };
     this.scheduler.add(seq);
     this.byRequest.set(req.requestId, seq);
@@ -149,7 +154,16 @@ export class EngineCore {
 
   /** Samples the next token of `seq` and turns it into an event. */
   private accept(seq: ActiveSequence, logits: Float32Array): void {
+    if (seq.json) {
+      // Constrained decoding: only tokens that keep the output one JSON object.
+      this.textTokenBytes ??= this.tokenizer.textTokenBytes();
+      if (maskLogits(logits, seq.json, this.textTokenBytes) === 0) {
+        this.finish(seq, 'stop', null);
+        return;
+      }
+    }
     const { token, logprob } = seq.sampler.sample(logits, seq.history);
+    if (seq.json) seq.json = advance(seq.json, this.tokenizer.tokenBytes(token) ?? new Uint8Array());
     seq.tokens.push(token);
     seq.generated++;
     this.totals.generation++;
@@ -170,6 +184,12 @@ export class EngineCore {
     if (stopped) {
       this.emit(seq, [token], emit, logprobs);
       this.finish(seq, 'stop', matched ?? null);
+      return;
+    }
+    if (seq.json && isComplete(seq.json)) {
+      // The object is closed: that is the end of a JSON-mode answer.
+      this.emit(seq, [token], emit + seq.stopMatcher.push(seq.detokenizer.flush()).emit + seq.stopMatcher.flush(), logprobs);
+      this.finish(seq, 'stop', null);
       return;
     }
     const atLimit = seq.generated >= seq.request.maxTokens || seq.tokens.length >= this.limits.maxModelLen;

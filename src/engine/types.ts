@@ -12,6 +12,8 @@ export interface GenerateRequest {
   stop: string[];
   ignoreEos: boolean;
   skipSpecialTokens: boolean;
+  /** 'json_object': output is constrained to one JSON object and ends when it closes. */
+  responseFormat?: 'text' | 'json_object';
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';

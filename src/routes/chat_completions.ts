@@ -65,6 +65,7 @@ interface PreparedChat {
   toolsOn: boolean;
   /** Text the prompt puts in the assistant turn, which the output parser must see first. */
   parserPrefix: string;
+  json: boolean;
 }
 
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
@@ -72,7 +73,9 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
   if (req.response_format?.type === 'json_schema') {
     throw new InvalidRequestError("response_format type 'json_schema' is not supported yet; use 'json_object' or 'text'.", { param: 'response_format' });
   }
-  let thinking = thinkingFor(ctx, req);
+  const json = req.response_format?.type === 'json_object';
+  // JSON mode constrains the whole answer, so it runs without a thinking block.
+  let thinking = json ? false : thinkingFor(ctx, req);
   const choice = req.tool_choice ?? 'auto';
   const tools: ToolDefinition[] = choice === 'none' ? [] : (req.tools ?? []);
   if (typeof choice === 'object' && !tools.some((t) => t.function.name === choice.function.name)) {
@@ -94,7 +97,7 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
     thinking = false;
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
-  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0, parserPrefix };
+  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !json, parserPrefix, json };
 }
 
 interface ChoiceState {
@@ -145,9 +148,10 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
     const created = unixNow();
     const model = ctx.options.modelName;
     const signal = clientAbortSignal(request, reply);
-    const requests = Array.from({ length: n }, (_, i) =>
-      engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
-    );
+    const requests = Array.from({ length: n }, (_, i) => ({
+      ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
+      responseFormat: prepared.json ? ('json_object' as const) : ('text' as const),
+    }));
     // Every choice is queued before any output, so refusals (queue full) are HTTP errors.
     const streams = await submitAll(ctx, requests, signal);
     const choices = requests.map((_, i) => newChoice(i, prepared));

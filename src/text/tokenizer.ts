@@ -92,6 +92,11 @@ export class QwenTokenizer {
     return this.tok.decode(ids, { skip_special_tokens: skipSpecialTokens });
   }
 
+  /** Bytes of every id, with special tokens as null: what constrained decoding may emit. */
+  textTokenBytes(): Array<Uint8Array | null> {
+    return this.bytes.map((b, id) => (this.specialIds.has(id) ? null : b));
+  }
+
   tokenBytes(id: number): Uint8Array | null {
     return id >= 0 && id < this.bytes.length ? this.bytes[id] : null;
   }
