@@ -14,11 +14,12 @@ after(async () => {
 });
 
 test('summaries: mean, median and p99 by linear interpolation', () => {
-  assert.deepEqual(summarize([]), { mean: 0, median: 0, p99: 0 });
+  assert.deepEqual(summarize([]), { mean: 0, median: 0, p99: 0, max: 0 });
   const r = summarize([4, 1, 3, 2]);
   assert.equal(r.mean, 2.5);
   assert.equal(r.median, 2.5);
   assert.ok(Math.abs(r.p99 - 3.97) < 1e-9);
+  assert.equal(r.max, 4);
   assert.deepEqual(randomPrompts(2, 5, 7, 'completions'), randomPrompts(2, 5, 7, 'completions'), 'seeded');
   assert.equal((randomPrompts(1, 5, 7, 'completions')[0] as number[]).length, 5);
 });

@@ -175,6 +175,17 @@ test('a client that disconnects mid-stream frees its sequence', async () => {
   assert.equal(running, 0);
 });
 
+test('CORS: preflight and responses carry the allowed origin', async () => {
+  const pre = await fetch(`${s.url}/v1/chat/completions`, {
+    method: 'OPTIONS',
+    headers: { origin: 'http://example.test', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,authorization' },
+  });
+  assert.ok(pre.status === 204 || pre.status === 200);
+  assert.equal(pre.headers.get('access-control-allow-origin'), 'http://example.test');
+  const res = await fetch(`${s.url}/v1/models`, { headers: { origin: 'http://example.test' } });
+  assert.equal(res.headers.get('access-control-allow-origin'), 'http://example.test');
+});
+
 test('tokenize and detokenize round-trip; health says ok', async () => {
   const t = (await (await fetch(`${s.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'Hello world' }) })).json()) as { tokens: number[]; count: number };
   assert.equal(t.count, t.tokens.length);

@@ -4,6 +4,8 @@
  * per request), ITL (gaps between streamed chunks), E2E latency, request throughput and
  * output tokens per second.
  */
+import { mulberry32 } from '../util/random.js';
+
 export interface LoadBenchOptions {
   baseUrl: string;
   model: string | null;
@@ -35,6 +37,7 @@ export interface Summary {
   mean: number;
   median: number;
   p99: number;
+  max: number;
 }
 
 export interface LevelResult {
@@ -55,16 +58,6 @@ export interface LevelResult {
   errors: string[];
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const WORDS = 'time person year way day thing man world life hand part child eye woman place work week case point government company number group problem fact river mountain ocean planet garden window music story system question answer market city country history science language energy water light'.split(' ');
 
@@ -79,14 +72,14 @@ export function randomPrompts(n: number, inputLen: number, seed: number, endpoin
 }
 
 export function summarize(values: number[]): Summary {
-  if (values.length === 0) return { mean: 0, median: 0, p99: 0 };
+  if (values.length === 0) return { mean: 0, median: 0, p99: 0, max: 0 };
   const s = [...values].sort((a, b) => a - b);
   const q = (p: number) => {
     const idx = (s.length - 1) * p;
     const lo = Math.floor(idx);
     return s[lo] + (s[Math.min(lo + 1, s.length - 1)] - s[lo]) * (idx - lo);
   };
-  return { mean: s.reduce((a, b) => a + b, 0) / s.length, median: q(0.5), p99: q(0.99) };
+  return { mean: s.reduce((a, b) => a + b, 0) / s.length, median: q(0.5), p99: q(0.99), max: s[s.length - 1] };
 }
 
 async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string): Promise<RequestResult> {

@@ -1,10 +1,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
 import { renderChart } from '../bench/chart.js';
 import { markdownTable, runLoadBench } from '../bench/load_bench.js';
-import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 
 export const BENCH_FLAGS: FlagSpec[] = [
   { name: 'base-url', type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)' },
@@ -52,17 +51,8 @@ export const BENCH_HELP = formatHelp(
 );
 
 export async function benchCommand(argv: string[]): Promise<void> {
-  const flags = parseFlags(BENCH_FLAGS, argv);
-  if (flags.help) {
-    process.stdout.write(BENCH_HELP);
-    return;
-  }
-  const parsed = schema.safeParse(flags);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(describeIssue(issue.path, issue.message, BENCH_FLAGS));
-  }
-  const o = parsed.data;
+  const o = parseCommand(BENCH_FLAGS, schema, argv, BENCH_HELP);
+  if (!o) return;
   const { model, levels } = await runLoadBench(
     {
       baseUrl: o['base-url'].replace(/\/+$/, ''),

@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
 import { EXPORT_DEVICES, EXPORT_DTYPES, EXPORT_LAYOUTS, exportModel } from '../export/exporter.js';
 import { createProgress } from '../util/progress.js';
-import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 
 export const EXPORT_FLAGS: FlagSpec[] = [
   { name: 'model', type: 'string', help: 'Hugging Face Qwen3 checkpoint directory (config.json, *.safetensors, tokenizer files)' },
@@ -29,17 +28,8 @@ export const EXPORT_HELP = formatHelp(
 );
 
 export async function exportCommand(argv: string[]): Promise<void> {
-  const flags = parseFlags(EXPORT_FLAGS, argv);
-  if (flags.help) {
-    process.stdout.write(EXPORT_HELP);
-    return;
-  }
-  const parsed = schema.safeParse(flags);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(describeIssue(issue.path, issue.message, EXPORT_FLAGS));
-  }
-  const o = parsed.data;
+  const o = parseCommand(EXPORT_FLAGS, schema, argv, EXPORT_HELP);
+  if (!o) return;
   const started = Date.now();
   const manifest = await exportModel({
     modelDir: o.model,

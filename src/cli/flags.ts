@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import type { z } from 'zod';
 import { ConfigError } from '../errors.js';
 
 /** One command-line flag, with the environment variable that can set it instead. */
@@ -57,4 +58,22 @@ export function describeIssue(path: PropertyKey[], message: string, specs: FlagS
   const spec = specs.find((s) => s.name === name);
   const env = spec?.env ? ` (or ${spec.env})` : '';
   return `invalid value for --${name}${env}: ${message}`;
+}
+
+/**
+ * A command's flags parsed and validated: the schema's output, or null when `--help` was
+ * asked (the help has then been printed).
+ */
+export function parseCommand<S extends z.ZodType>(specs: FlagSpec[], schema: S, argv: string[], help: string, env: NodeJS.ProcessEnv = process.env): z.infer<S> | null {
+  const flags = parseFlags(specs, argv, env);
+  if (flags.help) {
+    process.stdout.write(help);
+    return null;
+  }
+  const parsed = schema.safeParse(flags);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(describeIssue(issue.path, issue.message, specs));
+  }
+  return parsed.data;
 }

@@ -1,6 +1,5 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
 import { Engine } from '../engine/engine.js';
 import { defaultCacheDir, resolveModel } from '../engine/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
@@ -8,7 +7,7 @@ import { DEFAULT_SAMPLING } from '../runtime/sampler.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { readTokenizerFiles, QwenTokenizer } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
-import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 
 export const GENERATE_FLAGS: FlagSpec[] = [
   { name: 'model', type: 'string', env: 'QWEN3_SERVE_MODEL', help: 'Export or checkpoint directory (none: the demo model)' },
@@ -50,17 +49,8 @@ export const GENERATE_HELP = formatHelp(
 );
 
 export async function generateCommand(argv: string[]): Promise<void> {
-  const flags = parseFlags(GENERATE_FLAGS, argv);
-  if (flags.help) {
-    process.stdout.write(GENERATE_HELP);
-    return;
-  }
-  const parsed = schema.safeParse(flags);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(describeIssue(issue.path, issue.message, GENERATE_FLAGS));
-  }
-  const o = parsed.data;
+  const o = parseCommand(GENERATE_FLAGS, schema, argv, GENERATE_HELP);
+  if (!o) return;
   const dtype = o.dtype ?? (o.device === 'cuda' ? 'fp16' : 'fp32');
   const resolved = await resolveModel({
     model: o.model,

@@ -1,7 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { pino } from 'pino';
-import { ConfigError } from '../errors.js';
 import { Engine } from '../engine/engine.js';
 import { DEMO_NAME, defaultCacheDir, resolveModel } from '../engine/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
@@ -11,7 +10,7 @@ import { ServerMetrics } from '../server/metrics.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
-import { describeIssue, formatHelp, parseFlags, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 
 export const SERVE_FLAGS: FlagSpec[] = [
   { name: 'model', type: 'string', env: 'QWEN3_SERVE_MODEL', help: 'Export directory, Hugging Face checkpoint directory, or Hub repo id (org/name); none serves the demo model' },
@@ -102,14 +101,7 @@ export const SERVE_HELP = formatHelp(
 );
 
 export function parseServeConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): ServeConfig | null {
-  const flags = parseFlags(SERVE_FLAGS, argv, env);
-  if (flags.help) return null;
-  const parsed = serveSchema.safeParse(flags);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ConfigError(describeIssue(issue.path, issue.message, SERVE_FLAGS));
-  }
-  return parsed.data;
+  return parseCommand(SERVE_FLAGS, serveSchema, argv, SERVE_HELP, env);
 }
 
 export interface RunningServer {
@@ -222,10 +214,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
 
 export async function serveCommand(argv: string[]): Promise<void> {
   const config = parseServeConfig(argv);
-  if (!config) {
-    process.stdout.write(SERVE_HELP);
-    return;
-  }
+  if (!config) return;
   await startServer(config, { installSignalHandlers: true });
   // Keep running until a signal closes the server.
   await new Promise(() => {});

@@ -128,18 +128,9 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     inputs.push(pastK, pastV);
 
     const h = norm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
-    let q = w.linear(h, `${prefix}.self_attn.q_proj.weight`, NH * HD, H);
-    let k = w.linear(h, `${prefix}.self_attn.k_proj.weight`, KVH * HD, H);
-    let v = w.linear(h, `${prefix}.self_attn.v_proj.weight`, KVH * HD, H);
-    if (cfg.attentionBias) {
-      q = g.op('Add', [q, w.vector(`${prefix}.self_attn.q_proj.bias`, NH * HD)]);
-      k = g.op('Add', [k, w.vector(`${prefix}.self_attn.k_proj.bias`, KVH * HD)]);
-      v = g.op('Add', [v, w.vector(`${prefix}.self_attn.v_proj.bias`, KVH * HD)]);
-    }
+    let { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
     // q_norm / k_norm are RMSNorms over each head: separate nodes because GQA on CPU
     // rejects its fused q/k-norm inputs (DESIGN.md §2).
-    const qNormW = w.vector(`${prefix}.self_attn.q_norm.weight`, HD);
-    const kNormW = w.vector(`${prefix}.self_attn.k_norm.weight`, HD);
     q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);
     k = g.op('Reshape', [norm(g.op('Reshape', [k, headsShape(KVH)]), kNormW), flatShape]);
     q = toKv(g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft'));
@@ -171,6 +162,22 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
   g.output('logits', DataType.FLOAT, ['batch', V]);
   return { inputs, outputs, ...FAST_IO_NAMES };
+}
+
+/** The attention projections of one layer (with biases if the config has them) and the q/k norm weights. */
+function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string) {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
+  const project = (name: string, n: number) => {
+    const y = w.linear(h, `${prefix}.self_attn.${name}.weight`, n, H);
+    return cfg.attentionBias ? g.op('Add', [y, w.vector(`${prefix}.self_attn.${name}.bias`, n)]) : y;
+  };
+  return {
+    q: project('q_proj', NH * HD),
+    k: project('k_proj', KVH * HD),
+    v: project('v_proj', KVH * HD),
+    qNormW: w.vector(`${prefix}.self_attn.q_norm.weight`, HD),
+    kNormW: w.vector(`${prefix}.self_attn.k_norm.weight`, HD),
+  };
 }
 
 function mlp(g: GraphBuilder, w: WeightEmitter, h: string, prefix: string, H: number, I: number): string {
@@ -253,16 +260,7 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
     inputs.push(pastK, pastV);
 
     const h = rmsNorm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
-    let q = w.linear(h, `${prefix}.self_attn.q_proj.weight`, NH * HD, H);
-    let k = w.linear(h, `${prefix}.self_attn.k_proj.weight`, KVH * HD, H);
-    let v = w.linear(h, `${prefix}.self_attn.v_proj.weight`, KVH * HD, H);
-    if (cfg.attentionBias) {
-      q = g.op('Add', [q, w.vector(`${prefix}.self_attn.q_proj.bias`, NH * HD)]);
-      k = g.op('Add', [k, w.vector(`${prefix}.self_attn.k_proj.bias`, KVH * HD)]);
-      v = g.op('Add', [v, w.vector(`${prefix}.self_attn.v_proj.bias`, KVH * HD)]);
-    }
-    const qNormW = w.vector(`${prefix}.self_attn.q_norm.weight`, HD);
-    const kNormW = w.vector(`${prefix}.self_attn.k_norm.weight`, HD);
+    const { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
     const qh = applyRope(rmsNorm(toHeads(q, NH), qNormW)); // [B, NH, S, HD]
     const kh = applyRope(rmsNorm(toHeads(k, KVH), kNormW)); // [B, KVH, S, HD]
     const vh = toHeads(v, KVH);

@@ -2,6 +2,7 @@ import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { floatToBf16, floatToHalf } from './dtype.js';
+import { mulberry32 } from '../util/random.js';
 
 /** The real Qwen3 tokenizer files, shipped with the package. */
 export const TOKENIZER_ASSETS = fileURLToPath(new URL('../../../assets/tokenizer/', import.meta.url));
@@ -41,17 +42,6 @@ export const QWEN3_0_6B_SHAPE: RandomCheckpointOptions = {
   maxPositionEmbeddings: 40960,
 };
 
-/** mulberry32: small, fast, and the same on every platform. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function normal(rand: () => number): number {
   // Box–Muller; 1 - u keeps log away from 0.
@@ -114,7 +104,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
   const dtype = options.dtype ?? 'bf16';
   const shards = options.shards ?? 1;
   const std = options.std ?? 0.02;
-  const rand = rng(options.seed ?? 1234);
+  const rand = mulberry32(options.seed ?? 1234);
   const bytesPer = dtype === 'f32' ? 4 : 2;
   mkdirSync(dir, { recursive: true });
 

@@ -16,8 +16,7 @@ import {
   unixNow,
 } from '../server/generation.js';
 import { chatRequestSchema, type ChatRequest, type MessageInput } from '../server/schemas.js';
-import { SseStream } from '../server/sse.js';
-import { toOpenAIError } from '../server/error_envelope.js';
+import { streamResponse } from '../server/sse.js';
 import { clientAbortSignal } from '../server/disconnect.js';
 
 const THINK_END_TOKEN = '</think>';
@@ -225,7 +224,6 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
       };
     }
 
-    const sse = new SseStream();
     const includeUsage = req.stream_options?.include_usage ?? false;
     const chunk = (choicesPart: unknown[], extra: Record<string, unknown> = {}) => ({
       id,
@@ -236,12 +234,10 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
       ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
-    reply.raw.on('close', () => sse.abandon());
-    const run = async () => {
+    return streamResponse(request, reply, async (sse) => {
       for (const c of choices) sse.send(chunk([{ index: c.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
       sse.startKeepAlive(ctx.options.keepAliveMs);
-      try {
-        await Promise.all(
+      await Promise.all(
           streams.map(async (s, i) => {
             const c = choices[i];
             const emit = (d: ReturnType<OutputParser['push']>, lps: TokenLogprob[] | null) => {
@@ -267,18 +263,8 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
             sse.send(chunk([{ index: c.index, delta: {}, logprobs: null, finish_reason: finishReason(c), stop_reason: c.finish?.stopReason ?? null }]));
           }),
         );
-        if (includeUsage) sse.send({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage() });
-      } catch (err) {
-        // The stream has started: the error goes in-band, then the stream ends.
-        const mapped = toOpenAIError(err);
-        if (mapped.internal) request.log.error({ err }, 'error while streaming');
-        sse.send(mapped.body);
-      }
-      sse.end();
-    };
-    void run();
-    reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
-    return reply.send(sse.stream);
+      if (includeUsage) sse.send({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage() });
+    });
   });
 }
 

@@ -5,10 +5,9 @@ import type { EngineEvent } from '../engine/types.js';
 import type { TokenLogprob } from '../runtime/sampler.js';
 import type { ServingContext } from '../server/context.js';
 import { clientAbortSignal } from '../server/disconnect.js';
-import { toOpenAIError } from '../server/error_envelope.js';
 import { checkModel, checkTokenIds, engineRequest, parseBody, resolveMaxTokens, samplingParams, tokenName, unixNow } from '../server/generation.js';
 import { completionRequestSchema, type CompletionRequest } from '../server/schemas.js';
-import { SseStream } from '../server/sse.js';
+import { streamResponse } from '../server/sse.js';
 import { submitAll } from './chat_completions.js';
 
 /** Every form of `prompt` as token-id lists. */
@@ -111,14 +110,11 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
       };
     }
 
-    const sse = new SseStream();
     const includeUsage = req.stream_options?.include_usage ?? false;
     const chunk = (choice: unknown) => ({ id, object: 'text_completion', created, model, choices: [choice], ...(includeUsage ? { usage: null } : {}) });
-    reply.raw.on('close', () => sse.abandon());
-    const run = async () => {
+    return streamResponse(request, reply, async (sse) => {
       sse.startKeepAlive(ctx.options.keepAliveMs);
-      try {
-        await Promise.all(
+      await Promise.all(
           streams.map(async (s, i) => {
             let offset = 0;
             if (req.echo) {
@@ -138,16 +134,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
             }
           }),
         );
-        if (includeUsage) sse.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
-      } catch (err) {
-        const mapped = toOpenAIError(err);
-        if (mapped.internal) request.log.error({ err }, 'error while streaming');
-        sse.send(mapped.body);
-      }
-      sse.end();
-    };
-    void run();
-    reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
-    return reply.send(sse.stream);
+      if (includeUsage) sse.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
+    });
   });
 }

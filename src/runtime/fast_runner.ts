@@ -134,6 +134,12 @@ export class FastRunner implements ModelRunner {
     if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
   }
 
+  fillForBenchmark(id: number, length: number): void {
+    const row = this.row(id);
+    this.fit(length + 1);
+    this.rowLength[row] = length;
+  }
+
   cachedLength(id: number): number {
     return this.rowLength[this.row(id)];
   }

@@ -22,6 +22,12 @@ export interface ModelRunner {
   kvBytes(): number;
   /** Token slots the cache would occupy with sequences of these lengths resident. */
   slotsFor(lengths: number[]): number;
+  /**
+   * Benchmarks only: gives `id` a cache of `length` tokens without computing it (zeros).
+   * Decode speed does not depend on the cached values, so long batches can be timed
+   * without minutes of prefill.
+   */
+  fillForBenchmark(id: number, length: number): void;
 }
 
 export type KvArray = Float32Array | Uint16Array;

@@ -47,6 +47,12 @@ export class StandardRunner implements ModelRunner {
     this.seqs.delete(id);
   }
 
+  fillForBenchmark(id: number, length: number): void {
+    const s = this.seq(id);
+    this.reserve(s, length);
+    s.length = length;
+  }
+
   cachedLength(id: number): number {
     return this.seq(id).length;
   }

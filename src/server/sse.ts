@@ -1,4 +1,6 @@
 import { PassThrough } from 'node:stream';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { toOpenAIError } from './error_envelope.js';
 
 /**
  * A server-sent-events body: `data: {json}\n\n` per event, comments as keep-alives,
@@ -42,4 +44,25 @@ export class SseStream {
     this.closed = true;
     this.stream.end();
   }
+}
+
+/**
+ * Answers with an SSE stream that `produce` writes. Headers go out at once; an error once
+ * the stream has started is sent in-band as `data: {"error": …}`; `[DONE]` ends it.
+ */
+export function streamResponse(request: FastifyRequest, reply: FastifyReply, produce: (sse: SseStream) => Promise<void>): FastifyReply {
+  const sse = new SseStream();
+  reply.raw.on('close', () => sse.abandon());
+  void (async () => {
+    try {
+      await produce(sse);
+    } catch (err) {
+      const mapped = toOpenAIError(err);
+      if (mapped.internal) request.log.error({ err }, 'error while streaming');
+      sse.send(mapped.body);
+    }
+    sse.end();
+  })();
+  reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+  return reply.send(sse.stream);
 }
