@@ -1,6 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { pino } from 'pino';
+import { AppError } from '../errors.js';
 import { Engine } from '../engine/engine.js';
 import { DEMO_NAME, defaultCacheDir, resolveModel } from '../engine/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
@@ -160,7 +161,13 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   };
   if (config['log-prompts']) engine.on('prompt', (prompt: string) => log.debug({ prompt }, 'rendered prompt'));
   const app = await buildApp(ctx, log);
-  const address = await app.listen({ host: config.host, port: config.port });
+  let address: string;
+  try {
+    address = await app.listen({ host: config.host, port: config.port });
+  } catch (err) {
+    await engine.close();
+    throw new AppError(500, 'server_error', `cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`);
+  }
   const info = engine.info!;
   log.info(
     {
