@@ -105,6 +105,14 @@ for (const layout of ['fast', 'standard'] as const) {
   });
 }
 
+test('fp32 fast export with GroupQueryAttention (the CUDA default) matches the reference too', async () => {
+  const out = join(work, 'fast-fp32-gqa');
+  await exportModel({ modelDir: FIXTURE_DIR, outDir: out, dtype: 'fp32', attention: 'gqa' });
+  const all = await runAlone(out, false);
+  assert.ok(maxError(all) < 1e-3, `max error ${maxError(all)}`);
+  all.forEach((steps, i) => assert.deepEqual(steps.map((l) => argmax(l)), cases[i].greedy_ids));
+});
+
 /** Pearson correlation of two logit vectors. */
 function correlation(a: ArrayLike<number>, b: ArrayLike<number>): number {
   const n = a.length;

@@ -7,7 +7,7 @@ import { SafetensorsCheckpoint } from '../model/safetensors.js';
 import { silentProgress, type Progress } from '../util/progress.js';
 import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
 import { DataType, ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
-import { buildFastGraph, buildStandardGraph, type GraphIo, type Layout } from './qwen3_graph.js';
+import { buildFastGraph, buildStandardGraph, type AttentionKind, type GraphIo, type Layout } from './qwen3_graph.js';
 import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
 import { PACKAGE_VERSION } from '../version.js';
 
@@ -23,6 +23,8 @@ export interface ExportOptions {
   /** The device the graph is meant for: CUDA's GQA needs fp16 activations. */
   device?: 'cpu' | 'cuda';
   force?: boolean;
+  /** Fast layout attention: in-place MatMul/Softmax (CPU default) or ONNX Runtime's GQA (CUDA default). */
+  attention?: AttentionKind;
   /** KV cache element type of the fast layout (default: fp16 for int4 and fp16 exports, else fp32). */
   kvDtype?: 'fp16' | 'fp32';
   /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on CPU), 0 in float. */
@@ -115,6 +117,7 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
     device,
     force: o.force ?? false,
     int4AccuracyLevel: level,
+    attention: o.attention ?? (device === 'cuda' ? 'gqa' : 'matmul'),
     // The standard layout's KV follows its activations (what transformers.js expects).
     kvDtype: layout === 'standard' ? (activationFp16 ? 'fp16' : 'fp32') : (kvDtype as 'fp16' | 'fp32'),
   };
@@ -162,7 +165,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4AccuracyLevel, (name, bytes) =>
         progress.advance(bytes, name),
       );
-      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType) : buildStandardGraph(g, w, cfg);
+      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType, o.attention) : buildStandardGraph(g, w, cfg);
       writeFileSync(join(tmp, modelRel), g.encode({ '': 17, 'com.microsoft': 1 }, 'qwen3-serve'));
     } finally {
       writer.close();
@@ -178,6 +181,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       dtype: o.dtype,
       kvDtype: o.kvDtype === 'fp16' ? 'float16' : 'float32',
       activationDtype: activationFp16 ? 'float16' : 'float32',
+      attention: o.layout === 'fast' ? o.attention : 'matmul',
       device: o.device,
       model: modelRel,
       externalData: dataRel,

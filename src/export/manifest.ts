@@ -31,6 +31,8 @@ const manifestSchema = z.object({
   /** Element type of the KV cache inputs/outputs (activations may differ, see below). */
   kvDtype: z.enum(['float32', 'float16']),
   activationDtype: z.enum(['float32', 'float16']),
+  /** How the graph attends: in-place MatMul/Softmax over the cache, or com.microsoft GQA. */
+  attention: z.enum(['matmul', 'gqa']).default('gqa'),
   device: z.enum(['cpu', 'cuda']),
   /** Model path relative to the export directory; its external data sits beside it. */
   model: z.string(),

@@ -97,7 +97,53 @@ function castToFloat(g: GraphBuilder, w: WeightEmitter, x: string): string {
  * RoPE outside GQA so the new tokens' post-RoPE keys can be outputs, logits for the last
  * token only.
  */
-export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, kvType: ElemType = w.act): GraphIo {
+export type AttentionKind = 'matmul' | 'gqa';
+
+/**
+ * Attention over the caller's capacity buffer read in place (CPU default): scores against
+ * the cached keys and against this step's own keys are computed apart and share one
+ * softmax, so nothing proportional to the context is copied. ONNX Runtime's CPU GQA instead
+ * copies every row's past into a fresh present buffer each step (slower from ~1k tokens,
+ * and it doubles KV memory); on CUDA its fused kernel is the better choice.
+ */
+function inPlaceAttention(
+  g: GraphBuilder,
+  cfg: Qwen3Config,
+  kvType: ElemType,
+  q: string,
+  kNew: string,
+  vNew: string,
+  pastK: string,
+  pastV: string,
+  pastMask: string,
+  newMask: string,
+): string {
+  const { numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
+  const G = NH / KVH;
+  const toF = (x: string) => (kvType === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) }));
+  const toKv = (x: string) => (kvType === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(kvType) }));
+  // Queries grouped by their KV head: [B, KVH, G·S, HD], S fastest.
+  const qg = g.op('Reshape', [
+    g.op('Transpose', [g.op('Reshape', [q, g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
+    g.int64s([0, KVH, -1, HD]),
+  ]);
+  const scale = g.constant('attn_scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
+  const sPast = g.op('Mul', [toF(g.op('MatMul', [qg, g.op('Transpose', [pastK], { perm: ints([0, 1, 3, 2]) })])), scale]);
+  const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, g.op('Transpose', [kNew], { perm: ints([0, 1, 3, 2]) })])), scale]);
+  const scores = g.op('Concat', [g.op('Add', [sPast, pastMask]), g.op('Add', [sNew, newMask])], { axis: int(-1) });
+  const probs = toKv(g.op('Softmax', [scores], { axis: int(-1) }));
+  const cap = g.op('Gather', [g.op('Shape', [pastK]), g.int64Scalar(2)], { axis: int(0) });
+  const cap1 = g.op('Reshape', [cap, g.int64s([1])]);
+  const pPast = g.op('Slice', [probs, g.int64s([0]), cap1, g.int64s([3])]);
+  const pNew = g.op('Slice', [probs, cap1, g.int64s([2 ** 50]), g.int64s([3])]);
+  const ctx = g.op('Add', [g.op('MatMul', [pPast, pastV]), g.op('MatMul', [pNew, vNew])]); // [B, KVH, G·S, HD]
+  return g.op('Reshape', [
+    g.op('Transpose', [g.op('Reshape', [ctx, g.int64s([0, KVH, G, -1, HD])])], { perm: ints([0, 3, 1, 2, 4]) }),
+    g.int64s([0, 0, NH * HD]),
+  ]);
+}
+
+export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, kvType: ElemType = w.act, attention: AttentionKind = 'gqa'): GraphIo {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
   const T = kvType;
   // Attention runs in the KV cache's type: an fp16 cache halves the bytes GQA copies per
@@ -120,6 +166,27 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   const headsShape = (n: number) => g.int64s([0, 0, n, HD]);
   const flatShape = g.int64s([0, 0, -1]);
 
+  // In-place attention masks, shared by all layers (float32, added to the scores):
+  // cached slot j of row b is visible when j < past_len[b] = seqlens_k[b] + 1 − S; new
+  // token j is visible to new token s when j ≤ s.
+  let pastMask = '';
+  let newMask = '';
+  const seqLen = g.op('Gather', [g.op('Shape', [ids]), g.int64Scalar(1)], { axis: int(0) });
+  if (attention === 'matmul') {
+    const NEG = g.constant('neg_inf', DataType.FLOAT, [], Float32Array.of(-1e30));
+    const ZERO = g.constant('zero', DataType.FLOAT, [], Float32Array.of(0));
+    const pastLen = g.op('Sub', [g.op('Add', [g.op('Cast', [seqlensK], { to: int(DataType.INT64) }), g.int64Scalar(1)]), seqLen]);
+    // Capacity comes from the first layer's past input (all layers share it).
+    const capacity = g.op('Gather', [g.op('Shape', [ioName(FAST_IO_NAMES.pastKey, 0)]), g.int64Scalar(2)], { axis: int(0) });
+    const slots = g.op('Range', [g.int64Scalar(0), capacity, g.int64Scalar(1)]);
+    const pastOk = g.op('Less', [g.op('Unsqueeze', [slots, g.int64s([0])]), g.op('Unsqueeze', [pastLen, g.int64s([1])])]); // [B, Cap]
+    pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2])]); // [B, 1, 1, Cap]
+    const rows = g.op('Mod', [g.op('Range', [g.int64Scalar(0), g.op('Mul', [seqLen, g.int64Scalar(NH / KVH)]), g.int64Scalar(1)]), seqLen]); // s of each G·S row
+    const keys = g.op('Range', [g.int64Scalar(0), seqLen, g.int64Scalar(1)]);
+    const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [G·S, S]
+    newMask = g.op('Where', [newOk, ZERO, NEG]);
+  }
+
   let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
   for (let l = 0; l < cfg.numLayers; l++) {
     const { prefix } = layerPrefix(l);
@@ -137,17 +204,22 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     k = toKv(g.op('RotaryEmbedding', [k, pos, cos, sin], { interleaved: int(0), num_heads: int(KVH) }, 'com.microsoft'));
     v = toKv(v);
 
-    // GQA's present outputs must be named even though nobody fetches them: left empty,
-    // GQA silently ignores the past (DESIGN.md §3).
-    const [attnKv] = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
-      domain: 'com.microsoft',
-      outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
-      attrs: { num_heads: int(NH), kv_num_heads: int(KVH), do_rotary: int(0), scale: float(1 / Math.sqrt(HD)) },
-    });
-    const attn = fromKv(attnKv);
     const perm = ints([0, 2, 1, 3]);
-    g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm } });
-    g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } });
+    const kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm } })[0];
+    const vHeads = g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } })[0];
+    let attnKv: string;
+    if (attention === 'matmul') {
+      attnKv = inPlaceAttention(g, cfg, kvType, q, kHeads, vHeads, pastK, pastV, pastMask, newMask);
+    } else {
+      // GQA's present outputs must be named even though nobody fetches them: left empty,
+      // GQA silently ignores the past (DESIGN.md §3).
+      attnKv = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
+        domain: 'com.microsoft',
+        outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
+        attrs: { num_heads: int(NH), kv_num_heads: int(KVH), do_rotary: int(0), scale: float(1 / Math.sqrt(HD)) },
+      })[0];
+    }
+    const attn = fromKv(attnKv);
     g.output(ioName(FAST_IO_NAMES.newKey, l), T, ['batch', KVH, 'seq', HD]);
     g.output(ioName(FAST_IO_NAMES.newValue, l), T, ['batch', KVH, 'seq', HD]);
     outputs.push(ioName(FAST_IO_NAMES.newKey, l), ioName(FAST_IO_NAMES.newValue, l));
