@@ -102,7 +102,7 @@ for (const layout of ['fast', 'standard'] as const) {
 }
 
 // 3. Memory: 8 concurrent streams of 2,048 tokens on the fast int4 export.
-let memory = '-';
+let memory = 'not measured in --quick runs (see Memory below)';
 if (!quick) {
   const server = await serve(dirs['fast-int4']);
   let peak = 0;

@@ -9,6 +9,7 @@ export const EXPORT_FLAGS: FlagSpec[] = [
   { name: 'dtype', type: 'string', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits, block 32)', default: 'fp32' },
   { name: 'layout', type: 'string', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', default: 'fast' },
   { name: 'device', type: 'string', help: 'Target device: cpu, or cuda (fp16 activations)', default: 'cpu' },
+  { name: 'attention', type: 'string', default: 'matmul for cpu, gqa for cuda', help: 'Fast layout attention: matmul (reads the KV cache in place) or gqa (com.microsoft GroupQueryAttention)' },
   { name: 'force', type: 'boolean', help: 'Replace the output directory if it exists' },
 ];
 
@@ -18,6 +19,7 @@ const schema = z.object({
   dtype: z.enum(EXPORT_DTYPES).default('fp32'),
   layout: z.enum(EXPORT_LAYOUTS).default('fast'),
   device: z.enum(EXPORT_DEVICES).default('cpu'),
+  attention: z.enum(['matmul', 'gqa']).optional(),
   force: z.boolean().default(false),
 });
 
@@ -38,6 +40,7 @@ export async function exportCommand(argv: string[]): Promise<void> {
     layout: o.layout,
     device: o.device,
     force: o.force,
+    attention: o.attention,
     progress: createProgress(),
   });
   const c = manifest.config;
