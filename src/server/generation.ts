@@ -123,10 +123,13 @@ export function checkTokenIds(ctx: ServingContext, ids: number[], param: string)
   }
 }
 
+// One decoder for all logprob token names: this runs up to 21 times per generated token.
+const utf8 = new TextDecoder();
+
 /** How a token is named in logprobs: its text, or `token_id:N` when asked (byte pieces never collide). */
 export function tokenName(ctx: ServingContext, id: number, asIds: boolean): { token: string; bytes: number[] } {
   const bytes = ctx.tokenizer.tokenBytes(id) ?? new Uint8Array();
-  return { token: asIds ? `token_id:${id}` : new TextDecoder().decode(bytes), bytes: Array.from(bytes) };
+  return { token: asIds ? `token_id:${id}` : utf8.decode(bytes), bytes: Array.from(bytes) };
 }
 
 /** OpenAI chat `logprobs.content` entries. */
