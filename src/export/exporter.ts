@@ -182,6 +182,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       kvDtype: o.kvDtype === 'fp16' ? 'float16' : 'float32',
       activationDtype: activationFp16 ? 'float16' : 'float32',
       attention: o.layout === 'fast' ? o.attention : 'matmul',
+      keyLayout: o.layout === 'fast' && o.attention === 'matmul' ? 'bhdt' : 'bhtd',
       device: o.device,
       model: modelRel,
       externalData: dataRel,

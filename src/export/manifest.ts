@@ -33,6 +33,13 @@ const manifestSchema = z.object({
   activationDtype: z.enum(['float32', 'float16']),
   /** How the graph attends: in-place MatMul/Softmax over the cache, or com.microsoft GQA. */
   attention: z.enum(['matmul', 'gqa']).default('gqa'),
+  /**
+   * Order of the fast layout's key cache: 'bhtd' = [batch, kv_heads, capacity, head_dim]
+   * (GQA's, and every export before this field existed); 'bhdt' = [batch, kv_heads,
+   * head_dim, capacity], which in-place attention multiplies by without a transpose.
+   * Values are always 'bhtd'.
+   */
+  keyLayout: z.enum(['bhtd', 'bhdt']).default('bhtd'),
   device: z.enum(['cpu', 'cuda']),
   /** Model path relative to the export directory; its external data sits beside it. */
   model: z.string(),

@@ -111,7 +111,7 @@ function inPlaceAttention(
   cfg: Qwen3Config,
   kvType: ElemType,
   q: string,
-  kNew: string,
+  kNewT: string,
   vNew: string,
   pastK: string,
   pastV: string,
@@ -128,11 +128,13 @@ function inPlaceAttention(
     g.int64s([0, KVH, -1, HD]),
   ]);
   const scale = g.constant('attn_scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
-  const sPast = g.op('Mul', [toF(g.op('MatMul', [qg, g.op('Transpose', [pastK], { perm: ints([0, 1, 3, 2]) })])), scale]);
-  const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, g.op('Transpose', [kNew], { perm: ints([0, 1, 3, 2]) })])), scale]);
+  // Keys arrive transposed ([B, KVH, HD, Cap] and [B, KVH, HD, S]): Q·Kᵀ reads the cache
+  // as it lies. Transposing an fp16 cache every step cost more than all the layers' MLPs.
+  const sPast = g.op('Mul', [toF(g.op('MatMul', [qg, pastK])), scale]);
+  const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, kNewT])), scale]);
   const scores = g.op('Concat', [g.op('Add', [sPast, pastMask]), g.op('Add', [sNew, newMask])], { axis: int(-1) });
   const probs = toKv(g.op('Softmax', [scores], { axis: int(-1) }));
-  const cap = g.op('Gather', [g.op('Shape', [pastK]), g.int64Scalar(2)], { axis: int(0) });
+  const cap = g.op('Gather', [g.op('Shape', [pastK]), g.int64Scalar(3)], { axis: int(0) });
   const cap1 = g.op('Reshape', [cap, g.int64s([1])]);
   const pPast = g.op('Slice', [probs, g.int64s([0]), cap1, g.int64s([3])]);
   const pNew = g.op('Slice', [probs, cap1, g.int64s([2 ** 50]), g.int64s([3])]);
@@ -176,8 +178,8 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     const NEG = g.constant('neg_inf', DataType.FLOAT, [], Float32Array.of(-1e30));
     const ZERO = g.constant('zero', DataType.FLOAT, [], Float32Array.of(0));
     const pastLen = g.op('Sub', [g.op('Add', [g.op('Cast', [seqlensK], { to: int(DataType.INT64) }), g.int64Scalar(1)]), seqLen]);
-    // Capacity comes from the first layer's past input (all layers share it).
-    const capacity = g.op('Gather', [g.op('Shape', [ioName(FAST_IO_NAMES.pastKey, 0)]), g.int64Scalar(2)], { axis: int(0) });
+    // Capacity comes from the first layer's past values (all layers share it).
+    const capacity = g.op('Gather', [g.op('Shape', [ioName(FAST_IO_NAMES.pastValue, 0)]), g.int64Scalar(2)], { axis: int(0) });
     const slots = g.op('Range', [g.int64Scalar(0), capacity, g.int64Scalar(1)]);
     const pastOk = g.op('Less', [g.op('Unsqueeze', [slots, g.int64s([0])]), g.op('Unsqueeze', [pastLen, g.int64s([1])])]); // [B, Cap]
     pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2])]); // [B, 1, 1, Cap]
@@ -190,7 +192,9 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
   for (let l = 0; l < cfg.numLayers; l++) {
     const { prefix } = layerPrefix(l);
-    const pastK = g.input(ioName(FAST_IO_NAMES.pastKey, l), T, ['batch', KVH, 'capacity', HD]);
+    // In-place attention keeps keys transposed (keyLayout 'bhdt'), GQA wants 'bhtd'.
+    const keyDims = attention === 'matmul' ? ['batch', KVH, HD, 'capacity'] : ['batch', KVH, 'capacity', HD];
+    const pastK = g.input(ioName(FAST_IO_NAMES.pastKey, l), T, keyDims);
     const pastV = g.input(ioName(FAST_IO_NAMES.pastValue, l), T, ['batch', KVH, 'capacity', HD]);
     inputs.push(pastK, pastV);
 
@@ -205,7 +209,8 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     v = toKv(v);
 
     const perm = ints([0, 2, 1, 3]);
-    const kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm } })[0];
+    const keyPerm = attention === 'matmul' ? ints([0, 2, 3, 1]) : perm;
+    const kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm: keyPerm } })[0];
     const vHeads = g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } })[0];
     let attnKv: string;
     if (attention === 'matmul') {
@@ -220,7 +225,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
       })[0];
     }
     const attn = fromKv(attnKv);
-    g.output(ioName(FAST_IO_NAMES.newKey, l), T, ['batch', KVH, 'seq', HD]);
+    g.output(ioName(FAST_IO_NAMES.newKey, l), T, attention === 'matmul' ? ['batch', KVH, HD, 'seq'] : ['batch', KVH, 'seq', HD]);
     g.output(ioName(FAST_IO_NAMES.newValue, l), T, ['batch', KVH, 'seq', HD]);
     outputs.push(ioName(FAST_IO_NAMES.newKey, l), ioName(FAST_IO_NAMES.newValue, l));
 

@@ -7,7 +7,8 @@ export const CAPACITY_STEP = 64;
 
 /**
  * Runs the fast layout. The KV cache is one buffer per layer and K/V of shape
- * [maxSequences, kvHeads, capacity, headDim], owned here and fed to every step without a
+ * [rows, kvHeads, capacity, headDim] (keys [rows, kvHeads, headDim, capacity] for
+ * in-place attention exports, manifest keyLayout 'bhdt'), owned here and fed to every step without a
  * copy; the graph returns only this step's keys and values, which are written in place.
  *
  * Each sequence owns a row and rows stay compact: when a sequence leaves, the last row
@@ -21,6 +22,8 @@ export class FastRunner implements ModelRunner {
   private readonly kvHeads: number;
   private readonly headDim: number;
   private readonly layers: number;
+  /** Keys stored [row, head, head_dim, slot] (manifest keyLayout 'bhdt') instead of [row, head, slot, head_dim]. */
+  private readonly keysTransposed: boolean;
   private capacity = CAPACITY_STEP;
   private rows = 0;
   private keys: KvArray[] = [];
@@ -46,6 +49,7 @@ export class FastRunner implements ModelRunner {
     this.kvHeads = c.numKvHeads;
     this.headDim = c.headDim;
     this.layers = c.numLayers;
+    this.keysTransposed = manifest.keyLayout === 'bhdt';
     this.rowLength = new Int32Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
     this.pastKeyNames = names(manifest.io.pastKey);
@@ -78,8 +82,16 @@ export class FastRunner implements ModelRunner {
       for (let h = 0; h < this.kvHeads; h++) {
         const a = (from * this.kvHeads + h) * src.cap * hd;
         const b = (to * this.kvHeads + h) * this.capacity * hd;
-        this.keys[l].set(src.keys[l].subarray(a, a + len * hd), b);
         this.values[l].set(src.values[l].subarray(a, a + len * hd), b);
+        if (!this.keysTransposed) {
+          this.keys[l].set(src.keys[l].subarray(a, a + len * hd), b);
+          continue;
+        }
+        // Transposed keys: one run of `len` slots per head dimension.
+        for (let d = 0; d < hd; d++) {
+          const ka = a + d * src.cap;
+          this.keys[l].set(src.keys[l].subarray(ka, ka + len), b + d * this.capacity);
+        }
       }
     }
   }
@@ -155,10 +167,11 @@ export class FastRunner implements ModelRunner {
     return row;
   }
 
-  private kvTensor(data: KvArray, rows: number, firstRow: number): ort.Tensor {
+  private kvTensor(data: KvArray, rows: number, firstRow: number, transposed: boolean): ort.Tensor {
     const size = this.rowSize();
     const view = data.subarray(firstRow * size, (firstRow + rows) * size);
-    return new ort.Tensor(this.manifest.kvDtype, view, [rows, this.kvHeads, this.capacity, this.headDim]);
+    const dims = transposed ? [rows, this.kvHeads, this.headDim, this.capacity] : [rows, this.kvHeads, this.capacity, this.headDim];
+    return new ort.Tensor(this.manifest.kvDtype, view, dims);
   }
 
   private async run(
@@ -177,23 +190,37 @@ export class FastRunner implements ModelRunner {
       total_sequence_length: new ort.Tensor('int32', Int32Array.of(total), []),
     };
     for (let l = 0; l < this.layers; l++) {
-      feeds[this.pastKeyNames[l]] = this.kvTensor(this.keys[l], rows, firstRow);
-      feeds[this.pastValueNames[l]] = this.kvTensor(this.values[l], rows, firstRow);
+      feeds[this.pastKeyNames[l]] = this.kvTensor(this.keys[l], rows, firstRow, this.keysTransposed);
+      feeds[this.pastValueNames[l]] = this.kvTensor(this.values[l], rows, firstRow, false);
     }
     return this.session.run(feeds);
   }
 
-  /** Copies this step's keys/values ([rows, kvHeads, seqLen, headDim]) into the cache. */
+  /**
+   * Copies this step's keys/values into the cache: values (and 'bhtd' keys) arrive as
+   * [rows, kvHeads, seqLen, headDim], 'bhdt' keys as [rows, kvHeads, headDim, seqLen].
+   */
   private store(out: ort.InferenceSession.OnnxValueMapType, batchIndex: number, row: number, seqLen: number, at: number): void {
     const hd = this.headDim;
+    const cap = this.capacity;
     for (let l = 0; l < this.layers; l++) {
       const nk = out[this.newKeyNames[l]].data as KvArray;
       const nv = out[this.newValueNames[l]].data as KvArray;
+      const keys = this.keys[l];
       for (let h = 0; h < this.kvHeads; h++) {
         const from = ((batchIndex * this.kvHeads + h) * seqLen) * hd;
-        const to = ((row * this.kvHeads + h) * this.capacity + at) * hd;
-        this.keys[l].set(nk.subarray(from, from + seqLen * hd), to);
+        const to = ((row * this.kvHeads + h) * cap + at) * hd;
         this.values[l].set(nv.subarray(from, from + seqLen * hd), to);
+        if (!this.keysTransposed) {
+          keys.set(nk.subarray(from, from + seqLen * hd), to);
+        } else if (seqLen === 1) {
+          // A decode step: one element per head dimension, strided by the capacity.
+          const base = (row * this.kvHeads + h) * hd * cap + at;
+          for (let d = 0; d < hd; d++) keys[base + d * cap] = nk[from + d];
+        } else {
+          const base = (row * this.kvHeads + h) * hd * cap + at;
+          for (let d = 0; d < hd; d++) keys.set(nk.subarray(from + d * seqLen, from + (d + 1) * seqLen), base + d * cap);
+        }
       }
     }
   }
