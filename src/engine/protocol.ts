@@ -7,7 +7,8 @@ export interface WorkerOptions {
   device: DeviceChoice;
   threads: number;
   maxNumSeqs: number;
-  maxNumBatchedTokens: number;
+  /** Prefill chunk; null picks by device (see `defaultPrefillChunk` in worker.ts). */
+  maxNumBatchedTokens: number | null;
   maxQueue: number;
   maxModelLen: number | null;
   /** Bytes, or a fraction (≤ 1) of free memory at start. */
