@@ -10,7 +10,7 @@ export const EXPORT_FLAGS: FlagSpec[] = [
   { name: 'layout', type: 'string', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', default: 'fast' },
   { name: 'device', type: 'string', help: 'Target device: cpu, or cuda (fp16 activations)', default: 'cpu' },
   { name: 'attention', type: 'string', default: 'matmul for cpu, gqa for cuda', help: 'Fast layout attention: matmul (reads the KV cache in place) or gqa (com.microsoft GroupQueryAttention)' },
-  { name: 'kv-dtype', type: 'string', default: 'fp16 for int4/fp16/cuda, else fp32', help: 'Fast layout KV cache type: fp16 (half the memory) or fp32 (no casts; faster on CPU at batch 8 and long contexts)' },
+  { name: 'kv-dtype', type: 'string', default: 'fp16 for int4/fp16/cuda, else fp32', help: 'Fast layout KV cache type: fp32, fp16 (half the memory), or int8 (a quarter; per-token scales, CPU only)' },
   { name: 'force', type: 'boolean', help: 'Replace the output directory if it exists' },
 ];
 
@@ -21,12 +21,12 @@ const schema = z.object({
   layout: z.enum(EXPORT_LAYOUTS).default('fast'),
   device: z.enum(EXPORT_DEVICES).default('cpu'),
   attention: z.enum(['matmul', 'gqa']).optional(),
-  'kv-dtype': z.enum(['fp16', 'fp32']).optional(),
+  'kv-dtype': z.enum(['fp16', 'fp32', 'int8']).optional(),
   force: z.boolean().default(false),
 });
 
 export const EXPORT_HELP = formatHelp(
-  'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--kv-dtype fp16|fp32] [--force]',
+  'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--kv-dtype fp16|fp32|int8] [--force]',
   'Exports a Hugging Face Qwen3 checkpoint to an ONNX directory the server loads (no Python needed).',
   EXPORT_FLAGS,
 );

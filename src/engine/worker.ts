@@ -26,7 +26,10 @@ function post(message: WorkerMessage): void {
 
 /** Bytes of KV per token: keys and values, every layer. */
 function kvBytesPerToken(m: ReturnType<typeof readManifest>): number {
-  return 2 * m.config.numLayers * m.config.numKvHeads * m.config.headDim * (m.kvDtype === 'float16' ? 2 : 4);
+  const c = m.config;
+  // int8 entries carry one float32 scale per token and head.
+  const perHead = m.kvDtype === 'int8' ? c.headDim + 4 : c.headDim * (m.kvDtype === 'float16' ? 2 : 4);
+  return 2 * c.numLayers * c.numKvHeads * perHead;
 }
 
 /**

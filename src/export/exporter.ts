@@ -26,7 +26,8 @@ export interface ExportOptions {
   /** Fast layout attention: in-place MatMul/Softmax (CPU default) or ONNX Runtime's GQA (CUDA default). */
   attention?: AttentionKind;
   /** KV cache element type of the fast layout (default: fp16 for int4 and fp16 exports, else fp32). */
-  kvDtype?: 'fp16' | 'fp32';
+  /** Fast layout KV cache: fp16, fp32, or int8 (per-token scales; CPU in-place attention only). */
+  kvDtype?: 'fp16' | 'fp32' | 'int8';
   /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on CPU), 0 in float. */
   int4AccuracyLevel?: number;
   progress?: Progress;
@@ -103,7 +104,11 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
   }
   const activationFp16 = dtype === 'fp16' || device === 'cuda';
   const kvDtype = o.kvDtype ?? (activationFp16 || dtype === 'int4' ? 'fp16' : 'fp32');
-  if (!['fp16', 'fp32'].includes(kvDtype)) throw new ConfigError(`unknown KV cache dtype ${JSON.stringify(kvDtype)}; expected fp16 or fp32.`);
+  if (!['fp16', 'fp32', 'int8'].includes(kvDtype)) throw new ConfigError(`unknown KV cache dtype ${JSON.stringify(kvDtype)}; expected fp16, fp32 or int8.`);
+  const attention = o.attention ?? (device === 'cuda' ? 'gqa' : 'matmul');
+  if (kvDtype === 'int8' && (layout !== 'fast' || attention !== 'matmul' || activationFp16)) {
+    throw new ConfigError('--kv-dtype int8 needs the fast layout with in-place attention on the CPU, and fp32 or int4 weights.');
+  }
   if (layout === 'standard' && kvDtype === 'fp16' && !activationFp16 && o.kvDtype === 'fp16') {
     throw new ConfigError('the standard layout keeps its KV cache in the activation type; --kv-dtype fp16 needs the fast layout or fp16 weights.');
   }
@@ -117,9 +122,9 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
     device,
     force: o.force ?? false,
     int4AccuracyLevel: level,
-    attention: o.attention ?? (device === 'cuda' ? 'gqa' : 'matmul'),
+    attention,
     // The standard layout's KV follows its activations (what transformers.js expects).
-    kvDtype: layout === 'standard' ? (activationFp16 ? 'fp16' : 'fp32') : (kvDtype as 'fp16' | 'fp32'),
+    kvDtype: layout === 'standard' ? (activationFp16 ? 'fp16' : 'fp32') : (kvDtype as 'fp16' | 'fp32' | 'int8'),
   };
 }
 
@@ -147,7 +152,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
   for (const [name, shape] of expectedTensors(cfg)) ckpt.info(name, shape);
 
   const activationFp16 = o.dtype === 'fp16' || o.device === 'cuda';
-  const kvType = o.kvDtype === 'fp16' ? DataType.FLOAT16 : DataType.FLOAT;
+  const kvType = { fp16: DataType.FLOAT16, fp32: DataType.FLOAT, int8: DataType.INT8 }[o.kvDtype];
   const tmp = join(dirname(o.outDir), `.${basename(o.outDir)}.partial-${process.pid}`);
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(dirname(o.outDir), { recursive: true });
@@ -179,7 +184,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       version: MANIFEST_VERSION,
       layout: o.layout,
       dtype: o.dtype,
-      kvDtype: o.kvDtype === 'fp16' ? 'float16' : 'float32',
+      kvDtype: ({ fp16: 'float16', fp32: 'float32', int8: 'int8' } as const)[o.kvDtype],
       activationDtype: activationFp16 ? 'float16' : 'float32',
       attention: o.layout === 'fast' ? o.attention : 'matmul',
       keyLayout: o.layout === 'fast' && o.attention === 'matmul' ? 'bhdt' : 'bhtd',

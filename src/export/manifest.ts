@@ -29,7 +29,7 @@ const manifestSchema = z.object({
   layout: z.enum(['fast', 'standard']),
   dtype: z.enum(['fp32', 'fp16', 'int4']),
   /** Element type of the KV cache inputs/outputs (activations may differ, see below). */
-  kvDtype: z.enum(['float32', 'float16']),
+  kvDtype: z.enum(['float32', 'float16', 'int8']),
   activationDtype: z.enum(['float32', 'float16']),
   /** How the graph attends: in-place MatMul/Softmax over the cache, or com.microsoft GQA. */
   attention: z.enum(['matmul', 'gqa']).default('gqa'),
@@ -53,6 +53,11 @@ const manifestSchema = z.object({
     pastValue: z.string(),
     newKey: z.string(),
     newValue: z.string(),
+    /** int8 caches only: per-token, per-head float32 scales of keys and values. */
+    pastKeyScale: z.string().optional(),
+    pastValueScale: z.string().optional(),
+    newKeyScale: z.string().optional(),
+    newValueScale: z.string().optional(),
   }),
   int4: z.object({ blockSize: z.number().int(), accuracyLevel: z.number().int() }).nullable(),
   source: z.object({

@@ -11,6 +11,11 @@ export interface KvNames {
   pastValue: string;
   newKey: string;
   newValue: string;
+  /** int8 caches only: per-token, per-head scales. */
+  pastKeyScale?: string;
+  pastValueScale?: string;
+  newKeyScale?: string;
+  newValueScale?: string;
 }
 
 /** Graph I/O names, recorded in the manifest so the runtime never guesses. */
@@ -19,12 +24,16 @@ export interface GraphIo extends KvNames {
   outputs: string[];
 }
 
-export const FAST_IO_NAMES: KvNames = {
+export const FAST_IO_NAMES = {
   pastKey: 'past_key.{layer}',
   pastValue: 'past_value.{layer}',
   newKey: 'new_key.{layer}',
   newValue: 'new_value.{layer}',
-};
+  pastKeyScale: 'past_key_scale.{layer}',
+  pastValueScale: 'past_value_scale.{layer}',
+  newKeyScale: 'new_key_scale.{layer}',
+  newValueScale: 'new_value_scale.{layer}',
+} as const;
 
 export const STANDARD_IO_NAMES: KvNames = {
   pastKey: 'past_key_values.{layer}.key',
@@ -117,6 +126,8 @@ function inPlaceAttention(
   pastV: string,
   pastMask: string,
   newMask: string,
+  /** int8 caches: [B, KVH, Cap] scales of the cached keys and values (computing in float32). */
+  scales?: { key: string; value: string },
 ): string {
   const { numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
   const G = NH / KVH;
@@ -130,7 +141,12 @@ function inPlaceAttention(
   const scale = g.constant('attn_scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
   // Keys arrive transposed ([B, KVH, HD, Cap] and [B, KVH, HD, S]): Q·Kᵀ reads the cache
   // as it lies. Transposing an fp16 cache every step cost more than all the layers' MLPs.
-  const sPast = g.op('Mul', [toF(g.op('MatMul', [qg, pastK])), scale]);
+  // An int8 cache is widened in the graph and its per-token scales applied to the small
+  // score and probability tensors: keys' to the scores, values' folded into the weights.
+  const perSlot = (x: string) => g.op('Unsqueeze', [x, g.int64s([2])]); // [B, KVH, 1, Cap]
+  const widen = (x: string) => g.op('Cast', [x], { to: int(DataType.FLOAT) });
+  const rawPast = toF(g.op('MatMul', [qg, scales ? widen(pastK) : pastK]));
+  const sPast = g.op('Mul', [scales ? g.op('Mul', [rawPast, perSlot(scales.key)]) : rawPast, scale]);
   const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, kNewT])), scale]);
   const scores = g.op('Concat', [g.op('Add', [sPast, pastMask]), g.op('Add', [sNew, newMask])], { axis: int(-1) });
   const probs = toKv(g.op('Softmax', [scores], { axis: int(-1) }));
@@ -138,7 +154,8 @@ function inPlaceAttention(
   const cap1 = g.op('Reshape', [cap, g.int64s([1])]);
   const pPast = g.op('Slice', [probs, g.int64s([0]), cap1, g.int64s([3])]);
   const pNew = g.op('Slice', [probs, cap1, g.int64s([2 ** 50]), g.int64s([3])]);
-  const ctx = g.op('Add', [g.op('MatMul', [pPast, pastV]), g.op('MatMul', [pNew, vNew])]); // [B, KVH, G·S, HD]
+  const ctxPast = scales ? g.op('MatMul', [g.op('Mul', [pPast, perSlot(scales.value)]), widen(pastV)]) : g.op('MatMul', [pPast, pastV]);
+  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, vNew])]); // [B, KVH, G·S, HD]
   return g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [ctx, g.int64s([0, KVH, G, -1, HD])])], { perm: ints([0, 3, 1, 2, 4]) }),
     g.int64s([0, 0, NH * HD]),
@@ -148,10 +165,14 @@ function inPlaceAttention(
 export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, kvType: ElemType = w.act, attention: AttentionKind = 'gqa'): GraphIo {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
   const T = kvType;
+  // An int8 cache (in-place attention only) is stored quantized and attended in float32.
+  const quantKv = kvType === DataType.INT8;
+  if (quantKv && (attention !== 'matmul' || w.act !== DataType.FLOAT)) throw new Error('an int8 KV cache needs in-place attention and float32 activations');
+  const attnType = quantKv ? w.act : kvType;
   // Attention runs in the KV cache's type: an fp16 cache halves the bytes GQA copies per
   // step. Casting one step's Q/K/V costs little next to that.
-  const toKv = (x: string) => (kvType === w.act ? x : g.op('Cast', [x], { to: int(kvType) }));
-  const fromKv = (x: string) => (kvType === w.act ? x : g.op('Cast', [x], { to: int(w.act) }));
+  const toKv = (x: string) => (attnType === w.act ? x : g.op('Cast', [x], { to: int(attnType) }));
+  const fromKv = (x: string) => (attnType === w.act ? x : g.op('Cast', [x], { to: int(w.act) }));
   const ids = g.input('input_ids', DataType.INT64, ['batch', 'seq']);
   const pos = g.input('position_ids', DataType.INT64, ['batch', 'seq']);
   const seqlensK = g.input('seqlens_k', DataType.INT32, ['batch']);
@@ -197,6 +218,14 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     const pastK = g.input(ioName(FAST_IO_NAMES.pastKey, l), T, keyDims);
     const pastV = g.input(ioName(FAST_IO_NAMES.pastValue, l), T, ['batch', KVH, 'capacity', HD]);
     inputs.push(pastK, pastV);
+    let pastScales: { key: string; value: string } | undefined;
+    if (quantKv) {
+      pastScales = {
+        key: g.input(ioName(FAST_IO_NAMES.pastKeyScale, l), DataType.FLOAT, ['batch', KVH, 'capacity']),
+        value: g.input(ioName(FAST_IO_NAMES.pastValueScale, l), DataType.FLOAT, ['batch', KVH, 'capacity']),
+      };
+      inputs.push(pastScales.key, pastScales.value);
+    }
 
     const h = norm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
     let { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
@@ -210,11 +239,33 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
 
     const perm = ints([0, 2, 1, 3]);
     const keyPerm = attention === 'matmul' ? ints([0, 2, 3, 1]) : perm;
-    const kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newKey, l)], attrs: { perm: keyPerm } })[0];
-    const vHeads = g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [ioName(FAST_IO_NAMES.newValue, l)], attrs: { perm } })[0];
+    const newK = ioName(FAST_IO_NAMES.newKey, l);
+    const newV = ioName(FAST_IO_NAMES.newValue, l);
+    let kHeads: string;
+    let vHeads: string;
+    if (quantKv) {
+      // The step's own keys/values are attended as they will be read back from the cache
+      // (dequantized), so a token sees the same numbers in its own step and later ones.
+      const kq = quantizePerToken(g, g.op('Reshape', [k, headsShape(KVH)]));
+      const vq = quantizePerToken(g, g.op('Reshape', [v, headsShape(KVH)]));
+      g.node('Transpose', [kq.values], { outputs: [newK], attrs: { perm: keyPerm } });
+      g.node('Transpose', [vq.values], { outputs: [newV], attrs: { perm } });
+      const scaleOut = (sc: string, name: string) =>
+        g.node('Reshape', [g.op('Transpose', [sc], { perm }), g.int64s([0, 0, -1])], { outputs: [name] });
+      scaleOut(kq.scales, ioName(FAST_IO_NAMES.newKeyScale, l));
+      scaleOut(vq.scales, ioName(FAST_IO_NAMES.newValueScale, l));
+      g.output(ioName(FAST_IO_NAMES.newKeyScale, l), DataType.FLOAT, ['batch', KVH, 'seq']);
+      g.output(ioName(FAST_IO_NAMES.newValueScale, l), DataType.FLOAT, ['batch', KVH, 'seq']);
+      outputs.push(ioName(FAST_IO_NAMES.newKeyScale, l), ioName(FAST_IO_NAMES.newValueScale, l));
+      kHeads = g.op('Transpose', [kq.dequantized], { perm: keyPerm });
+      vHeads = g.op('Transpose', [vq.dequantized], { perm });
+    } else {
+      kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [newK], attrs: { perm: keyPerm } })[0];
+      vHeads = g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [newV], attrs: { perm } })[0];
+    }
     let attnKv: string;
     if (attention === 'matmul') {
-      attnKv = inPlaceAttention(g, cfg, kvType, q, kHeads, vHeads, pastK, pastV, pastMask, newMask);
+      attnKv = inPlaceAttention(g, cfg, attnType, q, kHeads, vHeads, pastK, pastV, pastMask, newMask, pastScales);
     } else {
       // GQA's present outputs must be named even though nobody fetches them: left empty,
       // GQA silently ignores the past (DESIGN.md §3).
@@ -238,7 +289,21 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   const h = norm(g.op('Reshape', [last, g.int64s([0, -1])]), w.vector('model.norm.weight', H));
   g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
   g.output('logits', DataType.FLOAT, ['batch', V]);
-  return { inputs, outputs, ...FAST_IO_NAMES };
+  const { pastKeyScale, pastValueScale, newKeyScale, newValueScale, ...kvNames } = FAST_IO_NAMES;
+  return { inputs, outputs, ...kvNames, ...(quantKv ? { pastKeyScale, pastValueScale, newKeyScale, newValueScale } : {}) };
+}
+
+/**
+ * Symmetric int8 per token and head: x [B, S, KVH, HD] float32 → values (int8, same
+ * shape), scales [B, S, KVH, 1] = max|x| / 127, and the dequantized values.
+ */
+function quantizePerToken(g: GraphBuilder, x: string): { values: string; scales: string; dequantized: string } {
+  const amax = g.op('ReduceMax', [g.op('Abs', [x])], { axes: ints([-1]), keepdims: int(1) });
+  const tiny = g.constant('kv_scale_floor', DataType.FLOAT, [], Float32Array.of(1e-30));
+  const scales = g.op('Div', [g.op('Max', [amax, tiny]), g.constant('kv_int8_max', DataType.FLOAT, [], Float32Array.of(127))]);
+  const values = g.op('Cast', [g.op('Round', [g.op('Div', [x, scales])])], { to: int(DataType.INT8) });
+  const dequantized = g.op('Mul', [g.op('Cast', [values], { to: int(DataType.FLOAT) }), scales]);
+  return { values, scales, dequantized };
 }
 
 /** The attention projections of one layer (with biases if the config has them) and the q/k norm weights. */

@@ -1,6 +1,8 @@
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
-import { kvArray, type KvArray, type ModelRunner } from './model_runner.js';
+import { BYTES, kvArray, type KvArray, type KvElementType, type ModelRunner } from './model_runner.js';
+
+const EMPTY = new Float32Array(0);
 
 /** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (DESIGN.md §3). */
 export const CAPACITY_STEP = 64;
@@ -17,25 +19,31 @@ export const CAPACITY_STEP = 64;
  * into our buffer). The buffer holds R rows × capacity, both resized in steps, so memory
  * follows the work: `slotsFor` tells the scheduler what a set of sequences would take.
  */
+/**
+ * One cached tensor per layer: keys, values, or (int8 caches) their per-token scales.
+ * `width` elements per token and head; `transposed` stores [rows, heads, width, capacity]
+ * instead of [rows, heads, capacity, width]. Width-1 planes are fed as [rows, heads, capacity].
+ */
+interface Plane {
+  readonly past: string[];
+  readonly fresh: string[];
+  readonly type: KvElementType;
+  readonly width: number;
+  readonly transposed: boolean;
+  data: KvArray[];
+}
+
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
   private readonly kvHeads: number;
-  private readonly headDim: number;
   private readonly layers: number;
-  /** Keys stored [row, head, head_dim, slot] (manifest keyLayout 'bhdt') instead of [row, head, slot, head_dim]. */
-  private readonly keysTransposed: boolean;
   private capacity = CAPACITY_STEP;
   private rows = 0;
-  private keys: KvArray[] = [];
-  private values: KvArray[] = [];
+  private readonly planes: Plane[];
   private readonly rowOf = new Map<number, number>();
   /** The sequence id in each row [0, count). */
   private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
-  private readonly pastKeyNames: string[];
-  private readonly pastValueNames: string[];
-  private readonly newKeyNames: string[];
-  private readonly newValueNames: string[];
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -47,52 +55,73 @@ export class FastRunner implements ModelRunner {
     const c = manifest.config;
     this.vocabSize = c.vocabSize;
     this.kvHeads = c.numKvHeads;
-    this.headDim = c.headDim;
     this.layers = c.numLayers;
-    this.keysTransposed = manifest.keyLayout === 'bhdt';
     this.rowLength = new Int32Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
-    this.pastKeyNames = names(manifest.io.pastKey);
-    this.pastValueNames = names(manifest.io.pastValue);
-    this.newKeyNames = names(manifest.io.newKey);
-    this.newValueNames = names(manifest.io.newValue);
+    const io = manifest.io;
+    const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
+      past: names(past),
+      fresh: names(fresh),
+      type,
+      width,
+      transposed,
+      data: [],
+    });
+    this.planes = [
+      plane(io.pastKey, io.newKey, manifest.kvDtype, c.headDim, manifest.keyLayout === 'bhdt'),
+      plane(io.pastValue, io.newValue, manifest.kvDtype, c.headDim, false),
+    ];
+    if (manifest.kvDtype === 'int8') {
+      if (!io.pastKeyScale || !io.pastValueScale || !io.newKeyScale || !io.newValueScale) {
+        throw new Error('an int8 KV export must name its scale tensors (re-export the model)');
+      }
+      this.planes.push(plane(io.pastKeyScale, io.newKeyScale, 'float32', 1, false), plane(io.pastValueScale, io.newValueScale, 'float32', 1, false));
+    }
     this.allocate(1, CAPACITY_STEP);
   }
 
-  private rowSize(cap = this.capacity): number {
-    return this.kvHeads * cap * this.headDim;
+  private planeSize(p: Plane, rows: number, cap: number): number {
+    return rows * this.kvHeads * cap * p.width;
   }
 
+  /**
+   * New buffers of `rows` × `cap`, filled layer by layer: each layer's old buffers are
+   * dropped as soon as they are copied, so growing a large cache needs one layer of
+   * slack, not a second copy of the whole cache.
+   */
   private allocate(rows: number, cap: number): void {
-    const old = { keys: this.keys, values: this.values, cap: this.capacity };
+    const oldCap = this.capacity;
+    const old = this.planes.map((p) => p.data);
     this.capacity = cap;
     this.rows = rows;
-    const size = rows * this.rowSize(cap);
-    this.keys = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, size));
-    this.values = Array.from({ length: this.layers }, () => kvArray(this.manifest.kvDtype, size));
-    for (let row = 0; row < this.idOfRow.length; row++) this.copyRow(old, row, row);
+    for (const p of this.planes) p.data = new Array<KvArray>(this.layers);
+    for (let l = 0; l < this.layers; l++) {
+      this.planes.forEach((p, i) => {
+        p.data[l] = kvArray(p.type, this.planeSize(p, rows, cap));
+        const src = old[i][l];
+        if (!src) return;
+        for (let row = 0; row < this.idOfRow.length; row++) this.copyRow(p, src, oldCap, l, row, row);
+        old[i][l] = EMPTY;
+      });
+    }
   }
 
-  /** Copies the cached prefix of row `from` in `src` to row `to` of the current buffers. */
-  private copyRow(src: { keys: KvArray[]; values: KvArray[]; cap: number }, from: number, to: number): void {
+  /** Copies the cached prefix of row `from` of `src` (capacity `srcCap`) to row `to` of the plane's layer `l`. */
+  private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number): void {
     const len = this.rowLength[from];
-    if (len === 0 || src.keys.length === 0) return;
-    const hd = this.headDim;
-    for (let l = 0; l < this.layers; l++) {
-      for (let h = 0; h < this.kvHeads; h++) {
-        const a = (from * this.kvHeads + h) * src.cap * hd;
-        const b = (to * this.kvHeads + h) * this.capacity * hd;
-        this.values[l].set(src.values[l].subarray(a, a + len * hd), b);
-        if (!this.keysTransposed) {
-          this.keys[l].set(src.keys[l].subarray(a, a + len * hd), b);
-          continue;
-        }
-        // Transposed keys: one run of `len` slots per head dimension.
-        for (let d = 0; d < hd; d++) {
-          const ka = a + d * src.cap;
-          this.keys[l].set(src.keys[l].subarray(ka, ka + len), b + d * this.capacity);
-        }
+    if (len === 0) return;
+    const dst = p.data[l];
+    const cap = this.capacity;
+    const w = p.width;
+    for (let h = 0; h < this.kvHeads; h++) {
+      const a = (from * this.kvHeads + h) * srcCap * w;
+      const b = (to * this.kvHeads + h) * cap * w;
+      if (!p.transposed) {
+        dst.set(src.subarray(a, a + len * w), b);
+        continue;
       }
+      // Transposed: one run of `len` slots per element of the token's vector.
+      for (let d = 0; d < w; d++) dst.set(src.subarray(a + d * srcCap, a + d * srcCap + len), b + d * cap);
     }
   }
 
@@ -136,7 +165,7 @@ export class FastRunner implements ModelRunner {
     const last = this.idOfRow.length - 1;
     if (row !== last) {
       // Keep rows compact: the last row's cache moves into the hole.
-      this.copyRow({ keys: this.keys, values: this.values, cap: this.capacity }, last, row);
+      for (const p of this.planes) for (let l = 0; l < this.layers; l++) this.copyRow(p, p.data[l], this.capacity, l, last, row);
       this.rowLength[row] = this.rowLength[last];
       this.idOfRow[row] = this.idOfRow[last];
       this.rowOf.set(this.idOfRow[row], row);
@@ -157,8 +186,9 @@ export class FastRunner implements ModelRunner {
   }
 
   kvBytes(): number {
-    const bytesPer = this.manifest.kvDtype === 'float16' ? 2 : 4;
-    return 2 * this.layers * this.rows * this.rowSize() * bytesPer;
+    let bytes = 0;
+    for (const p of this.planes) bytes += this.layers * this.planeSize(p, this.rows, this.capacity) * BYTES[p.type];
+    return bytes;
   }
 
   private row(id: number): number {
@@ -167,11 +197,16 @@ export class FastRunner implements ModelRunner {
     return row;
   }
 
-  private kvTensor(data: KvArray, rows: number, firstRow: number, transposed: boolean): ort.Tensor {
-    const size = this.rowSize();
-    const view = data.subarray(firstRow * size, (firstRow + rows) * size);
-    const dims = transposed ? [rows, this.kvHeads, this.headDim, this.capacity] : [rows, this.kvHeads, this.capacity, this.headDim];
-    return new ort.Tensor(this.manifest.kvDtype, view, dims);
+  private planeTensor(p: Plane, l: number, rows: number, firstRow: number): ort.Tensor {
+    const size = this.planeSize(p, 1, this.capacity);
+    const view = p.data[l].subarray(firstRow * size, (firstRow + rows) * size);
+    const dims =
+      p.width === 1
+        ? [rows, this.kvHeads, this.capacity]
+        : p.transposed
+          ? [rows, this.kvHeads, p.width, this.capacity]
+          : [rows, this.kvHeads, this.capacity, p.width];
+    return new ort.Tensor(p.type, view, dims);
   }
 
   private async run(
@@ -189,37 +224,33 @@ export class FastRunner implements ModelRunner {
       seqlens_k: new ort.Tensor('int32', Int32Array.from(seqlensK), [rows]),
       total_sequence_length: new ort.Tensor('int32', Int32Array.of(total), []),
     };
-    for (let l = 0; l < this.layers; l++) {
-      feeds[this.pastKeyNames[l]] = this.kvTensor(this.keys[l], rows, firstRow, this.keysTransposed);
-      feeds[this.pastValueNames[l]] = this.kvTensor(this.values[l], rows, firstRow, false);
-    }
+    for (const p of this.planes) for (let l = 0; l < this.layers; l++) feeds[p.past[l]] = this.planeTensor(p, l, rows, firstRow);
     return this.session.run(feeds);
   }
 
   /**
-   * Copies this step's keys/values into the cache: values (and 'bhtd' keys) arrive as
-   * [rows, kvHeads, seqLen, headDim], 'bhdt' keys as [rows, kvHeads, headDim, seqLen].
+   * Copies this step's new entries into the cache. The graph returns them in the plane's
+   * own order with `seqLen` in place of the capacity: [rows, heads, seqLen, width], or
+   * [rows, heads, width, seqLen] for a transposed plane.
    */
   private store(out: ort.InferenceSession.OnnxValueMapType, batchIndex: number, row: number, seqLen: number, at: number): void {
-    const hd = this.headDim;
     const cap = this.capacity;
-    for (let l = 0; l < this.layers; l++) {
-      const nk = out[this.newKeyNames[l]].data as KvArray;
-      const nv = out[this.newValueNames[l]].data as KvArray;
-      const keys = this.keys[l];
-      for (let h = 0; h < this.kvHeads; h++) {
-        const from = ((batchIndex * this.kvHeads + h) * seqLen) * hd;
-        const to = ((row * this.kvHeads + h) * cap + at) * hd;
-        this.values[l].set(nv.subarray(from, from + seqLen * hd), to);
-        if (!this.keysTransposed) {
-          keys.set(nk.subarray(from, from + seqLen * hd), to);
-        } else if (seqLen === 1) {
-          // A decode step: one element per head dimension, strided by the capacity.
-          const base = (row * this.kvHeads + h) * hd * cap + at;
-          for (let d = 0; d < hd; d++) keys[base + d * cap] = nk[from + d];
-        } else {
-          const base = (row * this.kvHeads + h) * hd * cap + at;
-          for (let d = 0; d < hd; d++) keys.set(nk.subarray(from + d * seqLen, from + (d + 1) * seqLen), base + d * cap);
+    for (const p of this.planes) {
+      const w = p.width;
+      for (let l = 0; l < this.layers; l++) {
+        const fresh = out[p.fresh[l]].data as KvArray;
+        const dst = p.data[l];
+        for (let h = 0; h < this.kvHeads; h++) {
+          const from = (batchIndex * this.kvHeads + h) * seqLen * w;
+          const base = (row * this.kvHeads + h) * cap * w;
+          if (!p.transposed) {
+            dst.set(fresh.subarray(from, from + seqLen * w), base + at * w);
+          } else if (seqLen === 1) {
+            // A decode step: one element per vector entry, strided by the capacity.
+            for (let d = 0; d < w; d++) dst[base + d * cap + at] = fresh[from + d];
+          } else {
+            for (let d = 0; d < w; d++) dst.set(fresh.subarray(from + d * seqLen, from + (d + 1) * seqLen), base + d * cap + at);
+          }
         }
       }
     }

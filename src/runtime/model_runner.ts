@@ -30,12 +30,14 @@ export interface ModelRunner {
   fillForBenchmark(id: number, length: number): void;
 }
 
-export type KvArray = Float32Array | Uint16Array;
+export type KvArray = Float32Array | Uint16Array | Int8Array;
 
-export function kvArray(dtype: Manifest['kvDtype'], length: number): KvArray {
+/** Element types of cached tensors: the KV cache's own, and float32 for int8 scales. */
+export type KvElementType = Manifest['kvDtype'];
+
+export const BYTES: Record<KvElementType, number> = { float32: 4, float16: 2, int8: 1 };
+
+export function kvArray(dtype: KvElementType, length: number): KvArray {
+  if (dtype === 'int8') return new Int8Array(length);
   return dtype === 'float16' ? new Uint16Array(length) : new Float32Array(length);
-}
-
-export function kvTensorType(dtype: Manifest['kvDtype']): 'float16' | 'float32' {
-  return dtype;
 }

@@ -44,7 +44,7 @@ export async function createSession(dir: string, manifest: Manifest, opts: Sessi
   const plan = providerPlan(opts.device, manifest);
   let fallbackReason: string | null = null;
   if (opts.device === 'auto' && plan.length === 1) {
-    fallbackReason = `the model was exported with ${manifest.kvDtype} activations, which CUDA's GroupQueryAttention does not run; export with --dtype fp16 or --device cuda to use a GPU`;
+    fallbackReason = `the model was exported for the CPU (${manifest.kvDtype} KV cache), which CUDA's GroupQueryAttention does not run; export with --dtype fp16 or --device cuda to use a GPU`;
   }
   for (const ep of plan) {
     try {
