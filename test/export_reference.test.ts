@@ -222,3 +222,28 @@ test('int4 and fp16 exports of a realistically scaled model track the float64 re
     assert.equal(argmax(logits), argmax(expected[i]));
   }
 });
+
+test('fast runner: a prefill reservation sizes the cache once and changes no logits', async () => {
+  const dir = await exportFixture('fast', 'fp32');
+  const prompt = Array.from({ length: 150 }, (_, i) => 1000 + ((i * 7919) % 50000));
+  const chunks = (n: number) => Array.from({ length: Math.ceil(prompt.length / n) }, (_, i) => prompt.slice(i * n, (i + 1) * n));
+  const plain = await openRunner(dir);
+  plain.addSequence(1);
+  let expected: Float32Array = new Float32Array();
+  for (const c of chunks(32)) expected = await plain.prefill(1, c);
+  const reserved = await openRunner(dir);
+  reserved.addSequence(1);
+  const sizes: number[] = [];
+  let got: Float32Array = new Float32Array();
+  for (const c of chunks(32)) {
+    got = await reserved.prefill(1, c, prompt.length);
+    sizes.push(reserved.kvBytes());
+  }
+  assert.equal(new Set(sizes).size, 1, `cache regrown during the prompt: ${sizes.join(', ')}`);
+  assert.ok(sizes[0] > 0);
+  assert.deepEqual(Array.from(got), Array.from(expected));
+  // The first decoded token fits the reservation too.
+  const before = reserved.kvBytes();
+  await reserved.decode([1], [argmax(got)]);
+  assert.equal(reserved.kvBytes(), before);
+});

@@ -44,6 +44,8 @@ export class FastRunner implements ModelRunner {
   /** The sequence id in each row [0, count). */
   private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
+  /** Length a row is being prefilled to: capacity is sized for it up front. */
+  private readonly rowReserve: Int32Array;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -57,6 +59,7 @@ export class FastRunner implements ModelRunner {
     this.kvHeads = c.numKvHeads;
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
+    this.rowReserve = new Int32Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
     const io = manifest.io;
     const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
@@ -139,7 +142,7 @@ export class FastRunner implements ModelRunner {
   private fit(needed: number): void {
     if (needed > this.maxLength) throw new Error(`sequence of ${needed} tokens exceeds the runner's limit of ${this.maxLength}`);
     let longest = needed;
-    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r]);
+    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r], this.rowReserve[r]);
     const cap = FastRunner.bucket(longest);
     const rows = Math.max(1, this.idOfRow.length);
     // Grow at once; shrink only when a size halves, so allocations do not flap.
@@ -155,6 +158,7 @@ export class FastRunner implements ModelRunner {
     const row = this.idOfRow.length;
     this.idOfRow.push(id);
     this.rowLength[row] = 0;
+    this.rowReserve[row] = 0;
     this.rowOf.set(id, row);
   }
 
@@ -167,11 +171,13 @@ export class FastRunner implements ModelRunner {
       // Keep rows compact: the last row's cache moves into the hole.
       for (const p of this.planes) for (let l = 0; l < this.layers; l++) this.copyRow(p, p.data[l], this.capacity, l, last, row);
       this.rowLength[row] = this.rowLength[last];
+      this.rowReserve[row] = this.rowReserve[last];
       this.idOfRow[row] = this.idOfRow[last];
       this.rowOf.set(this.idOfRow[row], row);
     }
     this.idOfRow.pop();
     this.rowLength[last] = 0;
+    this.rowReserve[last] = 0;
     if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
   }
 
@@ -256,11 +262,14 @@ export class FastRunner implements ModelRunner {
     }
   }
 
-  async prefill(id: number, tokens: number[]): Promise<Float32Array> {
+  async prefill(id: number, tokens: number[], reserve?: number): Promise<Float32Array> {
     const row = this.row(id);
     const past = this.rowLength[row];
     const s = tokens.length;
     if (s === 0) throw new Error('prefill needs at least one token');
+    // Size the cache for the whole prompt and its first decoded token now: regrowing it
+    // every chunk copied every row's cache each time and stalled the running streams.
+    if (reserve !== undefined) this.rowReserve[row] = Math.min(Math.max(reserve + 1, past + s), this.maxLength);
     this.fit(past + s);
     // GQA takes a multi-token step with a past only at batch 1: the row's own slice.
     const positions = Array.from({ length: s }, (_, i) => past + i);
