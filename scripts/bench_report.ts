@@ -56,7 +56,7 @@ for (const v of variants) {
         modelDir: dirs[`${v.layout}-${v.dtype}`],
         batchSizes: quick ? [1, 8] : [1, 2, 4, 8, 16],
         contexts: [128, 1024],
-        decodeSteps: quick ? 3 : 8,
+        decodeSteps: quick ? 6 : 12,
         prefillChunk: 512,
         threads: THREADS,
         device: 'cpu',

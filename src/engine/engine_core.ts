@@ -141,7 +141,7 @@ export class EngineCore {
     if (plan.prefill) {
       const { start, end } = plan.prefill;
       const seq = plan.prefill.seq as ActiveSequence;
-      const logits = await this.runner.prefill(seq.id, seq.tokens.slice(start, end), Scheduler.prefillTarget(seq));
+      const logits = await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
       if (seq.state === 'prefill') {
         const fresh = seq.tokens.length === seq.promptLength;
         if (this.scheduler.prefilled(seq, end) && fresh) {

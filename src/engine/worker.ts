@@ -72,7 +72,7 @@ async function start(): Promise<EngineCore> {
   const { limits } = resolveLimits(manifest, device);
   const runner: ModelRunner =
     manifest.layout === 'fast'
-      ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen)
+      ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens)
       : new StandardRunner(session, manifest, limits.maxNumSeqs);
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);

@@ -2,7 +2,6 @@ import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type KvElementType, type ModelRunner } from './model_runner.js';
 
-const EMPTY = new Float32Array(0);
 
 /** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (DESIGN.md §3). */
 export const CAPACITY_STEP = 64;
@@ -44,8 +43,6 @@ export class FastRunner implements ModelRunner {
   /** The sequence id in each row [0, count). */
   private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
-  /** Length a row is being prefilled to: capacity is sized for it up front. */
-  private readonly rowReserve: Int32Array;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -53,13 +50,18 @@ export class FastRunner implements ModelRunner {
     readonly maxSequences: number,
     /** Longest sequence a row may hold; capacity never grows past it. */
     private readonly maxLength: number,
+    /**
+     * The scheduler's KV budget in token slots (rows × capacity never exceeds it). Given,
+     * each buffer is allocated once at that size: memory is only committed as it is first
+     * written, and every later resize happens in place.
+     */
+    private readonly budgetTokens = 0,
   ) {
     const c = manifest.config;
     this.vocabSize = c.vocabSize;
     this.kvHeads = c.numKvHeads;
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
-    this.rowReserve = new Int32Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
     const io = manifest.io;
     const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
@@ -88,24 +90,59 @@ export class FastRunner implements ModelRunner {
   }
 
   /**
-   * New buffers of `rows` × `cap`, filled layer by layer: each layer's old buffers are
-   * dropped as soon as they are copied, so growing a large cache needs one layer of
-   * slack, not a second copy of the whole cache.
+   * Lays the cache out as `rows` × `cap`. A buffer that is big enough is re-laid out in
+   * place: first touches of fresh memory are expensive here (page faults: 2.1 s to touch
+   * 594 MB on this VM), so a full reallocation at every capacity step stalled every
+   * stream for seconds at long contexts. Buffers are sized for the whole budget (else
+   * twice what is needed), untouched memory costing nothing; when the last sequence
+   * leaves they are dropped, so an idle server gives its cache memory back. Buffers are
+   * replaced layer by layer, so a reallocation needs one layer of slack, not a second
+   * copy of the whole cache.
    */
   private allocate(rows: number, cap: number): void {
     const oldCap = this.capacity;
-    const old = this.planes.map((p) => p.data);
+    const live = this.idOfRow.length;
     this.capacity = cap;
     this.rows = rows;
-    for (const p of this.planes) p.data = new Array<KvArray>(this.layers);
-    for (let l = 0; l < this.layers; l++) {
-      this.planes.forEach((p, i) => {
-        p.data[l] = kvArray(p.type, this.planeSize(p, rows, cap));
-        const src = old[i][l];
-        if (!src) return;
-        for (let row = 0; row < this.idOfRow.length; row++) this.copyRow(p, src, oldCap, l, row, row);
-        old[i][l] = EMPTY;
-      });
+    for (const p of this.planes) {
+      const needed = this.planeSize(p, rows, cap);
+      const size = Math.max(2 * needed, this.kvHeads * p.width * this.budgetTokens);
+      for (let l = 0; l < this.layers; l++) {
+        const src = p.data[l];
+        if (src && src.length >= needed) {
+          this.restride(p, src, oldCap, live);
+          continue;
+        }
+        p.data[l] = kvArray(p.type, size);
+        if (src) for (let row = 0; row < live; row++) this.copyRow(p, src, oldCap, l, row, row);
+      }
+    }
+  }
+
+  /**
+   * Moves every live row's entries from capacity `oldCap` to the current capacity within
+   * one buffer. Each run of slots starts at (line index) × capacity; growing moves runs
+   * up, so going from the last run down never overwrites one not yet moved (shrinking
+   * goes the other way). Slots past a row's length keep stale values: finite numbers the
+   * length mask hides.
+   */
+  private restride(p: Plane, buf: KvArray, oldCap: number, live: number): void {
+    const cap = this.capacity;
+    if (cap === oldCap) return;
+    // Runs: per (row, head) one run of len·w elements, or per (row, head, d) one of len.
+    const perRow = p.transposed ? this.kvHeads * p.width : this.kvHeads;
+    const unit = p.transposed ? 1 : p.width;
+    const move = (row: number, j: number) => {
+      const len = this.rowLength[row] * unit;
+      if (len === 0) return;
+      const line = row * perRow + j;
+      const from = line * oldCap * unit;
+      buf.copyWithin(line * cap * unit, from, from + len);
+    };
+    if (cap > oldCap) {
+      for (let row = live - 1; row >= 0; row--) for (let j = perRow - 1; j >= 0; j--) move(row, j);
+    } else {
+      for (let row = 0; row < live; row++) for (let j = 0; j < perRow; j++) move(row, j);
     }
   }
 
@@ -142,7 +179,7 @@ export class FastRunner implements ModelRunner {
   private fit(needed: number): void {
     if (needed > this.maxLength) throw new Error(`sequence of ${needed} tokens exceeds the runner's limit of ${this.maxLength}`);
     let longest = needed;
-    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r], this.rowReserve[r]);
+    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r]);
     const cap = FastRunner.bucket(longest);
     const rows = Math.max(1, this.idOfRow.length);
     // Grow at once; shrink only when a size halves, so allocations do not flap.
@@ -158,7 +195,6 @@ export class FastRunner implements ModelRunner {
     const row = this.idOfRow.length;
     this.idOfRow.push(id);
     this.rowLength[row] = 0;
-    this.rowReserve[row] = 0;
     this.rowOf.set(id, row);
   }
 
@@ -171,14 +207,16 @@ export class FastRunner implements ModelRunner {
       // Keep rows compact: the last row's cache moves into the hole.
       for (const p of this.planes) for (let l = 0; l < this.layers; l++) this.copyRow(p, p.data[l], this.capacity, l, last, row);
       this.rowLength[row] = this.rowLength[last];
-      this.rowReserve[row] = this.rowReserve[last];
       this.idOfRow[row] = this.idOfRow[last];
       this.rowOf.set(this.idOfRow[row], row);
     }
     this.idOfRow.pop();
     this.rowLength[last] = 0;
-    this.rowReserve[last] = 0;
-    if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
+    if (this.idOfRow.length === 0) {
+      // Idle: drop the buffers (and the memory written into them).
+      for (const p of this.planes) p.data = [];
+      this.allocate(1, CAPACITY_STEP);
+    }
   }
 
   fillForBenchmark(id: number, length: number): void {
@@ -191,6 +229,7 @@ export class FastRunner implements ModelRunner {
     return this.rowLength[this.row(id)];
   }
 
+  /** Bytes the current layout (rows × capacity) spans; reserved but unwritten memory is not counted. */
   kvBytes(): number {
     let bytes = 0;
     for (const p of this.planes) bytes += this.layers * this.planeSize(p, this.rows, this.capacity) * BYTES[p.type];
@@ -262,14 +301,11 @@ export class FastRunner implements ModelRunner {
     }
   }
 
-  async prefill(id: number, tokens: number[], reserve?: number): Promise<Float32Array> {
+  async prefill(id: number, tokens: number[]): Promise<Float32Array> {
     const row = this.row(id);
     const past = this.rowLength[row];
     const s = tokens.length;
     if (s === 0) throw new Error('prefill needs at least one token');
-    // Size the cache for the whole prompt and its first decoded token now: regrowing it
-    // every chunk copied every row's cache each time and stalled the running streams.
-    if (reserve !== undefined) this.rowReserve[row] = Math.min(Math.max(reserve + 1, past + s), this.maxLength);
     this.fit(past + s);
     // GQA takes a multi-token step with a past only at batch 1: the row's own slice.
     const positions = Array.from({ length: s }, (_, i) => past + i);

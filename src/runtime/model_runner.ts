@@ -14,12 +14,8 @@ export interface ModelRunner {
   removeSequence(id: number): void;
   /** Tokens of `id` whose keys and values are cached. */
   cachedLength(id: number): number;
-  /**
-   * Runs a chunk of `id`'s prompt (after what is cached); returns the last token's logits.
-   * `reserve`: the length the sequence will reach when its prompt is done, so the cache
-   * can be sized once for the whole prompt rather than regrown chunk by chunk.
-   */
-  prefill(id: number, tokens: number[], reserve?: number): Promise<Float32Array>;
+  /** Runs a chunk of `id`'s prompt (after what is cached); returns the last token's logits. */
+  prefill(id: number, tokens: number[]): Promise<Float32Array>;
   /** One new token for each sequence; returns logits [ids.length × vocab] in that order. */
   decode(ids: number[], tokens: number[]): Promise<Float32Array>;
   /** Bytes of KV memory currently allocated. */

@@ -152,7 +152,7 @@ export class StandardRunner implements ModelRunner {
     return result;
   }
 
-  prefill(id: number, tokens: number[], _reserve?: number): Promise<Float32Array> {
+  prefill(id: number, tokens: number[]): Promise<Float32Array> {
     if (tokens.length === 0) throw new Error('prefill needs at least one token');
     return this.step([this.seq(id)], tokens, tokens.length);
   }
