@@ -53,6 +53,23 @@ function maxError(all: Float32Array[][]): number {
   return worst;
 }
 
+/** Largest |a[j] − b[j]|. */
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let diff = 0;
+  for (let j = 0; j < a.length; j++) diff = Math.max(diff, Math.abs(a[j] - b[j]));
+  return diff;
+}
+
+/** Every step's logits of every case, batched, equal those computed alone (to 1e-4). */
+function assertSameAsAlone(batched: Float32Array[][], alone: Float32Array[][]): void {
+  batched.forEach((steps, i) =>
+    steps.forEach((l, k) => {
+      const diff = maxAbsDiff(l, alone[i][k]);
+      assert.ok(diff < 1e-4, `case ${i} step ${k}: batched logits differ by ${diff}`);
+    }),
+  );
+}
+
 for (const layout of ['fast', 'standard'] as const) {
   test(`fp32 ${layout} export matches the reference log-probabilities and greedy ids`, async () => {
     const all = await runAlone(await exportFixture(layout, 'fp32'), false);
@@ -74,13 +91,7 @@ for (const layout of ['fast', 'standard'] as const) {
       const logits = await runner.decode(ids, batched.map((s) => argmax(s[k - 1])));
       batched.forEach((s, i) => s.push(logits.slice(i * runner.vocabSize, (i + 1) * runner.vocabSize)));
     }
-    batched.forEach((steps, i) =>
-      steps.forEach((l, k) => {
-        let diff = 0;
-        for (let j = 0; j < l.length; j++) diff = Math.max(diff, Math.abs(l[j] - alone[i][k][j]));
-        assert.ok(diff < 1e-4, `case ${i} step ${k}: batched logits differ by ${diff}`);
-      }),
-    );
+    assertSameAsAlone(batched, alone);
     assert.ok(maxError(batched) < 1e-3);
   });
 
@@ -135,13 +146,7 @@ test('fp32 weights with an int8 KV cache: close to the reference, batched = alon
     const logits = await runner.decode(live, [...cases.map((c) => c.greedy_ids[k - 1]), 7].slice(0, live.length));
     batched.forEach((s, i) => s.push(logits.slice(i * runner.vocabSize, (i + 1) * runner.vocabSize)));
   }
-  batched.forEach((steps, i) =>
-    steps.forEach((l, k) => {
-      let diff = 0;
-      for (let j = 0; j < l.length; j++) diff = Math.max(diff, Math.abs(l[j] - alone[i][k][j]));
-      assert.ok(diff < 1e-4, `case ${i} step ${k}: batched logits differ by ${diff}`);
-    }),
-  );
+  assertSameAsAlone(batched, alone);
 });
 
 test('int8 KV is refused where it cannot run', async () => {
@@ -254,8 +259,7 @@ test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep
     };
     const check = async (id: number, got: Float32Array) => {
       const want = await oracle(seqs.get(id)!);
-      let diff = 0;
-      for (let j = 0; j < want.length; j++) diff = Math.max(diff, Math.abs(got[j] - want[j]));
+      const diff = maxAbsDiff(got, want);
       assert.ok(diff < 1e-3, `${dir}: sequence ${id} at ${seqs.get(id)!.length} tokens differs by ${diff}`);
     };
     let last: Float32Array[] = [];

@@ -10,7 +10,7 @@ import { readManifest } from '../export/manifest.js';
 import { createSession } from '../runtime/session.js';
 import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
-import type { ModelRunner } from '../runtime/model_runner.js';
+import { BYTES, type ModelRunner } from '../runtime/model_runner.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { EngineCore } from './engine_core.js';
@@ -28,7 +28,7 @@ function post(message: WorkerMessage): void {
 function kvBytesPerToken(m: ReturnType<typeof readManifest>): number {
   const c = m.config;
   // int8 entries carry one float32 scale per token and head.
-  const perHead = m.kvDtype === 'int8' ? c.headDim + 4 : c.headDim * (m.kvDtype === 'float16' ? 2 : 4);
+  const perHead = c.headDim * BYTES[m.kvDtype] + (m.kvDtype === 'int8' ? BYTES.float32 : 0);
   return 2 * c.numLayers * c.numKvHeads * perHead;
 }
 

@@ -130,9 +130,7 @@ export class FastRunner implements ModelRunner {
   private restride(p: Plane, buf: KvArray, oldCap: number, live: number): void {
     const cap = this.capacity;
     if (cap === oldCap) return;
-    // Runs: per (row, head) one run of len·w elements, or per (row, head, d) one of len.
-    const perRow = p.transposed ? this.kvHeads * p.width : this.kvHeads;
-    const unit = p.transposed ? 1 : p.width;
+    const { perRow, unit } = this.runs(p);
     const move = (row: number, j: number) => {
       const len = this.rowLength[row] * unit;
       if (len === 0) return;
@@ -147,22 +145,23 @@ export class FastRunner implements ModelRunner {
     }
   }
 
+  /**
+   * A plane is a sequence of runs, each `capacity` slots of `unit` elements: per (row,
+   * head) for [rows, heads, capacity, width], per (row, head, d) for the transposed order.
+   */
+  private runs(p: Plane): { perRow: number; unit: number } {
+    return p.transposed ? { perRow: this.kvHeads * p.width, unit: 1 } : { perRow: this.kvHeads, unit: p.width };
+  }
+
   /** Copies the cached prefix of row `from` of `src` (capacity `srcCap`) to row `to` of the plane's layer `l`. */
   private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number): void {
-    const len = this.rowLength[from];
+    const { perRow, unit } = this.runs(p);
+    const len = this.rowLength[from] * unit;
     if (len === 0) return;
     const dst = p.data[l];
-    const cap = this.capacity;
-    const w = p.width;
-    for (let h = 0; h < this.kvHeads; h++) {
-      const a = (from * this.kvHeads + h) * srcCap * w;
-      const b = (to * this.kvHeads + h) * cap * w;
-      if (!p.transposed) {
-        dst.set(src.subarray(a, a + len * w), b);
-        continue;
-      }
-      // Transposed: one run of `len` slots per element of the token's vector.
-      for (let d = 0; d < w; d++) dst.set(src.subarray(a + d * srcCap, a + d * srcCap + len), b + d * cap);
+    for (let j = 0; j < perRow; j++) {
+      const a = (from * perRow + j) * srcCap * unit;
+      dst.set(src.subarray(a, a + len), (to * perRow + j) * this.capacity * unit);
     }
   }
 
@@ -278,21 +277,18 @@ export class FastRunner implements ModelRunner {
   private store(out: ort.InferenceSession.OnnxValueMapType, batchIndex: number, row: number, seqLen: number, at: number): void {
     const cap = this.capacity;
     for (const p of this.planes) {
-      const w = p.width;
+      // The graph's outputs are runs too, with seqLen slots in place of the capacity.
+      const { perRow, unit } = this.runs(p);
+      const len = seqLen * unit;
       for (let l = 0; l < this.layers; l++) {
         const fresh = out[p.fresh[l]].data as KvArray;
         const dst = p.data[l];
-        for (let h = 0; h < this.kvHeads; h++) {
-          const from = (batchIndex * this.kvHeads + h) * seqLen * w;
-          const base = (row * this.kvHeads + h) * cap * w;
-          if (!p.transposed) {
-            dst.set(fresh.subarray(from, from + seqLen * w), base + at * w);
-          } else if (seqLen === 1) {
-            // A decode step: one element per vector entry, strided by the capacity.
-            for (let d = 0; d < w; d++) dst[base + d * cap + at] = fresh[from + d];
-          } else {
-            for (let d = 0; d < w; d++) dst.set(fresh.subarray(from + d * seqLen, from + (d + 1) * seqLen), base + d * cap + at);
-          }
+        for (let j = 0; j < perRow; j++) {
+          const from = (batchIndex * perRow + j) * len;
+          const to = ((row * perRow + j) * cap + at) * unit;
+          // A decode step into a transposed plane moves single elements: skip subarray.
+          if (len === 1) dst[to] = fresh[from];
+          else dst.set(fresh.subarray(from, from + len), to);
         }
       }
     }

@@ -1,6 +1,6 @@
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
-import { kvArray, type KvArray, type ModelRunner } from './model_runner.js';
+import { BYTES, kvArray, type KvArray, type ModelRunner } from './model_runner.js';
 
 interface SequenceKv {
   length: number;
@@ -58,7 +58,7 @@ export class StandardRunner implements ModelRunner {
   }
 
   kvBytes(): number {
-    const bytesPer = this.manifest.kvDtype === 'float16' ? 2 : 4;
+    const bytesPer = BYTES[this.manifest.kvDtype];
     let n = 0;
     for (const s of this.seqs.values()) n += 2 * this.layers * this.kvHeads * s.capacity * this.headDim * bytesPer;
     return n;
