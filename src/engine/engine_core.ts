@@ -34,6 +34,13 @@ export class EngineCore {
   private pendingEvents: EngineEvent[] = [];
   private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
   private textTokenBytes: Array<Uint8Array | null> | null = null;
+  /**
+   * Aborts that arrive while a step runs (the worker handles messages while ONNX Runtime
+   * computes) wait for the step's end: freeing a row mid-run would move another row's
+   * cache inside buffers the session is reading, and leave the step's results with no row.
+   */
+  private stepping = false;
+  private readonly abortsAfterStep = new Set<string>();
 
   constructor(
     private readonly runner: ModelRunner,
@@ -83,8 +90,12 @@ export class EngineCore {
     this.byRequest.set(req.requestId, seq);
   }
 
-  /** Ends a request between steps and frees its cache. */
+  /** Ends a request and frees its cache, at once between steps, else when the running step ends. */
   abort(requestId: string): void {
+    if (this.stepping) {
+      this.abortsAfterStep.add(requestId);
+      return;
+    }
     const seq = this.byRequest.get(requestId);
     if (!seq) return;
     this.finish(seq, 'abort', null);
@@ -118,6 +129,17 @@ export class EngineCore {
   }
 
   async step(): Promise<void> {
+    this.stepping = true;
+    try {
+      await this.runStep();
+    } finally {
+      this.stepping = false;
+      for (const id of this.abortsAfterStep) this.abort(id);
+      this.abortsAfterStep.clear();
+    }
+  }
+
+  private async runStep(): Promise<void> {
     const plan = this.scheduler.schedule();
     this.totals.steps++;
     for (const seq of plan.preempted) this.runner.removeSequence(seq.id);
@@ -133,7 +155,6 @@ export class EngineCore {
       );
       const v = this.runner.vocabSize;
       seqs.forEach((seq, i) => {
-        if (seq.state !== 'decode') return; // aborted during the run
         this.scheduler.decoded(seq);
         this.accept(seq, logits.subarray(i * v, (i + 1) * v));
       });
@@ -142,12 +163,10 @@ export class EngineCore {
       const { start, end } = plan.prefill;
       const seq = plan.prefill.seq as ActiveSequence;
       const logits = await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
-      if (seq.state === 'prefill') {
-        const fresh = seq.tokens.length === seq.promptLength;
-        if (this.scheduler.prefilled(seq, end) && fresh) {
-          this.totals.prompt += seq.promptLength;
-          this.accept(seq, logits);
-        }
+      const fresh = seq.tokens.length === seq.promptLength;
+      if (this.scheduler.prefilled(seq, end) && fresh) {
+        this.totals.prompt += seq.promptLength;
+        this.accept(seq, logits);
       }
     }
   }
