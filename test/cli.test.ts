@@ -18,7 +18,7 @@ test('qwen3-serve --help lists the commands; export --help lists its flags', () 
   assert.match(top.stdout, /export/);
   const exp = run([CLI, 'export', '--help']);
   assert.equal(exp.status, 0);
-  for (const flag of ['--model', '--out', '--dtype', '--layout', '--device', '--force']) assert.match(exp.stdout, new RegExp(flag));
+  for (const flag of ['--model', '--out', '--dtype', '--block-size', '--layout', '--device', '--force']) assert.match(exp.stdout, new RegExp(flag));
 });
 
 test('bad flags and values exit 2 with a message naming them', () => {
@@ -28,6 +28,9 @@ test('bad flags and values exit 2 with a message naming them', () => {
   const badDtype = run([CLI, 'export', '--model', 'x', '--out', 'y', '--dtype', 'int3']);
   assert.equal(badDtype.status, 2);
   assert.match(badDtype.stderr, /--dtype/);
+  const badBlock = run([CLI, 'export', '--model', 'x', '--out', 'y', '--dtype', 'int4', '--block-size', '48']);
+  assert.equal(badBlock.status, 2);
+  assert.match(badBlock.stderr, /--block-size/);
   const missing = run([CLI, 'export', '--model', 'x']);
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /--out/);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { exportModel } from '../src/export/exporter.js';
+import { readManifest } from '../src/export/manifest.js';
 import type { ExportDtype } from '../src/export/weights.js';
 import type { Layout } from '../src/export/qwen3_graph.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
@@ -209,6 +210,22 @@ test('int4 and fp16 exports of a realistically scaled model track the float64 re
           assert.ok(r > 0.95, `int4 correlation ${r}`);
         }
       }
+    }
+  }
+  // Larger int4 blocks (fewer scales, faster MatMulNBits). The inputs are 128 and 384 wide:
+  // 128 divides both; 256 leaves a partly padded last block (and one padded block for 128).
+  for (const blockSize of [128, 256]) {
+    const out = join(work, `realistic-int4-b${blockSize}`);
+    await exportModel({ modelDir: src, outDir: out, dtype: 'int4', int4BlockSize: blockSize });
+    assert.equal(readManifest(out).int4?.blockSize, blockSize);
+    const runner = await openRunner(out);
+    for (const [i, p] of prompts.entries()) {
+      runner.addSequence(i);
+      const logits = await runner.prefill(i, p);
+      runner.removeSequence(i);
+      const r = correlation(logits, expected[i]);
+      t.diagnostic(`int4 block ${blockSize} prompt ${i}: correlation with reference logits ${r.toFixed(5)}`);
+      assert.ok(r > 0.95, `int4 block ${blockSize} correlation ${r}`);
     }
   }
   // fp32 weights over an int8 KV cache: prompts long enough that most attention reads the

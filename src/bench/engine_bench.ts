@@ -1,4 +1,5 @@
 import { readManifest } from '../export/manifest.js';
+import { INT4_BLOCK_SIZE } from '../export/weights.js';
 import { createSession, type DeviceChoice } from '../runtime/session.js';
 import { FastRunner } from '../runtime/fast_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
@@ -76,7 +77,8 @@ export async function runEngineBench(o: EngineBenchOptions, log: (line: string) 
       const msPerStep = (performance.now() - t) / o.decodeSteps;
       const row: EngineBenchRow = {
         layout: manifest.layout,
-        dtype: manifest.dtype,
+        // int4 exports with a non-default block name it: it changes speed and accuracy.
+        dtype: manifest.int4 && manifest.int4.blockSize !== INT4_BLOCK_SIZE ? `${manifest.dtype} block ${manifest.int4.blockSize}` : manifest.dtype,
         batch,
         context,
         prefillTokensPerSecond,

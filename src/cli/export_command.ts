@@ -6,7 +6,8 @@ import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 export const EXPORT_FLAGS: FlagSpec[] = [
   { name: 'model', type: 'string', help: 'Hugging Face Qwen3 checkpoint directory (config.json, *.safetensors, tokenizer files)' },
   { name: 'out', type: 'string', help: 'Output directory for the ONNX export' },
-  { name: 'dtype', type: 'string', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits, block 32)', default: 'fp32' },
+  { name: 'dtype', type: 'string', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits)', default: 'fp32' },
+  { name: 'block-size', type: 'string', default: '32', help: 'int4: weights per scale, 16, 32, 64, 128 or 256 (larger is smaller and faster, less exact)' },
   { name: 'layout', type: 'string', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', default: 'fast' },
   { name: 'device', type: 'string', help: 'Target device: cpu, or cuda (fp16 activations)', default: 'cpu' },
   { name: 'attention', type: 'string', default: 'matmul for cpu, gqa for cuda', help: 'Fast layout attention: matmul (reads the KV cache in place) or gqa (com.microsoft GroupQueryAttention)' },
@@ -22,11 +23,12 @@ const schema = z.object({
   device: z.enum(EXPORT_DEVICES).default('cpu'),
   attention: z.enum(['matmul', 'gqa']).optional(),
   'kv-dtype': z.enum(['fp16', 'fp32', 'int8']).optional(),
+  'block-size': z.enum(['16', '32', '64', '128', '256']).transform(Number).optional(),
   force: z.boolean().default(false),
 });
 
 export const EXPORT_HELP = formatHelp(
-  'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--kv-dtype fp16|fp32|int8] [--force]',
+  'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--kv-dtype fp16|fp32|int8] [--block-size N] [--force]',
   'Exports a Hugging Face Qwen3 checkpoint to an ONNX directory the server loads (no Python needed).',
   EXPORT_FLAGS,
 );
@@ -44,6 +46,7 @@ export async function exportCommand(argv: string[]): Promise<void> {
     force: o.force,
     attention: o.attention,
     kvDtype: o['kv-dtype'],
+    int4BlockSize: o['block-size'],
     progress: createProgress(),
   });
   const c = manifest.config;

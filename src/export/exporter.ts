@@ -30,6 +30,8 @@ export interface ExportOptions {
   kvDtype?: 'fp16' | 'fp32' | 'int8';
   /** MatMulNBits accuracy_level: 4 computes with int8 activations (fast on CPU), 0 in float. */
   int4AccuracyLevel?: number;
+  /** int4: weights per scale along the input dimension (a power of two, 16–256). */
+  int4BlockSize?: number;
   progress?: Progress;
 }
 
@@ -86,7 +88,11 @@ export async function sourceFingerprint(modelDir: string, weightFiles: string[])
   return out;
 }
 
-function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progress'>> {
+type ValidOptions = Required<Omit<ExportOptions, 'progress' | 'int4AccuracyLevel' | 'int4BlockSize'>> & {
+  int4: { blockSize: number; accuracyLevel: number };
+};
+
+function validateOptions(o: ExportOptions): ValidOptions {
   const dtype = o.dtype ?? 'fp32';
   const layout = o.layout ?? 'fast';
   const device = o.device ?? 'cpu';
@@ -114,6 +120,8 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
   }
   const level = o.int4AccuracyLevel ?? 4;
   if (![0, 1, 2, 3, 4].includes(level)) throw new ConfigError(`int4 accuracy level must be 0-4, got ${level}.`);
+  const blockSize = o.int4BlockSize ?? INT4_BLOCK_SIZE;
+  if (![16, 32, 64, 128, 256].includes(blockSize)) throw new ConfigError(`int4 block size must be 16, 32, 64, 128 or 256, got ${blockSize}.`);
   return {
     modelDir: resolve(o.modelDir),
     outDir: resolve(o.outDir),
@@ -121,7 +129,7 @@ function validateOptions(o: ExportOptions): Required<Omit<ExportOptions, 'progre
     layout,
     device,
     force: o.force ?? false,
-    int4AccuracyLevel: level,
+    int4: { blockSize, accuracyLevel: level },
     attention,
     // The standard layout's KV follows its activations (what transformers.js expects).
     kvDtype: layout === 'standard' ? (activationFp16 ? 'fp16' : 'fp32') : (kvDtype as 'fp16' | 'fp32' | 'int8'),
@@ -167,7 +175,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
     progress.start(total, `export ${o.dtype}/${o.layout}`);
     try {
       const g = new GraphBuilder(writer);
-      const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4AccuracyLevel, (name, bytes) =>
+      const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4, (name, bytes) =>
         progress.advance(bytes, name),
       );
       io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType, o.attention) : buildStandardGraph(g, w, cfg);
@@ -193,7 +201,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       externalData: dataRel,
       config: cfg,
       io,
-      int4: o.dtype === 'int4' ? { blockSize: INT4_BLOCK_SIZE, accuracyLevel: o.int4AccuracyLevel } : null,
+      int4: o.dtype === 'int4' ? o.int4 : null,
       source: { files: await sourceFingerprint(o.modelDir, ckpt.files) },
       exporter: { name: 'qwen3-serve', version: PACKAGE_VERSION },
     };

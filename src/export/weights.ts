@@ -5,6 +5,7 @@ import { quantizeInt4 } from './quantize.js';
 
 export type ExportDtype = 'fp32' | 'fp16' | 'int4';
 
+/** Default MatMulNBits block: weights sharing one scale (ORT's quantizer and GPTQ use 32–128). */
 export const INT4_BLOCK_SIZE = 32;
 
 export interface WeightProgress {
@@ -34,7 +35,7 @@ export class WeightEmitter {
     private readonly ckpt: SafetensorsCheckpoint,
     readonly dtype: ExportDtype,
     activationFp16: boolean,
-    private readonly int4AccuracyLevel: number,
+    private readonly int4: { blockSize: number; accuracyLevel: number },
     private readonly progress: WeightProgress,
   ) {
     this.act = activationFp16 ? DataType.FLOAT16 : DataType.FLOAT;
@@ -76,13 +77,14 @@ export class WeightEmitter {
 
   linearFrom(x: string, name: string, w: Float32Array, n: number, k: number): string {
     if (this.dtype === 'int4') {
-      const q = quantizeInt4(w, n, k, INT4_BLOCK_SIZE);
-      const b = this.g.weight(`${name}.qweight`, DataType.UINT8, [n, q.blocksPerRow, INT4_BLOCK_SIZE / 2], q.packed);
+      const { blockSize, accuracyLevel } = this.int4;
+      const q = quantizeInt4(w, n, k, blockSize);
+      const b = this.g.weight(`${name}.qweight`, DataType.UINT8, [n, q.blocksPerRow, blockSize / 2], q.packed);
       const s = this.floatTensor(`${name}.scales`, [n, q.blocksPerRow], q.scales);
       return this.g.op(
         'MatMulNBits',
         [x, b, s],
-        { K: int(k), N: int(n), bits: int(4), block_size: int(INT4_BLOCK_SIZE), accuracy_level: int(this.int4AccuracyLevel) },
+        { K: int(k), N: int(n), bits: int(4), block_size: int(blockSize), accuracy_level: int(accuracyLevel) },
         'com.microsoft',
       );
     }
