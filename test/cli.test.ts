@@ -31,6 +31,9 @@ test('bad flags and values exit 2 with a message naming them', () => {
   const badBlock = run([CLI, 'export', '--model', 'x', '--out', 'y', '--dtype', 'int4', '--block-size', '48']);
   assert.equal(badBlock.status, 2);
   assert.match(badBlock.stderr, /--block-size/);
+  const blockWithoutInt4 = run([CLI, 'export', '--model', 'x', '--out', 'y', '--dtype', 'fp16', '--block-size', '64']);
+  assert.equal(blockWithoutInt4.status, 2);
+  assert.match(blockWithoutInt4.stderr, /block size applies to int4 weights only/);
   const missing = run([CLI, 'export', '--model', 'x']);
   assert.equal(missing.status, 2);
   assert.match(missing.stderr, /--out/);

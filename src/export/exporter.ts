@@ -120,6 +120,7 @@ function validateOptions(o: ExportOptions): ValidOptions {
   }
   const level = o.int4AccuracyLevel ?? 4;
   if (![0, 1, 2, 3, 4].includes(level)) throw new ConfigError(`int4 accuracy level must be 0-4, got ${level}.`);
+  if (o.int4BlockSize !== undefined && dtype !== 'int4') throw new ConfigError(`a block size applies to int4 weights only (this export is ${dtype}).`);
   const blockSize = o.int4BlockSize ?? INT4_BLOCK_SIZE;
   if (![16, 32, 64, 128, 256].includes(blockSize)) throw new ConfigError(`int4 block size must be 16, 32, 64, 128 or 256, got ${blockSize}.`);
   return {
