@@ -1,8 +1,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { renderChart } from '../src/bench/chart.js';
 import { markdownTable, randomPrompts, runLoadBench, summarize } from '../src/bench/load_bench.js';
 import { fixtureExport } from './support/engine.js';
+import { tempDir } from './support/runner.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 let s: TestServer;
@@ -52,4 +56,29 @@ test('the load generator measures our server: every request completes with the a
     const png = await renderChart(levels, 'test');
     assert.deepEqual([...png.subarray(1, 4)], [0x50, 0x4e, 0x47], 'a PNG');
   }
+});
+
+test('the engine microbenchmark script: usage on --help, named bad flags, and rows for each batch and context', async () => {
+  const script = new URL('../scripts/bench_engine.js', import.meta.url).pathname;
+  const run = (args: string[]) => spawnSync(process.execPath, [script, ...args], { encoding: 'utf8' });
+  const help = run(['--help']);
+  assert.equal(help.status, 0);
+  assert.match(help.stdout, /usage: bench_engine --model/);
+  const bogus = run(['--bogus']);
+  assert.equal(bogus.status, 2);
+  assert.match(bogus.stderr, /--bogus[\s\S]*usage:/);
+  const json = join(tempDir(), 'rows.json');
+  const ok = run(['--model', await fixtureExport('fast'), '--batch', '1,2', '--context', '16,40', '--steps', '2', '--chunk', '8', '--threads', '1', '--json', json]);
+  assert.equal(ok.status, 0, ok.stderr);
+  const rows = JSON.parse(readFileSync(json, 'utf8')) as Array<{ layout: string; dtype: string; batch: number; context: number; decodeMsPerStep: number; prefillTokensPerSecond: number }>;
+  assert.deepEqual(
+    rows.map((r) => [r.layout, r.dtype, r.batch, r.context]),
+    [
+      ['fast', 'fp32', 1, 16],
+      ['fast', 'fp32', 2, 16],
+      ['fast', 'fp32', 1, 40],
+      ['fast', 'fp32', 2, 40],
+    ],
+  );
+  for (const r of rows) assert.ok(r.decodeMsPerStep > 0 && r.prefillTokensPerSecond > 0);
 });
