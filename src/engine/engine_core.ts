@@ -4,7 +4,7 @@ import { Sampler, type SequenceHistory, type TokenLogprob } from '../runtime/sam
 import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
-import { advance, initialJsonState, isComplete, maskLogits, type JsonState } from '../runtime/json_constraint.js';
+import { advance, initialJsonState, isComplete, JsonTokenMask, type JsonState } from '../runtime/json_constraint.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -33,7 +33,8 @@ export class EngineCore {
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
   private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
-  private textTokenBytes: Array<Uint8Array | null> | null = null;
+  /** JSON mode's token masks, built on first use (shared by requests: same tokenizer). */
+  private jsonMask: JsonTokenMask | null = null;
   /**
    * Aborts that arrive while a step runs (the worker handles messages while ONNX Runtime
    * computes) wait for the step's end: freeing a row mid-run would move another row's
@@ -175,8 +176,8 @@ export class EngineCore {
   private accept(seq: ActiveSequence, logits: Float32Array): void {
     if (seq.json) {
       // Constrained decoding: only tokens that keep the output one JSON object.
-      this.textTokenBytes ??= this.tokenizer.textTokenBytes();
-      if (maskLogits(logits, seq.json, this.textTokenBytes) === 0) {
+      this.jsonMask ??= new JsonTokenMask(this.tokenizer.textTokenBytes());
+      if (this.jsonMask.apply(logits, seq.json) === 0) {
         this.finish(seq, 'stop', null);
         return;
       }

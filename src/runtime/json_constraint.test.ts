@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { advance, initialJsonState, isComplete, maskLogits } from './json_constraint.js';
+import { advance, initialJsonState, isComplete, JsonTokenMask } from './json_constraint.js';
 
 const enc = new TextEncoder();
 const accepts = (text: string) => advance(initialJsonState(), enc.encode(text));
@@ -20,8 +20,25 @@ test('prefixes of JSON objects are accepted; anything else is refused', () => {
 test('the mask keeps exactly the tokens that continue the JSON', () => {
   const table = ['{', '{"', 'hello', '"}', '}', ' ', '"', '1'].map((t) => enc.encode(t));
   const logits = new Float32Array(table.length).fill(1);
-  const n = maskLogits(logits, accepts('{"a": ')!, [...table, null] as Array<Uint8Array | null>);
+  const n = new JsonTokenMask([...table, null]).apply(logits, accepts('{"a": ')!);
   // '"}' opens a string that starts with '}': still JSON.
   assert.deepEqual(Array.from(logits).map((v) => v > -Infinity), [true, true, false, true, false, true, true, true]);
   assert.equal(n, 6);
+});
+
+test('remembered masks equal freshly computed ones along an answer, and the number remembered is bounded', () => {
+  const table = ['{', '"', 'a', 'b"', '":', ' ', '1', '2', ',', '}', ']', '[', 'true', '"}', 'x', '\\', 'n', null].map((t) => (t === null ? null : enc.encode(t)));
+  const text = '{"ab": [1, 2, true], "a\\n": {"b": "x"}, "bb": 12}';
+  const remembering = new JsonTokenMask(table, 4);
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < text.length; i++) {
+      const state = accepts(text.slice(0, i))!;
+      const a = new Float32Array(table.length + 2).fill(1);
+      const b = new Float32Array(table.length + 2).fill(1);
+      const n = remembering.apply(a, state);
+      assert.equal(n, new JsonTokenMask(table).apply(b, state));
+      assert.deepEqual(a, b, `state after ${JSON.stringify(text.slice(0, i))}`);
+      assert.ok(remembering.size <= 4);
+    }
+  }
 });
