@@ -149,3 +149,16 @@ test('without --max-num-batched-tokens the prefill chunk follows the device (32 
   // ceil(100 / 32) = 4 prefill steps, then one decode step.
   assert.equal((await engine.stats()).steps - before, 5);
 });
+
+test('--kv-cache-prefault writes the KV budget at start, and generation is unchanged', async () => {
+  const dir = await fixtureExport('fast');
+  const budget = 192 * 2 ** 20;
+  const plain = await startEngine(dir, { kvCacheMemory: budget });
+  assert.equal(plain.info?.kvPrefaultedBytes, 0);
+  const touched = await startEngine(dir, { kvCacheMemory: budget, kvCachePrefault: true });
+  const bytes = touched.info!.kvPrefaultedBytes;
+  // The buffers hold the whole budget (rounded down to whole 64-token blocks).
+  assert.ok(bytes > 0.9 * budget && bytes <= budget, `${bytes} bytes prefaulted`);
+  const r = await collect(touched, request(cases[0].prompt_ids));
+  assert.deepEqual(r.tokens, cases[0].greedy_ids);
+});

@@ -9,6 +9,8 @@ import type { Layout } from '../src/export/qwen3_graph.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js';
 import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, tempDir, type ReferenceCase } from './support/runner.js';
+import { createSession } from '../src/runtime/session.js';
+import { FastRunner } from '../src/runtime/fast_runner.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
 const work = tempDir();
@@ -290,4 +292,20 @@ test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep
     last = await step([3]);
     await check(3, last[0]);
   }
+});
+
+test('fast runner: prefault() makes the budget-sized KV buffers resident at once', async () => {
+  const dir = await exportFixture('fast', 'fp32');
+  const manifest = readManifest(dir);
+  const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
+  const c = manifest.config;
+  const perToken = c.numLayers * 2 * c.numKvHeads * c.headDim * 4; // fp32 keys and values
+  const budgetTokens = Math.ceil((160 * 2 ** 20) / perToken);
+  const runner = new FastRunner(session, manifest, 4, 4096, budgetTokens);
+  // Allocated at the budget's size but not written: not resident yet.
+  const before = process.memoryUsage().rss;
+  const bytes = runner.prefault();
+  const grew = process.memoryUsage().rss - before;
+  assert.ok(bytes >= budgetTokens * perToken, `${bytes} bytes`);
+  assert.ok(grew > 0.6 * bytes, `RSS grew ${grew} for ${bytes} prefaulted bytes`);
 });

@@ -29,6 +29,7 @@ export const SERVE_FLAGS: FlagSpec[] = [
   { name: 'max-num-batched-tokens', type: 'string', env: 'QWEN3_SERVE_MAX_NUM_BATCHED_TOKENS', default: '32 on CPU, 512 on CUDA', help: 'Prompt tokens per step (prefill chunk size): smaller chunks stall running streams for less time when a prompt joins' },
   { name: 'max-queue', type: 'string', env: 'QWEN3_SERVE_MAX_QUEUE', default: '128', help: 'Waiting requests at most; beyond it requests get 429' },
   { name: 'kv-cache-memory', type: 'string', env: 'QWEN3_SERVE_KV_CACHE_MEMORY', default: '0.25', help: 'KV cache budget: bytes (e.g. 2GiB) or a fraction of free memory' },
+  { name: 'kv-cache-prefault', type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start (like vLLM preallocating its cache): resident memory is the budget from the start, and no step waits for the OS to map fresh pages' },
   { name: 'reasoning-field', type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: 'Name of the thinking field: reasoning_content, reasoning or both' },
   { name: 'default-thinking', type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Qwen3 thinking for requests that do not say: on or off' },
   { name: 'cors-origins', type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: "Comma-separated allowed origins, '*' for any, 'none' to disable CORS" },
@@ -83,6 +84,7 @@ const serveSchema = z.object({
   'max-num-batched-tokens': intFlag(16, 1_000_000).optional(),
   'max-queue': intFlag(0, 1_000_000).default(128),
   'kv-cache-memory': sizeFlag(true).default(0.25),
+  'kv-cache-prefault': z.boolean().default(false),
   'reasoning-field': z.enum(['reasoning_content', 'reasoning', 'both']).default('reasoning_content'),
   'default-thinking': z.enum(['on', 'off']).default('on'),
   'cors-origins': z.string().default('*'),
@@ -136,6 +138,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       maxQueue: config['max-queue'],
       maxModelLen: config['max-model-len'] ?? null,
       kvCacheMemory: config['kv-cache-memory'],
+      kvCachePrefault: config['kv-cache-prefault'],
     },
     log,
   );
@@ -178,6 +181,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       device: info.device,
       max_model_len: info.limits.maxModelLen,
       kv_cache_tokens: info.limits.kvCacheTokens,
+      kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,
   );

@@ -13,6 +13,8 @@ export interface WorkerOptions {
   maxModelLen: number | null;
   /** Bytes, or a fraction (≤ 1) of free memory at start. */
   kvCacheMemory: number;
+  /** Write the whole KV budget at start (fast layout), so no step waits for fresh pages. */
+  kvCachePrefault?: boolean;
 }
 
 export interface WireError {

@@ -74,4 +74,6 @@ export interface EngineInfo {
   vocabSize: number;
   limits: EngineLimits;
   eosTokenIds: number[];
+  /** KV cache bytes written at start (--kv-cache-prefault), 0 without it. */
+  kvPrefaultedBytes: number;
 }

@@ -70,10 +70,10 @@ async function start(): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
   const { session, device, fallbackReason } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
   const { limits } = resolveLimits(manifest, device);
-  const runner: ModelRunner =
-    manifest.layout === 'fast'
-      ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens)
-      : new StandardRunner(session, manifest, limits.maxNumSeqs);
+  const fast = manifest.layout === 'fast' ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens) : null;
+  const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
+  // The standard layout's cache is allocated per step by its contract: nothing to prefault.
+  const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
   const core = new EngineCore(runner, tokenizer, limits);
@@ -86,6 +86,7 @@ async function start(): Promise<EngineCore> {
     vocabSize: manifest.config.vocabSize,
     limits,
     eosTokenIds: generation.eosTokenIds,
+    kvPrefaultedBytes,
   };
   post({ type: 'ready', info });
   return core;
