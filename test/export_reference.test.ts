@@ -186,6 +186,20 @@ function correlation(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return sab / Math.sqrt(saa * sbb);
 }
 
+/** Each prompt's last logits, prefilled on a fresh row in chunks of `chunk` tokens. */
+async function promptLogits(dir: string, prompts: number[][], chunk = Infinity): Promise<Float32Array[]> {
+  const runner = await openRunner(dir);
+  const out: Float32Array[] = [];
+  for (const [i, p] of prompts.entries()) {
+    runner.addSequence(i);
+    let logits: Float32Array = new Float32Array();
+    for (let at = 0; at < p.length; at += chunk) logits = await runner.prefill(i, p.slice(at, at + chunk));
+    runner.removeSequence(i);
+    out.push(logits);
+  }
+  return out;
+}
+
 test('int4 and fp16 exports of a realistically scaled model track the float64 reference', async (t) => {
   // Random models have near-tied top logits, so int4 is judged by how closely its logits
   // follow the reference (a wrong nibble order or scale drops this near 0; 4-bit noise on Gaussian weights gives ~0.98).
@@ -194,24 +208,20 @@ test('int4 and fp16 exports of a realistically scaled model track the float64 re
   const ref = new ReferenceQwen3(src);
   const prompts = cases.map((c) => c.prompt_ids);
   const expected = prompts.map((p) => ref.lastLogits(p));
+  /** Checks an export's logits against the reference: correlation above `min`, and the same top token if asked. */
+  const check = async (label: string, dir: string, min: number, sameTop: boolean, chunk?: number) => {
+    for (const [i, logits] of (await promptLogits(dir, prompts, chunk)).entries()) {
+      const r = correlation(logits, expected[i]);
+      t.diagnostic(`${label} prompt ${i}: correlation with reference logits ${r.toFixed(5)}`);
+      assert.ok(r > min, `${label} correlation ${r}`);
+      if (sameTop) assert.equal(argmax(logits), argmax(expected[i]), label);
+    }
+  };
   for (const dtype of ['int4', 'fp16'] as const) {
     for (const layout of ['fast', 'standard'] as const) {
       const out = join(work, `realistic-${dtype}-${layout}`);
       await exportModel({ modelDir: src, outDir: out, dtype, layout });
-      const runner = await openRunner(out);
-      for (const [i, p] of prompts.entries()) {
-        runner.addSequence(i);
-        const logits = await runner.prefill(i, p);
-        runner.removeSequence(i);
-        const r = correlation(logits, expected[i]);
-        t.diagnostic(`${dtype} ${layout} prompt ${i}: correlation with reference logits ${r.toFixed(5)}`);
-        if (dtype === 'fp16') {
-          assert.ok(r > 0.9999, `fp16 correlation ${r}`);
-          assert.equal(argmax(logits), argmax(expected[i]));
-        } else {
-          assert.ok(r > 0.95, `int4 correlation ${r}`);
-        }
-      }
+      await (dtype === 'fp16' ? check(`fp16 ${layout}`, out, 0.9999, true) : check(`int4 ${layout}`, out, 0.95, false));
     }
   }
   // Larger int4 blocks (fewer scales, faster MatMulNBits). The inputs are 128 and 384 wide:
@@ -220,31 +230,13 @@ test('int4 and fp16 exports of a realistically scaled model track the float64 re
     const out = join(work, `realistic-int4-b${blockSize}`);
     await exportModel({ modelDir: src, outDir: out, dtype: 'int4', int4BlockSize: blockSize });
     assert.equal(readManifest(out).int4?.blockSize, blockSize);
-    const runner = await openRunner(out);
-    for (const [i, p] of prompts.entries()) {
-      runner.addSequence(i);
-      const logits = await runner.prefill(i, p);
-      runner.removeSequence(i);
-      const r = correlation(logits, expected[i]);
-      t.diagnostic(`int4 block ${blockSize} prompt ${i}: correlation with reference logits ${r.toFixed(5)}`);
-      assert.ok(r > 0.95, `int4 block ${blockSize} correlation ${r}`);
-    }
+    await check(`int4 block ${blockSize}`, out, 0.95, false);
   }
   // fp32 weights over an int8 KV cache: prompts long enough that most attention reads the
   // cache (chunked prefill), so the stored int8 keys and values decide the result.
   const out = join(work, 'realistic-fp32-kv8');
   await exportModel({ modelDir: src, outDir: out, dtype: 'fp32', kvDtype: 'int8' });
-  const runner = await openRunner(out);
-  for (const [i, p] of prompts.entries()) {
-    runner.addSequence(i);
-    let logits: Float32Array = new Float32Array();
-    for (let at = 0; at < p.length; at += 4) logits = await runner.prefill(i, p.slice(at, at + 4));
-    runner.removeSequence(i);
-    const r = correlation(logits, expected[i]);
-    t.diagnostic(`fp32 weights, int8 KV, prompt ${i}: correlation with reference logits ${r.toFixed(5)}`);
-    assert.ok(r > 0.999, `int8 KV correlation ${r}`);
-    assert.equal(argmax(logits), argmax(expected[i]));
-  }
+  await check('fp32 weights, int8 KV', out, 0.999, true, 4);
 });
 
 test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep every logit', async () => {
