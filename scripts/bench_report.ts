@@ -46,7 +46,8 @@ for (const v of variants) {
   dirs[v.key] = dir;
   if (!existsSync(join(dir, 'qwen3-serve.json'))) {
     log(`exporting ${v.key}`);
-    await exportModel({ modelDir: ckpt, outDir: dir, layout: v.layout, dtype: v.dtype, int4BlockSize: 'int4BlockSize' in v ? v.int4BlockSize : undefined, force: true });
+    const { key: _key, ...exportOptions } = v;
+    await exportModel({ modelDir: ckpt, outDir: dir, force: true, ...exportOptions });
   }
 }
 

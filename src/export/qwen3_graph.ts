@@ -124,8 +124,8 @@ function inPlaceAttention(
   vNew: string,
   pastK: string,
   pastV: string,
-  pastMask: string,
-  newMask: string,
+  /** Computed once for all layers: the score masks and the capacity as a 1-D tensor. */
+  shared: { pastMask: string; newMask: string; capacity1: string },
   /** int8 caches: [B, KVH, Cap] scales of the cached keys and values (computing in float32). */
   scales?: { key: string; value: string },
 ): string {
@@ -148,12 +148,10 @@ function inPlaceAttention(
   const rawPast = toF(g.op('MatMul', [qg, scales ? widen(pastK) : pastK]));
   const sPast = g.op('Mul', [scales ? g.op('Mul', [rawPast, perSlot(scales.key)]) : rawPast, scale]);
   const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, kNewT])), scale]);
-  const scores = g.op('Concat', [g.op('Add', [sPast, pastMask]), g.op('Add', [sNew, newMask])], { axis: int(-1) });
+  const scores = g.op('Concat', [g.op('Add', [sPast, shared.pastMask]), g.op('Add', [sNew, shared.newMask])], { axis: int(-1) });
   const probs = toKv(g.op('Softmax', [scores], { axis: int(-1) }));
-  const cap = g.op('Gather', [g.op('Shape', [pastK]), g.int64Scalar(3)], { axis: int(0) });
-  const cap1 = g.op('Reshape', [cap, g.int64s([1])]);
-  const pPast = g.op('Slice', [probs, g.int64s([0]), cap1, g.int64s([3])]);
-  const pNew = g.op('Slice', [probs, cap1, g.int64s([2 ** 50]), g.int64s([3])]);
+  const pPast = g.op('Slice', [probs, g.int64s([0]), shared.capacity1, g.int64s([3])]);
+  const pNew = g.op('Slice', [probs, shared.capacity1, g.int64s([2 ** 50]), g.int64s([3])]);
   const ctxPast = scales ? g.op('MatMul', [g.op('Mul', [pPast, perSlot(scales.value)]), widen(pastV)]) : g.op('MatMul', [pPast, pastV]);
   const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, vNew])]); // [B, KVH, G·S, HD]
   return g.op('Reshape', [
@@ -192,8 +190,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   // In-place attention masks, shared by all layers (float32, added to the scores):
   // cached slot j of row b is visible when j < past_len[b] = seqlens_k[b] + 1 − S; new
   // token j is visible to new token s when j ≤ s.
-  let pastMask = '';
-  let newMask = '';
+  let shared = { pastMask: '', newMask: '', capacity1: '' };
   const seqLen = g.op('Gather', [g.op('Shape', [ids]), g.int64Scalar(1)], { axis: int(0) });
   if (attention === 'matmul') {
     const NEG = g.constant('neg_inf', DataType.FLOAT, [], Float32Array.of(-1e30));
@@ -203,11 +200,12 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     const capacity = g.op('Gather', [g.op('Shape', [ioName(FAST_IO_NAMES.pastValue, 0)]), g.int64Scalar(2)], { axis: int(0) });
     const slots = g.op('Range', [g.int64Scalar(0), capacity, g.int64Scalar(1)]);
     const pastOk = g.op('Less', [g.op('Unsqueeze', [slots, g.int64s([0])]), g.op('Unsqueeze', [pastLen, g.int64s([1])])]); // [B, Cap]
-    pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2])]); // [B, 1, 1, Cap]
+    const pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2])]); // [B, 1, 1, Cap]
     const rows = g.op('Mod', [g.op('Range', [g.int64Scalar(0), g.op('Mul', [seqLen, g.int64Scalar(NH / KVH)]), g.int64Scalar(1)]), seqLen]); // s of each G·S row
     const keys = g.op('Range', [g.int64Scalar(0), seqLen, g.int64Scalar(1)]);
     const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [G·S, S]
-    newMask = g.op('Where', [newOk, ZERO, NEG]);
+    const newMask = g.op('Where', [newOk, ZERO, NEG]);
+    shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]) };
   }
 
   let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
@@ -265,7 +263,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     }
     let attnKv: string;
     if (attention === 'matmul') {
-      attnKv = inPlaceAttention(g, cfg, attnType, q, kHeads, vHeads, pastK, pastV, pastMask, newMask, pastScales);
+      attnKv = inPlaceAttention(g, cfg, attnType, q, kHeads, vHeads, pastK, pastV, shared, pastScales);
     } else {
       // GQA's present outputs must be named even though nobody fetches them: left empty,
       // GQA silently ignores the past (DESIGN.md §3).

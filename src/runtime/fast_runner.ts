@@ -2,22 +2,9 @@ import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type KvElementType, type ModelRunner } from './model_runner.js';
 
-
 /** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (DESIGN.md §3). */
 export const CAPACITY_STEP = 64;
 
-/**
- * Runs the fast layout. The KV cache is one buffer per layer and K/V of shape
- * [rows, kvHeads, capacity, headDim] (keys [rows, kvHeads, headDim, capacity] for
- * in-place attention exports, manifest keyLayout 'bhdt'), owned here and fed to every step without a
- * copy; the graph returns only this step's keys and values, which are written in place.
- *
- * Each sequence owns a row and rows stay compact: when a sequence leaves, the last row
- * moves into its place. A batched decode feeds rows [0, R); rows that are still
- * prefilling ride along with a dummy token whose outputs are dropped (GQA never writes
- * into our buffer). The buffer holds R rows × capacity, both resized in steps, so memory
- * follows the work: `slotsFor` tells the scheduler what a set of sequences would take.
- */
 /**
  * One cached tensor per layer: keys, values, or (int8 caches) their per-token scales.
  * `width` elements per token and head; `transposed` stores [rows, heads, width, capacity]
@@ -32,6 +19,18 @@ interface Plane {
   data: KvArray[];
 }
 
+/**
+ * Runs the fast layout. The KV cache is one buffer per layer and K/V of shape
+ * [rows, kvHeads, capacity, headDim] (keys [rows, kvHeads, headDim, capacity] for
+ * in-place attention exports, manifest keyLayout 'bhdt'), owned here and fed to every step without a
+ * copy; the graph returns only this step's keys and values, which are written in place.
+ *
+ * Each sequence owns a row and rows stay compact: when a sequence leaves, the last row
+ * moves into its place. A batched decode feeds rows [0, R); rows that are still
+ * prefilling ride along with a dummy token whose outputs are dropped (GQA never writes
+ * into our buffer). The buffer holds R rows × capacity, both resized in steps, so memory
+ * follows the work: `slotsFor` tells the scheduler what a set of sequences would take.
+ */
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
   private readonly kvHeads: number;
