@@ -91,8 +91,14 @@ for (const layout of ['fast', 'standard'] as const) {
       batched[i].push(await runner.prefill(ids[i], c.prompt_ids));
     }
     for (let k = 1; k < cases[0].steps.length; k++) {
-      const logits = await runner.decode(ids, batched.map((s) => argmax(s[k - 1])));
-      batched.forEach((s, i) => s.push(logits.slice(i * runner.vocabSize, (i + 1) * runner.vocabSize)));
+      // Every other step asks for the rows in another order (a rotation): logits come back
+      // in the order asked, whatever rows the sequences hold.
+      const order = k % 2 === 0 ? [0, 1, 2] : [2, 0, 1];
+      const logits = await runner.decode(
+        order.map((i) => ids[i]),
+        order.map((i) => argmax(batched[i][k - 1])),
+      );
+      order.forEach((i, j) => batched[i].push(logits.slice(j * runner.vocabSize, (j + 1) * runner.vocabSize)));
     }
     assertSameAsAlone(batched, alone);
     assert.ok(maxError(batched) < 1e-3);

@@ -118,42 +118,49 @@ export type AttentionKind = 'matmul' | 'gqa';
 function inPlaceAttention(
   g: GraphBuilder,
   cfg: Qwen3Config,
-  kvType: ElemType,
+  /** This step's queries [B, S, NH·HD] in `qType`. */
   q: string,
+  qType: ElemType,
+  /** This step's keys [B, KVH, HD, S] and values [B, KVH, S, HD], as the cache will hold them. */
   kNewT: string,
   vNew: string,
   pastK: string,
   pastV: string,
+  /** Element type of the cache and of kNewT / vNew (float32 for an int8 cache: dequantized). */
+  kv: { past: ElemType; fresh: ElemType; scales?: { key: string; value: string } },
   /** Computed once for all layers: the score masks and the capacity as a 1-D tensor. */
   shared: { pastMask: string; newMask: string; capacity1: string },
-  /** int8 caches: [B, KVH, Cap] scales of the cached keys and values (computing in float32). */
-  scales?: { key: string; value: string },
 ): string {
   const { numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
   const G = NH / KVH;
-  const toF = (x: string) => (kvType === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) }));
-  const toKv = (x: string) => (kvType === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(kvType) }));
-  // Queries grouped by their KV head: [B, KVH, G·S, HD], S fastest.
-  const qg = g.op('Reshape', [
-    g.op('Transpose', [g.op('Reshape', [q, g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
-    g.int64s([0, KVH, -1, HD]),
-  ]);
+  // Everything is computed in float32: ONNX Runtime's CPU MatMul has no fp16 kernel and
+  // would wrap each fp16 MatMul in casts anyway. An fp16 or int8 cache is widened once per
+  // layer (the only cast proportional to the context); queries and probabilities stay
+  // float32 rather than taking a round trip through fp16.
+  const f32 = (x: string, type: ElemType) => (type === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) }));
+  // Queries grouped by their KV head, pre-scaled by 1/√HD: [B, KVH, G·S, HD], S fastest.
   const scale = g.constant('attn_scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
+  const qg = g.op('Mul', [
+    g.op('Reshape', [
+      g.op('Transpose', [g.op('Reshape', [f32(q, qType), g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
+      g.int64s([0, KVH, -1, HD]),
+    ]),
+    scale,
+  ]);
   // Keys arrive transposed ([B, KVH, HD, Cap] and [B, KVH, HD, S]): Q·Kᵀ reads the cache
   // as it lies. Transposing an fp16 cache every step cost more than all the layers' MLPs.
-  // An int8 cache is widened in the graph and its per-token scales applied to the small
-  // score and probability tensors: keys' to the scores, values' folded into the weights.
+  // An int8 cache's per-token scales are applied to the small score and probability
+  // tensors: keys' to the scores, values' folded into the weights.
   const perSlot = (x: string) => g.op('Unsqueeze', [x, g.int64s([2])]); // [B, KVH, 1, Cap]
-  const widen = (x: string) => g.op('Cast', [x], { to: int(DataType.FLOAT) });
-  const rawPast = toF(g.op('MatMul', [qg, scales ? widen(pastK) : pastK]));
-  const sPast = g.op('Mul', [scales ? g.op('Mul', [rawPast, perSlot(scales.key)]) : rawPast, scale]);
-  const sNew = g.op('Mul', [toF(g.op('MatMul', [qg, kNewT])), scale]);
+  const rawPast = g.op('MatMul', [qg, f32(pastK, kv.past)]);
+  const sPast = kv.scales ? g.op('Mul', [rawPast, perSlot(kv.scales.key)]) : rawPast;
+  const sNew = g.op('MatMul', [qg, f32(kNewT, kv.fresh)]);
   const scores = g.op('Concat', [g.op('Add', [sPast, shared.pastMask]), g.op('Add', [sNew, shared.newMask])], { axis: int(-1) });
-  const probs = toKv(g.op('Softmax', [scores], { axis: int(-1) }));
+  const probs = g.op('Softmax', [scores], { axis: int(-1) });
   const pPast = g.op('Slice', [probs, g.int64s([0]), shared.capacity1, g.int64s([3])]);
   const pNew = g.op('Slice', [probs, shared.capacity1, g.int64s([2 ** 50]), g.int64s([3])]);
-  const ctxPast = scales ? g.op('MatMul', [g.op('Mul', [pPast, perSlot(scales.value)]), widen(pastV)]) : g.op('MatMul', [pPast, pastV]);
-  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, vNew])]); // [B, KVH, G·S, HD]
+  const ctxPast = g.op('MatMul', [kv.scales ? g.op('Mul', [pPast, perSlot(kv.scales.value)]) : pPast, f32(pastV, kv.past)]);
+  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, f32(vNew, kv.fresh)])]); // [B, KVH, G·S, HD]
   return g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [ctx, g.int64s([0, KVH, G, -1, HD])])], { perm: ints([0, 3, 1, 2, 4]) }),
     g.int64s([0, 0, NH * HD]),
@@ -166,9 +173,10 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   // An int8 cache (in-place attention only) is stored quantized and attended in float32.
   const quantKv = kvType === DataType.INT8;
   if (quantKv && (attention !== 'matmul' || w.act !== DataType.FLOAT)) throw new Error('an int8 KV cache needs in-place attention and float32 activations');
+  // The type this step's keys and values take before they leave the graph (an int8 cache
+  // quantizes float32 ones). GQA attends in it: an fp16 cache halves the bytes GQA copies
+  // per step, and casting one step's Q/K/V costs little next to that.
   const attnType = quantKv ? w.act : kvType;
-  // Attention runs in the KV cache's type: an fp16 cache halves the bytes GQA copies per
-  // step. Casting one step's Q/K/V costs little next to that.
   const toKv = (x: string) => (attnType === w.act ? x : g.op('Cast', [x], { to: int(attnType) }));
   const fromKv = (x: string) => (attnType === w.act ? x : g.op('Cast', [x], { to: int(w.act) }));
   const ids = g.input('input_ids', DataType.INT64, ['batch', 'seq']);
@@ -231,7 +239,9 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     // rejects its fused q/k-norm inputs (DESIGN.md §2).
     q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);
     k = g.op('Reshape', [norm(g.op('Reshape', [k, headsShape(KVH)]), kNormW), flatShape]);
-    q = toKv(g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft'));
+    q = g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft');
+    // GQA takes queries in the cache's type; in-place attention widens them itself.
+    if (attention === 'gqa') q = toKv(q);
     k = toKv(g.op('RotaryEmbedding', [k, pos, cos, sin], { interleaved: int(0), num_heads: int(KVH) }, 'com.microsoft'));
     v = toKv(v);
 
@@ -261,19 +271,21 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
       kHeads = g.node('Transpose', [g.op('Reshape', [k, headsShape(KVH)])], { outputs: [newK], attrs: { perm: keyPerm } })[0];
       vHeads = g.node('Transpose', [g.op('Reshape', [v, headsShape(KVH)])], { outputs: [newV], attrs: { perm } })[0];
     }
-    let attnKv: string;
+    let attn: string;
     if (attention === 'matmul') {
-      attnKv = inPlaceAttention(g, cfg, attnType, q, kHeads, vHeads, pastK, pastV, shared, pastScales);
+      const kv = { past: T, fresh: attnType, scales: pastScales };
+      const ctx = inPlaceAttention(g, cfg, q, w.act, kHeads, vHeads, pastK, pastV, kv, shared);
+      attn = w.act === DataType.FLOAT ? ctx : g.op('Cast', [ctx], { to: int(w.act) });
     } else {
       // GQA's present outputs must be named even though nobody fetches them: left empty,
       // GQA silently ignores the past (DESIGN.md §3).
-      attnKv = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
+      const attnKv = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
         domain: 'com.microsoft',
         outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
         attrs: { num_heads: int(NH), kv_num_heads: int(KVH), do_rotary: int(0), scale: float(1 / Math.sqrt(HD)) },
       })[0];
+      attn = fromKv(attnKv);
     }
-    const attn = fromKv(attnKv);
     g.output(ioName(FAST_IO_NAMES.newKey, l), T, attention === 'matmul' ? ['batch', KVH, HD, 'seq'] : ['batch', KVH, 'seq', HD]);
     g.output(ioName(FAST_IO_NAMES.newValue, l), T, ['batch', KVH, 'seq', HD]);
     outputs.push(ioName(FAST_IO_NAMES.newKey, l), ioName(FAST_IO_NAMES.newValue, l));
@@ -304,25 +316,37 @@ function quantizePerToken(g: GraphBuilder, x: string): { values: string; scales:
   return { values, scales, dequantized };
 }
 
-/** The attention projections of one layer (with biases if the config has them) and the q/k norm weights. */
+/**
+ * The attention projections of one layer as one stacked projection (with biases if the
+ * config has them) and the q/k norm weights.
+ */
 function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string) {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
-  const project = (name: string, n: number) => {
-    const y = w.linear(h, `${prefix}.self_attn.${name}.weight`, n, H);
-    return cfg.attentionBias ? g.op('Add', [y, w.vector(`${prefix}.self_attn.${name}.bias`, n)]) : y;
-  };
+  const names = ['q_proj', 'k_proj', 'v_proj'] as const;
+  const widths = [NH * HD, KVH * HD, KVH * HD];
+  const parts = names.map((name, i) => ({ srcName: `${prefix}.self_attn.${name}.weight`, n: widths[i] }));
+  const [q, k, v] = w.linearStack(h, parts, H, `${prefix}.self_attn.qkv_proj`).map((y, i) =>
+    cfg.attentionBias ? g.op('Add', [y, w.vector(`${prefix}.self_attn.${names[i]}.bias`, widths[i])]) : y,
+  );
   return {
-    q: project('q_proj', NH * HD),
-    k: project('k_proj', KVH * HD),
-    v: project('v_proj', KVH * HD),
+    q,
+    k,
+    v,
     qNormW: w.vector(`${prefix}.self_attn.q_norm.weight`, HD),
     kNormW: w.vector(`${prefix}.self_attn.k_norm.weight`, HD),
   };
 }
 
 function mlp(g: GraphBuilder, w: WeightEmitter, h: string, prefix: string, H: number, I: number): string {
-  const gate = w.linear(h, `${prefix}.mlp.gate_proj.weight`, I, H);
-  const up = w.linear(h, `${prefix}.mlp.up_proj.weight`, I, H);
+  const [gate, up] = w.linearStack(
+    h,
+    [
+      { srcName: `${prefix}.mlp.gate_proj.weight`, n: I },
+      { srcName: `${prefix}.mlp.up_proj.weight`, n: I },
+    ],
+    H,
+    `${prefix}.mlp.gate_up_proj`,
+  );
   const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
   return w.linear(act, `${prefix}.mlp.down_proj.weight`, H, I);
 }

@@ -42,6 +42,8 @@ export class FastRunner implements ModelRunner {
   /** The sequence id in each row [0, count). */
   private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
+  /** One row of logits, kept for reordering rows in place (see gatherRows). */
+  private spareRow: Float32Array | null = null;
 
   constructor(
     private readonly session: ort.InferenceSession,
@@ -341,13 +343,46 @@ export class FastRunner implements ModelRunner {
     // For S = 1, seqlens_k (past + S − 1) equals the position.
     const out = await this.run(inputIds, positions, positions, total, rows, 0, 1);
     const logits = out.logits.data as Float32Array;
-    const result = new Float32Array(ids.length * this.vocabSize);
-    ids.forEach((id, i) => {
+    const source = ids.map((id) => {
       const row = this.row(id);
       this.store(out, row, row, 1, this.rowLength[row]);
       this.rowLength[row] += 1;
-      result.set(logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize), i * this.vocabSize);
+      return row;
     });
-    return result;
+    this.gatherRows(logits, source, rows);
+    return logits.subarray(0, ids.length * this.vocabSize);
+  }
+
+  /**
+   * Reorders the rows of `logits` (a fresh buffer from ONNX Runtime, `rows` × vocab) in
+   * place so that row i holds what row source[i] held. A new array per step cost 4–8 ms at
+   * batch 8 on the benchmark VM (4.8 MB of fresh pages), and rows usually are in order.
+   */
+  private gatherRows(logits: Float32Array, source: number[], rows: number): void {
+    const v = this.vocabSize;
+    if (source.every((row, i) => row === i)) return;
+    // A full permutation: the sequences' rows first, then the rows nobody asked for.
+    const perm = source.slice();
+    const used = new Set(source);
+    for (let r = 0; r < rows; r++) if (!used.has(r)) perm.push(r);
+    const done = new Uint8Array(rows);
+    this.spareRow ??= new Float32Array(v);
+    for (let start = 0; start < rows; start++) {
+      if (done[start] || perm[start] === start) continue;
+      // Follow the cycle: slot d takes row perm[d]; the first slot's row waits in spareRow.
+      this.spareRow.set(logits.subarray(start * v, (start + 1) * v));
+      let d = start;
+      for (;;) {
+        done[d] = 1;
+        const s = perm[d];
+        if (s === start) {
+          logits.set(this.spareRow, d * v);
+          break;
+        }
+        logits.copyWithin(d * v, s * v, (s + 1) * v);
+        d = s;
+      }
+    }
   }
 }
+

@@ -88,3 +88,34 @@ test('logprobs are those of the raw distribution, top-n sorted', () => {
   assert.equal(out.token, 0);
   assert.ok(Math.abs(out.logprob!.logprob - Math.log(0.1)) < 1e-6, 'bias does not change the reported logprob');
 });
+
+/** The textbook order: penalties, temperature softmax, the k best, the nucleus, renormalize. */
+function expected(logits: number[], p: { temperature: number; topK: number; topP: number }): number[] {
+  const max = Math.max(...logits);
+  const w = logits.map((l) => Math.exp((l - max) / p.temperature));
+  const order = w.map((_, i) => i).sort((a, b) => w[b] - w[a]).slice(0, p.topK);
+  const total = order.reduce((s, i) => s + w[i], 0);
+  const kept: number[] = [];
+  let acc = 0;
+  for (const i of order) {
+    if (acc >= p.topP * total) break;
+    kept.push(i);
+    acc += w[i];
+  }
+  const out = new Array<number>(logits.length).fill(0);
+  for (const i of kept) out[i] = w[i] / acc;
+  return out;
+}
+
+test('top_k with temperature and top_p draws from the renormalized head, after penalties', () => {
+  const raw = [2.0, 1.2, 0.3, 1.5, -0.5, 0.9, 1.9];
+  const p = { temperature: 0.7, topK: 4, topP: 0.9 };
+  const n = 30000;
+  const c = counts(new Sampler(params({ ...p, seed: 11 }), raw.length), Float32Array.from(raw), n);
+  expected(raw, p).forEach((q, i) => assert.ok(Math.abs(c[i] / n - q) < 0.012, `token ${i}: ${c[i] / n} vs ${q}`));
+  // A repetition penalty on tokens 0 and 6 (2.0 → 1.0, 1.9 → 0.95) changes which four are the best.
+  const seen: SequenceHistory = { outputCounts: new Map(), seen: new Set([0, 6]) };
+  const penalized = raw.map((l, i) => (i === 0 || i === 6 ? l / 2 : l));
+  const c2 = counts(new Sampler(params({ ...p, repetitionPenalty: 2, seed: 12 }), raw.length), Float32Array.from(raw), n, seen);
+  expected(penalized, p).forEach((q, i) => assert.ok(Math.abs(c2[i] / n - q) < 0.012, `penalized token ${i}: ${c2[i] / n} vs ${q}`));
+});
