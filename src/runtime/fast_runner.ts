@@ -385,4 +385,3 @@ export class FastRunner implements ModelRunner {
     }
   }
 }
-
