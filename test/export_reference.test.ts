@@ -172,6 +172,19 @@ test('fp32 fast export with GroupQueryAttention (the CUDA default) matches the r
   all.forEach((steps, i) => assert.deepEqual(steps.map((l) => argmax(l)), cases[i].greedy_ids));
 });
 
+test('the CUDA export (fp16, GroupQueryAttention) runs on the CPU provider close to the reference', async (t) => {
+  // No GPU here: the graph CUDA would run is checked on the CPU execution provider, whose
+  // GQA kernel takes fp16 too (DESIGN.md §2).
+  const out = join(work, 'fast-fp16-cuda');
+  const manifest = await exportModel({ modelDir: FIXTURE_DIR, outDir: out, dtype: 'fp16', device: 'cuda' });
+  assert.equal(manifest.kvDtype, 'float16');
+  const all = await runAlone(out, true);
+  const err = maxError(all);
+  t.diagnostic(`fp16 GQA (CUDA export) on CPU max |logprob error| over top-20, 24 steps: ${err.toFixed(4)}`);
+  assert.ok(err < 0.1, `fp16 GQA error ${err}`);
+  all.forEach((steps, i) => assert.equal(argmax(steps[0]), cases[i].greedy_ids[0]));
+});
+
 /** Pearson correlation of two logit vectors. */
 function correlation(a: ArrayLike<number>, b: ArrayLike<number>): number {
   const n = a.length;
