@@ -119,3 +119,15 @@ test('top_k with temperature and top_p draws from the renormalized head, after p
   const c2 = counts(new Sampler(params({ ...p, repetitionPenalty: 2, seed: 12 }), raw.length), Float32Array.from(raw), n, seen);
   expected(penalized, p).forEach((q, i) => assert.ok(Math.abs(c2[i] / n - q) < 0.012, `penalized token ${i}: ${c2[i] / n} vs ${q}`));
 });
+
+test('top indices: small and large k equal a full sort, ties in index order', () => {
+  const rng = new Rng(21);
+  const n = 151_936;
+  // Values on a coarse grid, so many are equal.
+  const x = Float32Array.from({ length: n }, () => Math.round(rng.next() * 400) / 8);
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[b] - x[a] || a - b);
+  for (const k of [1, 20, 64, 65, 1000, 20_000, n, n + 5]) {
+    assert.deepEqual(topIndices(x, k), order.slice(0, k), `k = ${k}`);
+    assert.deepEqual([...topIndices(x, k, false)].sort((a, b) => a - b), order.slice(0, k).sort((a, b) => a - b), `unordered, k = ${k}`);
+  }
+});
