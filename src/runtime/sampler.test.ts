@@ -131,3 +131,18 @@ test('top indices: small and large k equal a full sort, ties in index order', ()
     assert.deepEqual([...topIndices(x, k, false)].sort((a, b) => a - b), order.slice(0, k).sort((a, b) => a - b), `unordered, k = ${k}`);
   }
 });
+
+test('top_p without top_k over a large vocabulary: peaked and flat distributions both follow the nucleus', () => {
+  const n = 30000;
+  // Peaked: three tokens hold nearly all the mass (the nucleus lies among the 64 largest).
+  const peaked = Array.from({ length: 500 }, (_, i) => (i < 3 ? 9 - i : Math.sin(i) * 0.5));
+  // Flat: 300 nearly equal tokens (the nucleus spans more than 64 of them).
+  const flat = Array.from({ length: 300 }, (_, i) => Math.sin(i * 1.7) * 0.05);
+  for (const [name, raw, seed] of [['peaked', peaked, 31], ['flat', flat, 32]] as const) {
+    const p = { temperature: 0.8, topK: raw.length, topP: 0.9 };
+    const c = counts(new Sampler(params({ temperature: p.temperature, topP: p.topP, seed }), raw.length), Float32Array.from(raw), n);
+    const want = expected([...raw], p);
+    want.forEach((q, i) => assert.ok(Math.abs(c[i] / n - q) < 0.012, `${name} token ${i}: ${c[i] / n} vs ${q}`));
+    assert.equal(c.filter((x, i) => x > 0 && want[i] === 0).length, 0, `${name}: nothing outside the nucleus`);
+  }
+});
