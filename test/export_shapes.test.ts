@@ -18,6 +18,7 @@ const shapes: Array<[string, RandomCheckpointOptions]> = [
   ['f16 source', { ...small, dtype: 'f16', seed: 4 }],
   ['f32 source, heads × head_dim ≠ hidden, 3 layers', { ...small, dtype: 'f32', numHeads: 8, numKvHeads: 2, headDim: 8, hiddenSize: 40, numLayers: 3, seed: 5 }],
   ['rope_theta 10000, head_dim 32', { ...small, headDim: 32, ropeTheta: 10000, seed: 6 }],
+  ['attention_bias (q/k/v projection biases)', { ...small, attentionBias: true, std: 0.3, seed: 7 }],
 ];
 
 for (const [name, options] of shapes) {

@@ -18,6 +18,8 @@ export interface RandomCheckpointOptions {
   tieWordEmbeddings?: boolean;
   maxPositionEmbeddings?: number;
   ropeTheta?: number;
+  /** q/k/v projection biases (config attention_bias), as Qwen2-style checkpoints have. */
+  attentionBias?: boolean;
   /** Element type of the safetensors files. */
   dtype?: 'bf16' | 'f16' | 'f32';
   /** Split the weights over this many files with an index (Hugging Face's sharded layout). */
@@ -65,6 +67,13 @@ function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std
       { name: `${p}.self_attn.q_proj.weight`, shape: [NH * HD, H], kind: 'weight' },
       { name: `${p}.self_attn.k_proj.weight`, shape: [KVH * HD, H], kind: 'weight' },
       { name: `${p}.self_attn.v_proj.weight`, shape: [KVH * HD, H], kind: 'weight' },
+      ...(o.attentionBias
+        ? ([
+            { name: `${p}.self_attn.q_proj.bias`, shape: [NH * HD], kind: 'weight' },
+            { name: `${p}.self_attn.k_proj.bias`, shape: [KVH * HD], kind: 'weight' },
+            { name: `${p}.self_attn.v_proj.bias`, shape: [KVH * HD], kind: 'weight' },
+          ] as PlannedTensor[])
+        : []),
       { name: `${p}.self_attn.o_proj.weight`, shape: [H, NH * HD], kind: 'weight' },
       { name: `${p}.self_attn.q_norm.weight`, shape: [HD], kind: 'norm' },
       { name: `${p}.self_attn.k_norm.weight`, shape: [HD], kind: 'norm' },
@@ -99,6 +108,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     tieWordEmbeddings: true,
     maxPositionEmbeddings: 40960,
     ropeTheta: 1_000_000,
+    attentionBias: false,
     ...options,
   };
   const dtype = options.dtype ?? 'bf16';
@@ -166,7 +176,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     rope_theta: o.ropeTheta,
     rope_scaling: null,
     tie_word_embeddings: o.tieWordEmbeddings,
-    attention_bias: false,
+    attention_bias: o.attentionBias,
     torch_dtype: { bf16: 'bfloat16', f16: 'float16', f32: 'float32' }[dtype],
     bos_token_id: 151643,
     eos_token_id: 151645,

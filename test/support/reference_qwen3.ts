@@ -63,9 +63,14 @@ export class ReferenceQwen3 {
       const vs: Float64Array[][] = [];
       xs.forEach((x, pos) => {
         const h = this.rmsNorm(x, this.get(`${p}.input_layernorm.weight`));
-        const q = this.linear(h, this.get(`${p}.self_attn.q_proj.weight`), NH * HD);
-        const k = this.linear(h, this.get(`${p}.self_attn.k_proj.weight`), KVH * HD);
-        const v = this.linear(h, this.get(`${p}.self_attn.v_proj.weight`), KVH * HD);
+        const project = (name: string, n: number) => {
+          const y = this.linear(h, this.get(`${p}.self_attn.${name}.weight`), n);
+          if (this.cfg.attentionBias) this.get(`${p}.self_attn.${name}.bias`).forEach((b, i) => (y[i] += b));
+          return y;
+        };
+        const q = project('q_proj', NH * HD);
+        const k = project('k_proj', KVH * HD);
+        const v = project('v_proj', KVH * HD);
         qs.push(Array.from({ length: NH }, (_, n) => this.rope(this.rmsNorm(q.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.q_norm.weight`)), pos)));
         ks.push(Array.from({ length: KVH }, (_, n) => this.rope(this.rmsNorm(k.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.k_norm.weight`)), pos)));
         vs.push(Array.from({ length: KVH }, (_, n) => v.slice(n * HD, (n + 1) * HD)));
