@@ -99,8 +99,9 @@ for (const layout of Object.keys(served) as Array<keyof typeof served>) {
   const ttft512 = (await runLoadBench({ ...base, inputLen: 512, outputLen: 2, numPrompts: 3, concurrency: [1] })).levels[0];
   // 8 streams on their own for the decode rate; then the same 8 with a 512-token prompt
   // joining after 8 s for the stalls (its chunks would otherwise count against the rate).
-  const eightAlone = (await runLoadBench({ ...base, inputLen: 64, outputLen: 160, numPrompts: 8, concurrency: [8] })).levels[0];
-  const eight = runLoadBench({ ...base, inputLen: 64, outputLen: 160, numPrompts: 8, concurrency: [8] });
+  const eightStreams = { ...base, inputLen: 64, outputLen: 160, numPrompts: 8, concurrency: [8] };
+  const eightAlone = (await runLoadBench(eightStreams)).levels[0];
+  const eight = runLoadBench(eightStreams);
   await new Promise((r) => setTimeout(r, 8000));
   const intruder = await runLoadBench({ ...base, inputLen: 512, outputLen: 2, numPrompts: 1, concurrency: [1] });
   const eightRes = (await eight).levels[0];
