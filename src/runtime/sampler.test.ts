@@ -146,3 +146,17 @@ test('top_p without top_k over a large vocabulary: peaked and flat distributions
     assert.equal(c.filter((x, i) => x > 0 && want[i] === 0).length, 0, `${name}: nothing outside the nucleus`);
   }
 });
+
+test('top_k above 64 with top_p draws only among the k best, whatever earlier draws left behind', () => {
+  const n = 400;
+  const sampler = new Sampler(params({ temperature: 1, topK: 100, topP: 0.9, seed: 41 }), n);
+  // A first draw over the full vocabulary leaves large weights on tokens 300-399 …
+  const first = new Sampler(params({ temperature: 1, topP: 0.9, seed: 40 }), n);
+  first.sample(Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)), empty());
+  // … and this sampler's own first draw does the same to its scratch buffer.
+  sampler.sample(Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)), empty());
+  // Now tokens 0-99 are the 100 best; 300-399 are the worst.
+  const logits = Float32Array.from({ length: n }, (_, i) => (i < 100 ? 2 + i / 100 : i >= 300 ? -20 : 0));
+  const c = counts(sampler, logits, 3000);
+  assert.equal(c.slice(100).reduce((a, b) => a + b, 0), 0, 'no token outside the top 100');
+});

@@ -273,8 +273,9 @@ export class Sampler {
       const target = p.topP * total;
       // The nucleus is a prefix of the weights sorted down: when the 64 largest already
       // reach the target (a peaked distribution, as a language model's usually is), look
-      // no further than them.
-      if (cand.length > SMALL_K) {
+      // no further than them. Only when every token is a candidate: with top-k, `w` holds
+      // stale weights outside the candidates.
+      if (cand === this.allCandidates && cand.length > SMALL_K) {
         const head = topIndices(w, SMALL_K);
         let headSum = 0;
         for (const i of head) headSum += w[i];
