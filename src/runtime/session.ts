@@ -1,6 +1,7 @@
 import ort from 'onnxruntime-node';
 import { join } from 'node:path';
 import type { Manifest } from '../export/manifest.js';
+import { raiseMallocThresholds } from './malloc_thresholds.js';
 
 export type DeviceChoice = 'auto' | 'cuda' | 'cpu';
 
@@ -44,6 +45,8 @@ export function providerPlan(device: DeviceChoice, manifest: Pick<Manifest, 'kvD
 
 /** Creates the one session this process keeps for the model (sessions leak when recreated). */
 export async function createSession(dir: string, manifest: Manifest, opts: SessionOptions): Promise<SessionResult> {
+  // Every step's outputs are fresh buffers: keep glibc from handing their memory back.
+  await raiseMallocThresholds();
   const path = join(dir, manifest.model);
   const plan = providerPlan(opts.device, manifest);
   let fallbackReason: string | null = null;
