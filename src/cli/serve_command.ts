@@ -185,7 +185,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,
   );
-  if (info.deviceNote) log.warn(`running on CPU: ${info.deviceNote}`);
+  if (info.deviceNote) log[info.deviceNoteIsWarning ? 'warn' : 'info'](`running on CPU: ${info.deviceNote}`);
   if (resolved.demo) {
     log.warn(
       `${DEMO_NAME} is a demo model with random weights: the API works end to end but its answers are noise. ` +

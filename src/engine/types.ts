@@ -71,6 +71,8 @@ export interface EngineInfo {
   dtype: string;
   device: 'cpu' | 'cuda';
   deviceNote: string | null;
+  /** The note is a warning: CUDA was tried and failed. */
+  deviceNoteIsWarning: boolean;
   vocabSize: number;
   limits: EngineLimits;
   eosTokenIds: number[];

@@ -68,7 +68,7 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
 
 async function start(): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
-  const { session, device, fallbackReason } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
+  const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
   const { limits } = resolveLimits(manifest, device);
   const fast = manifest.layout === 'fast' ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens) : null;
   const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
@@ -83,6 +83,7 @@ async function start(): Promise<EngineCore> {
     dtype: manifest.dtype,
     device,
     deviceNote: fallbackReason,
+    deviceNoteIsWarning: cudaFailed,
     vocabSize: manifest.config.vocabSize,
     limits,
     eosTokenIds: generation.eosTokenIds,

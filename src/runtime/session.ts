@@ -1,5 +1,7 @@
 import ort from 'onnxruntime-node';
-import { join } from 'node:path';
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import type { Manifest } from '../export/manifest.js';
 import { raiseMallocThresholds } from './malloc_thresholds.js';
 
@@ -8,8 +10,10 @@ export type DeviceChoice = 'auto' | 'cuda' | 'cpu';
 export interface SessionResult {
   session: ort.InferenceSession;
   device: 'cuda' | 'cpu';
-  /** Why auto selection fell back to CPU, for the start log. */
+  /** Why auto selection runs on the CPU, for the start log. */
   fallbackReason: string | null;
+  /** CUDA was tried and failed (a warning), rather than never tried (information). */
+  cudaFailed: boolean;
 }
 
 export interface SessionOptions {
@@ -32,34 +36,77 @@ function sessionOptions(ep: 'cuda' | 'cpu', threads: number): ort.InferenceSessi
   };
 }
 
-/**
- * The execution-provider order a device choice means. `auto` tries CUDA only for graphs
- * exported for it (fp16 activations); a float32 GQA graph cannot run on CUDA.
- */
-export function providerPlan(device: DeviceChoice, manifest: Pick<Manifest, 'kvDtype' | 'layout'>): Array<'cuda' | 'cpu'> {
-  if (device === 'cpu') return ['cpu'];
-  if (device === 'cuda') return ['cuda'];
-  const cudaCapable = manifest.kvDtype === 'float16' || manifest.layout === 'standard';
-  return cudaCapable ? ['cuda', 'cpu'] : ['cpu'];
+/** The execution providers to try, in order, and why auto selection settled for the CPU. */
+export interface ProviderPlan {
+  order: Array<'cuda' | 'cpu'>;
+  cpuReason: string | null;
 }
 
-/** Creates the one session this process keeps for the model (sessions leak when recreated). */
-export async function createSession(dir: string, manifest: Manifest, opts: SessionOptions): Promise<SessionResult> {
+function onnxruntimeNodeRoot(): string {
+  return dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+}
+
+/**
+ * Whether onnxruntime-node's CUDA provider library is installed next to its binary. The npm
+ * package ships the CPU provider only; the CUDA one is downloaded at install time
+ * (ONNXRUNTIME_NODE_INSTALL=cuda12, as the GPU Docker image does).
+ */
+export function cudaProviderInstalled(packageRoot: string = onnxruntimeNodeRoot()): boolean {
+  const lib = { linux: 'libonnxruntime_providers_cuda.so', win32: 'onnxruntime_providers_cuda.dll' }[process.platform as string];
+  if (!lib) return false;
+  try {
+    // bin/napi-v<N>/<platform>/<arch>/, where the install script puts what it downloads.
+    const bin = join(packageRoot, 'bin');
+    return readdirSync(bin).some((napi) => existsSync(join(bin, napi, process.platform, process.arch, lib)));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The execution-provider order a device choice means. `auto` tries CUDA only for graphs
+ * exported for it (fp16 activations; a float32 GQA graph cannot run on CUDA) and only when
+ * its provider is installed: otherwise ONNX Runtime prints a load error on every start of a
+ * CPU host. An explicit `cuda` always tries, so a broken GPU setup fails loudly.
+ */
+export function providerPlan(device: DeviceChoice, manifest: Pick<Manifest, 'kvDtype' | 'layout'>, cudaInstalled: boolean): ProviderPlan {
+  if (device === 'cpu') return { order: ['cpu'], cpuReason: null };
+  if (device === 'cuda') return { order: ['cuda'], cpuReason: null };
+  const cudaCapable = manifest.kvDtype === 'float16' || manifest.layout === 'standard';
+  if (!cudaCapable) {
+    return {
+      order: ['cpu'],
+      cpuReason: `the model was exported for the CPU (${manifest.kvDtype} KV cache), which CUDA's GroupQueryAttention does not run; export with --dtype fp16 or --device cuda to use a GPU`,
+    };
+  }
+  if (!cudaInstalled) {
+    return {
+      order: ['cpu'],
+      cpuReason: "onnxruntime-node's CUDA provider is not installed (install with ONNXRUNTIME_NODE_INSTALL=cuda12 on a CUDA 12 host, or use the GPU Docker image)",
+    };
+  }
+  return { order: ['cuda', 'cpu'], cpuReason: null };
+}
+
+/**
+ * Creates the one session this process keeps for the model (sessions leak when recreated).
+ * `cudaInstalled` overrides the installation probe (tests use it to take the fallback path).
+ */
+export async function createSession(dir: string, manifest: Manifest, opts: SessionOptions & { cudaInstalled?: boolean }): Promise<SessionResult> {
   // Every step's outputs are fresh buffers: keep glibc from handing their memory back.
   await raiseMallocThresholds();
   const path = join(dir, manifest.model);
-  const plan = providerPlan(opts.device, manifest);
-  let fallbackReason: string | null = null;
-  if (opts.device === 'auto' && plan.length === 1) {
-    fallbackReason = `the model was exported for the CPU (${manifest.kvDtype} KV cache), which CUDA's GroupQueryAttention does not run; export with --dtype fp16 or --device cuda to use a GPU`;
-  }
-  for (const ep of plan) {
+  const plan = providerPlan(opts.device, manifest, opts.cudaInstalled ?? cudaProviderInstalled());
+  let fallbackReason = plan.cpuReason;
+  let cudaFailed = false;
+  for (const ep of plan.order) {
     try {
       const session = await ort.InferenceSession.create(path, sessionOptions(ep, opts.threads));
-      return { session, device: ep, fallbackReason };
+      return { session, device: ep, fallbackReason, cudaFailed };
     } catch (err) {
-      if (ep === plan[plan.length - 1]) throw err;
+      if (ep === plan.order[plan.order.length - 1]) throw err;
       fallbackReason = `CUDA execution provider unavailable: ${(err as Error).message.split('\n')[0]}`;
+      cudaFailed = true;
     }
   }
   throw new Error('unreachable: empty provider plan');
