@@ -19,6 +19,10 @@ const shapes: Array<[string, RandomCheckpointOptions]> = [
   ['f32 source, heads × head_dim ≠ hidden, 3 layers', { ...small, dtype: 'f32', numHeads: 8, numKvHeads: 2, headDim: 8, hiddenSize: 40, numLayers: 3, seed: 5 }],
   ['rope_theta 10000, head_dim 32', { ...small, headDim: 32, ropeTheta: 10000, seed: 6 }],
   ['attention_bias (q/k/v projection biases)', { ...small, attentionBias: true, std: 0.3, seed: 7 }],
+  // Qwen3's documented long-context setting, scaled down: the rotary tables change and
+  // cos/sin carry YaRN's attention factor. The reference reads config.json itself.
+  ['YaRN rope_scaling (factor 4 over an original context of 64)', { ...small, ropeScaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 }, seed: 8 }],
+  ['linear rope_scaling (factor 2, the older "type" key)', { ...small, ropeScaling: { type: 'linear', factor: 2 }, seed: 9 }],
 ];
 
 for (const [name, options] of shapes) {

@@ -21,6 +21,22 @@ const configSchema = z.object({
   tieWordEmbeddings: z.boolean(),
   maxPositionEmbeddings: z.number().int(),
   attentionBias: z.boolean(),
+  /** Baked into the rotary tables at export; recorded for what the export is. */
+  ropeScaling: z
+    .union([
+      z.object({ type: z.literal('linear'), factor: z.number() }),
+      z.object({
+        type: z.literal('yarn'),
+        factor: z.number(),
+        originalMaxPositionEmbeddings: z.number().int(),
+        attentionFactor: z.number(),
+        betaFast: z.number(),
+        betaSlow: z.number(),
+        truncate: z.boolean(),
+      }),
+    ])
+    .nullable()
+    .default(null),
 });
 
 const manifestSchema = z.object({

@@ -16,9 +16,31 @@ export interface Qwen3Config {
   ropeTheta: number;
   rmsNormEps: number;
   tieWordEmbeddings: boolean;
+  /**
+   * Positions the model encodes, so the longest context: max_position_embeddings, or
+   * original_max_position_embeddings × factor when rope scaling extends it (as vLLM derives it).
+   */
   maxPositionEmbeddings: number;
   attentionBias: boolean;
+  /** Static RoPE scaling from config.json (Qwen3 documents YaRN for contexts past 32,768). */
+  ropeScaling: RopeScaling | null;
 }
+
+/** RoPE scaling that is fixed at export: the rotary tables change, nothing else. */
+export type RopeScaling =
+  | { type: 'linear'; factor: number }
+  | {
+      type: 'yarn';
+      factor: number;
+      /** The context the model was trained at: where interpolation starts. */
+      originalMaxPositionEmbeddings: number;
+      /** Multiplies cos and sin (so scores by its square): 0.1·ln(factor) + 1 unless given. */
+      attentionFactor: number;
+      betaFast: number;
+      betaSlow: number;
+      /** Round the correction range outward to whole dimensions (transformers' default). */
+      truncate: boolean;
+    };
 
 const positiveInt = z.number().int().positive();
 
@@ -37,8 +59,64 @@ const rawConfigSchema = z.object({
   max_position_embeddings: positiveInt.optional(),
   attention_bias: z.boolean().optional(),
   hidden_act: z.string().optional(),
-  rope_scaling: z.unknown().optional(),
+  rope_scaling: z.record(z.string(), z.unknown()).nullable().optional(),
+  // transformers v5 writes rope_theta and the scaling together under rope_parameters.
+  rope_parameters: z.record(z.string(), z.unknown()).nullable().optional(),
 });
+
+const ropeScalingSchema = z.object({
+  rope_type: z.string().optional(),
+  type: z.string().optional(),
+  rope_theta: z.number().positive().optional(),
+  factor: z.number().positive().optional(),
+  original_max_position_embeddings: positiveInt.optional(),
+  attention_factor: z.number().positive().optional(),
+  mscale: z.number().optional(),
+  mscale_all_dim: z.number().optional(),
+  beta_fast: z.number().positive().optional(),
+  beta_slow: z.number().positive().optional(),
+  truncate: z.boolean().optional(),
+});
+
+/** transformers' YaRN attention scale for a factor (1 when not extending). */
+function yarnMscale(factor: number, mscale = 1): number {
+  return factor <= 1 ? 1 : 0.1 * mscale * Math.log(factor) + 1;
+}
+
+/**
+ * Reads rope_scaling (or rope_parameters): static kinds become a RopeScaling, the rest a
+ * clear error. Dynamic NTK is refused: its frequencies change with the sequence length,
+ * which a KV cache written at earlier lengths cannot follow.
+ */
+function parseRopeScaling(raw: Record<string, unknown>, maxPositions: number, source: string): RopeScaling | null {
+  const parsed = ropeScalingSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ModelFormatError(`${source}: rope_scaling.${issue.path.join('.')}: ${issue.message}`);
+  }
+  const r = parsed.data;
+  const kind = r.rope_type ?? r.type ?? 'default';
+  if (kind === 'default') return null;
+  const factor = r.factor;
+  if (factor === undefined) throw new ModelFormatError(`${source}: rope_scaling of type ${JSON.stringify(kind)} needs a factor.`);
+  if (kind === 'linear') return { type: 'linear', factor };
+  if (kind === 'yarn') {
+    const attentionFactor =
+      r.attention_factor ?? (r.mscale && r.mscale_all_dim ? yarnMscale(factor, r.mscale) / yarnMscale(factor, r.mscale_all_dim) : yarnMscale(factor));
+    return {
+      type: 'yarn',
+      factor,
+      originalMaxPositionEmbeddings: r.original_max_position_embeddings ?? maxPositions,
+      attentionFactor,
+      betaFast: r.beta_fast ?? 32,
+      betaSlow: r.beta_slow ?? 1,
+      truncate: r.truncate ?? true,
+    };
+  }
+  throw new ModelFormatError(
+    `${source}: rope_scaling type ${JSON.stringify(kind)} is not supported (supported: yarn and linear, which are fixed at export; dynamic scaling changes with the sequence length).`,
+  );
+}
 
 const SUPPORTED = 'qwen3';
 const NOT_YET: Record<string, string> = {
@@ -63,9 +141,11 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
   if (c.hidden_act !== undefined && c.hidden_act !== 'silu') {
     throw new ModelFormatError(`${source}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (Qwen3 uses "silu").`);
   }
-  if (c.rope_scaling !== undefined && c.rope_scaling !== null) {
-    throw new ModelFormatError(`${source}: rope_scaling is not supported yet (got ${JSON.stringify(c.rope_scaling)}).`);
-  }
+  const maxPositions = c.max_position_embeddings ?? 40960;
+  const ropeRaw = c.rope_scaling ?? c.rope_parameters ?? null;
+  const ropeScaling = ropeRaw ? parseRopeScaling(ropeRaw, maxPositions, source) : null;
+  const ropeTheta = c.rope_theta ?? (typeof c.rope_parameters?.rope_theta === 'number' ? c.rope_parameters.rope_theta : 1_000_000);
+  if (!(ropeTheta > 0)) throw new ModelFormatError(`${source}: rope_theta must be positive.`);
   const numKvHeads = c.num_key_value_heads ?? c.num_attention_heads;
   if (c.num_attention_heads % numKvHeads !== 0) {
     throw new ModelFormatError(
@@ -84,11 +164,17 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
     numHeads: c.num_attention_heads,
     numKvHeads,
     headDim,
-    ropeTheta: c.rope_theta ?? 1_000_000,
+    ropeTheta,
     rmsNormEps: c.rms_norm_eps ?? 1e-6,
     tieWordEmbeddings: c.tie_word_embeddings ?? false,
-    maxPositionEmbeddings: c.max_position_embeddings ?? 40960,
+    maxPositionEmbeddings:
+      ropeScaling?.type === 'yarn'
+        ? Math.max(maxPositions, Math.floor(ropeScaling.originalMaxPositionEmbeddings * ropeScaling.factor))
+        : ropeScaling?.type === 'linear'
+          ? Math.floor(maxPositions * ropeScaling.factor)
+          : maxPositions,
     attentionBias: c.attention_bias ?? false,
+    ropeScaling,
   };
 }
 

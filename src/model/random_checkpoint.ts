@@ -18,6 +18,8 @@ export interface RandomCheckpointOptions {
   tieWordEmbeddings?: boolean;
   maxPositionEmbeddings?: number;
   ropeTheta?: number;
+  /** config.json's rope_scaling as written (e.g. Qwen3's documented YaRN block). */
+  ropeScaling?: Record<string, unknown> | null;
   /** q/k/v projection biases (config attention_bias), as Qwen2-style checkpoints have. */
   attentionBias?: boolean;
   /** Element type of the safetensors files. */
@@ -109,6 +111,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     maxPositionEmbeddings: 40960,
     ropeTheta: 1_000_000,
     attentionBias: false,
+    ropeScaling: null,
     ...options,
   };
   const dtype = options.dtype ?? 'bf16';
@@ -174,7 +177,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     max_position_embeddings: o.maxPositionEmbeddings,
     rms_norm_eps: 1e-6,
     rope_theta: o.ropeTheta,
-    rope_scaling: null,
+    rope_scaling: o.ropeScaling ?? null,
     tie_word_embeddings: o.tieWordEmbeddings,
     attention_bias: o.attentionBias,
     torch_dtype: { bf16: 'bfloat16', f16: 'float16', f32: 'float32' }[dtype],

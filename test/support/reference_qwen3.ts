@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadQwen3Config, type Qwen3Config } from '../../src/model/config.js';
 import { SafetensorsCheckpoint } from '../../src/model/safetensors.js';
 
@@ -8,9 +10,12 @@ import { SafetensorsCheckpoint } from '../../src/model/safetensors.js';
 export class ReferenceQwen3 {
   readonly cfg: Qwen3Config;
   private readonly w = new Map<string, Float32Array>();
+  private readonly raw: Record<string, unknown>;
+  private ropeParams: { invFreq: Float64Array; scale: number } | null = null;
 
   constructor(dir: string) {
     this.cfg = loadQwen3Config(dir);
+    this.raw = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
     const ckpt = new SafetensorsCheckpoint(dir);
     for (const name of ckpt.tensors.keys()) this.w.set(name, ckpt.readFloat32(name));
   }
@@ -39,14 +44,52 @@ export class ReferenceQwen3 {
     return y;
   }
 
+  /**
+   * Inverse frequencies and the cos/sin scale, from config.json's own rope_scaling block
+   * (read here, not through the exporter's parsed config), following transformers'
+   * _compute_yarn_parameters and _compute_linear_scaling_rope_parameters.
+   */
+  private ropeParameters(hd: number): { invFreq: Float64Array; scale: number } {
+    const base = this.cfg.ropeTheta;
+    const posFreqs = Float64Array.from({ length: hd / 2 }, (_, j) => base ** ((2 * j) / hd));
+    const rs = this.raw.rope_scaling as Record<string, number | string | boolean> | null | undefined;
+    const kind = rs ? (rs.rope_type ?? rs.type) : 'default';
+    if (!rs || kind === 'default') return { invFreq: posFreqs.map((p) => 1 / p), scale: 1 };
+    const factor = rs.factor as number;
+    if (kind === 'linear') return { invFreq: posFreqs.map((p) => 1 / (p * factor)), scale: 1 };
+    const original = (rs.original_max_position_embeddings as number | undefined) ?? (this.raw.max_position_embeddings as number);
+    const betaFast = (rs.beta_fast as number | undefined) ?? 32;
+    const betaSlow = (rs.beta_slow as number | undefined) ?? 1;
+    const findCorrectionDim = (numRotations: number) => (hd * Math.log(original / (numRotations * 2 * Math.PI))) / (2 * Math.log(base));
+    let low = Math.floor(findCorrectionDim(betaFast));
+    let high = Math.ceil(findCorrectionDim(betaSlow));
+    if (rs.truncate === false) {
+      low = findCorrectionDim(betaFast);
+      high = findCorrectionDim(betaSlow);
+    }
+    low = Math.max(low, 0);
+    high = Math.min(high, hd - 1);
+    if (low === high) high += 0.001;
+    const invFreq = posFreqs.map((p, j) => {
+      const extrapolationFactor = 1 - Math.min(1, Math.max(0, (j - low) / (high - low)));
+      return (1 / (factor * p)) * (1 - extrapolationFactor) + (1 / p) * extrapolationFactor;
+    });
+    const scale = (rs.attention_factor as number | undefined) ?? (factor <= 1 ? 1 : 0.1 * Math.log(factor) + 1);
+    return { invFreq, scale };
+  }
+
   private rope(x: Float64Array, pos: number): Float64Array {
     const hd = x.length;
     const half = hd / 2;
     const out = new Float64Array(hd);
+    this.ropeParams ??= this.ropeParameters(hd);
+    const { invFreq, scale } = this.ropeParams;
     for (let i = 0; i < half; i++) {
-      const a = pos / this.cfg.ropeTheta ** ((2 * i) / hd);
-      out[i] = x[i] * Math.cos(a) - x[i + half] * Math.sin(a);
-      out[i + half] = x[i + half] * Math.cos(a) + x[i] * Math.sin(a);
+      const a = pos * invFreq[i];
+      const c = scale * Math.cos(a);
+      const s = scale * Math.sin(a);
+      out[i] = x[i] * c - x[i + half] * s;
+      out[i + half] = x[i + half] * c + x[i] * s;
     }
     return out;
   }
