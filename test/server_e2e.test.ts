@@ -147,6 +147,10 @@ test('errors come as the SDK error classes with OpenAI envelopes', async () => {
     s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x' } } }),
     (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'response_format',
   );
+  await assert.rejects(
+    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], top_logprobs: 3 }),
+    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'top_logprobs' && /logprobs must be true/.test(err.message),
+  );
   const res = await fetch(`${s.url}/v1/nothing`, { headers: { 'x-request-id': 'abc-123' } });
   assert.equal(res.status, 404);
   assert.equal(res.headers.get('x-request-id'), 'abc-123');

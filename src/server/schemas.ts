@@ -100,6 +100,11 @@ export const chatRequestSchema = z.object({
     .optional(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
   reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
+}).superRefine((r, ctx) => {
+  // OpenAI and vLLM refuse top_logprobs without logprobs rather than silently return none.
+  if (r.top_logprobs != null && r.logprobs !== true) {
+    ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'logprobs must be true when top_logprobs is set' });
+  }
 });
 
 export type ChatRequest = z.infer<typeof chatRequestSchema>;
