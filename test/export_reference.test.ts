@@ -305,6 +305,64 @@ test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep
   }
 });
 
+test('fast runner: a batched decode feeds rows up to its last decoding row; a prefilling row between them rides along unharmed', async () => {
+  for (const dir of [await exportFixture('fast', 'fp32'), await exportFixture('fast', 'int4')]) {
+    const manifest = readManifest(dir);
+    const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
+    // The real session, watched: how many rows each decode feeds it.
+    const fed: number[] = [];
+    const run = session.run.bind(session);
+    (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
+      fed.push(feeds.input_ids.dims[0]);
+      return run(feeds as never);
+    }) as typeof session.run;
+    const runner = new FastRunner(session, manifest, 4, 4096);
+    const oracleRunner = await openRunner(dir);
+    const tokens = (seed: number, n: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + seed * 104729) % 50000));
+    const seqs = new Map([
+      [1, tokens(1, 40)],
+      [2, tokens(2, 30)],
+    ]);
+    for (const [id, seq] of seqs) {
+      runner.addSequence(id);
+      await runner.prefill(id, seq);
+    }
+    // A long prompt joins in the last row and is still prefilling: not fed to decode steps.
+    runner.addSequence(3);
+    await runner.prefill(3, tokens(3, 200));
+    const decodeOnce = async (ids: number[], rowsFed: number) => {
+      fed.length = 0;
+      const next = ids.map((id) => 3000 + seqs.get(id)!.length);
+      const logits = await runner.decode(ids, next);
+      ids.forEach((id, i) => seqs.get(id)!.push(next[i]));
+      assert.deepEqual(fed, [rowsFed], `${dir}: rows fed to decode ${ids}`);
+      return logits;
+    };
+    const tolerance = manifest.dtype === 'int4' ? 0.05 : 1e-3;
+    const check = async (ids: number[], logits: Float32Array) => {
+      for (const [i, id] of ids.entries()) {
+        oracleRunner.addSequence(100 + id);
+        const want = await oracleRunner.prefill(100 + id, seqs.get(id)!);
+        oracleRunner.removeSequence(100 + id);
+        const diff = maxAbsDiff(logits.slice(i * runner.vocabSize, (i + 1) * runner.vocabSize), want);
+        assert.ok(diff < tolerance, `${dir}: sequence ${id} differs by ${diff}`);
+      }
+    };
+    // Rows 0 and 1 decode; the prefilling sequence in row 2 stays out.
+    await check([1, 2], await decodeOnce([1, 2], 2));
+    // Sequence 1 leaves: the last row (sequence 3, still prefilling) moves into row 0, so
+    // decoding sequence 2 in row 1 feeds rows 0–1 and row 0 rides along with a dummy token.
+    runner.removeSequence(1);
+    await check([2], await decodeOnce([2], 2));
+    // The ride-along left sequence 3's cache untouched: its next chunk still matches.
+    seqs.set(3, tokens(3, 232));
+    const chunk = await runner.prefill(3, seqs.get(3)!.slice(200));
+    oracleRunner.addSequence(103);
+    const want = await oracleRunner.prefill(103, seqs.get(3)!);
+    assert.ok(maxAbsDiff(chunk, want) < tolerance, `${dir}: the prefilling row after riding along`);
+  }
+});
+
 test('fast runner: prefault() makes the budget-sized KV buffers resident at once', async () => {
   const dir = await exportFixture('fast', 'fp32');
   const manifest = readManifest(dir);
