@@ -11,6 +11,8 @@ import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js
 import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, tempDir, type ReferenceCase } from './support/runner.js';
 import { createSession } from '../src/runtime/session.js';
 import { FastRunner } from '../src/runtime/fast_runner.js';
+import { StagedFastRunner } from '../src/runtime/staged_runner.js';
+import { ioName } from '../src/export/manifest.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
 const work = tempDir();
@@ -360,6 +362,59 @@ test('fast runner: a batched decode feeds rows up to its last decoding row; a pr
     oracleRunner.addSequence(103);
     const want = await oracleRunner.prefill(103, seqs.get(3)!);
     assert.ok(maxAbsDiff(chunk, want) < tolerance, `${dir}: the prefilling row after riding along`);
+  }
+});
+
+test('staged runner: a prompt prefills apart, so decode steps beside it read only the decoding rows; it moves over at its first decode', async () => {
+  for (const dir of [await exportFixture('fast', 'fp32'), await exportFixture('fast', 'int4')]) {
+    const manifest = readManifest(dir);
+    const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
+    // The real session, watched: the capacity of the cache each decode feeds it.
+    const fedCapacity: number[] = [];
+    const run = session.run.bind(session);
+    (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
+      if (feeds.input_ids.dims[1] === 1) fedCapacity.push(feeds[ioName(manifest.io.pastValue, 0)].dims[2]);
+      return run(feeds as never);
+    }) as typeof session.run;
+    const runner = new StagedFastRunner(new FastRunner(session, manifest, 4, 4096), new FastRunner(session, manifest, 4, 4096));
+    const oracleRunner = await openRunner(dir);
+    const tolerance = manifest.dtype === 'int4' ? 0.05 : 1e-3;
+    const expectClose = async (id: number, seq: number[], got: Float32Array) => {
+      oracleRunner.addSequence(100 + id);
+      const want = await oracleRunner.prefill(100 + id, seq);
+      oracleRunner.removeSequence(100 + id);
+      const diff = maxAbsDiff(got, want);
+      assert.ok(diff < tolerance, `${dir}: sequence ${id} at ${seq.length} tokens differs by ${diff}`);
+    };
+    const tokens = (seed: number, n: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + seed * 104729) % 50000));
+    const short = tokens(1, 30);
+    runner.addSequence(1);
+    await runner.prefill(1, short);
+    // A 300-token prompt joins and prefills in chunks while sequence 1 decodes.
+    const long = tokens(2, 300);
+    runner.addSequence(2);
+    for (let at = 0; at < long.length; at += 100) {
+      await runner.prefill(2, long.slice(at, at + 100));
+      short.push(4000 + at);
+      await expectClose(1, short, await runner.decode([1], [short[short.length - 1]]));
+    }
+    assert.ok(fedCapacity.every((c) => c <= 64), `decode steps fed capacities ${fedCapacity}: the prompt's 300 tokens stayed out`);
+    assert.equal(runner.cachedLength(2), 300);
+    // Its first decode moves it over (cache copied) and both decode together.
+    fedCapacity.length = 0;
+    short.push(5000);
+    long.push(5001);
+    const both = await runner.decode([1, 2], [5000, 5001]);
+    assert.ok(fedCapacity[0] >= 301, 'the moved sequence now sets the capacity');
+    await expectClose(1, short, both.slice(0, runner.vocabSize));
+    await expectClose(2, long, both.slice(runner.vocabSize));
+    // Leaving from either runner: a new prompt left while prefilling, then the moved one.
+    runner.addSequence(3);
+    await runner.prefill(3, tokens(3, 10));
+    runner.removeSequence(3);
+    runner.removeSequence(2);
+    short.push(6000);
+    await expectClose(1, short, await runner.decode([1], [6000]));
   }
 });
 

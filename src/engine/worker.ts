@@ -9,6 +9,7 @@ import { AppError } from '../errors.js';
 import { readManifest } from '../export/manifest.js';
 import { createSession } from '../runtime/session.js';
 import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
+import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import { BYTES, type ModelRunner } from '../runtime/model_runner.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
@@ -70,7 +71,8 @@ async function start(): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
   const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
   const { limits } = resolveLimits(manifest, device);
-  const fast = manifest.layout === 'fast' ? new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens) : null;
+  const fastRunner = () => new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens);
+  const fast = manifest.layout === 'fast' ? new StagedFastRunner(fastRunner(), fastRunner()) : null;
   const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
   // The standard layout's cache is allocated per step by its contract: nothing to prefault.
   const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;

@@ -170,10 +170,13 @@ export class FastRunner implements ModelRunner {
     return p.transposed ? { perRow: this.kvHeads * p.width, unit: 1 } : { perRow: this.kvHeads, unit: p.width };
   }
 
-  /** Copies the cached prefix of row `from` of `src` (capacity `srcCap`) to row `to` of the plane's layer `l`. */
-  private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number): void {
+  /**
+   * Copies the cached prefix (`length` tokens, row `from`'s own by default) of row `from`
+   * of `src` (capacity `srcCap`) to row `to` of the plane's layer `l`.
+   */
+  private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number, length = this.rowLength[from]): void {
     const { perRow, unit } = this.runs(p);
-    const len = this.rowLength[from] * unit;
+    const len = length * unit;
     if (len === 0) return;
     const dst = p.data[l];
     for (let j = 0; j < perRow; j++) {
@@ -230,6 +233,27 @@ export class FastRunner implements ModelRunner {
     this.idOfRow.pop();
     this.rowLength[last] = 0;
     if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
+  }
+
+  has(id: number): boolean {
+    return this.rowOf.has(id);
+  }
+
+  /**
+   * Takes sequence `id` over from another runner of the same export: a new row here gets a
+   * copy of its cache, and `from` lets it go.
+   */
+  adoptSequence(id: number, from: FastRunner): void {
+    const source = from.row(id);
+    const length = from.rowLength[source];
+    this.addSequence(id);
+    const row = this.row(id);
+    this.fit(length + 1);
+    for (const [i, p] of this.planes.entries()) {
+      for (let l = 0; l < this.layers; l++) this.copyRow(p, from.planes[i].data[l], from.capacity, l, source, row, length);
+    }
+    this.rowLength[row] = length;
+    from.removeSequence(id);
   }
 
   fillForBenchmark(id: number, length: number): void {
