@@ -161,4 +161,8 @@ test('--kv-cache-prefault writes the KV budget at start, and generation is uncha
   assert.ok(bytes > 0.9 * budget && bytes <= budget, `${bytes} bytes prefaulted`);
   const r = await collect(touched, request(cases[0].prompt_ids));
   assert.deepEqual(r.tokens, cases[0].greedy_ids);
+  // With prefaulted buffers, prompts prefill in a staging buffer and move into the decoding
+  // one at their first decode: prompts joining while others decode still give their own.
+  const together = await Promise.all(cases.map((c) => collect(touched, request(c.prompt_ids))));
+  together.forEach((t, i) => assert.deepEqual(t.tokens, cases[i].greedy_ids, `case ${i}`));
 });

@@ -29,7 +29,7 @@ export const SERVE_FLAGS: FlagSpec[] = [
   { name: 'max-num-batched-tokens', type: 'string', env: 'QWEN3_SERVE_MAX_NUM_BATCHED_TOKENS', default: '32 on CPU, 512 on CUDA', help: 'Prompt tokens per step (prefill chunk size): smaller chunks stall running streams for less time when a prompt joins' },
   { name: 'max-queue', type: 'string', env: 'QWEN3_SERVE_MAX_QUEUE', default: '128', help: 'Waiting requests at most; beyond it requests get 429' },
   { name: 'kv-cache-memory', type: 'string', env: 'QWEN3_SERVE_KV_CACHE_MEMORY', default: '0.25', help: 'KV cache budget: bytes (e.g. 2GiB) or a fraction of free memory' },
-  { name: 'kv-cache-prefault', type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start (like vLLM preallocating its cache): resident memory is the budget from the start, and no step waits for the OS to map fresh pages' },
+  { name: 'kv-cache-prefault', type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start (like vLLM preallocating its cache): resident memory is the budget from the start, no step waits for the OS to map fresh pages, and prompts prefill apart so they never slow the running streams' },
   { name: 'reasoning-field', type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: 'Name of the thinking field: reasoning_content, reasoning or both' },
   { name: 'default-thinking', type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Qwen3 thinking for requests that do not say: on or off' },
   { name: 'cors-origins', type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: "Comma-separated allowed origins, '*' for any, 'none' to disable CORS" },
