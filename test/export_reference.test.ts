@@ -307,17 +307,23 @@ test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep
   }
 });
 
+/** A real CPU session on `dir` whose every run shows its feeds to `see` first. */
+async function watchedSession(dir: string, manifest: ReturnType<typeof readManifest>, see: (feeds: Record<string, { dims: readonly number[] }>) => void) {
+  const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
+  const run = session.run.bind(session);
+  (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
+    see(feeds);
+    return run(feeds as never);
+  }) as typeof session.run;
+  return session;
+}
+
 test('fast runner: a batched decode feeds rows up to its last decoding row; a prefilling row between them rides along unharmed', async () => {
   for (const dir of [await exportFixture('fast', 'fp32'), await exportFixture('fast', 'int4')]) {
     const manifest = readManifest(dir);
-    const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
     // The real session, watched: how many rows each decode feeds it.
     const fed: number[] = [];
-    const run = session.run.bind(session);
-    (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
-      fed.push(feeds.input_ids.dims[0]);
-      return run(feeds as never);
-    }) as typeof session.run;
+    const session = await watchedSession(dir, manifest, (feeds) => fed.push(feeds.input_ids.dims[0]));
     const runner = new FastRunner(session, manifest, 4, 4096);
     const oracleRunner = await openRunner(dir);
     const tokens = (seed: number, n: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + seed * 104729) % 50000));
@@ -368,14 +374,11 @@ test('fast runner: a batched decode feeds rows up to its last decoding row; a pr
 test('staged runner: a prompt prefills apart, so decode steps beside it read only the decoding rows; it moves over at its first decode', async () => {
   for (const dir of [await exportFixture('fast', 'fp32'), await exportFixture('fast', 'int4')]) {
     const manifest = readManifest(dir);
-    const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
     // The real session, watched: the capacity of the cache each decode feeds it.
     const fedCapacity: number[] = [];
-    const run = session.run.bind(session);
-    (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
+    const session = await watchedSession(dir, manifest, (feeds) => {
       if (feeds.input_ids.dims[1] === 1) fedCapacity.push(feeds[ioName(manifest.io.pastValue, 0)].dims[2]);
-      return run(feeds as never);
-    }) as typeof session.run;
+    });
     const runner = new StagedFastRunner(new FastRunner(session, manifest, 4, 4096), new FastRunner(session, manifest, 4, 4096));
     const oracleRunner = await openRunner(dir);
     const tolerance = manifest.dtype === 'int4' ? 0.05 : 1e-3;
