@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelFormatError } from '../errors.js';
-import { readJsonFile } from '../model/config.js';
+import { readJsonFile, ropeScalingSchema } from '../model/config.js';
 
 export const MANIFEST_FILE = 'qwen3-serve.json';
 export const MANIFEST_FORMAT = 'qwen3-serve-onnx';
@@ -22,21 +22,7 @@ const configSchema = z.object({
   maxPositionEmbeddings: z.number().int(),
   attentionBias: z.boolean(),
   /** Baked into the rotary tables at export; recorded for what the export is. */
-  ropeScaling: z
-    .union([
-      z.object({ type: z.literal('linear'), factor: z.number() }),
-      z.object({
-        type: z.literal('yarn'),
-        factor: z.number(),
-        originalMaxPositionEmbeddings: z.number().int(),
-        attentionFactor: z.number(),
-        betaFast: z.number(),
-        betaSlow: z.number(),
-        truncate: z.boolean(),
-      }),
-    ])
-    .nullable()
-    .default(null),
+  ropeScaling: ropeScalingSchema.nullable().default(null),
 });
 
 const manifestSchema = z.object({

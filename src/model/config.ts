@@ -26,21 +26,27 @@ export interface Qwen3Config {
   ropeScaling: RopeScaling | null;
 }
 
-/** RoPE scaling that is fixed at export: the rotary tables change, nothing else. */
-export type RopeScaling =
-  | { type: 'linear'; factor: number }
-  | {
-      type: 'yarn';
-      factor: number;
-      /** The context the model was trained at: where interpolation starts. */
-      originalMaxPositionEmbeddings: number;
-      /** Multiplies cos and sin (so scores by its square): 0.1·ln(factor) + 1 unless given. */
-      attentionFactor: number;
-      betaFast: number;
-      betaSlow: number;
-      /** Round the correction range outward to whole dimensions (transformers' default). */
-      truncate: boolean;
-    };
+/**
+ * RoPE scaling that is fixed at export: the rotary tables change, nothing else. One
+ * schema for the parsed config and the export manifest that records it.
+ */
+export const ropeScalingSchema = z.union([
+  z.object({ type: z.literal('linear'), factor: z.number() }),
+  z.object({
+    type: z.literal('yarn'),
+    factor: z.number(),
+    /** The context the model was trained at: where interpolation starts. */
+    originalMaxPositionEmbeddings: z.number().int(),
+    /** Multiplies cos and sin (so scores by its square): 0.1·ln(factor) + 1 unless given. */
+    attentionFactor: z.number(),
+    betaFast: z.number(),
+    betaSlow: z.number(),
+    /** Round the correction range outward to whole dimensions (transformers' default). */
+    truncate: z.boolean(),
+  }),
+]);
+
+export type RopeScaling = z.infer<typeof ropeScalingSchema>;
 
 const positiveInt = z.number().int().positive();
 
@@ -64,7 +70,7 @@ const rawConfigSchema = z.object({
   rope_parameters: z.record(z.string(), z.unknown()).nullable().optional(),
 });
 
-const ropeScalingSchema = z.object({
+const rawRopeScalingSchema = z.object({
   rope_type: z.string().optional(),
   type: z.string().optional(),
   rope_theta: z.number().positive().optional(),
@@ -89,7 +95,7 @@ function yarnMscale(factor: number, mscale = 1): number {
  * which a KV cache written at earlier lengths cannot follow.
  */
 function parseRopeScaling(raw: Record<string, unknown>, maxPositions: number, source: string): RopeScaling | null {
-  const parsed = ropeScalingSchema.safeParse(raw);
+  const parsed = rawRopeScalingSchema.safeParse(raw);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw new ModelFormatError(`${source}: rope_scaling.${issue.path.join('.')}: ${issue.message}`);

@@ -28,8 +28,9 @@ interface Plane {
  * Each sequence owns a row and rows stay compact: when a sequence leaves, the last row
  * moves into its place. A batched decode feeds rows [0, R) up to its last decoding row;
  * rows in between that are still prefilling ride along with a dummy token whose outputs
- * are dropped (GQA never writes into our buffer). The buffer holds R rows × capacity, both resized in steps, so memory
- * follows the work: `slotsFor` tells the scheduler what a set of sequences would take.
+ * are dropped (GQA never writes into our buffer). The buffer holds R rows × capacity,
+ * both resized in steps, so memory follows the work: `slotsFor` tells the scheduler what
+ * a set of sequences would take.
  */
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
@@ -350,14 +351,17 @@ export class FastRunner implements ModelRunner {
   }
 
   async decode(ids: number[], tokens: number[]): Promise<Float32Array> {
-    let longest = 0;
-    for (const id of ids) longest = Math.max(longest, this.rowLength[this.row(id)] + 1);
-    this.fit(longest);
     // The batch is a prefix of the rows: up to the last one that decodes. A sequence still
     // prefilling is usually the newest, so the last row, and stays out of the batch; one
     // between decoding rows rides along with a dummy token whose outputs are dropped.
+    let longest = 0;
     let rows = 0;
-    for (const id of ids) rows = Math.max(rows, this.row(id) + 1);
+    for (const id of ids) {
+      const row = this.row(id);
+      longest = Math.max(longest, this.rowLength[row] + 1);
+      rows = Math.max(rows, row + 1);
+    }
+    this.fit(longest);
     const inputIds = new Array<number>(rows).fill(0);
     const positions = new Array<number>(rows);
     let total = 0;
