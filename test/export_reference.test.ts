@@ -59,7 +59,7 @@ function maxError(all: Float32Array[][]): number {
 }
 
 /** Largest |a[j] − b[j]|. */
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let diff = 0;
   for (let j = 0; j < a.length; j++) diff = Math.max(diff, Math.abs(a[j] - b[j]));
   return diff;
@@ -126,6 +126,54 @@ for (const layout of ['fast', 'standard'] as const) {
     assert.ok(Number.isFinite(err));
   });
 }
+
+/**
+ * Each case's prompt and greedy continuation prefilled in two chunks with every
+ * position's logits (prompt log-probabilities): rows from the prompt's last token on are
+ * the reference's steps, teacher-forced.
+ */
+async function runEveryPosition(dir: string): Promise<Float32Array[][]> {
+  const runner = await openRunner(dir);
+  assert.ok(runner.promptLogits, 'the export returns every position\'s logits');
+  const v = runner.vocabSize;
+  const all: Float32Array[][] = [];
+  for (const [id, c] of cases.entries()) {
+    runner.addSequence(id);
+    const tokens = [...c.prompt_ids, ...c.greedy_ids.slice(0, c.steps.length - 1)];
+    const cut = Math.ceil(c.prompt_ids.length / 2);
+    const rows = [...chunkRows(await runner.prefill(id, tokens.slice(0, cut), true), v), ...chunkRows(await runner.prefill(id, tokens.slice(cut), true), v)];
+    assert.equal(rows.length, tokens.length, 'one row of logits per token');
+    runner.removeSequence(id);
+    all.push(rows.slice(c.prompt_ids.length - 1));
+  }
+  return all;
+}
+
+function chunkRows(logits: Float32Array, v: number): Float32Array[] {
+  return Array.from({ length: logits.length / v }, (_, i) => logits.subarray(i * v, (i + 1) * v));
+}
+
+test('prefill with every position\'s logits (echo + logprobs): each row is the reference\'s step', async (t) => {
+  for (const layout of ['fast', 'standard'] as const) {
+    const all = await runEveryPosition(await exportFixture(layout, 'fp32'));
+    assert.ok(maxError(all) < 1e-3, `fp32 ${layout}: max error ${maxError(all)}`);
+  }
+  // The other fast graphs share the tail; their rows equal their own teacher-forced decode.
+  for (const [label, options] of [
+    ['int4, in-place attention', { dtype: 'int4' as const }],
+    ['fp16, GroupQueryAttention', { dtype: 'fp16' as const, device: 'cuda' as const }],
+    ['fp32, int8 KV', { dtype: 'fp32' as const, kvDtype: 'int8' as const }],
+  ] as const) {
+    const out = join(work, `every-${label.replace(/\W+/g, '-')}`);
+    await exportModel({ modelDir: FIXTURE_DIR, outDir: out, ...options });
+    const every = await runEveryPosition(out);
+    const stepped = await runAlone(out, true);
+    let diff = 0;
+    every.forEach((rows, i) => rows.forEach((row, k) => (diff = Math.max(diff, maxAbsDiff(logSoftmax(row), logSoftmax(stepped[i][k]))))));
+    t.diagnostic(`${label}: every-position rows vs decoding, max |Δ logprob| ${diff.toFixed(5)}`);
+    assert.ok(diff < 0.05, `${label}: ${diff}`);
+  }
+});
 
 test('fp32 weights with an int8 KV cache: close to the reference, batched = alone, rows survive compaction', async (t) => {
   const dir = join(work, 'fast-fp32-kv8');

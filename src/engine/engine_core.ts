@@ -1,6 +1,6 @@
 import { AppError } from '../errors.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
-import { Sampler, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
+import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
 import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
@@ -20,7 +20,19 @@ interface ActiveSequence extends ScheduledSequence {
   firstTokenAt: number | null;
   /** JSON mode: the recognizer's state after the output so far. */
   json: JsonState | null;
+  /**
+   * Prompt log-probabilities when asked: entry p + 1 is prompt token p + 1's, from the
+   * logits at position p; `scored` positions are done (kept across a preemption's
+   * recompute, so each is computed once). Sent with the first event, then dropped.
+   */
+  prompt: { logprobs: Array<TokenLogprob | null>; scored: number; top: number } | null;
 }
+
+/**
+ * Prompt positions scored per run. Every position's logits are [tokens × vocab] floats
+ * (151,936 per token for Qwen3: 600 KB), so a long chunk is scored in slices.
+ */
+const PROMPT_SCORE_SLICE = 64;
 
 /**
  * The engine's step loop body, owned by the worker thread: scheduler decisions, model
@@ -60,6 +72,11 @@ export class EngineCore {
     if (this.byRequest.has(req.requestId)) throw new Error(`duplicate request id ${req.requestId}`);
     const total = req.promptIds.length + req.maxTokens;
     if (req.promptIds.length === 0) throw new AppError(400, 'invalid_request_error', 'The prompt is empty.', { param: 'prompt' });
+    if (req.maxTokens < 0) throw new Error(`maxTokens ${req.maxTokens} is negative`);
+    const wantsPrompt = req.promptLogprobs !== null && req.promptLogprobs !== undefined;
+    if (wantsPrompt && !this.runner.promptLogits) {
+      throw new AppError(400, 'invalid_request_error', 'This export returns only the last position\'s logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.', { param: 'echo' });
+    }
     if (total > this.limits.maxModelLen) {
       throw new AppError(
         400,
@@ -86,6 +103,7 @@ export class EngineCore {
       admittedAt: null,
       firstTokenAt: null,
       json: req.responseFormat === 'json_object' ? initialJsonState() : null,
+      prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
     };
     this.scheduler.add(seq);
     this.byRequest.set(req.requestId, seq);
@@ -163,13 +181,41 @@ export class EngineCore {
     if (plan.prefill) {
       const { start, end } = plan.prefill;
       const seq = plan.prefill.seq as ActiveSequence;
-      const logits = await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
+      const logits =
+        seq.prompt && seq.prompt.scored < Math.min(end, seq.promptLength - 1)
+          ? await this.prefillScoring(seq, start, end)
+          : await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
       const fresh = seq.tokens.length === seq.promptLength;
       if (this.scheduler.prefilled(seq, end) && fresh) {
         this.totals.prompt += seq.promptLength;
-        this.accept(seq, logits);
+        if (seq.request.maxTokens === 0) {
+          // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
+          this.emit(seq, [], '', null);
+          this.finish(seq, 'length', null);
+        } else this.accept(seq, logits);
       }
     }
+  }
+
+  /**
+   * Prefills tokens [start, end) of `seq` with every position's logits, recording each
+   * prompt token's log-probability from the position before it. Returns the last
+   * position's logits, as a plain prefill would.
+   */
+  private async prefillScoring(seq: ActiveSequence, start: number, end: number): Promise<Float32Array> {
+    const prompt = seq.prompt!;
+    const v = this.runner.vocabSize;
+    let last: Float32Array = new Float32Array(0);
+    for (let from = start; from < end; from += PROMPT_SCORE_SLICE) {
+      const to = Math.min(end, from + PROMPT_SCORE_SLICE);
+      const logits = await this.runner.prefill(seq.id, seq.tokens.slice(from, to), true);
+      for (let p = Math.max(from, prompt.scored); p < Math.min(to, seq.promptLength - 1); p++) {
+        prompt.logprobs[p + 1] = tokenLogprob(logits.subarray((p - from) * v, (p - from + 1) * v), seq.tokens[p + 1], prompt.top);
+      }
+      prompt.scored = Math.max(prompt.scored, Math.min(to, seq.promptLength - 1));
+      last = logits.subarray((to - from - 1) * v, (to - from) * v);
+    }
+    return last;
   }
 
   /** Samples the next token of `seq` and turns it into an event. */
@@ -223,11 +269,14 @@ export class EngineCore {
   }
 
   private emit(seq: ActiveSequence, tokenIds: number[], text: string, logprobs: TokenLogprob[] | null): void {
+    const prompt = seq.prompt;
+    seq.prompt = null;
     this.pendingEvents.push({
       requestId: seq.request.requestId,
       tokenIds,
       text,
       logprobs,
+      ...(prompt ? { promptLogprobs: prompt.logprobs } : {}),
       finishReason: null,
       stopReason: null,
       metrics: null,

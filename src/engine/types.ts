@@ -14,6 +14,11 @@ export interface GenerateRequest {
   skipSpecialTokens: boolean;
   /** 'json_object': output is constrained to one JSON object and ends when it closes. */
   responseFormat?: 'text' | 'json_object';
+  /**
+   * Log-probabilities of the prompt's own tokens (echo with logprobs), with this many top
+   * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.
+   */
+  promptLogprobs?: number | null;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
@@ -36,6 +41,11 @@ export interface EngineEvent {
   /** Text completed by these tokens (stop strings already cut). */
   text: string;
   logprobs: TokenLogprob[] | null;
+  /**
+   * On a request's first event when it asked for promptLogprobs: one entry per prompt
+   * token, the first null (nothing precedes it).
+   */
+  promptLogprobs?: Array<TokenLogprob | null>;
   finishReason: FinishReason | null;
   /** The stop string or token id that ended generation, as vLLM reports it. */
   stopReason: string | number | null;
@@ -78,4 +88,6 @@ export interface EngineInfo {
   eosTokenIds: number[];
   /** KV cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;
+  /** The export can return every prompt position's logits (older fast exports cannot). */
+  promptLogprobs: boolean;
 }

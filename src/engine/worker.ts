@@ -94,6 +94,7 @@ async function start(): Promise<EngineCore> {
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes,
+    promptLogprobs: runner.promptLogits,
   };
   post({ type: 'ready', info });
   return core;

@@ -327,12 +327,16 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     x = g.op('Add', [x, w.linear(attn, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
     x = g.op('Add', [x, mlp(g, w, norm(x, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
   }
-  // Only the last position's logits leave the graph: a long prefill would otherwise
-  // compute and copy seq × vocab floats.
-  const last = g.op('Slice', [x, g.int64s([-1]), g.int64s([INT64_MAX]), g.int64s([1])]);
-  const h = norm(g.op('Reshape', [last, g.int64s([0, -1])]), w.vector('model.norm.weight', H));
+  // Logits leave the graph from position `logits_start` of each row on: −1 (every step
+  // but one) gives only the last position's, since a long prefill would otherwise compute
+  // and copy seq × vocab floats; 0 gives every position's, for prompt log-probabilities
+  // (echo with logprobs). Rows come out flattened: [batch × positions, vocab].
+  const logitsStart = g.input('logits_start', DataType.INT64, [1]);
+  inputs.push(logitsStart);
+  const kept = g.op('Slice', [x, logitsStart, g.int64s([INT64_MAX]), g.int64s([1])]);
+  const h = norm(g.op('Reshape', [kept, g.int64s([-1, H])]), w.vector('model.norm.weight', H));
   g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
-  g.output('logits', DataType.FLOAT, ['batch', V]);
+  g.output('logits', DataType.FLOAT, ['logit_rows', V]);
   const { pastKeyScale, pastValueScale, newKeyScale, newValueScale, ...kvNames } = FAST_IO_NAMES;
   return { inputs, outputs, ...kvNames, ...(quantKv ? { pastKeyScale, pastValueScale, newKeyScale, newValueScale } : {}) };
 }

@@ -18,22 +18,43 @@ function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): nu
   return prompt as number[][];
 }
 
-/** The legacy completions `logprobs` object for some tokens. */
-function legacyLogprobs(ctx: ServingContext, lps: TokenLogprob[], asIds: boolean, textOffset: number) {
-  const out = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Array<Record<string, number>>, text_offset: [] as number[] };
+/** A token in a legacy logprobs object: its id, and its scores (null for a prompt's first token). */
+interface ScoredToken {
+  id: number;
+  lp: TokenLogprob | null;
+}
+
+/** The legacy completions `logprobs` object for some tokens, text offsets from `textOffset`. */
+function legacyLogprobs(ctx: ServingContext, tokens: ScoredToken[], asIds: boolean, textOffset: number) {
+  const out = {
+    tokens: [] as string[],
+    token_logprobs: [] as Array<number | null>,
+    top_logprobs: [] as Array<Record<string, number> | null>,
+    text_offset: [] as number[],
+  };
   let offset = textOffset;
-  for (const lp of lps) {
-    const name = tokenName(ctx, lp.token, asIds).token;
+  for (const { id, lp } of tokens) {
+    const name = tokenName(ctx, id, asIds).token;
     out.tokens.push(name);
-    out.token_logprobs.push(lp.logprob);
-    const top: Record<string, number> = {};
-    for (const t of lp.top) top[tokenName(ctx, t.token, asIds).token] = t.logprob;
-    top[name] = lp.logprob;
+    out.token_logprobs.push(lp ? lp.logprob : null);
+    let top: Record<string, number> | null = null;
+    if (lp) {
+      top = {};
+      for (const t of lp.top) top[tokenName(ctx, t.token, asIds).token] = t.logprob;
+      top[name] = lp.logprob;
+    }
     out.top_logprobs.push(top);
     out.text_offset.push(offset);
     offset += asIds ? 0 : name.length;
   }
   return out;
+}
+
+const generated = (lps: TokenLogprob[]): ScoredToken[] => lps.map((lp) => ({ id: lp.token, lp }));
+
+/** The prompt's tokens with their scores, as the first event of a request carries them. */
+function promptScores(promptIds: number[], ev: EngineEvent): ScoredToken[] {
+  return promptIds.map((id, i) => ({ id, lp: ev.promptLogprobs?.[i] ?? null }));
 }
 
 export function registerCompletions(app: FastifyInstance, ctx: ServingContext): void {
@@ -45,8 +66,13 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     if (req.best_of !== null && req.best_of !== undefined && req.best_of !== n) {
       throw new InvalidRequestError('best_of other than n is not supported.', { param: 'best_of' });
     }
-    if (req.echo && req.logprobs !== null && req.logprobs !== undefined) {
-      throw new InvalidRequestError('echo together with logprobs (prompt log-probabilities) is not supported yet.', { param: 'echo' });
+    if (req.max_tokens === 0 && !req.echo) {
+      throw new InvalidRequestError('max_tokens must be at least 1 (0 is allowed with echo: the prompt alone).', { param: 'max_tokens' });
+    }
+    // echo with logprobs scores the prompt's own tokens too (as vLLM and the original API do).
+    const scorePrompt = (req.echo ?? false) && req.logprobs !== null && req.logprobs !== undefined;
+    if (scorePrompt && !ctx.engine.info!.promptLogprobs) {
+      throw new InvalidRequestError('This export returns only the last position\'s logits, so echo with logprobs is unavailable; export the model again.', { param: 'echo' });
     }
     const prompts = promptsOf(ctx, req.prompt);
     prompts.forEach((p, i) => {
@@ -57,7 +83,10 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     const asIds = req.return_tokens_as_token_ids ?? false;
     const requests = prompts.flatMap((p) => {
       const maxTokens = resolveMaxTokens(ctx, p.length, req.max_tokens ?? (req.max_tokens === null ? null : 16), 'max_tokens');
-      return Array.from({ length: n }, (_, i) => engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req));
+      return Array.from({ length: n }, (_, i) => ({
+        ...engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req),
+        promptLogprobs: scorePrompt ? logprobs : null,
+      }));
     });
     const signal = clientAbortSignal(request, reply);
     const streams = await submitAll(ctx, requests, signal);
@@ -65,7 +94,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     const created = unixNow();
     const model = ctx.options.modelName;
     const echoText = (i: number) => (req.echo ? ctx.tokenizer.decode(requests[i].promptIds, false) : '');
-    const state = requests.map(() => ({ text: '', logprobs: [] as TokenLogprob[], tokens: 0, finish: null as EngineEvent | null }));
+    const state = requests.map(() => ({ text: '', logprobs: [] as ScoredToken[], tokens: 0, finish: null as EngineEvent | null }));
     const usage = () => {
       const prompt = requests.reduce((s, r, i) => s + (i % n === 0 ? r.promptIds.length : 0), 0);
       const completion = state.reduce((s, c) => s + c.tokens, 0);
@@ -73,7 +102,8 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     };
     const account = (i: number, ev: EngineEvent) => {
       state[i].tokens += ev.tokenIds.length;
-      if (ev.logprobs) state[i].logprobs.push(...ev.logprobs);
+      if (ev.promptLogprobs) state[i].logprobs.push(...promptScores(requests[i].promptIds, ev));
+      if (ev.logprobs) state[i].logprobs.push(...generated(ev.logprobs));
       if (ev.finishReason) {
         state[i].finish = ev;
         if (ev.metrics) ctx.metrics.observe(ev.metrics, ev.finishReason);
@@ -102,6 +132,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
         choices: state.map((c, i) => ({
           index: i,
           text: echoText(i) + c.text,
+          // With echo the prompt's tokens lead (scored), so offsets start at 0 either way.
           logprobs: logprobs === null ? null : legacyLogprobs(ctx, c.logprobs, asIds, 0),
           finish_reason: reason(i),
           stop_reason: c.finish?.stopReason ?? null,
@@ -115,25 +146,33 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     return streamResponse(request, reply, async (sse) => {
       sse.startKeepAlive(ctx.options.keepAliveMs);
       await Promise.all(
-          streams.map(async (s, i) => {
-            let offset = 0;
-            if (req.echo) {
-              const echo = echoText(i);
-              sse.send(chunk({ index: i, text: echo, logprobs: null, finish_reason: null }));
-              offset = echo.length;
+        streams.map(async (s, i) => {
+          let offset = 0;
+          /** Sends the echoed prompt, with its scores when asked (they come with the first event). */
+          const sendEcho = (first: EngineEvent | null) => {
+            const echo = echoText(i);
+            const lps = first ? legacyLogprobs(ctx, promptScores(requests[i].promptIds, first), asIds, 0) : null;
+            sse.send(chunk({ index: i, text: echo, logprobs: lps, finish_reason: null }));
+            offset = echo.length;
+          };
+          if (req.echo && !scorePrompt) sendEcho(null);
+          let first = true;
+          for await (const ev of s) {
+            sse.stopKeepAlive();
+            if (first && scorePrompt) sendEcho(ev);
+            first = false;
+            account(i, ev);
+            if (ev.finishReason) {
+              sse.send(chunk({ index: i, text: ev.text, logprobs: null, finish_reason: reason(i), stop_reason: ev.stopReason }));
+              continue;
             }
-            for await (const ev of s) {
-              sse.stopKeepAlive();
-              account(i, ev);
-              if (ev.finishReason) {
-                sse.send(chunk({ index: i, text: ev.text, logprobs: null, finish_reason: reason(i), stop_reason: ev.stopReason }));
-                continue;
-              }
-              sse.send(chunk({ index: i, text: ev.text, logprobs: logprobs === null || !ev.logprobs ? null : legacyLogprobs(ctx, ev.logprobs, asIds, offset), finish_reason: null }));
-              offset += ev.text.length;
-            }
-          }),
-        );
+            // A prompt-only event (max_tokens 0) has nothing of its own to send.
+            if (ev.tokenIds.length === 0 && ev.text === '') continue;
+            sse.send(chunk({ index: i, text: ev.text, logprobs: logprobs === null || !ev.logprobs ? null : legacyLogprobs(ctx, generated(ev.logprobs), asIds, offset), finish_reason: null }));
+            offset += ev.text.length;
+          }
+        }),
+      );
       if (includeUsage) sse.send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
     });
   });

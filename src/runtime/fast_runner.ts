@@ -34,6 +34,7 @@ interface Plane {
  */
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
+  readonly promptLogits: boolean;
   private readonly kvHeads: number;
   private readonly layers: number;
   private capacity = CAPACITY_STEP;
@@ -61,6 +62,7 @@ export class FastRunner implements ModelRunner {
   ) {
     const c = manifest.config;
     this.vocabSize = c.vocabSize;
+    this.promptLogits = manifest.io.inputs.includes('logits_start');
     this.kvHeads = c.numKvHeads;
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
@@ -300,6 +302,7 @@ export class FastRunner implements ModelRunner {
     rows: number,
     firstRow: number,
     seqLen: number,
+    everyPosition = false,
   ): Promise<ort.InferenceSession.OnnxValueMapType> {
     const feeds: Record<string, ort.Tensor> = {
       input_ids: new ort.Tensor('int64', BigInt64Array.from(inputIds, BigInt), [rows, seqLen]),
@@ -307,6 +310,8 @@ export class FastRunner implements ModelRunner {
       seqlens_k: new ort.Tensor('int32', Int32Array.from(seqlensK), [rows]),
       total_sequence_length: new ort.Tensor('int32', Int32Array.of(total), []),
     };
+    // Exports from before prompt log-probabilities return the last position's logits only.
+    if (this.promptLogits) feeds.logits_start = new ort.Tensor('int64', BigInt64Array.of(everyPosition ? 0n : -1n), [1]);
     for (const p of this.planes) for (let l = 0; l < this.layers; l++) feeds[p.past[l]] = this.planeTensor(p, l, rows, firstRow);
     return this.session.run(feeds);
   }
@@ -336,15 +341,16 @@ export class FastRunner implements ModelRunner {
     }
   }
 
-  async prefill(id: number, tokens: number[]): Promise<Float32Array> {
+  async prefill(id: number, tokens: number[], everyPosition = false): Promise<Float32Array> {
     const row = this.row(id);
     const past = this.rowLength[row];
     const s = tokens.length;
     if (s === 0) throw new Error('prefill needs at least one token');
+    if (everyPosition && !this.promptLogits) throw new Error('this export returns only the last position\'s logits');
     this.fit(past + s);
     // GQA takes a multi-token step with a past only at batch 1: the row's own slice.
     const positions = Array.from({ length: s }, (_, i) => past + i);
-    const out = await this.run(tokens, positions, [past + s - 1], past + s, 1, row, s);
+    const out = await this.run(tokens, positions, [past + s - 1], past + s, 1, row, s, everyPosition);
     this.store(out, 0, row, s, past);
     this.rowLength[row] = past + s;
     return out.logits.data as Float32Array;

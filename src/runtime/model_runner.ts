@@ -14,8 +14,16 @@ export interface ModelRunner {
   removeSequence(id: number): void;
   /** Tokens of `id` whose keys and values are cached. */
   cachedLength(id: number): number;
-  /** Runs a chunk of `id`'s prompt (after what is cached); returns the last token's logits. */
-  prefill(id: number, tokens: number[]): Promise<Float32Array>;
+  /**
+   * Whether `prefill` can return every position's logits (prompt log-probabilities):
+   * fast exports from before that return only the last position's.
+   */
+  readonly promptLogits: boolean;
+  /**
+   * Runs a chunk of `id`'s prompt (after what is cached); returns the last token's logits,
+   * or with `everyPosition` each token's [tokens.length × vocab], in order.
+   */
+  prefill(id: number, tokens: number[], everyPosition?: boolean): Promise<Float32Array>;
   /** One new token for each sequence; returns logits [ids.length × vocab] in that order. */
   decode(ids: number[], tokens: number[]): Promise<Float32Array>;
   /** Bytes of KV memory currently allocated. */

@@ -28,6 +28,10 @@ export class StagedFastRunner implements ModelRunner {
     return this.decoding.vocabSize;
   }
 
+  get promptLogits(): boolean {
+    return this.decoding.promptLogits;
+  }
+
   get maxSequences(): number {
     return this.decoding.maxSequences;
   }
@@ -49,8 +53,8 @@ export class StagedFastRunner implements ModelRunner {
     return this.holder(id).cachedLength(id);
   }
 
-  prefill(id: number, tokens: number[]): Promise<Float32Array> {
-    return this.holder(id).prefill(id, tokens);
+  prefill(id: number, tokens: number[], everyPosition = false): Promise<Float32Array> {
+    return this.holder(id).prefill(id, tokens, everyPosition);
   }
 
   decode(ids: number[], tokens: number[]): Promise<Float32Array> {

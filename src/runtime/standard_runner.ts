@@ -18,6 +18,8 @@ interface SequenceKv {
  */
 export class StandardRunner implements ModelRunner {
   readonly vocabSize: number;
+  /** The standard graph returns logits for every position anyway. */
+  readonly promptLogits = true;
   private readonly kvHeads: number;
   private readonly headDim: number;
   private readonly layers: number;
@@ -93,7 +95,7 @@ export class StandardRunner implements ModelRunner {
    * One step over `batch` sequences that each add `seqLen` tokens. Pasts are right-aligned
    * to the longest one; `present` rows are read back at the same alignment.
    */
-  private async step(batch: SequenceKv[], tokens: number[], seqLen: number): Promise<Float32Array> {
+  private async step(batch: SequenceKv[], tokens: number[], seqLen: number, everyPosition = false): Promise<Float32Array> {
     const b = batch.length;
     const hd = this.headDim;
     const past = Math.max(...batch.map((s) => s.length));
@@ -144,17 +146,18 @@ export class StandardRunner implements ModelRunner {
       }
       s.length += seqLen;
     });
-    // logits [b, seqLen, vocab]: keep each row's last position.
+    // logits [b, seqLen, vocab]: keep each row's last position, or all of them when asked.
     const logits = out.logits.data as Float32Array;
+    if (everyPosition) return logits;
     const v = this.vocabSize;
     const result = new Float32Array(b * v);
     for (let i = 0; i < b; i++) result.set(logits.subarray(((i + 1) * seqLen - 1) * v, (i + 1) * seqLen * v), i * v);
     return result;
   }
 
-  prefill(id: number, tokens: number[]): Promise<Float32Array> {
+  prefill(id: number, tokens: number[], everyPosition = false): Promise<Float32Array> {
     if (tokens.length === 0) throw new Error('prefill needs at least one token');
-    return this.step([this.seq(id)], tokens, tokens.length);
+    return this.step([this.seq(id)], tokens, tokens.length, everyPosition);
   }
 
   decode(ids: number[], tokens: number[]): Promise<Float32Array> {

@@ -114,6 +114,8 @@ const tokenIds = z.array(z.number().int().min(0)).min(1);
 export const completionRequestSchema = z.object({
   ...samplingFields,
   prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)]),
+  // 0 is the prompt alone, with echo (lm-eval's log-likelihood requests); checked in the route.
+  max_tokens: z.number().int().min(0).max(1_000_000).nullable().optional(),
   echo: z.boolean().nullable().optional(),
   logprobs: z.number().int().min(0).max(20).nullable().optional(),
   suffix: z.string().nullable().optional(),
