@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveModel } from '../src/engine/model_source.js';
-import { readManifest } from '../src/export/manifest.js';
+import { GRAPH_REVISION, MANIFEST_FILE, readManifest } from '../src/export/manifest.js';
 import { silentProgress } from '../src/util/progress.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 
@@ -27,6 +27,15 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   const third = await resolveModel(opts);
   assert.match(logs.join('\n'), /exporting/);
   assert.equal(readManifest(third.exportDir).layout, 'fast');
+  // An export written by an older exporter (another graph revision) is redone too.
+  const manifestPath = join(third.exportDir, MANIFEST_FILE);
+  const manifest = JSON.parse(readFileSync(manifestPath, 'utf8'));
+  delete manifest.exporter.graphRevision;
+  writeFileSync(manifestPath, JSON.stringify(manifest));
+  logs.length = 0;
+  await resolveModel(opts);
+  assert.match(logs.join('\n'), /exporting/);
+  assert.equal(readManifest(third.exportDir).exporter.graphRevision, GRAPH_REVISION);
   // An export directory is served as it is.
   const direct = await resolveModel({ ...opts, model: third.exportDir });
   assert.equal(direct.exportDir, third.exportDir);

@@ -4,7 +4,7 @@ import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ModelFormatError } from '../errors.js';
 import { exportModel } from '../export/exporter.js';
-import { isExportDir, readManifest } from '../export/manifest.js';
+import { GRAPH_REVISION, isExportDir, readManifest } from '../export/manifest.js';
 import type { Layout } from '../export/qwen3_graph.js';
 import type { ExportDtype } from '../export/weights.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
@@ -38,11 +38,15 @@ export function defaultCacheDir(): string {
 export const DEMO_SHAPE = { hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, maxPositionEmbeddings: 8192, seed: 20260101 };
 export const DEMO_NAME = 'qwen3-demo-random';
 
-/** Is the export in `dir` still the export of `source` as it is now? (Sizes and mtimes.) */
+/**
+ * Is the export in `dir` still the export of `source` as it is now (sizes and mtimes), by
+ * the graphs this version writes?
+ */
 function exportIsCurrent(dir: string, source: string): boolean {
   if (!isExportDir(dir)) return false;
   try {
     const m = readManifest(dir);
+    if (m.exporter.graphRevision !== GRAPH_REVISION) return false;
     return m.source.files.every((f) => {
       const p = join(source, f.name);
       if (!existsSync(p)) return false;

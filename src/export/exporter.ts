@@ -5,7 +5,7 @@ import { ConfigError, ModelFormatError } from '../errors.js';
 import { loadQwen3Config, type Qwen3Config } from '../model/config.js';
 import { SafetensorsCheckpoint } from '../model/safetensors.js';
 import { silentProgress, type Progress } from '../util/progress.js';
-import { MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
+import { GRAPH_REVISION, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
 import { DataType, ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
 import { buildFastGraph, buildStandardGraph, type AttentionKind, type GraphIo, type Layout } from './qwen3_graph.js';
 import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
@@ -204,7 +204,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       io,
       int4: o.dtype === 'int4' ? o.int4 : null,
       source: { files: await sourceFingerprint(o.modelDir, ckpt.files) },
-      exporter: { name: 'qwen3-serve', version: PACKAGE_VERSION },
+      exporter: { name: 'qwen3-serve', version: PACKAGE_VERSION, graphRevision: GRAPH_REVISION },
     };
     writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
     if (existsSync(o.outDir)) rmSync(o.outDir, { recursive: true, force: true });

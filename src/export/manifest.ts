@@ -7,6 +7,12 @@ import { readJsonFile, ropeScalingSchema } from '../model/config.js';
 export const MANIFEST_FILE = 'qwen3-serve.json';
 export const MANIFEST_FORMAT = 'qwen3-serve-onnx';
 export const MANIFEST_VERSION = 1;
+/**
+ * Revision of the graphs the exporter writes, raised whenever they change (inputs, fixes):
+ * cached exports of checkpoints are redone when theirs differs. 2: the fast graph's
+ * `logits_start` input (prompt log-probabilities).
+ */
+export const GRAPH_REVISION = 2;
 
 const configSchema = z.object({
   vocabSize: z.number().int(),
@@ -65,7 +71,8 @@ const manifestSchema = z.object({
   source: z.object({
     files: z.array(z.object({ name: z.string(), bytes: z.number(), sha256: z.string(), mtimeMs: z.number().optional() })),
   }),
-  exporter: z.object({ name: z.string(), version: z.string() }),
+  /** `graphRevision` is absent from exports before it existed (revision 1). */
+  exporter: z.object({ name: z.string(), version: z.string(), graphRevision: z.number().int().default(1) }),
 });
 
 export type Manifest = z.infer<typeof manifestSchema>;
