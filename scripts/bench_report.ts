@@ -17,6 +17,7 @@ import { markdownTable, runLoadBench, type LevelResult } from '../src/bench/load
 import { renderChart } from '../src/bench/chart.js';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
 import { exportModel } from '../src/export/exporter.js';
+import { GRAPH_REVISION, MANIFEST_FILE, readManifest } from '../src/export/manifest.js';
 import { QWEN3_0_6B_SHAPE, writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 
 const { values } = parseArgs({ options: { work: { type: 'string', default: 'models/bench' }, quick: { type: 'boolean', default: false } } });
@@ -44,7 +45,9 @@ const dirs: Record<string, string> = {};
 for (const v of variants) {
   const dir = join(work, v.key);
   dirs[v.key] = dir;
-  if (!existsSync(join(dir, 'qwen3-serve.json'))) {
+  // Exports are reused between runs, unless an older exporter wrote them: the report
+  // measures the graphs this version writes.
+  if (!existsSync(join(dir, MANIFEST_FILE)) || readManifest(dir).exporter.graphRevision !== GRAPH_REVISION) {
     log(`exporting ${v.key}`);
     const { key: _key, ...exportOptions } = v;
     await exportModel({ modelDir: ckpt, outDir: dir, force: true, ...exportOptions });
