@@ -61,7 +61,8 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
     best_of: [0, 5, 'x'],
   };
   for (const [f, values] of Object.entries(cmplBad)) for (const v of values) out.push(cmpl({ [f]: v }));
-  out.push(cmpl({ echo: true, logprobs: 2 }), chat({ model: 'other' }), cmpl({ model: 5 }));
+  // max_tokens 0 (above) is refused without echo; with echo it is the prompt alone, and valid.
+  out.push(cmpl({ echo: true, max_tokens: -1 }), cmpl({ echo: true, logprobs: 21 }), chat({ model: 'other' }), cmpl({ model: 5 }));
   for (const m of [
     [],
     [{ role: 'wizard', content: 'x' }],
