@@ -214,8 +214,9 @@ test('errors come as the SDK error classes with OpenAI envelopes', async () => {
     (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && /messages\[0\]/.test(String(err.param)),
   );
   await assert.rejects(
-    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x' } } }),
-    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'response_format',
+    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'objectx' } } } }),
+    // The grammar compiler's own reason, named in the 400.
+    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'response_format' && /objectx/.test(err.message),
   );
   await assert.rejects(
     s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], top_logprobs: 3 }),
@@ -291,20 +292,3 @@ test('an API key is required when set; a full queue answers 429 with Retry-After
   }
 });
 
-test('response_format json_object: the answer is a JSON object (constrained decoding)', async () => {
-  const { advance, initialJsonState } = await import('../src/runtime/json_constraint.js');
-  for (const seed of [1, 2, 3]) {
-    const r = await s.client.chat.completions.create({
-      model: 'tiny',
-      messages: [{ role: 'user', content: 'Reply in JSON.' }],
-      response_format: { type: 'json_object' },
-      max_tokens: 60,
-      temperature: 1,
-      seed,
-    });
-    const text = r.choices[0].message.content ?? '';
-    assert.ok(advance(initialJsonState(), new TextEncoder().encode(text)), `a JSON prefix: ${text}`);
-    if (r.choices[0].finish_reason === 'stop') assert.equal(typeof JSON.parse(text), 'object');
-    assert.equal((r.choices[0].message as { reasoning_content?: string }).reasoning_content, undefined);
-  }
-});

@@ -4,7 +4,7 @@ import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '
 import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
-import { advance, initialJsonState, isComplete, JsonTokenMask, type JsonState } from '../runtime/json_constraint.js';
+import type { TokenConstraint } from '../runtime/grammar.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -18,8 +18,8 @@ interface ActiveSequence extends ScheduledSequence {
   arrivedAt: number;
   admittedAt: number | null;
   firstTokenAt: number | null;
-  /** JSON mode: the recognizer's state after the output so far. */
-  json: JsonState | null;
+  /** Structured output: the grammar's matcher over the output so far. */
+  constraint: TokenConstraint | null;
   /**
    * Prompt log-probabilities when asked: entry p + 1 is prompt token p + 1's, from the
    * logits at position p; `scored` positions are done (kept across a preemption's
@@ -45,8 +45,6 @@ export class EngineCore {
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
   private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
-  /** JSON mode's token masks, built on first use (shared by requests: same tokenizer). */
-  private jsonMask: JsonTokenMask | null = null;
   /**
    * Aborts that arrive while a step runs (the worker handles messages while ONNX Runtime
    * computes) wait for the step's end: freeing a row mid-run would move another row's
@@ -67,9 +65,23 @@ export class EngineCore {
     );
   }
 
-  /** Queues a request; throws QueueFullError (or a validation AppError) at once. */
-  submit(req: GenerateRequest): void {
+  /**
+   * Queues a request; throws QueueFullError (or a validation AppError) at once. A request
+   * with a grammar brings its constraint (compiled by the caller, see grammar.ts), which
+   * the core owns from here on, refused or not.
+   */
+  submit(req: GenerateRequest, constraint: TokenConstraint | null = null): void {
+    try {
+      this.queue(req, constraint);
+    } catch (err) {
+      constraint?.dispose();
+      throw err;
+    }
+  }
+
+  private queue(req: GenerateRequest, constraint: TokenConstraint | null): void {
     if (this.byRequest.has(req.requestId)) throw new Error(`duplicate request id ${req.requestId}`);
+    if (Boolean(req.grammar) !== Boolean(constraint)) throw new Error('a grammar request needs its constraint, and only it');
     const total = req.promptIds.length + req.maxTokens;
     if (req.promptIds.length === 0) throw new AppError(400, 'invalid_request_error', 'The prompt is empty.', { param: 'prompt' });
     if (req.maxTokens < 0) throw new Error(`maxTokens ${req.maxTokens} is negative`);
@@ -102,7 +114,7 @@ export class EngineCore {
       arrivedAt: this.now(),
       admittedAt: null,
       firstTokenAt: null,
-      json: req.responseFormat === 'json_object' ? initialJsonState() : null,
+      constraint,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
     };
     this.scheduler.add(seq);
@@ -173,10 +185,10 @@ export class EngineCore {
         seqs.map((s) => s.tokens[s.tokens.length - 1]),
       );
       const v = this.runner.vocabSize;
-      seqs.forEach((seq, i) => {
+      for (const [i, seq] of seqs.entries()) {
         this.scheduler.decoded(seq);
-        this.accept(seq, logits.subarray(i * v, (i + 1) * v));
-      });
+        await this.accept(seq, logits.subarray(i * v, (i + 1) * v));
+      }
     }
     if (plan.prefill) {
       const { start, end } = plan.prefill;
@@ -192,7 +204,7 @@ export class EngineCore {
           // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
           this.emit(seq, [], '', null);
           this.finish(seq, 'length', null);
-        } else this.accept(seq, logits);
+        } else await this.accept(seq, logits);
       }
     }
   }
@@ -219,17 +231,15 @@ export class EngineCore {
   }
 
   /** Samples the next token of `seq` and turns it into an event. */
-  private accept(seq: ActiveSequence, logits: Float32Array): void {
-    if (seq.json) {
-      // Constrained decoding: only tokens that keep the output one JSON object.
-      this.jsonMask ??= new JsonTokenMask(this.tokenizer.textTokenBytes());
-      if (this.jsonMask.apply(logits, seq.json) === 0) {
-        this.finish(seq, 'stop', null);
-        return;
-      }
+  private async accept(seq: ActiveSequence, logits: Float32Array): Promise<void> {
+    // Structured output: only tokens the grammar allows next (nothing left: it is done).
+    if (seq.constraint && (await seq.constraint.mask(logits)) === 0) {
+      this.finish(seq, 'stop', null);
+      return;
     }
     const { token, logprob } = seq.sampler.sample(logits, seq.history);
-    if (seq.json) seq.json = advance(seq.json, this.tokenizer.tokenBytes(token) ?? new Uint8Array());
+    // Masked tokens have -Infinity logits, so the sampled one is always accepted.
+    seq.constraint?.accept(token);
     seq.tokens.push(token);
     seq.generated++;
     this.totals.generation++;
@@ -252,8 +262,8 @@ export class EngineCore {
       this.finish(seq, 'stop', matched ?? null);
       return;
     }
-    if (seq.json && isComplete(seq.json)) {
-      // The object is closed: that is the end of a JSON-mode answer.
+    if (seq.constraint?.terminated) {
+      // A stop token the grammar accepted that is not a stop id here (ignore_eos): the end.
       this.emit(seq, [token], emit + seq.stopMatcher.push(seq.detokenizer.flush()).emit + seq.stopMatcher.flush(), logprobs);
       this.finish(seq, 'stop', null);
       return;
@@ -286,6 +296,7 @@ export class EngineCore {
 
   private finish(seq: ActiveSequence, reason: FinishReason, stopReason: string | number | null): void {
     if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
+    seq.constraint?.dispose();
     this.byRequest.delete(seq.request.requestId);
     this.totals.finished++;
     const t = this.now();
@@ -314,6 +325,7 @@ export class EngineCore {
     const events: EngineEvent[] = [];
     for (const seq of [...this.byRequest.values()]) {
       if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
+      seq.constraint?.dispose();
       this.byRequest.delete(seq.request.requestId);
       events.push({
         requestId: seq.request.requestId,

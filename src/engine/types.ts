@@ -1,3 +1,4 @@
+import type { GrammarRequest } from '../runtime/grammar.js';
 import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 
 /** A generation request as the engine takes it: plain data, sent to the worker. */
@@ -12,8 +13,8 @@ export interface GenerateRequest {
   stop: string[];
   ignoreEos: boolean;
   skipSpecialTokens: boolean;
-  /** 'json_object': output is constrained to one JSON object and ends when it closes. */
-  responseFormat?: 'text' | 'json_object';
+  /** Structured output: every token keeps the output a prefix of what the grammar accepts. */
+  grammar?: GrammarRequest | null;
   /**
    * Log-probabilities of the prompt's own tokens (echo with logprobs), with this many top
    * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.

@@ -12,11 +12,12 @@ import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import { BYTES, type ModelRunner } from '../runtime/model_runner.js';
+import { GrammarCompiler, type TokenConstraint } from '../runtime/grammar.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { EngineCore } from './engine_core.js';
 import type { MainMessage, WorkerMessage, WorkerOptions } from './protocol.js';
-import type { EngineInfo, EngineLimits } from './types.js';
+import type { EngineInfo, EngineLimits, GenerateRequest } from './types.js';
 
 const port = parentPort!;
 const options = workerData as WorkerOptions;
@@ -83,6 +84,8 @@ async function start(): Promise<EngineCore> {
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
   const core = new EngineCore(runner, tokenizer, limits);
+  eosTokenIds = generation.eosTokenIds;
+  buildGrammars = () => GrammarCompiler.create(tokenizer.byteLevelVocabulary(manifest.config.vocabSize), generation.eosTokenIds);
   const info: EngineInfo = {
     modelDir: options.modelDir,
     layout: manifest.layout,
@@ -110,19 +113,53 @@ function flush(): void {
   if (events.length > 0) post({ type: 'events', events });
 }
 
+/** Built on the first structured-output request: most servers never need it. */
+let grammars: Promise<GrammarCompiler> | null = null;
+let buildGrammars: (() => Promise<GrammarCompiler>) | null = null;
+let eosTokenIds: number[] = [];
+/** Requests whose grammar is being compiled, and which of them were aborted meanwhile. */
+const preparing = new Map<string, { aborted: boolean }>();
+
+/**
+ * Queues a request, compiling its grammar first (a new schema ~0.1–0.3 s, a repeated one
+ * from xgrammar's cache; the first one also loads xgrammar, asynchronously, so messages
+ * may arrive meanwhile: an abort then applies once the request is queued).
+ */
+async function submit(core: EngineCore, request: GenerateRequest): Promise<void> {
+  const state = { aborted: false };
+  preparing.set(request.requestId, state);
+  try {
+    let constraint: TokenConstraint | null = null;
+    if (request.grammar) {
+      grammars ??= buildGrammars!().catch((err: unknown) => {
+        grammars = null; // tried again by the next request
+        throw err;
+      });
+      constraint = await (await grammars).constraint(request.grammar, request.stopTokenIds.length > 0 ? request.stopTokenIds : eosTokenIds);
+    }
+    core.submit(request, constraint);
+    post({ type: 'accepted', requestId: request.requestId });
+    if (state.aborted) {
+      core.abort(request.requestId);
+      flush();
+    }
+  } catch (err) {
+    const e = err instanceof AppError ? err : new AppError(500, 'internal_error', (err as Error).message);
+    post({ type: 'rejected', requestId: request.requestId, error: { message: e.message, status: e.status, type: e.type, code: e.code, param: e.param, retryAfter: e.retryAfter ?? null } });
+  } finally {
+    preparing.delete(request.requestId);
+  }
+  wake?.();
+}
+
 port.on('message', (msg: MainMessage) => {
   if (!core) return;
   switch (msg.type) {
     case 'submit':
-      try {
-        core.submit(msg.request);
-        post({ type: 'accepted', requestId: msg.request.requestId });
-      } catch (err) {
-        const e = err instanceof AppError ? err : new AppError(500, 'internal_error', (err as Error).message);
-        post({ type: 'rejected', requestId: msg.request.requestId, error: { message: e.message, status: e.status, type: e.type, code: e.code, param: e.param, retryAfter: e.retryAfter ?? null } });
-      }
+      void submit(core, msg.request);
       break;
     case 'abort':
+      if (preparing.has(msg.requestId)) preparing.get(msg.requestId)!.aborted = true;
       core.abort(msg.requestId);
       flush();
       break;

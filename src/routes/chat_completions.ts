@@ -16,6 +16,8 @@ import {
   unixNow,
 } from '../server/generation.js';
 import { chatRequestSchema, type ChatRequest, type MessageInput } from '../server/schemas.js';
+import { grammarRequest } from '../server/structured_output.js';
+import type { GrammarRequest } from '../runtime/grammar.js';
 import { streamResponse } from '../server/sse.js';
 import { clientAbortSignal } from '../server/disconnect.js';
 
@@ -64,18 +66,19 @@ interface PreparedChat {
   toolsOn: boolean;
   /** Text the prompt puts in the assistant turn, which the output parser must see first. */
   parserPrefix: string;
-  json: boolean;
+  /** Structured output the answer must follow, or null. */
+  grammar: GrammarRequest | null;
 }
 
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
 export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat {
-  if (req.response_format?.type === 'json_schema') {
-    throw new InvalidRequestError("response_format type 'json_schema' is not supported yet; use 'json_object' or 'text'.", { param: 'response_format' });
-  }
-  const json = req.response_format?.type === 'json_object';
-  // JSON mode constrains the whole answer, so it runs without a thinking block.
-  let thinking = json ? false : thinkingFor(ctx, req);
+  const grammar = grammarRequest(req);
+  // A grammar constrains the whole answer, so it runs without a thinking block.
+  let thinking = grammar ? false : thinkingFor(ctx, req);
   const choice = req.tool_choice ?? 'auto';
+  if (grammar && (choice === 'required' || typeof choice === 'object')) {
+    throw new InvalidRequestError(`${grammar.param} and a forced tool call (tool_choice) cannot both shape one answer.`, { param: grammar.param });
+  }
   const tools: ToolDefinition[] = choice === 'none' ? [] : (req.tools ?? []);
   if (typeof choice === 'object' && !tools.some((t) => t.function.name === choice.function.name)) {
     throw new InvalidRequestError(`tool_choice names function '${choice.function.name}', which is not in tools.`, { param: 'tool_choice' });
@@ -96,7 +99,7 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
     thinking = false;
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
-  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !json, parserPrefix, json };
+  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !grammar, parserPrefix, grammar };
 }
 
 interface ChoiceState {
@@ -149,7 +152,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
     const signal = clientAbortSignal(request, reply);
     const requests = Array.from({ length: n }, (_, i) => ({
       ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
-      responseFormat: prepared.json ? ('json_object' as const) : ('text' as const),
+      grammar: prepared.grammar,
     }));
     // Every choice is queued before any output, so refusals (queue full) are HTTP errors.
     const streams = await submitAll(ctx, requests, signal);

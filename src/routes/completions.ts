@@ -8,6 +8,7 @@ import { clientAbortSignal } from '../server/disconnect.js';
 import { checkModel, checkTokenIds, engineRequest, parseBody, resolveMaxTokens, samplingParams, tokenName, unixNow } from '../server/generation.js';
 import { completionRequestSchema, type CompletionRequest } from '../server/schemas.js';
 import { streamResponse } from '../server/sse.js';
+import { grammarRequest } from '../server/structured_output.js';
 import { submitAll } from './chat_completions.js';
 
 /** Every form of `prompt` as token-id lists. */
@@ -80,12 +81,14 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
       checkTokenIds(ctx, p, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
     });
     const logprobs = req.logprobs ?? null;
+    const grammar = grammarRequest(req);
     const asIds = req.return_tokens_as_token_ids ?? false;
     const requests = prompts.flatMap((p) => {
       const maxTokens = resolveMaxTokens(ctx, p.length, req.max_tokens ?? (req.max_tokens === null ? null : 16), 'max_tokens');
       return Array.from({ length: n }, (_, i) => ({
         ...engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req),
         promptLogprobs: scorePrompt ? logprobs : null,
+        grammar,
       }));
     });
     const signal = clientAbortSignal(request, reply);

@@ -60,8 +60,49 @@ const logitBias = z
   .nullable()
   .optional();
 
+const jsonSchemaObject = z.record(z.string(), z.unknown());
+
+/** OpenAI's `response_format`: free text, any JSON object, or JSON following a schema. */
+const responseFormat = z
+  .discriminatedUnion('type', [
+    z.object({ type: z.literal('text') }),
+    z.object({ type: z.literal('json_object') }),
+    z.object({
+      type: z.literal('json_schema'),
+      json_schema: z.object({
+        name: z.string().max(256).optional(),
+        description: z.string().optional(),
+        schema: jsonSchemaObject.optional(),
+        strict: z.boolean().nullable().optional(),
+      }),
+    }),
+  ])
+  .nullable()
+  .optional();
+
+/** vLLM's structured outputs, newer spelling (`structured_outputs`) and older (`guided_*`). */
+const structuredFields = {
+  response_format: responseFormat,
+  guided_json: z.union([z.string(), jsonSchemaObject]).nullable().optional(),
+  guided_choice: z.array(z.string().min(1)).min(1).max(1024).nullable().optional(),
+  guided_grammar: z.string().min(1).nullable().optional(),
+  guided_regex: z.string().nullable().optional(),
+  structured_outputs: z
+    .object({
+      json: z.union([z.string(), jsonSchemaObject]).nullable().optional(),
+      choice: z.array(z.string().min(1)).min(1).max(1024).nullable().optional(),
+      grammar: z.string().min(1).nullable().optional(),
+      regex: z.string().nullable().optional(),
+    })
+    .nullable()
+    .optional(),
+};
+
+export type StructuredFields = { [K in keyof typeof structuredFields]?: z.infer<(typeof structuredFields)[K]> };
+
 /** Sampling and limits shared by both endpoints. */
 const samplingFields = {
+  ...structuredFields,
   model: z.string().optional(),
   max_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
   temperature: z.number().min(0).max(2).nullable().optional(),
@@ -93,11 +134,6 @@ export const chatRequestSchema = z.object({
   tools: z.array(toolSchema).max(128).nullable().optional(),
   tool_choice: toolChoice.nullable().optional(),
   parallel_tool_calls: z.boolean().nullable().optional(),
-  response_format: z
-    .object({ type: z.enum(['text', 'json_object', 'json_schema']) })
-    .passthrough()
-    .nullable()
-    .optional(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
   reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
 }).superRefine((r, ctx) => {

@@ -20,6 +20,13 @@ function byteLevelDecoderTable(): Map<string, number> {
   return new Map(bytes.map((b, i) => [String.fromCodePoint(chars[i]), b]));
 }
 
+/** The inverse table: the printable character standing for each byte. */
+function byteLevelEncoderTable(): string[] {
+  const chars = new Array<string>(256);
+  for (const [ch, b] of byteLevelDecoderTable()) chars[b] = ch;
+  return chars;
+}
+
 export interface TokenizerFiles {
   tokenizer: Record<string, unknown>;
   config: Record<string, unknown>;
@@ -95,6 +102,20 @@ export class QwenTokenizer {
   /** Bytes of every id, with special tokens as null: what constrained decoding may emit. */
   textTokenBytes(): Array<Uint8Array | null> {
     return this.bytes.map((b, id) => (this.specialIds.has(id) ? null : b));
+  }
+
+  /**
+   * Every id's bytes spelled in the byte-level alphabet (as tokenizer.json spells its
+   * vocabulary), '' for special tokens and ids without a token, padded to `size` (the
+   * model's vocabulary may be larger than the tokenizer's): what grammar compilers take.
+   */
+  byteLevelVocabulary(size: number): string[] {
+    const chars = byteLevelEncoderTable();
+    const out = new Array<string>(Math.max(size, this.vocabSize)).fill('');
+    this.textTokenBytes().forEach((b, id) => {
+      if (b) out[id] = Array.from(b, (byte) => chars[byte]).join('');
+    });
+    return out;
   }
 
   tokenBytes(id: number): Uint8Array | null {

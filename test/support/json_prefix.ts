@@ -1,7 +1,7 @@
 /**
- * Constrained decoding for `response_format: {"type": "json_object"}`: a byte-level JSON
- * recognizer tells, before each token is sampled, which tokens keep the output a prefix
- * of one JSON object; the others are masked out. Generation ends when the object closes.
+ * A byte-level recognizer of JSON object prefixes, written apart from the server's
+ * grammar engine (xgrammar) so tests can check what constrained decoding produced: is the
+ * output a prefix of one JSON object, and is the object complete?
  */
 
 const enum Mode {
@@ -194,56 +194,4 @@ export function advance(state: JsonState, bytes: Uint8Array): JsonState | null {
 
 export function isComplete(s: JsonState): boolean {
   return s.mode === Mode.Done;
-}
-
-/**
- * Masks, in place, every logit whose token would break the JSON. `tokenBytes` holds each
- * id's bytes (null for ids that are never allowed, e.g. special tokens).
- *
- * Checking every token against the recognizer costs 7–13 ms per step for Qwen3's 151k
- * tokens, as much as a decode step. The allowed set depends on the recognizer state alone,
- * and an answer revisits few states (inside a string, after a value, ...), so the mask of
- * each recent state is kept: a repeated state costs one pass over the logits.
- */
-export class JsonTokenMask {
-  private readonly masks = new Map<string, { ok: Uint8Array; allowed: number }>();
-
-  constructor(
-    private readonly tokenBytes: Array<Uint8Array | null>,
-    /** States remembered (least recently used dropped first); each costs a byte per token. */
-    private readonly maxStates = 64,
-  ) {}
-
-  /** Sets the logits of tokens that would break the JSON to -Infinity; returns how many remain. */
-  apply(logits: Float32Array | Float64Array, state: JsonState): number {
-    const key = `${state.mode}|${state.sub}|${state.lit}|${state.key ? 1 : 0}|${state.stack}`;
-    let mask = this.masks.get(key);
-    if (mask && mask.ok.length === logits.length) {
-      this.masks.delete(key); // re-inserted below: most recently used last
-    } else {
-      mask = this.compute(logits.length, state);
-    }
-    this.masks.set(key, mask);
-    if (this.masks.size > this.maxStates) this.masks.delete(this.masks.keys().next().value!);
-    const { ok } = mask;
-    for (let id = 0; id < logits.length; id++) if (ok[id] === 0) logits[id] = -Infinity;
-    return mask.allowed;
-  }
-
-  get size(): number {
-    return this.masks.size;
-  }
-
-  private compute(vocab: number, state: JsonState): { ok: Uint8Array; allowed: number } {
-    const ok = new Uint8Array(vocab);
-    let allowed = 0;
-    for (let id = 0; id < vocab; id++) {
-      const bytes = this.tokenBytes[id];
-      if (bytes && bytes.length > 0 && advance(state, bytes) !== null) {
-        ok[id] = 1;
-        allowed++;
-      }
-    }
-    return { ok, allowed };
-  }
 }

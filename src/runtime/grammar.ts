@@ -1,0 +1,192 @@
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname } from 'node:path';
+import { InvalidRequestError } from '../errors.js';
+
+/**
+ * Structured outputs: before each token is sampled, every token that would take the output
+ * out of a grammar is masked. The grammar engine is xgrammar (`@mlc-ai/web-xgrammar`, its
+ * WebAssembly build), the library vLLM and SGLang use for the same job: it compiles a JSON
+ * schema, JSON itself or an EBNF grammar against the tokenizer's vocabulary, then gives
+ * each step's allowed tokens as a bitmask in about a millisecond.
+ */
+
+/** What the output must match: plain data, carried with a request to the worker. */
+export type GrammarSpec =
+  | { type: 'json_object' }
+  | { type: 'json_schema'; schema: string }
+  | { type: 'choice'; choices: string[] }
+  | { type: 'regex'; pattern: string }
+  | { type: 'ebnf'; grammar: string };
+
+/** A spec and the request field it came from (named in a 400 when it does not compile). */
+export interface GrammarRequest {
+  spec: GrammarSpec;
+  param: string;
+}
+
+// The slice of xgrammar's API used here (its typings are not exported for a CommonJS load).
+interface XgMatcher {
+  acceptToken(id: number): boolean;
+  getNextTokenBitmask(): Promise<Int32Array>;
+  isTerminated(): boolean;
+  dispose(): void;
+}
+interface XgCompiled {
+  dispose(): void;
+}
+interface XgCompiler {
+  compileJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean, maxWhitespace?: number): Promise<XgCompiled>;
+  compileGrammar(grammar: string, rootRule?: string): Promise<XgCompiled>;
+  compileStructuralTag(tag: unknown): Promise<XgCompiled>;
+}
+interface Xgrammar {
+  TokenizerInfo: { createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown> };
+  GrammarCompiler: { createGrammarCompiler(info: unknown, cacheEnabled?: boolean): Promise<XgCompiler> };
+  GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled, overrideStopTokens?: number[]): Promise<XgMatcher> };
+}
+
+/** What xgrammar's C++ side printed during the current call: the reason behind an abort. */
+let captured: string[] | null = null;
+
+/**
+ * Loads xgrammar. The package ships one UMD bundle under `"type": "module"`, so Node
+ * would load it as an ES module, where the bundle's Node branch (CommonJS `module`,
+ * `require`, `__filename`) finds none of them; it is evaluated with those bindings
+ * instead. Its `console` is ours too: xgrammar reports why a schema or grammar is refused
+ * only by printing it before aborting the call, and that text belongs in the 400.
+ */
+function loadXgrammar(): Xgrammar {
+  const require = createRequire(import.meta.url);
+  const file = require.resolve('@mlc-ai/web-xgrammar');
+  const module = { exports: {} as Record<string, unknown> };
+  const console_ = {
+    ...console,
+    error: (...args: unknown[]) => {
+      if (captured) captured.push(args.map(String).join(' '));
+      else console.error(...args);
+    },
+  };
+  const evaluate = new Function('exports', 'module', 'require', '__filename', '__dirname', 'console', readFileSync(file, 'utf8'));
+  evaluate(module.exports, module, require, file, dirname(file), console_);
+  return module.exports as unknown as Xgrammar;
+}
+
+/** Runs an xgrammar call, turning its abort into the message it printed. */
+async function explained<T>(call: () => Promise<T>): Promise<T> {
+  captured = [];
+  try {
+    return await call();
+  } catch (err) {
+    const said = captured
+      .map((line) => line.replace(/^\[FATAL\]\s*\S+:\d+:\s*/, '').trim())
+      .filter((line) => line.length > 0 && !line.startsWith('Aborted('))
+      .join('; ');
+    throw new Error(said || (err as Error).message);
+  } finally {
+    captured = null;
+  }
+}
+
+/** One request's constraint: which tokens may come next, and the tokens taken. */
+export class TokenConstraint {
+  private disposed = false;
+
+  constructor(private readonly matcher: XgMatcher) {}
+
+  /** Sets the logits of tokens the grammar forbids now to -Infinity; returns how many remain. */
+  async mask(logits: Float32Array): Promise<number> {
+    const bits = await this.matcher.getNextTokenBitmask();
+    let allowed = 0;
+    for (let word = 0; word * 32 < logits.length; word++) {
+      const w = bits[word];
+      const end = Math.min(32, logits.length - word * 32);
+      for (let b = 0; b < end; b++) {
+        if ((w >>> b) & 1) allowed++;
+        else logits[word * 32 + b] = -Infinity;
+      }
+    }
+    return allowed;
+  }
+
+  /** Takes the sampled token; false if the grammar refuses it (it was masked: never). */
+  accept(token: number): boolean {
+    return this.matcher.acceptToken(token);
+  }
+
+  /** A stop token ended the grammar: the output is complete. */
+  get terminated(): boolean {
+    return this.matcher.isTerminated();
+  }
+
+  /** Frees the matcher's WebAssembly memory; safe to call twice. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.matcher.dispose();
+  }
+}
+
+/**
+ * Whitespace allowed between JSON tokens. Unbounded, small models can fill an answer
+ * with newlines once a value is done (vLLM added `disable_any_whitespace` for it; llama.cpp's
+ * grammars allow ~20): 32 still fits indented output nested eight levels deep.
+ */
+export const JSON_MAX_WHITESPACE = 32;
+
+/** How a spec becomes xgrammar's input. */
+function compile(compiler: XgCompiler, spec: GrammarSpec): Promise<XgCompiled> {
+  switch (spec.type) {
+    // Any object: the schema {"type": "object"} outside strict mode, so any keys.
+    case 'json_object':
+      return compiler.compileJSONSchema('{"type": "object"}', true, undefined, undefined, false, JSON_MAX_WHITESPACE);
+    // Strict mode, as vLLM compiles schemas: properties and items the schema does not
+    // name are left out (every such output is still valid under the schema).
+    case 'json_schema':
+      return compiler.compileJSONSchema(spec.schema, true, undefined, undefined, true, JSON_MAX_WHITESPACE);
+    case 'choice':
+      return compiler.compileGrammar(`root ::= ${spec.choices.map((c) => JSON.stringify(c)).join(' | ')}`);
+    case 'regex':
+      return compiler.compileStructuralTag({ type: 'structural_tag', format: { type: 'regex', pattern: spec.pattern } });
+    case 'ebnf':
+      return compiler.compileGrammar(spec.grammar);
+  }
+}
+
+/**
+ * Compiles grammars for one tokenizer and makes a constraint per request. Built on the
+ * first structured request (the vocabulary's preprocessing takes ~0.6 s); compiled
+ * grammars are cached by xgrammar, so a repeated schema compiles once.
+ */
+export class GrammarCompiler {
+  private constructor(
+    private readonly compiler: XgCompiler,
+    private readonly xg: Xgrammar,
+  ) {}
+
+  /**
+   * `vocabulary`: each token id's text in byte-level form ('' for special tokens and
+   * holes, which constrained output never contains), padded to the model's vocab size.
+   */
+  static async create(vocabulary: string[], stopTokenIds: number[]): Promise<GrammarCompiler> {
+    const xg = loadXgrammar();
+    const info = await explained(() => xg.TokenizerInfo.createTokenizerInfo(vocabulary, 'byte_level', false, vocabulary.length, stopTokenIds));
+    return new GrammarCompiler(await xg.GrammarCompiler.createGrammarCompiler(info, true), xg);
+  }
+
+  /** A fresh constraint for one request; a spec xgrammar refuses is a 400 naming `param`. */
+  async constraint(request: GrammarRequest, stopTokenIds: number[]): Promise<TokenConstraint> {
+    let compiled: XgCompiled;
+    try {
+      compiled = await explained(() => compile(this.compiler, request.spec));
+    } catch (err) {
+      throw new InvalidRequestError(`${request.param} cannot be used for constrained decoding: ${(err as Error).message}`, { param: request.param });
+    }
+    try {
+      return new TokenConstraint(await this.xg.GrammarMatcher.createGrammarMatcher(compiled, stopTokenIds));
+    } finally {
+      // The matcher holds its own reference; the compiler's cache keeps the grammar.
+      compiled.dispose();
+    }
+  }
+}
