@@ -114,3 +114,24 @@ test('structured output errors are 400s naming the field, and the server keeps s
   const ok = await s.client.completions.create({ model: 'tiny', prompt: 'x', max_tokens: 20, temperature: 0, guided_choice: ['yes', 'no'] } as OpenAI.CompletionCreateParamsNonStreaming & Extra);
   assert.ok(['yes', 'no'].includes(ok.choices[0].text));
 });
+
+test('forced tool calls (tool_choice required or named) follow the function\'s parameters', async () => {
+  const tools = [
+    { type: 'function' as const, function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Rome'] }, days: { type: 'integer', minimum: 1, maximum: 7 } }, required: ['city', 'days'], additionalProperties: false } } },
+    { type: 'function' as const, function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { enum: ['UTC', 'CET'] } }, required: ['zone'], additionalProperties: false } } },
+  ];
+  const named = await s.client.chat.completions.create({ model: 'tiny', messages: user, tools, tool_choice: { type: 'function', function: { name: 'get_weather' } }, temperature: 1, seed: 4, max_tokens: 60 });
+  assert.equal(named.choices[0].finish_reason, 'tool_calls');
+  const call = named.choices[0].message.tool_calls![0] as { function: { name: string; arguments: string } };
+  assert.equal(call.function.name, 'get_weather');
+  const args = JSON.parse(call.function.arguments) as { city: string; days: number };
+  assert.ok(['Paris', 'Rome'].includes(args.city) && Number.isInteger(args.days) && args.days >= 1 && args.days <= 7, call.function.arguments);
+  for (const seed of [1, 2, 3]) {
+    const r = await s.client.chat.completions.create({ model: 'tiny', messages: user, tools, tool_choice: 'required', temperature: 1, seed, max_tokens: 200 });
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+    const c = r.choices[0].message.tool_calls![0] as { function: { name: string; arguments: string } };
+    const a = JSON.parse(c.function.arguments) as Record<string, unknown>;
+    if (c.function.name === 'get_time') assert.ok(['UTC', 'CET'].includes(a.zone as string), c.function.arguments);
+    else assert.equal(c.function.name, 'get_weather');
+  }
+});

@@ -70,6 +70,24 @@ interface PreparedChat {
   grammar: GrammarRequest | null;
 }
 
+/**
+ * What follows the opening of a forced call (`<tool_call>\n`, plus `{"name": …,
+ * "arguments": ` for a named one), in Qwen3's format: the arguments as the function's
+ * `parameters` schema allows, then the closing. `required` lets the model pick the tool.
+ */
+function forcedCallFormat(tools: ToolDefinition[], name: string | null): Record<string, unknown> {
+  const close = { type: 'const_string', value: '}\n</tool_call>' };
+  const args = (t: ToolDefinition) => ({ type: 'json_schema', json_schema: t.function.parameters ?? { type: 'object' } });
+  if (name !== null) return { type: 'sequence', elements: [args(tools.find((t) => t.function.name === name)!), close] };
+  return {
+    type: 'or',
+    elements: tools.map((t) => ({
+      type: 'sequence',
+      elements: [{ type: 'const_string', value: `{"name": ${JSON.stringify(t.function.name)}, "arguments": ` }, args(t), close],
+    })),
+  };
+}
+
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
 export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat {
   const grammar = grammarRequest(req);
@@ -90,16 +108,19 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
   delete extra.enable_thinking;
   let prompt = ctx.template.render(toTemplateMessages(req.messages), { tools, enableThinking: thinking, extra });
   let parserPrefix = '';
+  let forced: GrammarRequest | null = null;
   if (choice === 'required' || typeof choice === 'object') {
-    // No grammar engine yet: a forced call is made by opening it in the prompt, after an
-    // empty thinking block (the template writes one when thinking is off).
+    // A forced call is opened in the prompt, after an empty thinking block (the template
+    // writes one when thinking is off), and the rest is held to the function's
+    // parameters by the grammar engine, so the call always parses.
     if (thinking) prompt += '<think>\n\n</think>\n\n';
     parserPrefix = '<tool_call>\n' + (typeof choice === 'object' ? `{"name": ${JSON.stringify(choice.function.name)}, "arguments": ` : '');
     prompt += parserPrefix;
     thinking = false;
+    forced = { param: 'tools', spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) } };
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
-  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !grammar, parserPrefix, grammar };
+  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !grammar, parserPrefix, grammar: grammar ?? forced };
 }
 
 interface ChoiceState {

@@ -17,7 +17,9 @@ export type GrammarSpec =
   | { type: 'json_schema'; schema: string }
   | { type: 'choice'; choices: string[] }
   | { type: 'regex'; pattern: string }
-  | { type: 'ebnf'; grammar: string };
+  | { type: 'ebnf'; grammar: string }
+  /** xgrammar's structural-tag format (sequences of literal text and JSON schemas). */
+  | { type: 'structural_tag'; format: Record<string, unknown> };
 
 /** A spec and the request field it came from (named in a 400 when it does not compile). */
 export interface GrammarRequest {
@@ -40,7 +42,12 @@ interface XgCompiler {
   compileGrammar(grammar: string, rootRule?: string): Promise<XgCompiled>;
   compileStructuralTag(tag: unknown): Promise<XgCompiled>;
 }
+interface XgGrammar {
+  toString(): string;
+  dispose(): void;
+}
 interface Xgrammar {
+  Grammar: { fromJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean, maxWhitespace?: number): Promise<XgGrammar> };
   TokenizerInfo: { createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown> };
   GrammarCompiler: { createGrammarCompiler(info: unknown, cacheEnabled?: boolean): Promise<XgCompiler> };
   GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled, overrideStopTokens?: number[]): Promise<XgMatcher> };
@@ -134,8 +141,31 @@ export class TokenConstraint {
  */
 export const JSON_MAX_WHITESPACE = 32;
 
+/**
+ * A structural-tag format with each JSON schema in it replaced by its grammar, compiled
+ * here with the same whitespace bound as whole-answer schemas (structural tags take no
+ * whitespace option: a forced tool call's arguments from the test model were all
+ * whitespace until max_tokens).
+ */
+async function boundedFormat(xg: Xgrammar, format: unknown): Promise<unknown> {
+  if (Array.isArray(format)) return Promise.all(format.map((f) => boundedFormat(xg, f)));
+  if (format === null || typeof format !== 'object') return format;
+  const f = format as Record<string, unknown>;
+  if (f.type === 'json_schema') {
+    const grammar = await xg.Grammar.fromJSONSchema(JSON.stringify(f.json_schema), true, undefined, undefined, true, JSON_MAX_WHITESPACE);
+    try {
+      return { type: 'grammar', grammar: grammar.toString() };
+    } finally {
+      grammar.dispose();
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(f)) out[k] = await boundedFormat(xg, v);
+  return out;
+}
+
 /** How a spec becomes xgrammar's input. */
-function compile(compiler: XgCompiler, spec: GrammarSpec): Promise<XgCompiled> {
+async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec): Promise<XgCompiled> {
   switch (spec.type) {
     // Any object: the schema {"type": "object"} outside strict mode, so any keys.
     case 'json_object':
@@ -150,6 +180,8 @@ function compile(compiler: XgCompiler, spec: GrammarSpec): Promise<XgCompiled> {
       return compiler.compileStructuralTag({ type: 'structural_tag', format: { type: 'regex', pattern: spec.pattern } });
     case 'ebnf':
       return compiler.compileGrammar(spec.grammar);
+    case 'structural_tag':
+      return compiler.compileStructuralTag({ type: 'structural_tag', format: await boundedFormat(xg, spec.format) });
   }
 }
 
@@ -178,7 +210,7 @@ export class GrammarCompiler {
   async constraint(request: GrammarRequest, stopTokenIds: number[]): Promise<TokenConstraint> {
     let compiled: XgCompiled;
     try {
-      compiled = await explained(() => compile(this.compiler, request.spec));
+      compiled = await explained(() => compile(this.xg, this.compiler, request.spec));
     } catch (err) {
       throw new InvalidRequestError(`${request.param} cannot be used for constrained decoding: ${(err as Error).message}`, { param: request.param });
     }
