@@ -1,6 +1,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import { zodResponseFormat } from 'openai/helpers/zod';
+import { z } from 'zod';
 import { fixtureExport } from './support/engine.js';
 import { advance, initialJsonState, isComplete } from './support/json_prefix.js';
 import { startTestServer, type TestServer } from './support/server.js';
@@ -64,6 +66,11 @@ test('response_format json_schema: every choice follows the schema and ends ther
   }
   assert.equal(finish, 'stop');
   assertFollowsSchema(text);
+
+  // The SDK's own structured-output helper: a zod schema in, the parsed object out.
+  const Colour = z.object({ name: z.enum(['red', 'blue']), bright: z.boolean(), shades: z.array(z.enum(['light', 'dark'])).max(2) });
+  const parsed = await s.client.chat.completions.parse({ model: 'tiny', messages: user, response_format: zodResponseFormat(Colour, 'colour'), temperature: 0, max_tokens: 120 });
+  assert.deepEqual(Colour.parse(parsed.choices[0].message.parsed), parsed.choices[0].message.parsed);
 });
 
 test('json_object: any object, complete when generation stops', async () => {
