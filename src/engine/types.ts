@@ -89,6 +89,4 @@ export interface EngineInfo {
   eosTokenIds: number[];
   /** KV cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;
-  /** The export can return every prompt position's logits (older fast exports cannot). */
-  promptLogprobs: boolean;
 }

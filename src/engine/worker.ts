@@ -97,7 +97,6 @@ async function start(): Promise<EngineCore> {
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes,
-    promptLogprobs: runner.promptLogits,
   };
   post({ type: 'ready', info });
   return core;

@@ -70,11 +70,9 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     if (req.max_tokens === 0 && !req.echo) {
       throw new InvalidRequestError('max_tokens must be at least 1 (0 is allowed with echo: the prompt alone).', { param: 'max_tokens' });
     }
-    // echo with logprobs scores the prompt's own tokens too (as vLLM and the original API do).
+    // echo with logprobs scores the prompt's own tokens too (as vLLM and the original API
+    // do); the engine refuses it for exports that cannot.
     const scorePrompt = (req.echo ?? false) && req.logprobs !== null && req.logprobs !== undefined;
-    if (scorePrompt && !ctx.engine.info!.promptLogprobs) {
-      throw new InvalidRequestError('This export returns only the last position\'s logits, so echo with logprobs is unavailable; export the model again.', { param: 'echo' });
-    }
     const prompts = promptsOf(ctx, req.prompt);
     prompts.forEach((p, i) => {
       if (p.length === 0) throw new InvalidRequestError('A prompt is empty.', { param: 'prompt' });
