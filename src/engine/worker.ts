@@ -120,9 +120,9 @@ let eosTokenIds: number[] = [];
 const preparing = new Map<string, { aborted: boolean }>();
 
 /**
- * Queues a request, compiling its grammar first (a new schema ~0.1–0.3 s, a repeated one
- * from xgrammar's cache; the first one also loads xgrammar, asynchronously, so messages
- * may arrive meanwhile: an abort then applies once the request is queued).
+ * Queues a request, compiling its grammar first (see GrammarCompiler for the cost; the
+ * first one also loads xgrammar, asynchronously, so messages may arrive meanwhile: an
+ * abort then applies once the request is queued).
  */
 async function submit(core: EngineCore, request: GenerateRequest): Promise<void> {
   const state = { aborted: false };
