@@ -102,3 +102,21 @@ test('tool results go back through the template as tool messages', async () => {
     OpenAI.BadRequestError,
   );
 });
+
+test('with thinking on, a grammar holds after </think>: the reasoning stays free text, the answer follows the schema', async () => {
+  const schema = { type: 'object', properties: { days: { type: 'integer', minimum: 1, maximum: 7 } }, required: ['days'], additionalProperties: false };
+  const r = await s.client.chat.completions.create({
+    model: 'scripted',
+    messages: [{ role: 'user', content: 'Weather?' }],
+    temperature: 0,
+    max_tokens: 60,
+    response_format: { type: 'json_schema', json_schema: { name: 'forecast', schema } },
+  });
+  const msg = r.choices[0].message as OpenAI.ChatCompletionMessage & { reasoning_content?: string };
+  // The script's thinking comes through untouched; what it would write next (a tool call) cannot.
+  assert.equal(msg.reasoning_content, 'Plan it.');
+  const answer = JSON.parse(msg.content ?? '') as { days: number };
+  assert.deepEqual(Object.keys(answer), ['days']);
+  assert.ok(Number.isInteger(answer.days) && answer.days >= 1 && answer.days <= 7, msg.content ?? '');
+  assert.equal(r.choices[0].finish_reason, 'stop');
+});

@@ -20,6 +20,8 @@ interface ActiveSequence extends ScheduledSequence {
   firstTokenAt: number | null;
   /** Structured output: the grammar's matcher over the output so far. */
   constraint: TokenConstraint | null;
+  /** The constraint holds from now on (false while a thinking block runs before it). */
+  constrained: boolean;
   /**
    * Prompt log-probabilities when asked: entry p + 1 is prompt token p + 1's, from the
    * logits at position p; `scored` positions are done (kept across a preemption's
@@ -115,6 +117,7 @@ export class EngineCore {
       admittedAt: null,
       firstTokenAt: null,
       constraint,
+      constrained: req.grammarAfter === null || req.grammarAfter === undefined,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
     };
     this.scheduler.add(seq);
@@ -233,13 +236,15 @@ export class EngineCore {
   /** Samples the next token of `seq` and turns it into an event. */
   private async accept(seq: ActiveSequence, logits: Float32Array): Promise<void> {
     // Structured output: only tokens the grammar allows next (nothing left: it is done).
-    if (seq.constraint && (await seq.constraint.mask(logits)) === 0) {
+    const constraint = seq.constrained ? seq.constraint : null;
+    if (constraint && (await constraint.mask(logits)) === 0) {
       this.finish(seq, 'stop', null);
       return;
     }
     const { token, logprob } = seq.sampler.sample(logits, seq.history);
     // Masked tokens have -Infinity logits, so the sampled one is always accepted.
-    seq.constraint?.accept(token);
+    constraint?.accept(token);
+    if (seq.constraint && token === seq.request.grammarAfter) seq.constrained = true;
     seq.tokens.push(token);
     seq.generated++;
     this.totals.generation++;
@@ -262,7 +267,7 @@ export class EngineCore {
       this.finish(seq, 'stop', matched ?? null);
       return;
     }
-    if (seq.constraint?.terminated) {
+    if (constraint?.terminated) {
       // A stop token the grammar accepted that is not a stop id here (ignore_eos): the end.
       this.emit(seq, [token], emit + seq.stopMatcher.push(seq.detokenizer.flush()).emit + seq.stopMatcher.flush(), logprobs);
       this.finish(seq, 'stop', null);

@@ -15,6 +15,8 @@ export interface GenerateRequest {
   skipSpecialTokens: boolean;
   /** Structured output: every token keeps the output a prefix of what the grammar accepts. */
   grammar?: GrammarRequest | null;
+  /** The grammar holds only after this token (the end of a thinking block); null: from the start. */
+  grammarAfter?: number | null;
   /**
    * Log-probabilities of the prompt's own tokens (echo with logprobs), with this many top
    * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.

@@ -68,6 +68,8 @@ interface PreparedChat {
   parserPrefix: string;
   /** Structured output the answer must follow, or null. */
   grammar: GrammarRequest | null;
+  /** The token that ends thinking, from which the grammar applies (null: from the start). */
+  grammarAfter: number | null;
 }
 
 /**
@@ -91,8 +93,10 @@ function forcedCallFormat(tools: ToolDefinition[], name: string | null): Record<
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
 export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat {
   const grammar = grammarRequest(req);
-  // A grammar constrains the whole answer, so it runs without a thinking block.
-  let thinking = grammar ? false : thinkingFor(ctx, req);
+  // With thinking on, a grammar holds the answer after the thinking block (as vLLM does
+  // with a reasoning parser); a tokenizer without </think> cannot say where that is.
+  const thinkEnd = ctx.tokenizer.tokenId(THINK_END_TOKEN) ?? null;
+  let thinking = thinkingFor(ctx, req) && !(grammar && thinkEnd === null);
   const choice = req.tool_choice ?? 'auto';
   if (grammar && (choice === 'required' || typeof choice === 'object')) {
     throw new InvalidRequestError(`${grammar.param} and a forced tool call (tool_choice) cannot both shape one answer.`, { param: grammar.param });
@@ -120,7 +124,14 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
     forced = { param: 'tools', spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) } };
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
-  return { promptIds: ctx.tokenizer.encode(prompt), thinking, toolsOn: tools.length > 0 && !grammar, parserPrefix, grammar: grammar ?? forced };
+  return {
+    promptIds: ctx.tokenizer.encode(prompt),
+    thinking,
+    toolsOn: tools.length > 0 && !grammar,
+    parserPrefix,
+    grammar: grammar ?? forced,
+    grammarAfter: grammar && thinking ? thinkEnd : null,
+  };
 }
 
 interface ChoiceState {
@@ -174,6 +185,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
     const requests = Array.from({ length: n }, (_, i) => ({
       ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
       grammar: prepared.grammar,
+      grammarAfter: prepared.grammarAfter,
     }));
     // Every choice is queued before any output, so refusals (queue full) are HTTP errors.
     const streams = await submitAll(ctx, requests, signal);
