@@ -197,9 +197,10 @@ const KEPT_GRAMMARS = 4;
 /**
  * Compiles grammars for one tokenizer and makes a constraint per request. Built on the
  * first structured request (the vocabulary's preprocessing takes ~0.6 s). Compiling runs
- * on the engine's thread (xgrammar's state cannot cross threads): 30–400 ms for small
- * schemas, 1.3–2.8 s for a nested schema of 20 properties on the benchmark VM, during
- * which running streams wait; a repeated spec is taken from the cache.
+ * on the engine's thread (xgrammar's state cannot cross threads): 30–750 ms for small
+ * schemas, 1.4 s for a five-field zod schema, 1.3–2.8 s for a nested one of 20 properties
+ * on the benchmark VM, during which running streams wait; a repeated spec is taken from
+ * the cache.
  */
 export class GrammarCompiler {
   private readonly kept = new Map<string, XgCompiled>();
