@@ -80,7 +80,10 @@ const responseFormat = z
   .nullable()
   .optional();
 
-/** vLLM's structured outputs, newer spelling (`structured_outputs`) and older (`guided_*`). */
+/**
+ * Structured outputs: OpenAI's `response_format`, and vLLM's in its newer spelling
+ * (`structured_outputs`) and its older one (`guided_*`).
+ */
 const structuredFields = {
   response_format: responseFormat,
   guided_json: z.union([z.string(), jsonSchemaObject]).nullable().optional(),
