@@ -30,6 +30,7 @@ export const SERVE_FLAGS: FlagSpec[] = [
   { name: 'max-queue', type: 'string', env: 'QWEN3_SERVE_MAX_QUEUE', default: '128', help: 'Waiting requests at most; beyond it requests get 429' },
   { name: 'kv-cache-memory', type: 'string', env: 'QWEN3_SERVE_KV_CACHE_MEMORY', default: '0.25', help: 'KV cache budget: bytes (e.g. 2GiB) or a fraction of free memory' },
   { name: 'kv-cache-prefault', type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start (like vLLM preallocating its cache): resident memory is the budget from the start, no step waits for the OS to map fresh pages, and prompts prefill apart so they never slow the running streams' },
+  { name: 'json-whitespace', type: 'string', env: 'QWEN3_SERVE_JSON_WHITESPACE', default: 'compact', help: "Structured JSON output: compact (one line, ', ' and ': ' as Qwen3 writes tool calls) or any (any whitespace between tokens, vLLM's default; small models may loop on it)" },
   { name: 'reasoning-field', type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: 'Name of the thinking field: reasoning_content, reasoning or both' },
   { name: 'default-thinking', type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Qwen3 thinking for requests that do not say: on or off' },
   { name: 'cors-origins', type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: "Comma-separated allowed origins, '*' for any, 'none' to disable CORS" },
@@ -85,6 +86,7 @@ const serveSchema = z.object({
   'max-queue': intFlag(0, 1_000_000).default(128),
   'kv-cache-memory': sizeFlag(true).default(0.25),
   'kv-cache-prefault': z.boolean().default(false),
+  'json-whitespace': z.enum(['compact', 'any']).default('compact'),
   'reasoning-field': z.enum(['reasoning_content', 'reasoning', 'both']).default('reasoning_content'),
   'default-thinking': z.enum(['on', 'off']).default('on'),
   'cors-origins': z.string().default('*'),
@@ -139,6 +141,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       maxModelLen: config['max-model-len'] ?? null,
       kvCacheMemory: config['kv-cache-memory'],
       kvCachePrefault: config['kv-cache-prefault'],
+      jsonWhitespace: config['json-whitespace'],
     },
     log,
   );

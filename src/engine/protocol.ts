@@ -1,3 +1,4 @@
+import type { JsonWhitespace } from '../runtime/grammar.js';
 import type { DeviceChoice } from '../runtime/session.js';
 import type { EngineEvent, EngineInfo, EngineStats, GenerateRequest } from './types.js';
 
@@ -15,6 +16,8 @@ export interface WorkerOptions {
   kvCacheMemory: number;
   /** Write the whole KV budget at start (fast layout), so no step waits for fresh pages. */
   kvCachePrefault?: boolean;
+  /** Structured JSON output: one line in Qwen3's own spacing, or any whitespace. */
+  jsonWhitespace?: JsonWhitespace;
 }
 
 export interface WireError {

@@ -85,7 +85,7 @@ async function start(): Promise<EngineCore> {
   const generation = readGenerationConfig(options.modelDir);
   const core = new EngineCore(runner, tokenizer, limits);
   eosTokenIds = generation.eosTokenIds;
-  buildGrammars = () => GrammarCompiler.create(tokenizer.byteLevelVocabulary(manifest.config.vocabSize), generation.eosTokenIds);
+  buildGrammars = () => GrammarCompiler.create(tokenizer.byteLevelVocabulary(manifest.config.vocabSize), generation.eosTokenIds, options.jsonWhitespace ?? 'compact');
   const info: EngineInfo = {
     modelDir: options.modelDir,
     layout: manifest.layout,

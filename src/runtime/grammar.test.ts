@@ -33,11 +33,11 @@ test('a constraint allows exactly the tokens that continue the grammar, then onl
   c.dispose(); // twice is safe
 });
 
-test('compiled grammars are kept for repeats, at most four, and matchers outlive their eviction', async () => {
+test('compiled grammars are kept for repeats, a bounded number, and matchers outlive their eviction', async () => {
   const compiler = await compilerPromise;
   const first = await compiler.constraint(choice(['a0']), [EOS]);
-  for (let i = 1; i < 7; i++) (await compiler.constraint(choice([`a${i}`]), [EOS])).dispose();
-  assert.equal(compiler.keptCount, 4);
+  for (let i = 1; i < 40; i++) (await compiler.constraint(choice([`a${i}`]), [EOS])).dispose();
+  assert.equal(compiler.keptCount, 32);
   // The first grammar was evicted (disposed); its matcher still works.
   const logits = new Float32Array(V);
   assert.ok((await first.mask(logits)) > 0);
@@ -60,4 +60,26 @@ test('a spec xgrammar refuses is a 400 with its reason, and compiling goes on', 
   assert.equal(logits[tokenizer.tokenId('{')!], 0);
   assert.equal(logits[tokenizer.tokenId('[')!], -Infinity);
   ok.dispose();
+});
+
+test("JSON whitespace: compact is one line in json.dumps spacing, any allows whitespace between tokens", async () => {
+  const schema: GrammarRequest = { param: 'response_format', spec: { type: 'json_schema', schema: '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}' } };
+  const space = tokenizer.encode(' ')[0];
+  const newline = tokenizer.encode('\n')[0];
+  const allowedAfter = async (compiler: GrammarCompiler, text: string) => {
+    const c = await compiler.constraint(schema, [EOS]);
+    for (const id of tokenizer.encode(text)) assert.ok(c.accept(id), `${text}: token ${id}`);
+    const logits = new Float32Array(V);
+    await c.mask(logits);
+    c.dispose();
+    return (id: number) => logits[id] === 0;
+  };
+  const compact = await compilerPromise;
+  const any = await GrammarCompiler.create(tokenizer.byteLevelVocabulary(V), [EOS], 'any');
+  const compactOpen = await allowedAfter(compact, '{');
+  const anyOpen = await allowedAfter(any, '{');
+  assert.ok(!compactOpen(space) && !compactOpen(newline), 'compact: nothing between { and the key');
+  assert.ok(anyOpen(space) && anyOpen(newline), 'any: whitespace after {');
+  const compactColon = await allowedAfter(compact, '{"a":');
+  assert.ok(compactColon(space) && !compactColon(tokenizer.encode('1')[0]), 'compact: ": " as json.dumps writes it');
 });

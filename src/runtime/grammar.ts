@@ -38,7 +38,7 @@ interface XgCompiled {
   dispose(): void;
 }
 interface XgCompiler {
-  compileJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean, maxWhitespace?: number): Promise<XgCompiled>;
+  compileJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgCompiled>;
   compileGrammar(grammar: string, rootRule?: string): Promise<XgCompiled>;
   compileStructuralTag(tag: unknown): Promise<XgCompiled>;
 }
@@ -47,7 +47,7 @@ interface XgGrammar {
   dispose(): void;
 }
 interface Xgrammar {
-  Grammar: { fromJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean, maxWhitespace?: number): Promise<XgGrammar> };
+  Grammar: { fromJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgGrammar> };
   TokenizerInfo: { createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown> };
   GrammarCompiler: { createGrammarCompiler(info: unknown, cacheEnabled?: boolean): Promise<XgCompiler> };
   GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled, overrideStopTokens?: number[]): Promise<XgMatcher> };
@@ -135,24 +135,36 @@ export class TokenConstraint {
 }
 
 /**
- * Whitespace allowed between JSON tokens. Unbounded, small models can fill an answer
- * with newlines once a value is done (vLLM added `disable_any_whitespace` for it; llama.cpp's
- * grammars allow ~20): 32 still fits indented output nested eight levels deep.
+ * Whitespace in JSON output. 'compact' is one line with ', ' and ': ' between items, the
+ * spacing of Python's json.dumps, in which Qwen3's chat template writes tool calls (so
+ * the model's own habit), and small models cannot fill an answer with newlines once a
+ * value is done, a known failure of 'any' (vLLM's default; it added
+ * `disable_any_whitespace` for it). A bounded count (xgrammar's max_whitespace_cnt) was
+ * tried and dropped: at 32 a five-field schema took 2.1 s to compile and ~300 MB to keep,
+ * against ~50–100 ms and well under 1 MB for both of these.
  */
-export const JSON_MAX_WHITESPACE = 32;
+export type JsonWhitespace = 'compact' | 'any';
+
+/**
+ * xgrammar's JSON-schema options for a whitespace mode: anyWhitespace, indent (−1: one
+ * line; its default, 2, pretty-prints), separators.
+ */
+function whitespaceArgs(ws: JsonWhitespace): [boolean, number | undefined, [string, string] | undefined] {
+  return ws === 'any' ? [true, undefined, undefined] : [false, -1, [', ', ': ']];
+}
 
 /**
  * A structural-tag format with each JSON schema in it replaced by its grammar, compiled
- * here with the same whitespace bound as whole-answer schemas (structural tags take no
- * whitespace option: a forced tool call's arguments from the test model were all
- * whitespace until max_tokens).
+ * here in the same whitespace mode as whole-answer schemas (structural tags take no
+ * whitespace option, and allow any: a forced tool call's arguments from the test model
+ * were all whitespace until max_tokens).
  */
-async function boundedFormat(xg: Xgrammar, format: unknown): Promise<unknown> {
-  if (Array.isArray(format)) return Promise.all(format.map((f) => boundedFormat(xg, f)));
+async function spacedFormat(xg: Xgrammar, format: unknown, ws: JsonWhitespace): Promise<unknown> {
+  if (Array.isArray(format)) return Promise.all(format.map((f) => spacedFormat(xg, f, ws)));
   if (format === null || typeof format !== 'object') return format;
   const f = format as Record<string, unknown>;
   if (f.type === 'json_schema') {
-    const grammar = await xg.Grammar.fromJSONSchema(JSON.stringify(f.json_schema), true, undefined, undefined, true, JSON_MAX_WHITESPACE);
+    const grammar = await xg.Grammar.fromJSONSchema(JSON.stringify(f.json_schema), ...whitespaceArgs(ws), true);
     try {
       return { type: 'grammar', grammar: grammar.toString() };
     } finally {
@@ -160,20 +172,20 @@ async function boundedFormat(xg: Xgrammar, format: unknown): Promise<unknown> {
     }
   }
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(f)) out[k] = await boundedFormat(xg, v);
+  for (const [k, v] of Object.entries(f)) out[k] = await spacedFormat(xg, v, ws);
   return out;
 }
 
 /** How a spec becomes xgrammar's input. */
-async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec): Promise<XgCompiled> {
+async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec, ws: JsonWhitespace): Promise<XgCompiled> {
   switch (spec.type) {
     // Any object: the schema {"type": "object"} outside strict mode, so any keys.
     case 'json_object':
-      return compiler.compileJSONSchema('{"type": "object"}', true, undefined, undefined, false, JSON_MAX_WHITESPACE);
+      return compiler.compileJSONSchema('{"type": "object"}', ...whitespaceArgs(ws), false);
     // Strict mode, as vLLM compiles schemas: properties and items the schema does not
     // name are left out (every such output is still valid under the schema).
     case 'json_schema':
-      return compiler.compileJSONSchema(spec.schema, true, undefined, undefined, true, JSON_MAX_WHITESPACE);
+      return compiler.compileJSONSchema(spec.schema, ...whitespaceArgs(ws), true);
     case 'choice':
       return compiler.compileGrammar(`root ::= ${spec.choices.map((c) => JSON.stringify(c)).join(' | ')}`);
     case 'regex':
@@ -181,26 +193,26 @@ async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec): P
     case 'ebnf':
       return compiler.compileGrammar(spec.grammar);
     case 'structural_tag':
-      return compiler.compileStructuralTag({ type: 'structural_tag', format: await boundedFormat(xg, spec.format) });
+      return compiler.compileStructuralTag({ type: 'structural_tag', format: await spacedFormat(xg, spec.format, ws) });
   }
 }
 
 /**
  * Grammars kept compiled, most recently used last. A compiled grammar holds xgrammar's
- * token masks for its states: ~32 MB at Qwen3's vocabulary even for a one-property schema
- * (measured: 30 distinct schemas kept, RSS 212 → 1,104 MiB). xgrammar's own cache keeps
- * every grammar ever compiled, which any client sending fresh schemas would grow without
- * bound, so it is off and this small cache serves repeated schemas instead.
+ * token masks for its states (30 small schemas kept: RSS 284 → 286 MiB at Qwen3's
+ * vocabulary). xgrammar's own cache keeps every grammar ever compiled, which
+ * a client sending fresh schemas would grow without bound, so it is off and this cache
+ * serves repeated schemas instead.
  */
-const KEPT_GRAMMARS = 4;
+const KEPT_GRAMMARS = 32;
 
 /**
  * Compiles grammars for one tokenizer and makes a constraint per request. Built on the
  * first structured request (the vocabulary's preprocessing takes ~0.6 s). Compiling runs
- * on the engine's thread (xgrammar's state cannot cross threads): 30–750 ms for small
- * schemas, 1.4 s for a five-field zod schema, 1.3–2.8 s for a nested one of 20 properties
- * on the benchmark VM, during which running streams wait; a repeated spec is taken from
- * the cache.
+ * on the engine's thread (xgrammar's state cannot cross threads): 1–180 ms for schemas
+ * with enums, nullables, `$ref`s and formats, ~180 ms for a nested one of 20 properties
+ * (0.3–0.5 s the first time) on the benchmark VM, during which running streams wait; a
+ * repeated spec is taken from the cache.
  */
 export class GrammarCompiler {
   private readonly kept = new Map<string, XgCompiled>();
@@ -208,16 +220,17 @@ export class GrammarCompiler {
   private constructor(
     private readonly compiler: XgCompiler,
     private readonly xg: Xgrammar,
+    private readonly whitespace: JsonWhitespace,
   ) {}
 
   /**
    * `vocabulary`: each token id's text in byte-level form ('' for special tokens and
    * holes, which constrained output never contains), padded to the model's vocab size.
    */
-  static async create(vocabulary: string[], stopTokenIds: number[]): Promise<GrammarCompiler> {
+  static async create(vocabulary: string[], stopTokenIds: number[], whitespace: JsonWhitespace = 'compact'): Promise<GrammarCompiler> {
     const xg = loadXgrammar();
     const info = await explained(() => xg.TokenizerInfo.createTokenizerInfo(vocabulary, 'byte_level', false, vocabulary.length, stopTokenIds));
-    return new GrammarCompiler(await xg.GrammarCompiler.createGrammarCompiler(info, false), xg);
+    return new GrammarCompiler(await xg.GrammarCompiler.createGrammarCompiler(info, false), xg, whitespace);
   }
 
   /** Grammars currently kept compiled (for tests). */
@@ -232,7 +245,7 @@ export class GrammarCompiler {
       this.kept.delete(key); // re-inserted below: most recently used last
     } else {
       try {
-        compiled = await explained(() => compile(this.xg, this.compiler, request.spec));
+        compiled = await explained(() => compile(this.xg, this.compiler, request.spec, this.whitespace));
       } catch (err) {
         throw new InvalidRequestError(`${request.param} cannot be used for constrained decoding: ${(err as Error).message}`, { param: request.param });
       }
