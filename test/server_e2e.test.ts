@@ -145,6 +145,9 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
     assert.equal(choice.finish_reason, 'length');
     assert.deepEqual(lp.tokens.map((t) => Number(t.slice('token_id:'.length))), [...c.prompt_ids, ...c.greedy_ids]);
     assert.equal(lp.token_logprobs[0], null, 'nothing scores the first token');
+    // Offsets index the echoed text, even with tokens named by id.
+    assert.equal(lp.text_offset[0], 0);
+    assert.ok(lp.text_offset.every((o, k) => k === 0 || o > lp.text_offset[k - 1]), `offsets advance: ${lp.text_offset}`);
     assert.equal(lp.top_logprobs[0], null);
     c.greedy_ids.forEach((id, k) => {
       const at = c.prompt_ids.length + k;

@@ -46,7 +46,8 @@ function legacyLogprobs(ctx: ServingContext, tokens: ScoredToken[], asIds: boole
     }
     out.top_logprobs.push(top);
     out.text_offset.push(offset);
-    offset += asIds ? 0 : name.length;
+    // Offsets index the text, whatever the tokens are named.
+    offset += asIds ? tokenName(ctx, id, false).token.length : name.length;
   }
   return out;
 }
