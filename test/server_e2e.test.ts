@@ -3,10 +3,12 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
-import { FIXTURE_REFERENCE, type ReferenceCase } from './support/runner.js';
+import { FIXTURE_DIR, FIXTURE_REFERENCE, type ReferenceCase } from './support/runner.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
+const tokenizer = QwenTokenizer.fromDir(FIXTURE_DIR);
 let s: TestServer;
 
 before(async () => {
@@ -196,6 +198,39 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
   const echoOnly = await s.client.completions.create({ model: 'tiny', prompt: 'Hi', max_tokens: 0, echo: true });
   assert.equal(echoOnly.choices[0].text, 'Hi');
   assert.equal(echoOnly.choices[0].logprobs, null);
+});
+
+test("vLLM's prompt_logprobs: the reference's scores with ranks, on both endpoints; not in a stream", async () => {
+  type Entry = { logprob: number; rank: number | null; decoded_token: string };
+  const c = cases[0];
+  const ids = [...c.prompt_ids, ...c.greedy_ids];
+  const r = await s.client.completions.create({ model: 'tiny', prompt: ids, max_tokens: 1, temperature: 0, prompt_logprobs: 3 } as OpenAI.CompletionCreateParamsNonStreaming);
+  const scores = (r.choices[0] as unknown as { prompt_logprobs: Array<Record<string, Entry> | null> }).prompt_logprobs;
+  assert.equal(scores.length, ids.length);
+  assert.equal(scores[0], null);
+  c.greedy_ids.forEach((id, k) => {
+    const at = scores[c.prompt_ids.length + k]!;
+    assert.equal(at[id].rank, 1, 'the greedy token ranks first');
+    assert.ok(Math.abs(at[id].logprob - c.steps[k].top_logprobs[0]) < 1e-3);
+    assert.equal(at[id].decoded_token, new TextDecoder().decode(tokenizer.tokenBytes(id)!));
+    c.steps[k].top_ids.slice(0, 3).forEach((top, j) => {
+      assert.equal(at[top].rank, j + 1);
+      assert.ok(Math.abs(at[top].logprob - c.steps[k].top_logprobs[j]) < 1e-3);
+    });
+  });
+  // A prompt token that is not the model's first choice: its rank counts the better ones.
+  const ranked = scores.slice(1).find((e) => Object.keys(e!).length === 4)!;
+  const own = Object.values(ranked).find((e) => e.rank! > 3)!;
+  assert.ok(own.rank! > 3 && Object.values(ranked).every((e) => e === own || e.logprob >= own.logprob));
+  const chat = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1, prompt_logprobs: 1, n: 2 } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  const chatScores = (chat as unknown as { prompt_logprobs: Array<Record<string, Entry> | null> }).prompt_logprobs;
+  assert.equal(chatScores.length, chat.usage!.prompt_tokens);
+  assert.equal(chatScores[0], null);
+  assert.ok(chatScores.slice(1).every((e) => e !== null && Object.keys(e).length <= 2));
+  await assert.rejects(
+    s.client.completions.create({ model: 'tiny', prompt: 'x', max_tokens: 1, stream: true, prompt_logprobs: 2 } as OpenAI.CompletionCreateParamsStreaming),
+    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'prompt_logprobs',
+  );
 });
 
 test('errors come as the SDK error classes with OpenAI envelopes', async () => {

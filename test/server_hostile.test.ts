@@ -37,6 +37,7 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
     seed: ['x', [], {}, 1e308, 1.5, Number.MAX_SAFE_INTEGER * 4, true],
     logprobs: ['x', [], {}, 5],
     top_logprobs: [...junk, -1, 21, 1.5, true],
+    prompt_logprobs: ['x', -1, 21, 1.5, true],
     stop: [5, [5], {}, true, new Array(100).fill('x')],
     logit_bias: ['x', [], 5, { abc: 5 }, { 1: 'x' }, { 1: 1000 }, { 999999999: 5 }],
     stream: ['x', 5, [], {}],

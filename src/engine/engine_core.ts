@@ -225,7 +225,11 @@ export class EngineCore {
       const to = Math.min(end, from + PROMPT_SCORE_SLICE);
       const logits = await this.runner.prefill(seq.id, seq.tokens.slice(from, to), true);
       for (let p = Math.max(from, prompt.scored); p < Math.min(to, seq.promptLength - 1); p++) {
-        prompt.logprobs[p + 1] = tokenLogprob(logits.subarray((p - from) * v, (p - from + 1) * v), seq.tokens[p + 1], prompt.top);
+        const row = logits.subarray((p - from) * v, (p - from + 1) * v);
+        const token = seq.tokens[p + 1];
+        let rank = 1;
+        for (let i = 0; i < v; i++) if (row[i] > row[token]) rank++;
+        prompt.logprobs[p + 1] = { ...tokenLogprob(row, token, prompt.top), rank };
       }
       prompt.scored = Math.max(prompt.scored, Math.min(to, seq.promptLength - 1));
       last = logits.subarray((to - from - 1) * v, (to - from) * v);

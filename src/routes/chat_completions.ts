@@ -14,6 +14,7 @@ import {
   resolveMaxTokens,
   samplingParams,
   unixNow,
+  vllmPromptLogprobs,
 } from '../server/generation.js';
 import { chatRequestSchema, type ChatRequest, type MessageInput } from '../server/schemas.js';
 import { grammarRequest } from '../server/structured_output.js';
@@ -186,12 +187,17 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
       ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
       grammar: prepared.grammar,
       grammarAfter: prepared.grammarAfter,
+      // The prompt is the same for every choice: the first scores it.
+      promptLogprobs: i === 0 ? (req.prompt_logprobs ?? null) : null,
     }));
     // Every choice is queued before any output, so refusals (queue full) are HTTP errors.
     const streams = await submitAll(ctx, requests, signal);
     const choices = requests.map((_, i) => newChoice(i, prepared));
 
+    /** vLLM's prompt_logprobs, from the first choice's first event (every choice has them). */
+    let promptScores: EngineEvent['promptLogprobs'] | null = null;
     const account = (c: ChoiceState, ev: EngineEvent) => {
+      if (ev.promptLogprobs) promptScores ??= ev.promptLogprobs;
       for (const t of ev.tokenIds) {
         c.completionTokens++;
         if (prepared.thinking && !c.sawThinkEnd) c.reasoningTokens++;
@@ -256,6 +262,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
           finish_reason: finishReason(c),
           stop_reason: c.finish?.stopReason ?? null,
         })),
+        ...(req.prompt_logprobs != null ? { prompt_logprobs: promptScores ? vllmPromptLogprobs(ctx, promptScores, req.prompt_logprobs) : null } : {}),
         usage: usage(),
       };
     }

@@ -5,7 +5,7 @@ import type { EngineEvent } from '../engine/types.js';
 import type { TokenLogprob } from '../runtime/sampler.js';
 import type { ServingContext } from '../server/context.js';
 import { clientAbortSignal } from '../server/disconnect.js';
-import { checkModel, checkTokenIds, engineRequest, parseBody, resolveMaxTokens, samplingParams, tokenName, unixNow } from '../server/generation.js';
+import { checkModel, checkTokenIds, engineRequest, parseBody, resolveMaxTokens, samplingParams, tokenName, unixNow, vllmPromptLogprobs } from '../server/generation.js';
 import { completionRequestSchema, type CompletionRequest } from '../server/schemas.js';
 import { streamResponse } from '../server/sse.js';
 import { grammarRequest } from '../server/structured_output.js';
@@ -54,9 +54,15 @@ function legacyLogprobs(ctx: ServingContext, tokens: ScoredToken[], asIds: boole
 
 const generated = (lps: TokenLogprob[]): ScoredToken[] => lps.map((lp) => ({ id: lp.token, lp }));
 
-/** The prompt's tokens with their scores, as the first event of a request carries them. */
-function promptScores(promptIds: number[], ev: EngineEvent): ScoredToken[] {
-  return promptIds.map((id, i) => ({ id, lp: ev.promptLogprobs?.[i] ?? null }));
+/**
+ * The prompt's tokens with their scores, as the first event of a request carries them,
+ * `n` alternatives each (the engine may have kept more, for prompt_logprobs).
+ */
+function promptScores(promptIds: number[], ev: EngineEvent, n: number): ScoredToken[] {
+  return promptIds.map((id, i) => {
+    const lp = ev.promptLogprobs?.[i] ?? null;
+    return { id, lp: lp && { ...lp, top: lp.top.slice(0, n) } };
+  });
 }
 
 export function registerCompletions(app: FastifyInstance, ctx: ServingContext): void {
@@ -86,7 +92,8 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
       const maxTokens = resolveMaxTokens(ctx, p.length, req.max_tokens ?? (req.max_tokens === null ? null : 16), 'max_tokens');
       return Array.from({ length: n }, (_, i) => ({
         ...engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req),
-        promptLogprobs: scorePrompt ? logprobs : null,
+        // Both echo's scores and vLLM's prompt_logprobs come from one scoring pass.
+        promptLogprobs: scorePrompt || req.prompt_logprobs != null ? Math.max(scorePrompt ? logprobs! : 0, req.prompt_logprobs ?? 0) : null,
         grammar,
       }));
     });
@@ -96,7 +103,13 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     const created = unixNow();
     const model = ctx.options.modelName;
     const echoText = (i: number) => (req.echo ? ctx.tokenizer.decode(requests[i].promptIds, false) : '');
-    const state = requests.map(() => ({ text: '', logprobs: [] as ScoredToken[], tokens: 0, finish: null as EngineEvent | null }));
+    const state = requests.map(() => ({
+      text: '',
+      logprobs: [] as ScoredToken[],
+      prompt: null as EngineEvent['promptLogprobs'] | null,
+      tokens: 0,
+      finish: null as EngineEvent | null,
+    }));
     const usage = () => {
       const prompt = requests.reduce((s, r, i) => s + (i % n === 0 ? r.promptIds.length : 0), 0);
       const completion = state.reduce((s, c) => s + c.tokens, 0);
@@ -104,7 +117,10 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     };
     const account = (i: number, ev: EngineEvent) => {
       state[i].tokens += ev.tokenIds.length;
-      if (ev.promptLogprobs) state[i].logprobs.push(...promptScores(requests[i].promptIds, ev));
+      if (ev.promptLogprobs) {
+        state[i].prompt = ev.promptLogprobs;
+        if (scorePrompt) state[i].logprobs.push(...promptScores(requests[i].promptIds, ev, logprobs!));
+      }
       if (ev.logprobs) state[i].logprobs.push(...generated(ev.logprobs));
       if (ev.finishReason) {
         state[i].finish = ev;
@@ -138,6 +154,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
           logprobs: logprobs === null ? null : legacyLogprobs(ctx, c.logprobs, asIds, 0),
           finish_reason: reason(i),
           stop_reason: c.finish?.stopReason ?? null,
+          ...(req.prompt_logprobs != null ? { prompt_logprobs: c.prompt ? vllmPromptLogprobs(ctx, c.prompt, req.prompt_logprobs) : null } : {}),
         })),
         usage: usage(),
       };
@@ -153,7 +170,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
           /** Sends the echoed prompt, with its scores when asked (they come with the first event). */
           const sendEcho = (first: EngineEvent | null) => {
             const echo = echoText(i);
-            const lps = first ? legacyLogprobs(ctx, promptScores(requests[i].promptIds, first), asIds, 0) : null;
+            const lps = first ? legacyLogprobs(ctx, promptScores(requests[i].promptIds, first, logprobs!), asIds, 0) : null;
             sse.send(chunk({ index: i, text: echo, logprobs: lps, finish_reason: null }));
             offset = echo.length;
           };

@@ -38,6 +38,8 @@ export interface TokenLogprob {
   token: number;
   logprob: number;
   top: Array<{ token: number; logprob: number }>;
+  /** 1 + how many tokens scored higher (prompt scores carry it, for vLLM's prompt_logprobs). */
+  rank?: number;
 }
 
 /** xoshiro128**: a small seeded generator; each request owns one, so batching never shifts draws. */

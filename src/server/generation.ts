@@ -141,6 +141,22 @@ export function chatLogprobs(ctx: ServingContext, lps: TokenLogprob[], asIds: bo
   }));
 }
 
+/**
+ * vLLM's `prompt_logprobs`: per prompt token, null for the first, else its own entry and
+ * the `n` most likely, keyed by token id, each with its log-probability, 1-based rank
+ * and text.
+ */
+export function vllmPromptLogprobs(ctx: ServingContext, scores: Array<TokenLogprob | null>, n: number) {
+  return scores.map((lp) => {
+    if (!lp) return null;
+    const entry = (token: number, logprob: number, rank: number | null) => ({ logprob, rank, decoded_token: tokenName(ctx, token, false).token });
+    const out: Record<string, ReturnType<typeof entry>> = {};
+    lp.top.slice(0, n).forEach((t, i) => (out[t.token] = entry(t.token, t.logprob, i + 1)));
+    out[lp.token] = entry(lp.token, lp.logprob, lp.rank ?? null);
+    return out;
+  });
+}
+
 export function unixNow(): number {
   return Math.floor(Date.now() / 1000);
 }

@@ -103,6 +103,13 @@ const structuredFields = {
 
 export type StructuredFields = { [K in keyof typeof structuredFields]?: z.infer<(typeof structuredFields)[K]> };
 
+/** vLLM's rule: prompt log-probabilities come in the whole response, not in a stream. */
+function promptLogprobsNotStreamed(r: { stream?: boolean | null; prompt_logprobs?: number | null }, ctx: z.RefinementCtx): void {
+  if (r.stream && r.prompt_logprobs != null && r.prompt_logprobs > 0) {
+    ctx.addIssue({ code: 'custom', path: ['prompt_logprobs'], message: 'prompt_logprobs are not available when stream is true' });
+  }
+}
+
 /** Sampling and limits shared by both endpoints. */
 const samplingFields = {
   ...structuredFields,
@@ -126,6 +133,7 @@ const samplingFields = {
   ignore_eos: z.boolean().optional(),
   skip_special_tokens: z.boolean().optional(),
   return_tokens_as_token_ids: z.boolean().optional(),
+  prompt_logprobs: z.number().int().min(0).max(20).nullable().optional(),
 };
 
 export const chatRequestSchema = z.object({
@@ -144,6 +152,7 @@ export const chatRequestSchema = z.object({
   if (r.top_logprobs != null && r.logprobs !== true) {
     ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'logprobs must be true when top_logprobs is set' });
   }
+  promptLogprobsNotStreamed(r, ctx);
 });
 
 export type ChatRequest = z.infer<typeof chatRequestSchema>;
@@ -159,7 +168,7 @@ export const completionRequestSchema = z.object({
   logprobs: z.number().int().min(0).max(20).nullable().optional(),
   suffix: z.string().nullable().optional(),
   best_of: z.number().int().min(1).max(16).nullable().optional(),
-});
+}).superRefine(promptLogprobsNotStreamed);
 
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
