@@ -190,7 +190,8 @@ export class EngineCore {
       const v = this.runner.vocabSize;
       for (const [i, seq] of seqs.entries()) {
         this.scheduler.decoded(seq);
-        await this.accept(seq, logits.subarray(i * v, (i + 1) * v));
+        const row = logits.subarray(i * v, (i + 1) * v);
+        if (!seq.constraint || (await this.allowNext(seq, row))) this.accept(seq, row);
       }
     }
     if (plan.prefill) {
@@ -207,7 +208,7 @@ export class EngineCore {
           // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
           this.emit(seq, [], '', null);
           this.finish(seq, 'length', null);
-        } else await this.accept(seq, logits);
+        } else if (!seq.constraint || (await this.allowNext(seq, logits))) this.accept(seq, logits);
       }
     }
   }
@@ -237,14 +238,20 @@ export class EngineCore {
     return last;
   }
 
-  /** Samples the next token of `seq` and turns it into an event. */
-  private async accept(seq: ActiveSequence, logits: Float32Array): Promise<void> {
-    // Structured output: only tokens the grammar allows next (nothing left: it is done).
+  /**
+   * Structured output: masks the tokens the grammar forbids next (only asynchronous work
+   * of a step's sampling, so unconstrained sequences skip it). False when nothing is left:
+   * the answer is done and the sequence finished.
+   */
+  private async allowNext(seq: ActiveSequence, logits: Float32Array): Promise<boolean> {
+    if (!seq.constrained || !seq.constraint || (await seq.constraint.mask(logits)) > 0) return true;
+    this.finish(seq, 'stop', null);
+    return false;
+  }
+
+  /** Samples the next token of `seq` (masked by allowNext if constrained) and turns it into an event. */
+  private accept(seq: ActiveSequence, logits: Float32Array): void {
     const constraint = seq.constrained ? seq.constraint : null;
-    if (constraint && (await constraint.mask(logits)) === 0) {
-      this.finish(seq, 'stop', null);
-      return;
-    }
     const { token, logprob } = seq.sampler.sample(logits, seq.history);
     // Masked tokens have -Infinity logits, so the sampled one is always accepted.
     constraint?.accept(token);

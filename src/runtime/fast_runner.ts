@@ -32,6 +32,10 @@ interface Plane {
  * both resized in steps, so memory follows the work: `slotsFor` tells the scheduler what
  * a set of sequences would take.
  */
+/** `logits_start` values, made once: ONNX Runtime only reads its inputs. */
+const LAST_POSITION = new ort.Tensor('int64', BigInt64Array.of(-1n), [1]);
+const EVERY_POSITION = new ort.Tensor('int64', BigInt64Array.of(0n), [1]);
+
 export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
   readonly promptLogits: boolean;
@@ -311,7 +315,7 @@ export class FastRunner implements ModelRunner {
       total_sequence_length: new ort.Tensor('int32', Int32Array.of(total), []),
     };
     // Exports from before prompt log-probabilities return the last position's logits only.
-    if (this.promptLogits) feeds.logits_start = new ort.Tensor('int64', BigInt64Array.of(everyPosition ? 0n : -1n), [1]);
+    if (this.promptLogits) feeds.logits_start = everyPosition ? EVERY_POSITION : LAST_POSITION;
     for (const p of this.planes) for (let l = 0; l < this.layers; l++) feeds[p.past[l]] = this.planeTensor(p, l, rows, firstRow);
     return this.session.run(feeds);
   }

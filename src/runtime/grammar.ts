@@ -107,10 +107,19 @@ export class TokenConstraint {
     let allowed = 0;
     for (let word = 0; word * 32 < logits.length; word++) {
       const w = bits[word];
-      const end = Math.min(32, logits.length - word * 32);
-      for (let b = 0; b < end; b++) {
-        if ((w >>> b) & 1) allowed++;
-        else logits[word * 32 + b] = -Infinity;
+      const base = word * 32;
+      const end = Math.min(32, logits.length - base);
+      // Whole words are the common case: inside a string nearly everything is allowed,
+      // between JSON tokens nearly nothing.
+      if (w === -1 && end === 32) {
+        allowed += 32;
+      } else if (w === 0) {
+        logits.fill(-Infinity, base, base + end);
+      } else {
+        for (let b = 0; b < end; b++) {
+          if ((w >>> b) & 1) allowed++;
+          else logits[base + b] = -Infinity;
+        }
       }
     }
     return allowed;
