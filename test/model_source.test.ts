@@ -39,5 +39,5 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   // An export directory is served as it is.
   const direct = await resolveModel({ ...opts, model: third.exportDir });
   assert.equal(direct.exportDir, third.exportDir);
-  await assert.rejects(resolveModel({ ...opts, model: join(work, 'nowhere') }), /neither a directory here nor a Hugging Face repo id/);
+  await assert.rejects(resolveModel({ ...opts, model: join(work, 'nowhere') }), /there is no directory .*nowhere, and it is not a Hugging Face repo id/);
 });

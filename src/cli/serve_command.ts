@@ -10,6 +10,7 @@ import type { ServingContext } from '../server/context.js';
 import { ServerMetrics } from '../server/metrics.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
+import { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import { createProgress } from '../util/progress.js';
 import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
 
@@ -35,6 +36,12 @@ export const SERVE_FLAGS: FlagSpec[] = [
   { name: 'default-thinking', type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Qwen3 thinking for requests that do not say: on or off' },
   { name: 'cors-origins', type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: "Comma-separated allowed origins, '*' for any, 'none' to disable CORS" },
   { name: 'body-limit', type: 'string', env: 'QWEN3_SERVE_BODY_LIMIT', default: '4MiB', help: 'Largest request body' },
+  { name: 'request-timeout', type: 'string', env: 'QWEN3_SERVE_REQUEST_TIMEOUT', default: '60', help: 'Seconds a client has to send a whole request, headers and body; then 408' },
+  { name: 'headers-timeout', type: 'string', env: 'QWEN3_SERVE_HEADERS_TIMEOUT', default: '20', help: 'Seconds a client has to send the request headers; then 408' },
+  { name: 'idle-timeout', type: 'string', env: 'QWEN3_SERVE_IDLE_TIMEOUT', default: '75', help: 'Seconds a kept-alive connection may sit idle between requests' },
+  { name: 'stream-buffer-limit', type: 'string', env: 'QWEN3_SERVE_STREAM_BUFFER_LIMIT', default: '1MiB', help: 'Bytes of a streamed answer a client may leave unread; beyond it the connection is closed and the request aborted' },
+  { name: 'tokenize-timeout', type: 'string', env: 'QWEN3_SERVE_TOKENIZE_TIMEOUT', default: '10', help: 'Seconds a long prompt may take to tokenize (off the HTTP thread); slower ones get 400' },
+  { name: 'grammar-compile-timeout', type: 'string', env: 'QWEN3_SERVE_GRAMMAR_COMPILE_TIMEOUT', default: '5', help: 'Seconds a structured-output schema or grammar may take to compile; slower ones get 400' },
   { name: 'keep-alive', type: 'string', env: 'QWEN3_SERVE_KEEP_ALIVE', default: '10', help: 'Seconds between SSE keep-alive comments while a prompt is prefilled' },
   { name: 'shutdown-timeout', type: 'string', env: 'QWEN3_SERVE_SHUTDOWN_TIMEOUT', default: '30', help: 'Seconds in-flight requests get to finish on SIGTERM/SIGINT' },
   { name: 'log-level', type: 'string', env: 'QWEN3_SERVE_LOG_LEVEL', default: 'info', help: 'fatal, error, warn, info, debug or trace' },
@@ -69,6 +76,13 @@ const sizeFlag = (allowFraction: boolean) =>
     return v;
   });
 
+const secondsFlag = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+(\.\d+)?$/, 'expected seconds, such as 30 or 0.5')
+    .transform(Number)
+    .pipe(z.number().min(min).max(max));
+
 const serveSchema = z.object({
   model: z.string().min(1).optional(),
   host: z.string().min(1).default('127.0.0.1'),
@@ -91,6 +105,12 @@ const serveSchema = z.object({
   'default-thinking': z.enum(['on', 'off']).default('on'),
   'cors-origins': z.string().default('*'),
   'body-limit': sizeFlag(false).default(4 * 2 ** 20),
+  'request-timeout': secondsFlag(1, 86_400).default(60),
+  'headers-timeout': secondsFlag(1, 3600).default(20),
+  'idle-timeout': secondsFlag(1, 3600).default(75),
+  'stream-buffer-limit': sizeFlag(false).default(2 ** 20),
+  'tokenize-timeout': secondsFlag(0.1, 3600).default(10),
+  'grammar-compile-timeout': secondsFlag(0.1, 600).default(5),
   'keep-alive': intFlag(1, 3600).default(10),
   'shutdown-timeout': intFlag(0, 3600).default(30),
   'log-level': z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
@@ -142,14 +162,18 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       kvCacheMemory: config['kv-cache-memory'],
       kvCachePrefault: config['kv-cache-prefault'],
       jsonWhitespace: config['json-whitespace'],
+      grammarCompileTimeoutMs: config['grammar-compile-timeout'] * 1000,
     },
     log,
   );
   const files = readTokenizerFiles(resolved.exportDir);
+  const tokenizer = new QwenTokenizer(files);
+  const codec = new OffThreadTokenizer(tokenizer, resolved.exportDir, config['tokenize-timeout'] * 1000);
   const modelName = config['served-model-name'] ?? resolved.name;
   const ctx: ServingContext = {
     engine,
-    tokenizer: new QwenTokenizer(files),
+    tokenizer,
+    codec,
     template: ChatTemplate.fromTokenizerConfig(files.config),
     generation: readGenerationConfig(resolved.exportDir),
     metrics: new ServerMetrics(engine, modelName),
@@ -161,6 +185,10 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       defaultThinking: config['default-thinking'] === 'on',
       keepAliveMs: config['keep-alive'] * 1000,
       bodyLimit: config['body-limit'],
+      requestTimeoutMs: Math.round(config['request-timeout'] * 1000),
+      headersTimeoutMs: Math.round(config['headers-timeout'] * 1000),
+      idleTimeoutMs: Math.round(config['idle-timeout'] * 1000),
+      streamBufferLimit: config['stream-buffer-limit'],
       logPrompts: config['log-prompts'],
     },
     createdAt: Math.floor(Date.now() / 1000),
@@ -172,6 +200,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     address = await app.listen({ host: config.host, port: config.port });
   } catch (err) {
     await engine.close();
+    await codec.close();
     throw new AppError(500, 'server_error', `cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`);
   }
   const info = engine.info!;
@@ -200,9 +229,12 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   const close = (): Promise<void> => {
     closing ??= (async () => {
       // Stop accepting, give in-flight requests the deadline, then end what is left.
+      // At the deadline, requests still running end at the next step boundary with what
+      // they generated (finish reason 'abort'): their clients get a normal end, and the
+      // HTTP server can then close. The engine is stopped once, after its current step.
       const deadline = setTimeout(() => {
-        log.warn('shutdown deadline reached; aborting requests still running');
-        void engine.close();
+        log.warn('shutdown deadline reached; ending requests still running');
+        engine.abortAll();
       }, config['shutdown-timeout'] * 1000);
       deadline.unref();
       // Connections that finish their last request while we close would otherwise idle
@@ -212,6 +244,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       clearInterval(reaper);
       clearTimeout(deadline);
       await engine.close();
+      await codec.close();
     })();
     return closing;
   };

@@ -71,7 +71,9 @@ export class Engine extends EventEmitter {
   private readonly channels = new Map<string, EventChannel>();
   private readonly statsWaiters = new Map<number, (s: EngineStats) => void>();
   private statsToken = 0;
-  private restarts: number[] = [];
+  /** When the worker died, within the last minute. */
+  private deaths: number[] = [];
+  private closing: Promise<void> | null = null;
   private lastError: string | null = null;
 
   private constructor(
@@ -161,13 +163,13 @@ export class Engine extends EventEmitter {
 
   private restart(): void {
     const now = Date.now();
-    this.restarts = this.restarts.filter((t) => now - t < 60_000);
-    if (this.restarts.length >= 3) {
+    this.deaths = this.deaths.filter((t) => now - t < 60_000);
+    this.deaths.push(now);
+    if (this.deaths.length >= MAX_DEATHS_PER_MINUTE) {
       this.state = 'down';
-      this.log.error('engine worker died 3 times within a minute; not restarting');
+      this.log.error(`engine worker died ${this.deaths.length} times within a minute; not restarting`);
       return;
     }
-    this.restarts.push(now);
     this.state = 'restarting';
     this.spawn().catch((err: Error) => {
       this.state = 'down';
@@ -242,15 +244,28 @@ export class Engine extends EventEmitter {
    * leave after its current step: terminating a thread inside an ONNX Runtime run aborts
    * the whole process.
    */
-  async close(): Promise<void> {
-    this.state = 'stopped';
-    const w = this.worker;
-    this.worker = null;
-    this.failInFlight(new ServiceUnavailableError('The server is shutting down.'));
-    if (!w) return;
-    const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
-    w.postMessage({ type: 'shutdown' } satisfies MainMessage);
-    await exited;
+  close(): Promise<void> {
+    // Once: a second caller waits for the same exit (exiting the process while the
+    // worker is inside ONNX Runtime aborts it).
+    this.closing ??= (async () => {
+      this.state = 'stopped';
+      const w = this.worker;
+      this.worker = null;
+      this.failInFlight(new ServiceUnavailableError('The server is shutting down.'));
+      if (!w) return;
+      const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+      w.postMessage({ type: 'shutdown' } satisfies MainMessage);
+      await exited;
+    })();
+    return this.closing;
+  }
+
+  /**
+   * Ends every request at the next step boundary with finish reason 'abort' (the
+   * shutdown deadline): their clients get a normal end with what was generated.
+   */
+  abortAll(): void {
+    this.send({ type: 'abort-all' });
   }
 
   /** Fault injection for tests: the worker dies of an uncaught error between steps. */
@@ -259,6 +274,9 @@ export class Engine extends EventEmitter {
   }
 }
 
+/** The worker is restarted after a death, until it dies this many times within a minute. */
+const MAX_DEATHS_PER_MINUTE = 3;
+
 export function emptyStats(): EngineStats {
-  return { running: 0, waiting: 0, kvUsedTokens: 0, kvTotalTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0 };
+  return { running: 0, waiting: 0, kvUsedTokens: 0, kvTotalTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null };
 }

@@ -4,7 +4,7 @@ import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '
 import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
-import type { TokenConstraint } from '../runtime/grammar.js';
+import type { RemoteConstraint } from './grammar_service.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -19,7 +19,12 @@ interface ActiveSequence extends ScheduledSequence {
   admittedAt: number | null;
   firstTokenAt: number | null;
   /** Structured output: the grammar's matcher over the output so far. */
-  constraint: TokenConstraint | null;
+  constraint: RemoteConstraint | null;
+  /**
+   * Logits waiting for the grammar's mask, which the grammar thread had not answered
+   * when they came: the sequence sits out decode steps until it is sampled from them.
+   */
+  held: Float32Array | null;
   /** The constraint holds from now on (false while a thinking block runs before it). */
   constrained: boolean;
   /**
@@ -72,7 +77,7 @@ export class EngineCore {
    * with a grammar brings its constraint (compiled by the caller, see grammar.ts), which
    * the core owns from here on, refused or not.
    */
-  submit(req: GenerateRequest, constraint: TokenConstraint | null = null): void {
+  submit(req: GenerateRequest, constraint: RemoteConstraint | null = null): void {
     try {
       this.queue(req, constraint);
     } catch (err) {
@@ -81,7 +86,7 @@ export class EngineCore {
     }
   }
 
-  private queue(req: GenerateRequest, constraint: TokenConstraint | null): void {
+  private queue(req: GenerateRequest, constraint: RemoteConstraint | null): void {
     if (this.byRequest.has(req.requestId)) throw new Error(`duplicate request id ${req.requestId}`);
     if (Boolean(req.grammar) !== Boolean(constraint)) throw new Error('a grammar request needs its constraint, and only it');
     const total = req.promptIds.length + req.maxTokens;
@@ -117,6 +122,7 @@ export class EngineCore {
       admittedAt: null,
       firstTokenAt: null,
       constraint,
+      held: null,
       constrained: req.grammarAfter === null || req.grammarAfter === undefined,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
     };
@@ -152,6 +158,7 @@ export class EngineCore {
       generationTokensTotal: this.totals.generation,
       requestsFinished: this.totals.finished,
       steps: this.totals.steps,
+      grammar: null,
     };
   }
 
@@ -162,10 +169,11 @@ export class EngineCore {
     return out;
   }
 
-  async step(): Promise<void> {
+  /** Runs one step; false when nothing could move (every running sequence waits for its grammar). */
+  async step(): Promise<boolean> {
     this.stepping = true;
     try {
-      await this.runStep();
+      return await this.runStep();
     } finally {
       this.stepping = false;
       for (const id of this.abortsAfterStep) this.abort(id);
@@ -173,10 +181,15 @@ export class EngineCore {
     }
   }
 
-  private async runStep(): Promise<void> {
-    const plan = this.scheduler.schedule();
+  private async runStep(): Promise<boolean> {
+    const resumed = this.resumeHeld();
+    const plan = this.scheduler.schedule((s) => (s as ActiveSequence).held === null);
     this.totals.steps++;
-    for (const seq of plan.preempted) this.runner.removeSequence(seq.id);
+    for (const seq of plan.preempted as ActiveSequence[]) {
+      // Its held logits are computed again by the recompute, from the same tokens.
+      seq.held = null;
+      this.runner.removeSequence(seq.id);
+    }
     for (const seq of plan.admitted as ActiveSequence[]) {
       this.runner.addSequence(seq.id);
       seq.admittedAt ??= this.now();
@@ -190,8 +203,7 @@ export class EngineCore {
       const v = this.runner.vocabSize;
       for (const [i, seq] of seqs.entries()) {
         this.scheduler.decoded(seq);
-        const row = logits.subarray(i * v, (i + 1) * v);
-        if (!seq.constraint || (await this.allowNext(seq, row))) this.accept(seq, row);
+        this.sample(seq, logits.subarray(i * v, (i + 1) * v));
       }
     }
     if (plan.prefill) {
@@ -208,9 +220,55 @@ export class EngineCore {
           // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
           this.emit(seq, [], '', null);
           this.finish(seq, 'length', null);
-        } else if (!seq.constraint || (await this.allowNext(seq, logits))) this.accept(seq, logits);
+        } else this.sample(seq, logits);
       }
     }
+    return resumed || plan.decode.length > 0 || plan.prefill !== null || plan.preempted.length > 0;
+  }
+
+  /** Samples the sequences whose grammar masks arrived since their logits did; true if any. */
+  private resumeHeld(): boolean {
+    let any = false;
+    for (const seq of this.byRequest.values()) {
+      if (seq.held && seq.constraint?.ready) {
+        const logits = seq.held;
+        seq.held = null;
+        this.sample(seq, logits);
+        any = true;
+      }
+    }
+    return any;
+  }
+
+  /**
+   * Samples the next token from `logits`. A constrained sequence whose mask the grammar
+   * thread has not sent yet keeps a copy of its logits instead (see `held`), so no step
+   * waits for another thread's compile.
+   */
+  private sample(seq: ActiveSequence, logits: Float32Array): void {
+    const constraint = seq.constrained ? seq.constraint : null;
+    if (constraint) {
+      if (constraint.failed) {
+        this.fail(seq, `structured output failed: ${constraint.failed}`);
+        return;
+      }
+      if (!constraint.ready) {
+        seq.held = logits.slice();
+        return;
+      }
+      if (constraint.mask(logits) === 0) {
+        // Nothing is allowed: the answer is complete.
+        this.finish(seq, 'stop', null);
+        return;
+      }
+    }
+    this.accept(seq, logits);
+  }
+
+  /** True while some sequence waits for its grammar's mask (the loop sleeps until it comes). */
+  get waitingForGrammar(): boolean {
+    for (const seq of this.byRequest.values()) if (seq.held) return true;
+    return false;
   }
 
   /**
@@ -238,18 +296,7 @@ export class EngineCore {
     return last;
   }
 
-  /**
-   * Structured output: masks the tokens the grammar forbids next (only asynchronous work
-   * of a step's sampling, so unconstrained sequences skip it). False when nothing is left:
-   * the answer is done and the sequence finished.
-   */
-  private async allowNext(seq: ActiveSequence, logits: Float32Array): Promise<boolean> {
-    if (!seq.constrained || !seq.constraint || (await seq.constraint.mask(logits)) > 0) return true;
-    this.finish(seq, 'stop', null);
-    return false;
-  }
-
-  /** Samples the next token of `seq` (masked by allowNext if constrained) and turns it into an event. */
+  /** Takes the token sampled from `logits` (masked if constrained) and turns it into an event. */
   private accept(seq: ActiveSequence, logits: Float32Array): void {
     const constraint = seq.constrained ? seq.constraint : null;
     const { token, logprob } = seq.sampler.sample(logits, seq.history);
@@ -336,24 +383,34 @@ export class EngineCore {
     });
   }
 
+  /** Ends one request with an error event. */
+  private fail(seq: ActiveSequence, message: string, status = 500, type = 'internal_error'): void {
+    if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
+    seq.constraint?.dispose();
+    this.byRequest.delete(seq.request.requestId);
+    this.pendingEvents.push({
+      requestId: seq.request.requestId,
+      tokenIds: [],
+      text: '',
+      logprobs: null,
+      finishReason: 'error',
+      stopReason: null,
+      metrics: null,
+      error: { message, status, type, code: null },
+    });
+  }
+
   /** Fails every request (the model faulted); returns their events. */
   failAll(message: string): EngineEvent[] {
-    const events: EngineEvent[] = [];
-    for (const seq of [...this.byRequest.values()]) {
-      if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
-      seq.constraint?.dispose();
-      this.byRequest.delete(seq.request.requestId);
-      events.push({
-        requestId: seq.request.requestId,
-        tokenIds: [],
-        text: '',
-        logprobs: null,
-        finishReason: 'error',
-        stopReason: null,
-        metrics: null,
-        error: { message, status: 500, type: 'internal_error', code: null },
-      });
-    }
-    return events;
+    for (const seq of [...this.byRequest.values()]) this.fail(seq, message);
+    return this.takeEvents();
+  }
+
+  /**
+   * Ends every request at a step boundary with finish reason 'abort' (the shutdown
+   * deadline): their clients get a clean end with what was generated.
+   */
+  abortAll(): void {
+    for (const id of [...this.byRequest.keys()]) this.abort(id);
   }
 }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
-import { ModelFormatError } from '../errors.js';
+import { ConfigError, ModelFormatError } from '../errors.js';
 import { exportModel } from '../export/exporter.js';
 import { GRAPH_REVISION, isExportDir, readManifest } from '../export/manifest.js';
 import type { Layout } from '../export/qwen3_graph.js';
@@ -81,18 +81,31 @@ export async function resolveModel(o: ModelSourceOptions): Promise<ResolvedModel
   }
   if (HUB_REPO_ID.test(o.model)) {
     const [repo, revision] = o.model.split('@');
-    const checkpoint = await downloadFromHub({
-      repo,
-      revision,
-      cacheDir: join(o.cacheDir, 'hub'),
-      endpoint: process.env.HF_ENDPOINT || undefined,
-      token: process.env.HF_TOKEN || process.env.HUGGING_FACE_HUB_TOKEN || undefined,
-      progress: o.progress,
-      log: o.log,
-    });
+    let checkpoint: string;
+    try {
+      checkpoint = await downloadFromHub({
+        repo,
+        revision,
+        cacheDir: join(o.cacheDir, 'hub'),
+        endpoint: process.env.HF_ENDPOINT || undefined,
+        token: process.env.HF_TOKEN || process.env.HUGGING_FACE_HUB_TOKEN || undefined,
+        progress: o.progress,
+        log: o.log,
+      });
+    } catch (err) {
+      // A relative path with a typo looks like a repo id: say both readings failed.
+      const why = err instanceof ModelFormatError ? err.message : `the Hugging Face Hub could not be reached (${describeFetchError(err)})`;
+      throw new ConfigError(`--model ${o.model}: there is no directory ${dir}, and as a Hub repo id: ${why}`);
+    }
     return { exportDir: await exportCached(checkpoint, repo.split('/')[1], o), name: repo, demo: false };
   }
-  throw new ModelFormatError(`model ${JSON.stringify(o.model)} is neither a directory here nor a Hugging Face repo id (org/name).`);
+  throw new ConfigError(`--model ${o.model}: there is no directory ${dir}, and it is not a Hugging Face repo id (org/name) either.`);
+}
+
+/** fetch's TypeError says only "fetch failed"; its cause names the network error. */
+function describeFetchError(err: unknown): string {
+  const e = err as { message?: string; cause?: { code?: string; message?: string } };
+  return [e.message, e.cause?.code ?? e.cause?.message].filter(Boolean).join(': ');
 }
 
 async function exportCached(source: string, name: string, o: ModelSourceOptions): Promise<string> {

@@ -18,6 +18,8 @@ export interface WorkerOptions {
   kvCachePrefault?: boolean;
   /** Structured JSON output: one line in Qwen3's own spacing, or any whitespace. */
   jsonWhitespace?: JsonWhitespace;
+  /** A grammar compile taking longer is refused (400) and its thread replaced. */
+  grammarCompileTimeoutMs?: number;
 }
 
 export interface WireError {
@@ -35,6 +37,8 @@ export type MainMessage =
   | { type: 'abort'; requestId: string }
   | { type: 'stats'; token: number }
   | { type: 'shutdown' }
+  /** Ends every request at the next step boundary (the shutdown deadline). */
+  | { type: 'abort-all' }
   /** Fault injection for tests: the worker throws an uncaught error between steps. */
   | { type: 'crash' };
 

@@ -1,4 +1,5 @@
 import type { GrammarRequest } from '../runtime/grammar.js';
+import type { GrammarStats } from './grammar_service.js';
 import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 
 /** A generation request as the engine takes it: plain data, sent to the worker. */
@@ -67,6 +68,8 @@ export interface EngineStats {
   generationTokensTotal: number;
   requestsFinished: number;
   steps: number;
+  /** The grammar engine, once a structured request started it. */
+  grammar: GrammarStats | null;
 }
 
 export interface EngineLimits {

@@ -12,7 +12,7 @@ import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import { BYTES, type ModelRunner } from '../runtime/model_runner.js';
-import { GrammarCompiler, type TokenConstraint } from '../runtime/grammar.js';
+import { GrammarService, type RemoteConstraint } from './grammar_service.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { EngineCore } from './engine_core.js';
@@ -85,7 +85,15 @@ async function start(): Promise<EngineCore> {
   const generation = readGenerationConfig(options.modelDir);
   const core = new EngineCore(runner, tokenizer, limits);
   eosTokenIds = generation.eosTokenIds;
-  buildGrammars = () => GrammarCompiler.create(tokenizer.byteLevelVocabulary(manifest.config.vocabSize), generation.eosTokenIds, options.jsonWhitespace ?? 'compact');
+  buildGrammars = () =>
+    new GrammarService({
+      vocabulary: tokenizer.byteLevelVocabulary(manifest.config.vocabSize),
+      stopTokenIds: generation.eosTokenIds,
+      whitespace: options.jsonWhitespace ?? 'compact',
+      compileTimeoutMs: options.grammarCompileTimeoutMs ?? 5000,
+      onProgress: () => wake?.(),
+      log: (message) => post({ type: 'fault', message }),
+    });
   const info: EngineInfo = {
     modelDir: options.modelDir,
     layout: manifest.layout,
@@ -113,8 +121,8 @@ function flush(): void {
 }
 
 /** Built on the first structured-output request: most servers never need it. */
-let grammars: Promise<GrammarCompiler> | null = null;
-let buildGrammars: (() => Promise<GrammarCompiler>) | null = null;
+let grammars: GrammarService | null = null;
+let buildGrammars: (() => GrammarService) | null = null;
 let eosTokenIds: number[] = [];
 /** Requests whose grammar is being compiled, and which of them were aborted meanwhile. */
 const preparing = new Map<string, { aborted: boolean }>();
@@ -128,13 +136,10 @@ async function submit(core: EngineCore, request: GenerateRequest): Promise<void>
   const state = { aborted: false };
   preparing.set(request.requestId, state);
   try {
-    let constraint: TokenConstraint | null = null;
+    let constraint: RemoteConstraint | null = null;
     if (request.grammar) {
-      grammars ??= buildGrammars!().catch((err: unknown) => {
-        grammars = null; // tried again by the next request
-        throw err;
-      });
-      constraint = await (await grammars).constraint(request.grammar, request.stopTokenIds.length > 0 ? request.stopTokenIds : eosTokenIds);
+      grammars ??= buildGrammars!();
+      constraint = await grammars.open(request.grammar, request.stopTokenIds.length > 0 ? request.stopTokenIds : eosTokenIds);
     }
     core.submit(request, constraint);
     post({ type: 'accepted', requestId: request.requestId });
@@ -163,10 +168,15 @@ port.on('message', (msg: MainMessage) => {
       flush();
       break;
     case 'stats':
-      post({ type: 'stats', token: msg.token, stats: core.stats() });
+      post({ type: 'stats', token: msg.token, stats: { ...core.stats(), grammar: grammars?.stats() ?? null } });
       break;
     case 'shutdown':
       stopping = true;
+      break;
+    case 'abort-all':
+      for (const id of [...preparing.keys()]) preparing.get(id)!.aborted = true;
+      core.abortAll();
+      flush();
       break;
     case 'crash':
       setImmediate(() => {
@@ -187,17 +197,28 @@ async function loop(): Promise<void> {
       wake = null;
       continue;
     }
+    let moved = true;
     try {
-      await core.step();
+      moved = await core.step();
     } catch (err) {
       // A model fault ends the requests in flight, not the engine.
       post({ type: 'events', events: core.failAll(`model step failed: ${(err as Error).message}`) });
       post({ type: 'fault', message: (err as Error).stack ?? String(err) });
     }
     flush();
+    if (!moved) {
+      // Every running sequence waits for its grammar's mask: sleep until one arrives.
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 100).unref();
+      });
+      wake = null;
+      continue;
+    }
     // Let queued messages (new requests, aborts) in between steps.
     await new Promise((resolve) => setImmediate(resolve));
   }
+  await grammars?.shutdown();
   port.close();
 }
 

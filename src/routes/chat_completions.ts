@@ -92,7 +92,7 @@ function forcedCallFormat(tools: ToolDefinition[], name: string | null): Record<
 }
 
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
-export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat {
+export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promise<PreparedChat> {
   const grammar = grammarRequest(req);
   // With thinking on, a grammar holds the answer after the thinking block (as vLLM does
   // with a reasoning parser); a tokenizer without </think> cannot say where that is.
@@ -126,7 +126,7 @@ export function prepareChat(ctx: ServingContext, req: ChatRequest): PreparedChat
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
   return {
-    promptIds: ctx.tokenizer.encode(prompt),
+    promptIds: await ctx.codec.encode(prompt),
     thinking,
     toolsOn: tools.length > 0 && !grammar,
     parserPrefix,
@@ -173,7 +173,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
   app.post('/v1/chat/completions', async (request: FastifyRequest, reply: FastifyReply) => {
     const req = parseBody(chatRequestSchema, request.body);
     checkModel(ctx, req.model);
-    const prepared = prepareChat(ctx, req);
+    const prepared = await prepareChat(ctx, req);
     const maxTokens = resolveMaxTokens(ctx, prepared.promptIds.length, req.max_completion_tokens ?? req.max_tokens, 'max_tokens');
     const n = req.n ?? 1;
     const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;
@@ -277,7 +277,7 @@ export function registerChatCompletions(app: FastifyInstance, ctx: ServingContex
       ...(includeUsage ? { usage: null } : {}),
       ...extra,
     });
-    return streamResponse(request, reply, async (sse) => {
+    return streamResponse(request, reply, ctx.options.streamBufferLimit, async (sse) => {
       for (const c of choices) sse.send(chunk([{ index: c.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]));
       sse.startKeepAlive(ctx.options.keepAliveMs);
       await Promise.all(

@@ -12,10 +12,10 @@ import { grammarRequest } from '../server/structured_output.js';
 import { submitAll } from './chat_completions.js';
 
 /** Every form of `prompt` as token-id lists. */
-function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): number[][] {
-  if (typeof prompt === 'string') return [ctx.tokenizer.encode(prompt)];
+async function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): Promise<number[][]> {
+  if (typeof prompt === 'string') return [await ctx.codec.encode(prompt)];
   if (prompt.length > 0 && typeof prompt[0] === 'number') return [prompt as number[]];
-  if (typeof prompt[0] === 'string') return (prompt as string[]).map((p) => ctx.tokenizer.encode(p));
+  if (typeof prompt[0] === 'string') return Promise.all((prompt as string[]).map((p) => ctx.codec.encode(p)));
   return prompt as number[][];
 }
 
@@ -80,7 +80,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     // echo with logprobs scores the prompt's own tokens too (as vLLM and the original API
     // do); the engine refuses it for exports that cannot.
     const scorePrompt = (req.echo ?? false) && req.logprobs !== null && req.logprobs !== undefined;
-    const prompts = promptsOf(ctx, req.prompt);
+    const prompts = await promptsOf(ctx, req.prompt);
     prompts.forEach((p, i) => {
       if (p.length === 0) throw new InvalidRequestError('A prompt is empty.', { param: 'prompt' });
       checkTokenIds(ctx, p, prompts.length > 1 ? `prompt[${i}]` : 'prompt');
@@ -102,7 +102,8 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
     const id = `cmpl-${randomUUID().replace(/-/g, '')}`;
     const created = unixNow();
     const model = ctx.options.modelName;
-    const echoText = (i: number) => (req.echo ? ctx.tokenizer.decode(requests[i].promptIds, false) : '');
+    const echoTexts = req.echo ? await Promise.all(requests.map((r) => ctx.codec.decode(r.promptIds, false))) : [];
+    const echoText = (i: number) => echoTexts[i] ?? '';
     const state = requests.map(() => ({
       text: '',
       logprobs: [] as ScoredToken[],
@@ -162,7 +163,7 @@ export function registerCompletions(app: FastifyInstance, ctx: ServingContext): 
 
     const includeUsage = req.stream_options?.include_usage ?? false;
     const chunk = (choice: unknown) => ({ id, object: 'text_completion', created, model, choices: [choice], ...(includeUsage ? { usage: null } : {}) });
-    return streamResponse(request, reply, async (sse) => {
+    return streamResponse(request, reply, ctx.options.streamBufferLimit, async (sse) => {
       sse.startKeepAlive(ctx.options.keepAliveMs);
       await Promise.all(
         streams.map(async (s, i) => {

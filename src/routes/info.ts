@@ -33,7 +33,16 @@ export function registerInfoRoutes(app: FastifyInstance, ctx: ServingContext): v
       );
     }
     const stats = await ctx.engine.stats();
-    return reply.send({ status: 'ok', model: ctx.options.modelName, device: ctx.engine.info?.device, running: stats.running, waiting: stats.waiting });
+    // The grammar engine rebuilds itself after a fault; one that cannot start again is reported.
+    if (stats.grammar?.state === 'failed') throw new ServiceUnavailableError('The grammar engine for structured outputs failed and could not be rebuilt.');
+    return reply.send({
+      status: 'ok',
+      model: ctx.options.modelName,
+      device: ctx.engine.info?.device,
+      running: stats.running,
+      waiting: stats.waiting,
+      ...(stats.grammar ? { grammar: stats.grammar } : {}),
+    });
   });
 
   app.get('/metrics', async (_request, reply) => {
@@ -46,13 +55,13 @@ export function registerInfoRoutes(app: FastifyInstance, ctx: ServingContext): v
     checkModel(ctx, body.model);
     let tokens: number[];
     if ('prompt' in body) {
-      tokens = ctx.tokenizer.encode(body.prompt);
+      tokens = await ctx.codec.encode(body.prompt);
     } else {
-      tokens = prepareChat(ctx, {
+      tokens = (await prepareChat(ctx, {
         messages: body.messages,
         tools: body.tools ?? undefined,
         chat_template_kwargs: body.chat_template_kwargs ?? undefined,
-      } as Parameters<typeof prepareChat>[1]).promptIds;
+      } as Parameters<typeof prepareChat>[1])).promptIds;
     }
     return {
       count: tokens.length,
@@ -67,6 +76,6 @@ export function registerInfoRoutes(app: FastifyInstance, ctx: ServingContext): v
     checkModel(ctx, body.model);
     checkTokenIds(ctx, body.tokens, 'tokens');
     if (body.tokens.length > 1_000_000) throw new InvalidRequestError('Too many tokens.', { param: 'tokens' });
-    return { prompt: ctx.tokenizer.decode(body.tokens, false) };
+    return { prompt: await ctx.codec.decode(body.tokens, false) };
   });
 }

@@ -47,7 +47,11 @@ interface XgGrammar {
   dispose(): void;
 }
 interface Xgrammar {
-  Grammar: { fromJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgGrammar> };
+  Grammar: {
+    fromJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgGrammar>;
+    fromEBNF(grammar: string, rootRule?: string): Promise<XgGrammar>;
+    fromStructuralTag(tag: unknown): Promise<XgGrammar>;
+  };
   TokenizerInfo: { createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown> };
   GrammarCompiler: { createGrammarCompiler(info: unknown, cacheEnabled?: boolean): Promise<XgCompiler> };
   GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled, overrideStopTokens?: number[]): Promise<XgMatcher> };
@@ -95,6 +99,32 @@ async function explained<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * Sets the logits of tokens a bitmask forbids (bit `id % 32` of word `id / 32` clear) to
+ * -Infinity; returns how many tokens remain.
+ */
+export function applyMask(bits: Int32Array, logits: Float32Array): number {
+  let allowed = 0;
+  for (let word = 0; word * 32 < logits.length; word++) {
+    const w = bits[word];
+    const base = word * 32;
+    const end = Math.min(32, logits.length - base);
+    // Whole words are the common case: inside a string nearly everything is allowed,
+    // between JSON tokens nearly nothing.
+    if (w === -1 && end === 32) {
+      allowed += 32;
+    } else if (w === 0) {
+      logits.fill(-Infinity, base, base + end);
+    } else {
+      for (let b = 0; b < end; b++) {
+        if ((w >>> b) & 1) allowed++;
+        else logits[base + b] = -Infinity;
+      }
+    }
+  }
+  return allowed;
+}
+
 /** One request's constraint: which tokens may come next, and the tokens taken. */
 export class TokenConstraint {
   private disposed = false;
@@ -103,26 +133,12 @@ export class TokenConstraint {
 
   /** Sets the logits of tokens the grammar forbids now to -Infinity; returns how many remain. */
   async mask(logits: Float32Array): Promise<number> {
-    const bits = await this.matcher.getNextTokenBitmask();
-    let allowed = 0;
-    for (let word = 0; word * 32 < logits.length; word++) {
-      const w = bits[word];
-      const base = word * 32;
-      const end = Math.min(32, logits.length - base);
-      // Whole words are the common case: inside a string nearly everything is allowed,
-      // between JSON tokens nearly nothing.
-      if (w === -1 && end === 32) {
-        allowed += 32;
-      } else if (w === 0) {
-        logits.fill(-Infinity, base, base + end);
-      } else {
-        for (let b = 0; b < end; b++) {
-          if ((w >>> b) & 1) allowed++;
-          else logits[base + b] = -Infinity;
-        }
-      }
-    }
-    return allowed;
+    return applyMask(await this.matcher.getNextTokenBitmask(), logits);
+  }
+
+  /** The allowed tokens now, one bit per token id. */
+  nextBitmask(): Promise<Int32Array> {
+    return this.matcher.getNextTokenBitmask();
   }
 
   /** Takes the sampled token; false if the grammar refuses it (it was masked: never). */
@@ -185,8 +201,48 @@ async function spacedFormat(xg: Xgrammar, format: unknown, ws: JsonWhitespace): 
   return out;
 }
 
-/** How a spec becomes xgrammar's input. */
-async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec, ws: JsonWhitespace): Promise<XgCompiled> {
+/**
+ * A spec as xgrammar takes it: structural tags with their JSON schemas already turned
+ * into grammars (text, so it moves between instances).
+ */
+async function prepared(xg: Xgrammar, spec: GrammarSpec, ws: JsonWhitespace): Promise<GrammarSpec> {
+  return spec.type === 'structural_tag' ? { type: 'structural_tag', format: (await spacedFormat(xg, spec.format, ws)) as Record<string, unknown> } : spec;
+}
+
+const choiceGrammar = (choices: string[]) => `root ::= ${choices.map((c) => JSON.stringify(c)).join(' | ')}`;
+const regexTag = (pattern: string) => ({ type: 'structural_tag', format: { type: 'regex', pattern } });
+
+/**
+ * Parses a prepared spec into a grammar without compiling it against the vocabulary:
+ * every refusal seen (syntax, unsupported schema features, nesting too deep for its
+ * stack) happens here, in an instance that is thrown away when it refuses.
+ */
+async function parse(xg: Xgrammar, spec: GrammarSpec, ws: JsonWhitespace): Promise<void> {
+  let grammar: XgGrammar;
+  switch (spec.type) {
+    case 'json_object':
+      return;
+    case 'json_schema':
+      grammar = await xg.Grammar.fromJSONSchema(spec.schema, ...whitespaceArgs(ws), true);
+      break;
+    case 'choice':
+      grammar = await xg.Grammar.fromEBNF(choiceGrammar(spec.choices));
+      break;
+    case 'regex':
+      grammar = await xg.Grammar.fromStructuralTag(regexTag(spec.pattern));
+      break;
+    case 'ebnf':
+      grammar = await xg.Grammar.fromEBNF(spec.grammar);
+      break;
+    case 'structural_tag':
+      grammar = await xg.Grammar.fromStructuralTag({ type: 'structural_tag', format: spec.format });
+      break;
+  }
+  grammar.dispose();
+}
+
+/** Compiles a prepared spec against the vocabulary. */
+async function compile(compiler: XgCompiler, spec: GrammarSpec, ws: JsonWhitespace): Promise<XgCompiled> {
   switch (spec.type) {
     // Any object: the schema {"type": "object"} outside strict mode, so any keys.
     case 'json_object':
@@ -196,13 +252,13 @@ async function compile(xg: Xgrammar, compiler: XgCompiler, spec: GrammarSpec, ws
     case 'json_schema':
       return compiler.compileJSONSchema(spec.schema, ...whitespaceArgs(ws), true);
     case 'choice':
-      return compiler.compileGrammar(`root ::= ${spec.choices.map((c) => JSON.stringify(c)).join(' | ')}`);
+      return compiler.compileGrammar(choiceGrammar(spec.choices));
     case 'regex':
-      return compiler.compileStructuralTag({ type: 'structural_tag', format: { type: 'regex', pattern: spec.pattern } });
+      return compiler.compileStructuralTag(regexTag(spec.pattern));
     case 'ebnf':
       return compiler.compileGrammar(spec.grammar);
     case 'structural_tag':
-      return compiler.compileStructuralTag({ type: 'structural_tag', format: await spacedFormat(xg, spec.format, ws) });
+      return compiler.compileStructuralTag({ type: 'structural_tag', format: spec.format });
   }
 }
 
@@ -225,12 +281,28 @@ const KEPT_GRAMMARS = 32;
  */
 export class GrammarCompiler {
   private readonly kept = new Map<string, XgCompiled>();
+  /**
+   * A second xgrammar instance that parses each new spec first. xgrammar refuses by
+   * aborting inside WebAssembly, which leaves that instance's memory and stack as the
+   * abort found them (after tens of refusals every call failed); the parser instance is
+   * replaced after each refusal, so the instance holding compiled grammars and matchers
+   * never sees one.
+   */
+  private parser: Xgrammar;
+  /**
+   * Set when the compiling instance itself faulted (a spec that parsed but did not
+   * compile, or a matcher call that threw): its state can no longer be trusted, and the
+   * owner must build a new compiler.
+   */
+  broken: string | null = null;
 
   private constructor(
     private readonly compiler: XgCompiler,
     private readonly xg: Xgrammar,
     private readonly whitespace: JsonWhitespace,
-  ) {}
+  ) {
+    this.parser = loadXgrammar();
+  }
 
   /**
    * `vocabulary`: each token id's text in byte-level form ('' for special tokens and
@@ -253,10 +325,24 @@ export class GrammarCompiler {
     if (compiled) {
       this.kept.delete(key); // re-inserted below: most recently used last
     } else {
+      const refuse = (err: unknown) =>
+        new InvalidRequestError(`${request.param} cannot be used for constrained decoding: ${(err as Error).message}`, { param: request.param });
+      let spec: GrammarSpec;
       try {
-        compiled = await explained(() => compile(this.xg, this.compiler, request.spec, this.whitespace));
+        spec = await explained(async () => {
+          const p = await prepared(this.parser, request.spec, this.whitespace);
+          await parse(this.parser, p, this.whitespace);
+          return p;
+        });
       } catch (err) {
-        throw new InvalidRequestError(`${request.param} cannot be used for constrained decoding: ${(err as Error).message}`, { param: request.param });
+        this.parser = loadXgrammar();
+        throw refuse(err);
+      }
+      try {
+        compiled = await explained(() => compile(this.compiler, spec, this.whitespace));
+      } catch (err) {
+        this.broken = `compiling a spec that parsed failed: ${(err as Error).message}`;
+        throw refuse(err);
       }
     }
     this.kept.set(key, compiled);

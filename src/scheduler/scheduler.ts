@@ -112,7 +112,11 @@ export class Scheduler {
     return this.kv.slotsFor(this.needs(extra)) <= this.config.kvSlots;
   }
 
-  schedule(): StepPlan {
+  /**
+   * Decides the next step. `canDecode` leaves out running sequences that cannot take a
+   * token this step (waiting for their grammar's mask); they keep their cache.
+   */
+  schedule(canDecode: (seq: ScheduledSequence) => boolean = () => true): StepPlan {
     const plan: StepPlan = { admitted: [], preempted: [], decode: [], prefill: null };
     // Make room for this step's decode tokens, preempting the youngest first.
     while (this.running.length > 1 && !this.fits()) {
@@ -123,7 +127,7 @@ export class Scheduler {
       this.waiting.unshift(victim);
       plan.preempted.push(victim);
     }
-    plan.decode = this.running.filter((s) => s.state === 'decode');
+    plan.decode = this.running.filter((s) => s.state === 'decode' && canDecode(s));
 
     let candidate = this.running.find((s) => s.state === 'prefill');
     if (!candidate && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {

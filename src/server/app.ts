@@ -1,12 +1,16 @@
 import { randomUUID, timingSafeEqual } from 'node:crypto';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import cors from '@fastify/cors';
 import { AuthenticationError, InvalidRequestError, NotFoundError } from '../errors.js';
 import { registerChatCompletions } from '../routes/chat_completions.js';
 import { registerCompletions } from '../routes/completions.js';
 import { registerInfoRoutes } from '../routes/info.js';
 import type { ServingContext } from './context.js';
-import { toOpenAIError } from './error_envelope.js';
+import { nestingDepth } from '../util/nesting.js';
+import { clientErrorResponse, frameworkError, toOpenAIError } from './error_envelope.js';
+
+/** JSON bodies nested deeper than this are refused before any recursive code walks them. */
+export const MAX_BODY_DEPTH = 128;
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
 /** Routes open without an API key: probes and scrapers have no token. */
@@ -31,6 +35,24 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
     return503OnClosing: true,
     // On close, idle keep-alive connections are dropped at once instead of waiting them out.
     forceCloseConnections: 'idle',
+    // The timeouts a reverse proxy would set, so slow or stalled clients cannot hold
+    // connections open: the whole request (headers and body), headers alone, and idle
+    // keep-alive connections. Node checks them every second instead of every 30.
+    requestTimeout: ctx.options.requestTimeoutMs,
+    keepAliveTimeout: ctx.options.idleTimeoutMs,
+    http: { headersTimeout: ctx.options.headersTimeoutMs, connectionsCheckingInterval: 1000 },
+    // Model ids are path parameters: allow every --served-model-name can be.
+    routerOptions: { maxParamLength: 512 },
+    frameworkErrors: (err, request, reply) => {
+      const mapped = frameworkError(err);
+      void (reply as FastifyReply).code(mapped.status).headers(mapped.headers).header('x-request-id', request.id).send(mapped.body);
+    },
+    clientErrorHandler(err, socket) {
+      // Errors Node's HTTP parser and timers raise before a request reaches Fastify.
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      if (socket.writable) socket.write(clientErrorResponse(err, randomUUID()));
+      socket.destroy(err);
+    },
   });
 
   // JSON bodies: any parse failure (syntax, absurd nesting) is the client's 400.
@@ -40,11 +62,18 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
       done(new InvalidRequestError('The request body is empty; expected JSON.', { code: 'invalid_json' }), undefined);
       return;
     }
+    let parsed: unknown;
     try {
-      done(null, JSON.parse(body as string));
+      parsed = JSON.parse(body as string);
     } catch (err) {
       done(new InvalidRequestError(`The body is not valid JSON: ${(err as Error).message}`, { code: 'invalid_json' }), undefined);
+      return;
     }
+    if (nestingDepth(parsed, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
+      done(new InvalidRequestError(`The body is nested more than ${MAX_BODY_DEPTH} levels deep.`, { code: 'invalid_json' }), undefined);
+      return;
+    }
+    done(null, parsed);
   });
 
   if (ctx.options.corsOrigins.length > 0) {
@@ -71,7 +100,7 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
 
   app.setNotFoundHandler((request, reply) => {
     const mapped = toOpenAIError(new NotFoundError(`No route for ${request.method} ${request.url.split('?')[0]}.`, { code: 'not_found' }));
-    void reply.code(404).send(mapped.body);
+    void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
   registerChatCompletions(app, ctx);

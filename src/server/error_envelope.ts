@@ -66,3 +66,37 @@ export function toOpenAIError(err: unknown): MappedError {
     internal: true,
   };
 }
+
+/** Fastify's routing errors (frameworkErrors), in the envelope. */
+export function frameworkError(err: { code?: string; message: string }): MappedError {
+  const known: Record<string, { status: number; code: string; message: string }> = {
+    FST_ERR_BAD_URL: { status: 400, code: 'invalid_url', message: 'The URL is not valid (a path component does not decode).' },
+    FST_ERR_MAX_PARAM_LENGTH: { status: 414, code: 'uri_too_long', message: 'A path component of the URL is too long.' },
+  };
+  const k = err.code ? known[err.code] : undefined;
+  if (k) return { status: k.status, body: { error: { message: k.message, type: 'invalid_request_error', param: null, code: k.code } }, headers: {}, internal: false };
+  return toOpenAIError(err);
+}
+
+/** Node's parser and timer errors, by code: status and what to tell the client. */
+const NODE_CLIENT_ERRORS: Record<string, { status: number; code: string; message: string }> = {
+  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, code: 'request_timeout', message: 'The request was not received in time (the server\'s --request-timeout).' },
+  ERR_HTTP_HEADERS_TIMEOUT: { status: 408, code: 'request_timeout', message: 'The request headers were not received in time (the server\'s --headers-timeout).' },
+  HPE_HEADER_OVERFLOW: { status: 431, code: 'headers_too_large', message: 'The request headers are too large.' },
+  HPE_URI_TOO_LONG: { status: 414, code: 'uri_too_long', message: 'The URL is too long.' },
+};
+
+const REASONS: Record<number, string> = { 400: 'Bad Request', 408: 'Request Timeout', 414: 'URI Too Long', 431: 'Request Header Fields Too Large' };
+
+/**
+ * A whole HTTP response for an error Node raised before Fastify saw a request (no
+ * reply object exists yet), in the envelope and with a request id.
+ */
+export function clientErrorResponse(err: { code?: string }, requestId: string): string {
+  const k = (err.code && NODE_CLIENT_ERRORS[err.code]) || { status: 400, code: 'bad_request', message: 'The request is not valid HTTP.' };
+  const body = JSON.stringify({ error: { message: k.message, type: 'invalid_request_error', param: null, code: k.code } });
+  return (
+    `HTTP/1.1 ${k.status} ${REASONS[k.status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `x-request-id: ${requestId}\r\nConnection: close\r\n\r\n${body}`
+  );
+}

@@ -191,7 +191,7 @@ export const tokenizeRequestSchema = z.union([
 
 export const detokenizeRequestSchema = z.object({
   model: z.string().optional(),
-  tokens: z.array(z.number().int().min(0)),
+  tokens: z.array(z.number().int().min(0)).min(1, 'give at least one token id'),
 });
 
 /** "messages[0].content" from a zod issue path. */

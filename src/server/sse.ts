@@ -11,17 +11,33 @@ export class SseStream {
   private keepAlive: NodeJS.Timeout | null = null;
   closed = false;
 
+  /**
+   * `buffered()` tells how many bytes wait for the client; past `limit` the client is
+   * not reading, and `overflow` ends the response (the request is aborted with it).
+   */
+  constructor(
+    private readonly limit = Infinity,
+    private readonly buffered: () => number = () => 0,
+    private readonly overflow: () => void = () => {},
+  ) {}
+
   send(data: unknown): void {
+    this.write(`data: ${JSON.stringify(data)}\n\n`);
+  }
+
+  private write(text: string): void {
     if (this.closed) return;
-    this.stream.write(`data: ${JSON.stringify(data)}\n\n`);
+    this.stream.write(text);
+    if (this.stream.writableLength + this.stream.readableLength + this.buffered() > this.limit) {
+      this.abandon();
+      this.overflow();
+    }
   }
 
   /** Comment lines every `ms` until stopped: proxies and clients keep the stream open. */
   startKeepAlive(ms: number): void {
     this.stopKeepAlive();
-    this.keepAlive = setInterval(() => {
-      if (!this.closed) this.stream.write(': keep-alive\n\n');
-    }, ms);
+    this.keepAlive = setInterval(() => this.write(': keep-alive\n\n'), ms);
     this.keepAlive.unref();
   }
 
@@ -50,8 +66,16 @@ export class SseStream {
  * Answers with an SSE stream that `produce` writes. Headers go out at once; an error once
  * the stream has started is sent in-band as `data: {"error": …}`; `[DONE]` ends it.
  */
-export function streamResponse(request: FastifyRequest, reply: FastifyReply, produce: (sse: SseStream) => Promise<void>): FastifyReply {
-  const sse = new SseStream();
+export function streamResponse(request: FastifyRequest, reply: FastifyReply, limit: number, produce: (sse: SseStream) => Promise<void>): FastifyReply {
+  const sse = new SseStream(
+    limit,
+    () => reply.raw.socket?.writableLength ?? 0,
+    () => {
+      request.log.warn({ limit }, 'client is not reading its stream; closing it and aborting the request');
+      // Closing the connection fires the request's abort signal (disconnect.ts): its sequence is freed.
+      reply.raw.destroy();
+    },
+  );
   reply.raw.on('close', () => sse.abandon());
   void (async () => {
     try {

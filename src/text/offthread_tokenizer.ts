@@ -1,0 +1,110 @@
+import { Worker } from 'node:worker_threads';
+import { InvalidRequestError } from '../errors.js';
+import type { QwenTokenizer } from './tokenizer.js';
+import type { TokenizerJob, TokenizerResult } from './tokenizer_thread.js';
+
+/**
+ * Texts up to this many characters are encoded on the calling thread (well under a
+ * millisecond each); longer ones go to the tokenizer thread, where BPE on a long word
+ * can take seconds without blocking anything else.
+ */
+const INLINE_CHARS = 8192;
+/** Token lists up to this long are decoded on the calling thread. */
+const INLINE_TOKENS = 8192;
+
+interface Job {
+  job: TokenizerJob;
+  resolve: (r: TokenizerResult) => void;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Tokenizes on a worker thread when the input is long. Jobs run one at a time; one
+ * that runs past `timeoutMs` is refused with a 400 and the thread is replaced (the only
+ * way to stop a tokenization under way), so a degenerate input cannot hold the queue.
+ */
+export class OffThreadTokenizer {
+  private thread: Worker | null = null;
+  private readonly queue: Job[] = [];
+  private running: { job: Job; timer: NodeJS.Timeout } | null = null;
+  private nextId = 0;
+  private closed = false;
+
+  constructor(
+    readonly tokenizer: QwenTokenizer,
+    private readonly dir: string,
+    private readonly timeoutMs: number,
+  ) {}
+
+  async encode(text: string): Promise<number[]> {
+    if (text.length <= INLINE_CHARS) return this.tokenizer.encode(text);
+    const r = await this.run({ id: this.nextId++, type: 'encode', text });
+    return r.ids!;
+  }
+
+  async decode(ids: number[], skipSpecialTokens = false): Promise<string> {
+    if (ids.length <= INLINE_TOKENS) return this.tokenizer.decode(ids, skipSpecialTokens);
+    const r = await this.run({ id: this.nextId++, type: 'decode', ids, skipSpecialTokens });
+    return r.text!;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const t = this.thread;
+    this.thread = null;
+    await t?.terminate();
+  }
+
+  private run(job: TokenizerJob): Promise<TokenizerResult> {
+    if (this.closed) return Promise.reject(new Error('the tokenizer is closed'));
+    return new Promise((resolve, reject) => {
+      this.queue.push({ job, resolve, reject });
+      this.pump();
+    });
+  }
+
+  private spawn(): Worker {
+    const thread = new Worker(new URL('./tokenizer_thread.js', import.meta.url), { workerData: this.dir });
+    thread.unref();
+    thread.on('message', (r: TokenizerResult) => {
+      if (this.thread !== thread || !this.running || this.running.job.job.id !== r.id) return;
+      const { job, timer } = this.running;
+      clearTimeout(timer);
+      this.running = null;
+      if (r.error !== undefined) job.reject(new InvalidRequestError(`The text could not be tokenized: ${r.error}`));
+      else job.resolve(r);
+      this.pump();
+    });
+    const lost = (why: string) => {
+      if (this.thread !== thread) return;
+      this.thread = null;
+      if (this.running) {
+        clearTimeout(this.running.timer);
+        this.running.job.reject(new Error(`the tokenizer thread ${why}`));
+        this.running = null;
+      }
+      this.pump();
+    };
+    thread.on('error', (err) => lost(`failed: ${err.message}`));
+    thread.on('exit', () => lost('exited'));
+    return thread;
+  }
+
+  private pump(): void {
+    if (this.running || this.closed) return;
+    const next = this.queue.shift();
+    if (!next) return;
+    this.thread ??= this.spawn();
+    const timer = setTimeout(() => {
+      if (this.running?.job !== next) return;
+      this.running = null;
+      const old = this.thread;
+      this.thread = null;
+      void old?.terminate();
+      next.reject(new InvalidRequestError(`The text could not be tokenized within ${this.timeoutMs / 1000} s; it is too long or too repetitive.`));
+      this.pump();
+    }, this.timeoutMs);
+    this.running = { job: next, timer };
+    this.thread.postMessage(next.job);
+  }
+}
