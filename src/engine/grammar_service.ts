@@ -152,7 +152,11 @@ export class GrammarService {
    * is known. Refusals (bounds, xgrammar's reasons, the time bound) are 400s.
    */
   open(request: GrammarRequest, stopTokenIds: number[]): Promise<RemoteConstraint> {
-    checkBounds(request);
+    try {
+      checkBounds(request);
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
     const remembered = this.slow.get(specHash(request));
     if (remembered) return Promise.reject(new InvalidRequestError(remembered, { param: request.param }));
     if (this.state === 'failed') return Promise.reject(new ServiceUnavailableError('The grammar engine is unavailable.'));

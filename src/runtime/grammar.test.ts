@@ -83,3 +83,21 @@ test("JSON whitespace: compact is one line in json.dumps spacing, any allows whi
   const compactColon = await allowedAfter(compact, '{"a":');
   assert.ok(compactColon(space) && !compactColon(tokenizer.encode('1')[0]), 'compact: ": " as json.dumps writes it');
 });
+
+test('a hundred refused grammars leave the compiler working (refusals abort only its throwaway parser)', async () => {
+  const compiler = await compilerPromise;
+  for (let i = 0; i < 100; i++) {
+    await assert.rejects(compiler.constraint({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: `root ::= u${i}` } }, [EOS]), /EBNF parser error/);
+  }
+  // A schema too deep for xgrammar's stack fails in the parser too.
+  let deep: Record<string, unknown> = { type: 'string' };
+  for (let i = 0; i < 70; i++) deep = { type: 'object', properties: { a: deep }, required: ['a'] };
+  await assert.rejects(compiler.constraint({ param: 'guided_json', spec: { type: 'json_schema', schema: JSON.stringify(deep) } }, [EOS]), InvalidRequestError);
+  assert.equal(compiler.broken, null);
+  const c = await compiler.constraint({ param: 'guided_regex', spec: { type: 'regex', pattern: '[a-z]+' } }, [EOS]);
+  const logits = new Float32Array(V);
+  assert.ok((await c.mask(logits)) > 0);
+  assert.equal(logits[tokenizer.tokenId('abc')!], 0);
+  assert.equal(logits[tokenizer.tokenId('1')!], -Infinity);
+  c.dispose();
+});

@@ -25,6 +25,8 @@ interface Job {
  */
 export class OffThreadTokenizer {
   private thread: Worker | null = null;
+  /** The thread has loaded its tokenizer (a job's time bound starts then). */
+  private loaded = false;
   private readonly queue: Job[] = [];
   private running: { job: Job; timer: NodeJS.Timeout } | null = null;
   private nextId = 0;
@@ -67,7 +69,13 @@ export class OffThreadTokenizer {
     const thread = new Worker(new URL('./tokenizer_thread.js', import.meta.url), { workerData: this.dir });
     thread.unref();
     thread.on('message', (r: TokenizerResult) => {
-      if (this.thread !== thread || !this.running || this.running.job.job.id !== r.id) return;
+      if (this.thread !== thread) return;
+      if (r.id === -1) {
+        this.loaded = true;
+        this.pump();
+        return;
+      }
+      if (!this.running || this.running.job.job.id !== r.id) return;
       const { job, timer } = this.running;
       clearTimeout(timer);
       this.running = null;
@@ -82,6 +90,9 @@ export class OffThreadTokenizer {
         clearTimeout(this.running.timer);
         this.running.job.reject(new Error(`the tokenizer thread ${why}`));
         this.running = null;
+      } else if (!this.loaded) {
+        // It died while loading: fail what waits rather than start threads in a loop.
+        for (const job of this.queue.splice(0)) job.reject(new Error(`the tokenizer thread ${why}`));
       }
       this.pump();
     };
@@ -91,10 +102,13 @@ export class OffThreadTokenizer {
   }
 
   private pump(): void {
-    if (this.running || this.closed) return;
-    const next = this.queue.shift();
-    if (!next) return;
-    this.thread ??= this.spawn();
+    if (this.running || this.closed || this.queue.length === 0) return;
+    if (!this.thread) {
+      this.loaded = false;
+      this.thread = this.spawn();
+    }
+    if (!this.loaded) return;
+    const next = this.queue.shift()!;
     const timer = setTimeout(() => {
       if (this.running?.job !== next) return;
       this.running = null;
