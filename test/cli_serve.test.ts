@@ -88,3 +88,58 @@ test('npm start with nothing configured serves the demo model: a streamed chat c
     child.kill('SIGKILL');
   }
 });
+
+/** Starts `qwen3-serve serve` on a free port; resolves with its URL, the child and its log. */
+async function spawnServer(args: string[]) {
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const out = { log: '' };
+  child.stdout.on('data', (d: Buffer) => (out.log += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out.log += d.toString()));
+  const started = Date.now();
+  let url = '';
+  while (!url && Date.now() - started < 60_000 && child.exitCode === null) {
+    url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
+    await sleep(50);
+  }
+  assert.ok(url, `the server started:\n${out.log}`);
+  return { url, child, out };
+}
+
+test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly at the deadline and the process exits 0, every time', async () => {
+  const { fixtureExport } = await import('./support/engine.js');
+  const dir = await fixtureExport('fast');
+  for (let round = 0; round < 3; round++) {
+    const { url, child, out } = await spawnServer(['--model', dir, '--shutdown-timeout', '3', '--max-model-len', '8192', '--max-num-batched-tokens', '32']);
+    try {
+      // Long prompts keep the engine prefilling (in 32-token chunks) past the deadline.
+      const streams = Array.from({ length: 6 }, (_, i) =>
+        fetch(`${url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ prompt: Array.from({ length: 3000 }, (_, j) => 1000 + ((i * 7 + j) % 5000)), max_tokens: 4000, ignore_eos: true, stream: true }),
+        }).then((r) => r.text()),
+      );
+      await sleep(300);
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      child.kill('SIGTERM');
+      const bodies = await Promise.all(streams);
+      for (const body of bodies) assert.match(body, /data: \[DONE\]\n\n$/, 'each stream ends normally');
+      assert.equal(await exited, 0, out.log);
+      assert.doesNotMatch(out.log, /terminate called|Napi::Error/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }
+});
+
+test('a --model that is neither a directory nor a reachable Hub repo is one line and exit 2', () => {
+  // A relative path with a typo looks like a repo id (org/name); the Hub is unreachable here.
+  const r = run(['serve', '--model', 'models/Qwen3-typo', '--cache-dir', tempDir('qwen3-serve-typo-')], { HF_ENDPOINT: 'http://127.0.0.1:9' });
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /there is no directory .*models\/Qwen3-typo.*Hub could not be reached/);
+  const missing = run(['serve', '--model', './no/such/dir/here', '--cache-dir', tempDir('qwen3-serve-typo-')]);
+  assert.equal(missing.status, 2, missing.stderr);
+  assert.equal(missing.stderr.trim().split('\n').length, 1, missing.stderr);
+  assert.match(missing.stderr, /there is no directory/);
+});

@@ -166,3 +166,21 @@ test('--kv-cache-prefault writes the KV budget at start, and generation is uncha
   const together = await Promise.all(cases.map((c) => collect(touched, request(c.prompt_ids))));
   together.forEach((t, i) => assert.deepEqual(t.tokens, cases[i].greedy_ids, `case ${i}`));
 });
+
+test('the worker is restarted after a death until it dies 3 times within a minute, and the log says so', async () => {
+  const errors: string[] = [];
+  const log = { info() {}, warn() {}, error: (o: object | string, msg?: string) => errors.push(msg ?? String(o)) };
+  const engine = await Engine.start(engineOptions(await fixtureExport('fast')), log);
+  engines.push(engine);
+  const restarts = () => errors.filter((e) => e.includes('exited; restarting')).length;
+  for (let death = 1; death <= 2; death++) {
+    engine.crashWorkerForTest();
+    for (let i = 0; i < 1200 && !(restarts() === death && engine.state === 'ready'); i++) await sleep(25);
+    assert.equal(engine.state, 'ready', `restarted after death ${death}`);
+  }
+  engine.crashWorkerForTest();
+  for (let i = 0; i < 1200 && engine.state !== 'down'; i++) await sleep(25);
+  assert.equal(engine.state, 'down');
+  assert.equal(restarts(), 2);
+  assert.ok(errors.some((e) => /died 3 times within a minute; not restarting/.test(e)), errors.join('\n'));
+});

@@ -90,6 +90,16 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: [{ role: 'user', content: 'x'.repeat(2 * 2 ** 20) }] }) });
   out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: msg }), contentType: 'text/plain' });
   out.push({ path: '/tokenize', body: JSON.stringify({ prompt: 5 }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [-5] }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [1e12] }) });
+  // Hardening: empty detokenize, schemas too deep for anything recursive, refused grammars in bulk.
+  out.push({ path: '/detokenize', body: JSON.stringify({ tokens: [] }) });
+  const deepSchema = `${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}`;
+  out.push({ path: '/v1/chat/completions', body: `{"model":"tiny","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"d","schema":${deepSchema}}}}` });
+  out.push({ path: '/v1/completions', body: `{"model":"tiny","prompt":"x","guided_json":${deepSchema}}` });
+  let arrays: unknown = { type: 'string' };
+  for (let i = 0; i < 70; i++) arrays = { type: 'array', items: arrays };
+  out.push(cmpl({ guided_json: arrays }), chat({ tools: [{ type: 'function', function: { name: 'f', parameters: arrays } }], tool_choice: 'required' }));
+  out.push(cmpl({ guided_grammar: `root ::= "${'x'.repeat(300_000)}"` }));
+  for (let i = 0; i < 60; i++) out.push(cmpl({ guided_grammar: `root ::= undefined_rule_${i}` }));
   return out;
 }
 

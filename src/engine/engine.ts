@@ -155,21 +155,21 @@ export class Engine extends EventEmitter {
         this.failInFlight(new ServiceUnavailableError('The engine stopped while this request was running; retry.'));
         if (this.state === 'stopped') return;
         if (!ready) return; // start() reports it
-        this.log.error({ code }, 'engine worker exited; restarting');
-        this.restart();
+        this.restart(code);
       });
     });
   }
 
-  private restart(): void {
+  private restart(code: number): void {
     const now = Date.now();
     this.deaths = this.deaths.filter((t) => now - t < 60_000);
     this.deaths.push(now);
     if (this.deaths.length >= MAX_DEATHS_PER_MINUTE) {
       this.state = 'down';
-      this.log.error(`engine worker died ${this.deaths.length} times within a minute; not restarting`);
+      this.log.error({ code }, `engine worker died ${this.deaths.length} times within a minute; not restarting`);
       return;
     }
+    this.log.error({ code }, 'engine worker exited; restarting');
     this.state = 'restarting';
     this.spawn().catch((err: Error) => {
       this.state = 'down';
