@@ -123,7 +123,11 @@ test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly a
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       child.kill('SIGTERM');
       const bodies = await Promise.all(streams);
-      for (const body of bodies) assert.match(body, /data: \[DONE\]\n\n$/, 'each stream ends normally');
+      for (const body of bodies) {
+        assert.match(body, /data: \[DONE\]\n\n$/, 'each stream ends normally');
+        assert.doesNotMatch(body, /"error"/, 'with its tokens, not an error');
+        assert.match(body, /"finish_reason":"(stop|length)"/);
+      }
       assert.equal(await exited, 0, out.log);
       assert.doesNotMatch(out.log, /terminate called|Napi::Error/);
     } finally {
