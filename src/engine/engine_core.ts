@@ -265,12 +265,6 @@ export class EngineCore {
     this.accept(seq, logits);
   }
 
-  /** True while some sequence waits for its grammar's mask (the loop sleeps until it comes). */
-  get waitingForGrammar(): boolean {
-    for (const seq of this.byRequest.values()) if (seq.held) return true;
-    return false;
-  }
-
   /**
    * Prefills tokens [start, end) of `seq` with every position's logits, recording each
    * prompt token's log-probability from the position before it. Returns the last
