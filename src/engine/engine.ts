@@ -138,6 +138,9 @@ export class Engine extends EventEmitter {
           case 'fault':
             this.log.error({ fault: msg.message }, 'engine step failed; requests in flight were ended');
             break;
+          case 'warning':
+            this.log.warn(msg.message);
+            break;
           case 'failed':
             this.lastError = msg.message;
             if (!ready) reject(new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));

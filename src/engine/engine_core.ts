@@ -58,6 +58,8 @@ export class EngineCore {
    * cache inside buffers the session is reading, and leave the step's results with no row.
    */
   private stepping = false;
+  /** Sequences with held logits (see ActiveSequence.held), so a step need not look at every request. */
+  private readonly holding = new Set<ActiveSequence>();
   private readonly abortsAfterStep = new Set<string>();
 
   constructor(
@@ -188,6 +190,7 @@ export class EngineCore {
     for (const seq of plan.preempted as ActiveSequence[]) {
       // Its held logits are computed again by the recompute, from the same tokens.
       seq.held = null;
+      this.holding.delete(seq);
       this.runner.removeSequence(seq.id);
     }
     for (const seq of plan.admitted as ActiveSequence[]) {
@@ -229,10 +232,11 @@ export class EngineCore {
   /** Samples the sequences whose grammar masks arrived since their logits did; true if any. */
   private resumeHeld(): boolean {
     let any = false;
-    for (const seq of this.byRequest.values()) {
+    for (const seq of [...this.holding]) {
       if (seq.held && seq.constraint?.ready) {
         const logits = seq.held;
         seq.held = null;
+        this.holding.delete(seq);
         this.sample(seq, logits);
         any = true;
       }
@@ -254,6 +258,7 @@ export class EngineCore {
       }
       if (!constraint.ready) {
         seq.held = logits.slice();
+        this.holding.add(seq);
         return;
       }
       if (constraint.mask(logits) === 0) {
@@ -354,6 +359,8 @@ export class EngineCore {
   private finish(seq: ActiveSequence, reason: FinishReason, stopReason: string | number | null): void {
     if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
     seq.constraint?.dispose();
+    seq.held = null;
+    this.holding.delete(seq);
     this.byRequest.delete(seq.request.requestId);
     this.totals.finished++;
     const t = this.now();
@@ -381,6 +388,8 @@ export class EngineCore {
   private fail(seq: ActiveSequence, message: string, status = 500, type = 'internal_error'): void {
     if (this.scheduler.remove(seq)) this.runner.removeSequence(seq.id);
     seq.constraint?.dispose();
+    seq.held = null;
+    this.holding.delete(seq);
     this.byRequest.delete(seq.request.requestId);
     this.pendingEvents.push({
       requestId: seq.request.requestId,

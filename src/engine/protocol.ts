@@ -50,4 +50,6 @@ export type WorkerMessage =
   | { type: 'rejected'; requestId: string; error: WireError }
   | { type: 'stats'; token: number; stats: EngineStats }
   | { type: 'fault'; message: string }
+  /** Something the operator should know that ended no request (a grammar thread replaced). */
+  | { type: 'warning'; message: string }
   | { type: 'failed'; message: string };

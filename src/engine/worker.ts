@@ -92,7 +92,7 @@ async function start(): Promise<EngineCore> {
       whitespace: options.jsonWhitespace ?? 'compact',
       compileTimeoutMs: options.grammarCompileTimeoutMs ?? 5000,
       onProgress: () => wake?.(),
-      log: (message) => post({ type: 'fault', message }),
+      log: (message) => post({ type: 'warning', message }),
     });
   const info: EngineInfo = {
     modelDir: options.modelDir,
