@@ -36,9 +36,13 @@ export class InvalidRequestError extends AppError {
   }
 }
 
+/** Prompt plus completion exceed the model's context; the one wording names both numbers. */
 export class ContextLengthExceededError extends InvalidRequestError {
-  constructor(message: string, param: string | null = 'messages') {
-    super(message, { param, code: 'context_length_exceeded' });
+  constructor(limit: number, promptTokens: number, completionTokens: number) {
+    super(
+      `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + completionTokens} tokens (${promptTokens} in the prompt, ${completionTokens} for the completion). Please reduce the length of the prompt or of the completion.`,
+      { param: 'max_tokens', code: 'context_length_exceeded' },
+    );
   }
 }
 

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 
@@ -58,4 +58,30 @@ test('the export script exports the fixture and logs plain lines when not on a t
   const bad = run([EXPORT_SCRIPT, '--model', join(out, 'nope'), '--out', join(out, 'x')]);
   assert.equal(bad.status, 1);
   assert.match(bad.stderr, /does not exist/);
+});
+
+test("the README's configuration table is the one the serve flags generate (npm run docs:flags)", async () => {
+  const { readmeWithFlagTable } = await import('../src/cli/readme_flags.js');
+  const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+  assert.equal(readme, readmeWithFlagTable(readme), 'README.md is out of date: run npm run docs:flags');
+});
+
+test('qwen3-serve generate and the server give the same tokens for the same prompt, seed and checkpoint defaults', async () => {
+  const { fixtureExport } = await import('./support/engine.js');
+  const { startTestServer } = await import('./support/server.js');
+  // Defaults the old generate command dropped (min_p, repetition_penalty) change the tokens.
+  const dir = tempDir('qwen3-serve-gen-');
+  cpSync(await fixtureExport('fast'), dir, { recursive: true });
+  const generation = JSON.parse(readFileSync(join(dir, 'generation_config.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ ...generation, min_p: 0.05, repetition_penalty: 1.8 }));
+  const cli = run([CLI, 'generate', '--model', dir, '--raw', '--prompt', 'Hello there, how', '--max-tokens', '24', '--seed', '3', '--device', 'cpu', '--threads', '1']);
+  assert.equal(cli.status, 0, cli.stderr);
+  const server = await startTestServer(dir);
+  try {
+    const r = await server.client.completions.create({ model: server.model, prompt: 'Hello there, how', max_tokens: 24, seed: 3 });
+    assert.ok(r.choices[0].text.length > 0);
+    assert.equal(cli.stdout, r.choices[0].text);
+  } finally {
+    await server.close();
+  }
 });

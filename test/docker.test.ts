@@ -72,7 +72,7 @@ test('docker-compose.yml: GPU service with a device reservation, a CPU profile, 
     assert.match(svc.healthcheck.test.join(' '), /\/health/);
     assert.equal(svc.restart, 'unless-stopped');
     // Every QWEN3_SERVE_* variable it sets is one the server reads.
-    const known = new Set(SERVE_FLAGS.map((f) => f.env));
+    const known = new Set(Object.values(SERVE_FLAGS).map((f) => f.env));
     for (const key of Object.keys(svc.environment)) if (key.startsWith('QWEN3_SERVE_')) assert.ok(known.has(key), `${key} is a real setting`);
   }
   assert.ok('qwen3-cache' in compose.volumes);
@@ -81,8 +81,8 @@ test('docker-compose.yml: GPU service with a device reservation, a CPU profile, 
 
 test('the README documents every serve flag and its environment variable', () => {
   const readme = readFileSync(new URL('README.md', root), 'utf8');
-  for (const f of SERVE_FLAGS) {
-    assert.ok(readme.includes(`--${f.name}`), `README mentions --${f.name}`);
+  for (const [name, f] of Object.entries(SERVE_FLAGS)) {
+    assert.ok(readme.includes(`--${name}`), `README mentions --${name}`);
     if (f.env) assert.ok(readme.includes(f.env), `README mentions ${f.env}`);
   }
 });

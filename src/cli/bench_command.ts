@@ -3,46 +3,38 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import { renderChart } from '../bench/chart.js';
 import { markdownTable, runLoadBench } from '../bench/load_bench.js';
-import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, wholeNumber, type Flags } from './flags.js';
 
-export const BENCH_FLAGS: FlagSpec[] = [
-  { name: 'base-url', type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)' },
-  { name: 'model', type: 'string', help: 'Model id (default: the first of GET /models)' },
-  { name: 'api-key', type: 'string', env: 'OPENAI_API_KEY', help: 'Bearer token' },
-  { name: 'endpoint', type: 'string', default: 'completions', help: 'completions (token-id prompts, exact lengths) or chat' },
-  { name: 'input-len', type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat)' },
-  { name: 'output-len', type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)' },
-  { name: 'num-prompts', type: 'string', default: '32', help: 'Requests per concurrency level' },
-  { name: 'concurrency', type: 'string', default: '1,4,8,16', help: 'Comma-separated concurrency levels' },
-  { name: 'request-rate', type: 'string', help: 'Requests per second with Poisson arrivals (instead of --concurrency); inf = all at once' },
-  { name: 'seed', type: 'string', default: '0', help: 'Seed of the random prompts' },
-  { name: 'timeout', type: 'string', default: '600', help: 'Seconds per request' },
-  { name: 'out', type: 'string', default: 'bench-results/bench', help: 'Writes <out>.json, <out>.md and <out>.png' },
-];
-
-const int = (min: number) => z.string().regex(/^\d+$/, 'expected a whole number').transform(Number).pipe(z.number().int().min(min));
-const schema = z.object({
-  'base-url': z.string().url().default('http://127.0.0.1:8000/v1'),
-  model: z.string().optional(),
-  'api-key': z.string().optional(),
-  endpoint: z.enum(['completions', 'chat']).default('completions'),
-  'input-len': int(1).default(128),
-  'output-len': int(1).default(128),
-  'num-prompts': int(1).default(32),
-  concurrency: z
-    .string()
-    .regex(/^\d+(,\d+)*$/, 'expected numbers separated by commas')
-    .transform((s) => s.split(',').map(Number))
-    .default([1, 4, 8, 16]),
-  'request-rate': z
-    .string()
-    .regex(/^(inf|\d+(\.\d+)?)$/, 'expected a number or inf')
-    .transform((s) => (s === 'inf' ? Infinity : Number(s)))
-    .optional(),
-  seed: int(0).default(0),
-  timeout: int(1).default(600),
-  out: z.string().default('bench-results/bench'),
-});
+export const BENCH_FLAGS = {
+  'base-url': { type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)', schema: z.string().url() },
+  model: { type: 'string', defaultText: 'the first of GET /models', help: 'Model id', schema: z.string().optional() },
+  'api-key': { type: 'string', env: 'OPENAI_API_KEY', help: 'Bearer token', schema: z.string().optional() },
+  endpoint: { type: 'string', default: 'completions', help: 'completions (token-id prompts, exact lengths) or chat', schema: z.enum(['completions', 'chat']) },
+  'input-len': { type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat)', schema: wholeNumber(1) },
+  'output-len': { type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)', schema: wholeNumber(1) },
+  'num-prompts': { type: 'string', default: '32', help: 'Requests per concurrency level', schema: wholeNumber(1) },
+  concurrency: {
+    type: 'string',
+    default: '1,4,8,16',
+    help: 'Comma-separated concurrency levels',
+    schema: z
+      .string()
+      .regex(/^\d+(,\d+)*$/, 'expected numbers separated by commas')
+      .transform((s) => s.split(',').map(Number)),
+  },
+  'request-rate': {
+    type: 'string',
+    help: 'Requests per second with Poisson arrivals (instead of --concurrency); inf = all at once',
+    schema: z
+      .string()
+      .regex(/^(inf|\d+(\.\d+)?)$/, 'expected a number or inf')
+      .transform((s) => (s === 'inf' ? Infinity : Number(s)))
+      .optional(),
+  },
+  seed: { type: 'string', default: '0', help: 'Seed of the random prompts', schema: wholeNumber(0) },
+  timeout: { type: 'string', default: '600', help: 'Seconds per request', schema: wholeNumber(1) },
+  out: { type: 'string', default: 'bench-results/bench', help: 'Writes <out>.json, <out>.md and <out>.png', schema: z.string() },
+} satisfies Flags;
 
 export const BENCH_HELP = formatHelp(
   'qwen3-serve bench [--base-url URL] [--endpoint completions|chat] [--input-len N] [--output-len N] [--concurrency 1,4,8,16]',
@@ -51,7 +43,7 @@ export const BENCH_HELP = formatHelp(
 );
 
 export async function benchCommand(argv: string[]): Promise<void> {
-  const o = parseCommand(BENCH_FLAGS, schema, argv, BENCH_HELP);
+  const o = parseCommand(BENCH_FLAGS, argv, BENCH_HELP);
   if (!o) return;
   const { model, levels } = await runLoadBench(
     {

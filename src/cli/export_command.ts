@@ -1,31 +1,19 @@
 import { z } from 'zod';
 import { EXPORT_DEVICES, EXPORT_DTYPES, EXPORT_LAYOUTS, exportModel } from '../export/exporter.js';
 import { createProgress } from '../util/progress.js';
-import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
+import { formatHelp, parseCommand, type Flags } from './flags.js';
 
-export const EXPORT_FLAGS: FlagSpec[] = [
-  { name: 'model', type: 'string', help: 'Hugging Face Qwen3 checkpoint directory (config.json, *.safetensors, tokenizer files)' },
-  { name: 'out', type: 'string', help: 'Output directory for the ONNX export' },
-  { name: 'dtype', type: 'string', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits)', default: 'fp32' },
-  { name: 'block-size', type: 'string', default: '32', help: 'int4: weights per scale, 16, 32, 64, 128 or 256 (larger is smaller and faster, less exact)' },
-  { name: 'layout', type: 'string', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', default: 'fast' },
-  { name: 'device', type: 'string', help: 'Target device: cpu, or cuda (fp16 activations)', default: 'cpu' },
-  { name: 'attention', type: 'string', default: 'matmul for cpu, gqa for cuda', help: 'Fast layout attention: matmul (reads the KV cache in place) or gqa (com.microsoft GroupQueryAttention)' },
-  { name: 'kv-dtype', type: 'string', default: 'fp16 for int4/fp16/cuda, else fp32', help: 'Fast layout KV cache type: fp32, fp16 (half the memory), or int8 (a quarter; per-token scales, CPU only)' },
-  { name: 'force', type: 'boolean', help: 'Replace the output directory if it exists' },
-];
-
-const schema = z.object({
-  model: z.string({ error: 'is required' }).min(1),
-  out: z.string({ error: 'is required' }).min(1),
-  dtype: z.enum(EXPORT_DTYPES).default('fp32'),
-  layout: z.enum(EXPORT_LAYOUTS).default('fast'),
-  device: z.enum(EXPORT_DEVICES).default('cpu'),
-  attention: z.enum(['matmul', 'gqa']).optional(),
-  'kv-dtype': z.enum(['fp16', 'fp32', 'int8']).optional(),
-  'block-size': z.enum(['16', '32', '64', '128', '256']).transform(Number).optional(),
-  force: z.boolean().default(false),
-});
+export const EXPORT_FLAGS = {
+  model: { type: 'string', help: 'Hugging Face Qwen3 checkpoint directory (config.json, *.safetensors, tokenizer files)', schema: z.string({ error: 'is required' }).min(1) },
+  out: { type: 'string', help: 'Output directory for the ONNX export', schema: z.string({ error: 'is required' }).min(1) },
+  dtype: { type: 'string', default: 'fp32', help: 'Weight type: fp32, fp16 or int4 (MatMulNBits)', schema: z.enum(EXPORT_DTYPES) },
+  'block-size': { type: 'string', defaultText: '32', help: 'int4: weights per scale, 16, 32, 64, 128 or 256 (larger is smaller and faster, less exact)', schema: z.enum(['16', '32', '64', '128', '256']).transform(Number).optional() },
+  layout: { type: 'string', default: 'fast', help: 'fast (our KV-cache contract) or standard (optimum / transformers.js)', schema: z.enum(EXPORT_LAYOUTS) },
+  device: { type: 'string', default: 'cpu', help: 'Target device: cpu, or cuda (fp16 activations)', schema: z.enum(EXPORT_DEVICES) },
+  attention: { type: 'string', defaultText: 'matmul for cpu, gqa for cuda', help: 'Fast layout attention: matmul (reads the KV cache in place) or gqa (com.microsoft GroupQueryAttention)', schema: z.enum(['matmul', 'gqa']).optional() },
+  'kv-dtype': { type: 'string', defaultText: 'fp16 for int4/fp16/cuda, else fp32', help: 'Fast layout KV cache type: fp32, fp16 (half the memory), or int8 (a quarter; per-token scales, CPU only)', schema: z.enum(['fp16', 'fp32', 'int8']).optional() },
+  force: { type: 'boolean', help: 'Replace the output directory if it exists', schema: z.boolean() },
+} satisfies Flags;
 
 export const EXPORT_HELP = formatHelp(
   'qwen3-serve export --model <checkpoint dir> --out <dir> [--dtype fp32|fp16|int4] [--layout fast|standard] [--device cpu|cuda] [--kv-dtype fp16|fp32|int8] [--block-size N] [--force]',
@@ -34,7 +22,7 @@ export const EXPORT_HELP = formatHelp(
 );
 
 export async function exportCommand(argv: string[]): Promise<void> {
-  const o = parseCommand(EXPORT_FLAGS, schema, argv, EXPORT_HELP);
+  const o = parseCommand(EXPORT_FLAGS, argv, EXPORT_HELP);
   if (!o) return;
   const started = Date.now();
   const manifest = await exportModel({

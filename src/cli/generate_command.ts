@@ -1,46 +1,29 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { Engine } from '../engine/engine.js';
-import { defaultCacheDir, resolveModel } from '../engine/model_source.js';
+import { defaultCacheDir, resolveExportTarget, resolveModel } from '../engine/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
-import { DEFAULT_SAMPLING } from '../runtime/sampler.js';
+import { samplingDefaults } from '../runtime/sampler.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { readTokenizerFiles, QwenTokenizer } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
-import { formatHelp, parseCommand, type FlagSpec } from './flags.js';
+import { decimal, formatHelp, parseCommand, type Flags } from './flags.js';
 
-export const GENERATE_FLAGS: FlagSpec[] = [
-  { name: 'model', type: 'string', env: 'QWEN3_SERVE_MODEL', help: 'Export or checkpoint directory (none: the demo model)' },
-  { name: 'prompt', type: 'string', help: 'The user message (or raw text with --raw)' },
-  { name: 'raw', type: 'boolean', help: 'Send the prompt as is, without the chat template' },
-  { name: 'thinking', type: 'string', default: 'on', help: 'Qwen3 thinking: on or off' },
-  { name: 'max-tokens', type: 'string', default: '256', help: 'Tokens to generate at most' },
-  { name: 'temperature', type: 'string', default: 'generation_config.json', help: 'Sampling temperature (0 = greedy)' },
-  { name: 'top-p', type: 'string', help: 'Nucleus sampling mass' },
-  { name: 'top-k', type: 'string', help: 'Sample among the k most likely tokens' },
-  { name: 'seed', type: 'string', help: 'Seed for reproducible sampling' },
-  { name: 'device', type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: 'auto, cuda or cpu' },
-  { name: 'threads', type: 'string', env: 'QWEN3_SERVE_THREADS', help: "ONNX Runtime's intra-op threads" },
-  { name: 'dtype', type: 'string', env: 'QWEN3_SERVE_DTYPE', help: 'Weights when exporting a checkpoint: fp32, fp16 or int4' },
-  { name: 'cache-dir', type: 'string', env: 'QWEN3_SERVE_CACHE', help: 'Export cache directory' },
-];
-
-const num = z.string().regex(/^-?\d+(\.\d+)?$/, 'expected a number').transform(Number);
-const schema = z.object({
-  model: z.string().optional(),
-  prompt: z.string({ error: 'is required' }),
-  raw: z.boolean().default(false),
-  thinking: z.enum(['on', 'off']).default('on'),
-  'max-tokens': num.pipe(z.number().int().min(1)).default(256),
-  temperature: num.pipe(z.number().min(0).max(2)).optional(),
-  'top-p': num.pipe(z.number().gt(0).max(1)).optional(),
-  'top-k': num.pipe(z.number().int().min(-1)).optional(),
-  seed: num.pipe(z.number().int()).optional(),
-  device: z.enum(['auto', 'cuda', 'cpu']).default('auto'),
-  threads: num.pipe(z.number().int().min(1)).optional(),
-  dtype: z.enum(['fp32', 'fp16', 'int4']).optional(),
-  'cache-dir': z.string().optional(),
-});
+export const GENERATE_FLAGS = {
+  model: { type: 'string', env: 'QWEN3_SERVE_MODEL', defaultText: 'the demo model', help: 'Export or checkpoint directory', schema: z.string().optional() },
+  prompt: { type: 'string', help: 'The user message (or raw text with --raw)', schema: z.string({ error: 'is required' }) },
+  raw: { type: 'boolean', help: 'Send the prompt as is, without the chat template', schema: z.boolean() },
+  thinking: { type: 'string', default: 'on', help: 'Qwen3 thinking: on or off', schema: z.enum(['on', 'off']) },
+  'max-tokens': { type: 'string', default: '256', help: 'Tokens to generate at most', schema: decimal.pipe(z.number().int().min(1)) },
+  temperature: { type: 'string', defaultText: 'generation_config.json', help: 'Sampling temperature (0 = greedy)', schema: decimal.pipe(z.number().min(0).max(2)).optional() },
+  'top-p': { type: 'string', defaultText: 'generation_config.json', help: 'Nucleus sampling mass', schema: decimal.pipe(z.number().gt(0).max(1)).optional() },
+  'top-k': { type: 'string', defaultText: 'generation_config.json', help: 'Sample among the k most likely tokens', schema: decimal.pipe(z.number().int().min(-1)).optional() },
+  seed: { type: 'string', help: 'Seed for reproducible sampling', schema: decimal.pipe(z.number().int()).optional() },
+  device: { type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: 'auto, cuda or cpu', schema: z.enum(['auto', 'cuda', 'cpu']) },
+  threads: { type: 'string', env: 'QWEN3_SERVE_THREADS', defaultText: 'all cores', help: "ONNX Runtime's intra-op threads", schema: decimal.pipe(z.number().int().min(1)).optional() },
+  dtype: { type: 'string', env: 'QWEN3_SERVE_DTYPE', defaultText: 'fp32 on CPU, fp16 on CUDA', help: 'Weights when exporting a checkpoint: fp32, fp16 or int4', schema: z.enum(['fp32', 'fp16', 'int4']).optional() },
+  'cache-dir': { type: 'string', env: 'QWEN3_SERVE_CACHE', help: 'Export cache directory', schema: z.string().optional() },
+} satisfies Flags;
 
 export const GENERATE_HELP = formatHelp(
   'qwen3-serve generate --prompt "…" [--model DIR] [--max-tokens N] [--temperature T] [--seed S]',
@@ -49,15 +32,15 @@ export const GENERATE_HELP = formatHelp(
 );
 
 export async function generateCommand(argv: string[]): Promise<void> {
-  const o = parseCommand(GENERATE_FLAGS, schema, argv, GENERATE_HELP);
+  const o = parseCommand(GENERATE_FLAGS, argv, GENERATE_HELP);
   if (!o) return;
-  const dtype = o.dtype ?? (o.device === 'cuda' ? 'fp16' : 'fp32');
+  const target = resolveExportTarget(o.device, o.dtype);
   const resolved = await resolveModel({
     model: o.model,
     cacheDir: o['cache-dir'] ?? defaultCacheDir(),
-    dtype,
+    dtype: target.dtype,
     layout: 'fast',
-    device: dtype === 'fp16' ? 'cuda' : 'cpu',
+    device: target.device,
     progress: createProgress(),
     log: (m) => process.stderr.write(`${m}\n`),
   });
@@ -76,6 +59,7 @@ export async function generateCommand(argv: string[]): Promise<void> {
     const files = readTokenizerFiles(resolved.exportDir);
     const tokenizer = new QwenTokenizer(files);
     const gen = readGenerationConfig(resolved.exportDir);
+    const defaults = samplingDefaults(gen);
     const text = o.raw
       ? o.prompt
       : ChatTemplate.fromTokenizerConfig(files.config).render([{ role: 'user', content: o.prompt }], { enableThinking: o.thinking === 'on' });
@@ -92,10 +76,10 @@ export async function generateCommand(argv: string[]): Promise<void> {
       ignoreEos: false,
       skipSpecialTokens: true,
       sampling: {
-        ...DEFAULT_SAMPLING,
-        temperature: o.temperature ?? gen.temperature ?? 1,
-        topP: o['top-p'] ?? gen.topP ?? 1,
-        topK: o['top-k'] ?? gen.topK ?? 0,
+        ...defaults,
+        temperature: o.temperature ?? defaults.temperature,
+        topP: o['top-p'] ?? defaults.topP,
+        topK: o['top-k'] ?? defaults.topK,
         seed: o.seed ?? null,
       },
     })) {

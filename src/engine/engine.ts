@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
-import { AbortedError, AppError, ServiceUnavailableError } from '../errors.js';
+import { AbortedError, AppError, ConfigError, ServiceUnavailableError } from '../errors.js';
 import type { MainMessage, WireError, WorkerMessage, WorkerOptions } from './protocol.js';
 import type { EngineEvent, EngineInfo, EngineStats, GenerateRequest } from './types.js';
 
@@ -143,7 +143,7 @@ export class Engine extends EventEmitter {
             break;
           case 'failed':
             this.lastError = msg.message;
-            if (!ready) reject(new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));
+            if (!ready) reject(msg.config ? new ConfigError(msg.message) : new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));
             break;
         }
       });

@@ -1,7 +1,7 @@
-import { AppError } from '../errors.js';
+import { ContextLengthExceededError, InvalidRequestError } from '../errors.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
-import { Scheduler, type ScheduledSequence } from '../scheduler/scheduler.js';
+import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 import type { RemoteConstraint } from './grammar_service.js';
@@ -92,20 +92,14 @@ export class EngineCore {
     if (this.byRequest.has(req.requestId)) throw new Error(`duplicate request id ${req.requestId}`);
     if (Boolean(req.grammar) !== Boolean(constraint)) throw new Error('a grammar request needs its constraint, and only it');
     const total = req.promptIds.length + req.maxTokens;
-    if (req.promptIds.length === 0) throw new AppError(400, 'invalid_request_error', 'The prompt is empty.', { param: 'prompt' });
+    if (req.promptIds.length === 0) throw new InvalidRequestError('The prompt is empty.', { param: 'prompt' });
     if (req.maxTokens < 0) throw new Error(`maxTokens ${req.maxTokens} is negative`);
     const wantsPrompt = req.promptLogprobs !== null && req.promptLogprobs !== undefined;
     if (wantsPrompt && !this.runner.promptLogits) {
-      throw new AppError(400, 'invalid_request_error', 'This export returns only the last position\'s logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.', { param: 'echo' });
+      throw new InvalidRequestError('This export returns only the last position\'s logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.', { param: 'echo' });
     }
-    if (total > this.limits.maxModelLen) {
-      throw new AppError(
-        400,
-        'invalid_request_error',
-        `This model's maximum context length is ${this.limits.maxModelLen} tokens. However, you requested ${total} tokens (${req.promptIds.length} in the prompt, ${req.maxTokens} for the completion). Please reduce the length of the prompt or max_tokens.`,
-        { code: 'context_length_exceeded', param: 'max_tokens' },
-      );
-    }
+    // The one context-length check: the OpenAI layer only fills in max_tokens when absent.
+    if (total > this.limits.maxModelLen) throw new ContextLengthExceededError(this.limits.maxModelLen, req.promptIds.length, req.maxTokens);
     const seq: ActiveSequence = {
       id: this.nextId++,
       tokens: [...req.promptIds],

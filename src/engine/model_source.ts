@@ -30,6 +30,17 @@ export interface ResolvedModel {
   demo: boolean;
 }
 
+/**
+ * What a checkpoint is exported as for a device choice: the dtype asked, else fp16 for
+ * CUDA and fp32 otherwise; fp16 and int4 exports target CUDA's graph when the device is
+ * CUDA or the dtype is fp16, fp32 always the CPU's. One rule for every command.
+ */
+export function resolveExportTarget(device: 'auto' | 'cuda' | 'cpu', dtype: ExportDtype | undefined): { dtype: ExportDtype; device: 'cpu' | 'cuda' } {
+  const d = dtype ?? (device === 'cuda' ? 'fp16' : 'fp32');
+  const cuda = (device === 'cuda' || d === 'fp16') && d !== 'fp32';
+  return { dtype: d, device: cuda ? 'cuda' : 'cpu' };
+}
+
 export function defaultCacheDir(): string {
   return process.env.QWEN3_SERVE_CACHE || join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'qwen3-serve');
 }

@@ -52,4 +52,5 @@ export type WorkerMessage =
   | { type: 'fault'; message: string }
   /** Something the operator should know that ended no request (a grammar thread replaced). */
   | { type: 'warning'; message: string }
-  | { type: 'failed'; message: string };
+  /** The engine could not start; `config` when a setting was at fault (the CLI exits 2). */
+  | { type: 'failed'; message: string; config: boolean };

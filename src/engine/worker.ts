@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { freemem } from 'node:os';
-import { AppError } from '../errors.js';
+import { AppError, ConfigError } from '../errors.js';
 import { readManifest } from '../export/manifest.js';
 import { createSession } from '../runtime/session.js';
 import { FastRunner, CAPACITY_STEP } from '../runtime/fast_runner.js';
@@ -52,7 +52,7 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
   // One sequence of the longest allowed length must fit, capacity buckets included.
   const fitsOne = Math.floor(kvSlots / CAPACITY_STEP) * CAPACITY_STEP;
   if (fitsOne < CAPACITY_STEP) {
-    throw new AppError(500, 'config_error', `--kv-cache-memory gives ${budget} bytes, less than one ${CAPACITY_STEP}-token block (${perToken * CAPACITY_STEP} bytes) of this model's KV cache.`);
+    throw new ConfigError(`--kv-cache-memory gives ${budget} bytes, less than one ${CAPACITY_STEP}-token block (${perToken * CAPACITY_STEP} bytes) of this model's KV cache.`);
   }
   if (maxModelLen > fitsOne) maxModelLen = fitsOne;
   kvSlots = Math.max(kvSlots, CAPACITY_STEP);
@@ -223,6 +223,6 @@ async function loop(): Promise<void> {
 }
 
 loop().catch((err: unknown) => {
-  post({ type: 'failed', message: err instanceof Error ? err.message : String(err) });
+  post({ type: 'failed', message: err instanceof Error ? err.message : String(err), config: err instanceof ConfigError });
   process.exit(1);
 });

@@ -1,3 +1,4 @@
+import type { GenerationConfig } from '../model/generation_config.js';
 /**
  * Per-request token sampling over one row of logits (151,936 floats for Qwen3) without
  * sorting the vocabulary: top-k and top-p use selection (expected O(V)), min-p a
@@ -33,6 +34,21 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   seed: null,
   logprobs: null,
 };
+
+/**
+ * Sampling when a request says nothing: the checkpoint's generation_config.json values
+ * over the neutral ones. Every command (serve, generate, bench) starts from these.
+ */
+export function samplingDefaults(g: GenerationConfig): SamplingParams {
+  return {
+    ...DEFAULT_SAMPLING,
+    temperature: g.temperature ?? DEFAULT_SAMPLING.temperature,
+    topP: g.topP ?? DEFAULT_SAMPLING.topP,
+    topK: g.topK ?? DEFAULT_SAMPLING.topK,
+    minP: g.minP ?? DEFAULT_SAMPLING.minP,
+    repetitionPenalty: g.repetitionPenalty ?? DEFAULT_SAMPLING.repetitionPenalty,
+  };
+}
 
 export interface TokenLogprob {
   token: number;

@@ -1,6 +1,8 @@
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Served } from '../openai/serving.js';
 import { toOpenAIError } from './error_envelope.js';
+import type { HttpOptions } from './options.js';
 
 /**
  * A server-sent-events body: `data: {json}\n\n` per event, comments as keep-alives,
@@ -9,6 +11,7 @@ import { toOpenAIError } from './error_envelope.js';
 export class SseStream {
   readonly stream = new PassThrough();
   private keepAlive: NodeJS.Timeout | null = null;
+  private lastWrite = performance.now();
   closed = false;
 
   /**
@@ -27,6 +30,7 @@ export class SseStream {
 
   private write(text: string): void {
     if (this.closed) return;
+    this.lastWrite = performance.now();
     this.stream.write(text);
     if (this.stream.writableLength + this.stream.readableLength + this.buffered() > this.limit) {
       this.abandon();
@@ -34,10 +38,12 @@ export class SseStream {
     }
   }
 
-  /** Comment lines every `ms` until stopped: proxies and clients keep the stream open. */
+  /** A comment line whenever nothing was written for `ms`: proxies and clients keep the stream open. */
   startKeepAlive(ms: number): void {
     this.stopKeepAlive();
-    this.keepAlive = setInterval(() => this.write(': keep-alive\n\n'), ms);
+    this.keepAlive = setInterval(() => {
+      if (performance.now() - this.lastWrite >= ms - 5) this.write(': keep-alive\n\n');
+    }, ms);
     this.keepAlive.unref();
   }
 
@@ -66,7 +72,8 @@ export class SseStream {
  * Answers with an SSE stream that `produce` writes. Headers go out at once; an error once
  * the stream has started is sent in-band as `data: {"error": …}`; `[DONE]` ends it.
  */
-export function streamResponse(request: FastifyRequest, reply: FastifyReply, limit: number, produce: (sse: SseStream) => Promise<void>): FastifyReply {
+export function streamResponse(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, produce: (send: (chunk: unknown) => void) => Promise<void>): FastifyReply {
+  const limit = options.streamBufferLimit;
   const sse = new SseStream(
     limit,
     () => reply.raw.socket?.writableLength ?? 0,
@@ -77,9 +84,10 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, lim
     },
   );
   reply.raw.on('close', () => sse.abandon());
+  sse.startKeepAlive(options.keepAliveMs);
   void (async () => {
     try {
-      await produce(sse);
+      await produce((chunk) => sse.send(chunk));
     } catch (err) {
       const mapped = toOpenAIError(err);
       if (mapped.internal) request.log.error({ err }, 'error while streaming');
@@ -89,4 +97,12 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, lim
   })();
   reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
   return reply.send(sse.stream);
+}
+
+/** Sends what a serving module answered: its JSON body, or its chunks as a stream. */
+export async function respond(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, served: Promise<Served>): Promise<unknown> {
+  const out = await served;
+  if ('produce' in out) return streamResponse(request, reply, options, out.produce);
+  // null: the client went away before the answer was ready; there is no one to send it to.
+  return out.body ?? reply;
 }

@@ -1,32 +1,23 @@
-import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import cors from '@fastify/cors';
-import { AuthenticationError, InvalidRequestError, NotFoundError } from '../errors.js';
-import { registerChatCompletions } from '../routes/chat_completions.js';
-import { registerCompletions } from '../routes/completions.js';
-import { registerInfoRoutes } from '../routes/info.js';
-import type { ServingContext } from './context.js';
-import { nestingDepth } from '../util/nesting.js';
+import { NotFoundError } from '../errors.js';
+import type { ServingContext } from '../openai/context.js';
+import { requireApiKey } from './auth.js';
 import { clientErrorResponse, frameworkError, toOpenAIError } from './error_envelope.js';
-
-/** JSON bodies nested deeper than this are refused before any recursive code walks them. */
-export const MAX_BODY_DEPTH = 128;
+import { parseJsonBodies } from './json_body.js';
+import type { ServerMetrics } from './metrics.js';
+import type { HttpOptions } from './options.js';
+import { generationRoutes } from './routes/generation.js';
+import { infoRoutes, operationsRoutes } from './routes/info.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
-/** Routes open without an API key: probes and scrapers have no token. */
-const OPEN_PATHS = new Set(['/health', '/metrics']);
-
-function sameKey(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
-export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
+export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: ServerMetrics, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
   const app = Fastify({
     ...(logger ? { loggerInstance: logger } : { logger: false }),
-    bodyLimit: ctx.options.bodyLimit,
+    bodyLimit: http.bodyLimit,
     // Our id is the client's x-request-id when it is a sane token, else a new UUID.
     genReqId: (req) => {
       const given = req.headers['x-request-id'];
@@ -38,9 +29,9 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
     // The timeouts a reverse proxy would set, so slow or stalled clients cannot hold
     // connections open: the whole request (headers and body), headers alone, and idle
     // keep-alive connections. Node checks them every second instead of every 30.
-    requestTimeout: ctx.options.requestTimeoutMs,
-    keepAliveTimeout: ctx.options.idleTimeoutMs,
-    http: { headersTimeout: ctx.options.headersTimeoutMs, connectionsCheckingInterval: 1000 },
+    requestTimeout: http.requestTimeoutMs,
+    keepAliveTimeout: http.idleTimeoutMs,
+    http: { headersTimeout: http.headersTimeoutMs, connectionsCheckingInterval: 1000 },
     // Model ids are path parameters: allow every --served-model-name can be.
     routerOptions: { maxParamLength: 512 },
     frameworkErrors: (err, request, reply) => {
@@ -56,39 +47,19 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
   });
 
   // JSON bodies: any parse failure (syntax, absurd nesting) is the client's 400.
-  app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
-    if (body === '' || body === undefined) {
-      done(new InvalidRequestError('The request body is empty; expected JSON.', { code: 'invalid_json' }), undefined);
-      return;
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(body as string);
-    } catch (err) {
-      done(new InvalidRequestError(`The body is not valid JSON: ${(err as Error).message}`, { code: 'invalid_json' }), undefined);
-      return;
-    }
-    if (nestingDepth(parsed, MAX_BODY_DEPTH) > MAX_BODY_DEPTH) {
-      done(new InvalidRequestError(`The body is nested more than ${MAX_BODY_DEPTH} levels deep.`, { code: 'invalid_json' }), undefined);
-      return;
-    }
-    done(null, parsed);
-  });
+  parseJsonBodies(app);
 
-  if (ctx.options.corsOrigins.length > 0) {
+  if (http.corsOrigins.length > 0) {
     await app.register(cors, {
-      origin: ctx.options.corsOrigins.includes('*') ? true : ctx.options.corsOrigins,
+      origin: http.corsOrigins.includes('*') ? true : http.corsOrigins,
       exposedHeaders: ['x-request-id'],
     });
   }
 
+  const checkKey = requireApiKey(http.apiKey);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    if (!ctx.options.apiKey || OPEN_PATHS.has(request.url.split('?')[0]) || request.method === 'OPTIONS') return;
-    const auth = request.headers.authorization ?? '';
-    const token = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
-    if (!token || !sameKey(token, ctx.options.apiKey)) throw new AuthenticationError();
+    await checkKey(request);
   });
 
   app.setErrorHandler((err, request, reply) => {
@@ -103,8 +74,8 @@ export async function buildApp(ctx: ServingContext, logger?: FastifyBaseLogger):
     void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
-  registerChatCompletions(app, ctx);
-  registerCompletions(app, ctx);
-  registerInfoRoutes(app, ctx);
+  await app.register(generationRoutes, { ctx, http });
+  await app.register(infoRoutes, { ctx });
+  await app.register(operationsRoutes, { ctx, metrics });
   return app;
 }

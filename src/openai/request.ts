@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
-import { ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
-import type { GenerateRequest } from '../engine/types.js';
-import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
+import { InvalidRequestError, NotFoundError } from '../errors.js';
+import type { EngineEvent, GenerateRequest } from '../engine/types.js';
+import { samplingDefaults, type SamplingParams } from '../runtime/sampler.js';
 import type { ServingContext } from './context.js';
 import { paramName } from './schemas.js';
 
@@ -44,7 +44,6 @@ export interface SamplingFields {
 
 /** Request values over the checkpoint's generation_config.json defaults. */
 export function samplingParams(ctx: ServingContext, f: SamplingFields, logprobs: number | null, choiceIndex: number): SamplingParams {
-  const g = ctx.generation;
   let logitBias: Record<number, number> | null = null;
   if (f.logit_bias) {
     logitBias = {};
@@ -54,14 +53,15 @@ export function samplingParams(ctx: ServingContext, f: SamplingFields, logprobs:
       logitBias[id] = v;
     }
   }
+  const d = samplingDefaults(ctx.generation);
   return {
-    temperature: f.temperature ?? g.temperature ?? 1,
-    topP: f.top_p ?? g.topP ?? 1,
-    topK: f.top_k ?? g.topK ?? 0,
-    minP: f.min_p ?? g.minP ?? 0,
-    presencePenalty: f.presence_penalty ?? 0,
-    frequencyPenalty: f.frequency_penalty ?? 0,
-    repetitionPenalty: f.repetition_penalty ?? g.repetitionPenalty ?? 1,
+    temperature: f.temperature ?? d.temperature,
+    topP: f.top_p ?? d.topP,
+    topK: f.top_k ?? d.topK,
+    minP: f.min_p ?? d.minP,
+    presencePenalty: f.presence_penalty ?? d.presencePenalty,
+    frequencyPenalty: f.frequency_penalty ?? d.frequencyPenalty,
+    repetitionPenalty: f.repetition_penalty ?? d.repetitionPenalty,
     logitBias,
     // Choices of one request differ: each gets its own seed derived from the request's.
     seed: f.seed === null || f.seed === undefined ? null : (f.seed + choiceIndex) >>> 0,
@@ -69,25 +69,13 @@ export function samplingParams(ctx: ServingContext, f: SamplingFields, logprobs:
   };
 }
 
-/** max_tokens as given, or all the room the context leaves; over-long requests are a 400. */
-export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requested: number | null | undefined, param: string): number {
-  const limit = ctx.engine.info!.limits.maxModelLen;
-  if (requested !== null && requested !== undefined) {
-    if (promptTokens + requested > limit) {
-      throw new ContextLengthExceededError(
-        `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + requested} tokens (${promptTokens} in the messages, ${requested} in the completion). Please reduce the length of the messages or completion.`,
-        param,
-      );
-    }
-    return requested;
-  }
-  if (promptTokens >= limit) {
-    throw new ContextLengthExceededError(
-      `This model's maximum context length is ${limit} tokens. However, your prompt has ${promptTokens} tokens, which leaves no room for a completion. Please reduce the length of the prompt.`,
-      'messages',
-    );
-  }
-  return limit - promptTokens;
+/**
+ * max_tokens as given, or all the room the context leaves (at least 1, so a prompt that
+ * fills the context is refused by the engine's context-length check like any other).
+ */
+export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requested: number | null | undefined): number {
+  if (requested !== null && requested !== undefined) return requested;
+  return Math.max(1, ctx.engine.info!.limits.maxModelLen - promptTokens);
 }
 
 export interface CommonGenerationFields {
@@ -123,40 +111,22 @@ export function checkTokenIds(ctx: ServingContext, ids: number[], param: string)
   }
 }
 
-// One decoder for all logprob token names: this runs up to 21 times per generated token.
-const utf8 = new TextDecoder();
-
-/** How a token is named in logprobs: its text, or `token_id:N` when asked (byte pieces never collide). */
-export function tokenName(ctx: ServingContext, id: number, asIds: boolean): { token: string; bytes: number[] } {
-  const bytes = ctx.tokenizer.tokenBytes(id) ?? new Uint8Array();
-  return { token: asIds ? `token_id:${id}` : utf8.decode(bytes), bytes: Array.from(bytes) };
-}
-
-/** OpenAI chat `logprobs.content` entries. */
-export function chatLogprobs(ctx: ServingContext, lps: TokenLogprob[], asIds: boolean) {
-  return lps.map((lp) => ({
-    ...tokenName(ctx, lp.token, asIds),
-    logprob: lp.logprob,
-    top_logprobs: lp.top.map((t) => ({ ...tokenName(ctx, t.token, asIds), logprob: t.logprob })),
-  }));
-}
-
-/**
- * vLLM's `prompt_logprobs`: per prompt token, null for the first, else its own entry and
- * the `n` most likely, keyed by token id, each with its log-probability, 1-based rank
- * and text.
- */
-export function vllmPromptLogprobs(ctx: ServingContext, scores: Array<TokenLogprob | null>, n: number) {
-  return scores.map((lp) => {
-    if (!lp) return null;
-    const entry = (token: number, logprob: number, rank: number | null) => ({ logprob, rank, decoded_token: tokenName(ctx, token, false).token });
-    const out: Record<string, ReturnType<typeof entry>> = {};
-    lp.top.slice(0, n).forEach((t, i) => (out[t.token] = entry(t.token, t.logprob, i + 1)));
-    out[lp.token] = entry(lp.token, lp.logprob, lp.rank ?? null);
-    return out;
-  });
-}
-
 export function unixNow(): number {
   return Math.floor(Date.now() / 1000);
+}
+
+/** Queues all choices of a request; if one is refused, the others are aborted and the refusal thrown. */
+export async function submitAll(ctx: ServingContext, requests: GenerateRequest[], signal: AbortSignal): Promise<AsyncGenerator<EngineEvent>[]> {
+  const results = await Promise.allSettled(requests.map((r) => ctx.engine.submit(r, signal)));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) {
+    requests.forEach((r) => ctx.engine.abort(r.requestId));
+    throw failed.reason;
+  }
+  return results.map((r) => (r as PromiseFulfilledResult<AsyncGenerator<EngineEvent>>).value);
+}
+
+/** OpenAI's ids: a prefix and 32 hex digits (tool calls: 24). */
+export function newId(prefix: string, length = 32): string {
+  return `${prefix}${randomUUID().replace(/-/g, '').slice(0, length)}`;
 }

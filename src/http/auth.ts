@@ -1,0 +1,22 @@
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyRequest } from 'fastify';
+import { AuthenticationError } from '../errors.js';
+
+/** Routes open without an API key: probes and scrapers have no token. */
+const OPEN_PATHS = new Set(['/health', '/metrics']);
+
+function sameKey(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** An onRequest hook: with an API key set, every route but the open ones needs `Authorization: Bearer <key>`. */
+export function requireApiKey(apiKey: string | null) {
+  return async (request: FastifyRequest): Promise<void> => {
+    if (!apiKey || OPEN_PATHS.has(request.url.split('?')[0]) || request.method === 'OPTIONS') return;
+    const auth = request.headers.authorization ?? '';
+    const token = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
+    if (!token || !sameKey(token, apiKey)) throw new AuthenticationError();
+  };
+}

@@ -1,0 +1,13 @@
+import type { FastifyPluginAsync } from 'fastify';
+import type { ServingContext } from '../../openai/context.js';
+import { serveChat } from '../../openai/serving_chat.js';
+import { serveCompletions } from '../../openai/serving_completions.js';
+import { clientAbortSignal } from '../disconnect.js';
+import type { HttpOptions } from '../options.js';
+import { respond } from '../sse.js';
+
+/** The generation endpoints: each hands its body to its serving module and sends what comes back. */
+export const generationRoutes: FastifyPluginAsync<{ ctx: ServingContext; http: HttpOptions }> = async (app, { ctx, http }) => {
+  app.post('/v1/chat/completions', (request, reply) => respond(request, reply, http, serveChat(ctx, request.body, clientAbortSignal(request, reply))));
+  app.post('/v1/completions', (request, reply) => respond(request, reply, http, serveCompletions(ctx, request.body, clientAbortSignal(request, reply))));
+};

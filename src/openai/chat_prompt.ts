@@ -1,0 +1,120 @@
+import { InvalidRequestError } from '../errors.js';
+import type { GrammarRequest } from '../runtime/grammar.js';
+import type { ChatMessage, ToolDefinition } from '../text/chat_template.js';
+import type { ServingContext } from './context.js';
+import type { ChatRequest, MessageInput } from './schemas.js';
+import { grammarRequest } from './structured_output.js';
+
+export const THINK_END_TOKEN = '</think>';
+
+function textOf(content: MessageInput['content'] | null | undefined): string {
+  if (content === null || content === undefined) return '';
+  if (typeof content === 'string') return content;
+  return content.map((p) => (p as { text?: string }).text ?? '').join('');
+}
+
+function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
+  return messages.map((m) => {
+    switch (m.role) {
+      case 'developer':
+      case 'system':
+        return { role: 'system', content: textOf(m.content) };
+      case 'user':
+        return { role: 'user', content: textOf(m.content) };
+      case 'tool':
+        return { role: 'tool', content: textOf(m.content), tool_call_id: m.tool_call_id };
+      case 'assistant':
+        return {
+          role: 'assistant',
+          content: textOf(m.content),
+          ...(m.tool_calls ? { tool_calls: m.tool_calls.map((c) => ({ ...c, type: 'function' as const })) } : {}),
+        };
+    }
+  });
+}
+
+/** Thinking per request: chat_template_kwargs.enable_thinking, then reasoning_effort, then the server default. */
+function thinkingFor(ctx: ServingContext, req: ChatRequest): boolean {
+  const kw = req.chat_template_kwargs?.enable_thinking;
+  if (kw !== undefined && kw !== null) {
+    if (typeof kw !== 'boolean') throw new InvalidRequestError('chat_template_kwargs.enable_thinking must be a boolean.', { param: 'chat_template_kwargs.enable_thinking' });
+    return kw;
+  }
+  if (req.reasoning_effort) return req.reasoning_effort !== 'none';
+  return ctx.options.defaultThinking;
+}
+
+export interface PreparedChat {
+  promptIds: number[];
+  thinking: boolean;
+  toolsOn: boolean;
+  /** Text the prompt puts in the assistant turn, which the output parser must see first. */
+  parserPrefix: string;
+  /** Structured output the answer must follow, or null. */
+  grammar: GrammarRequest | null;
+  /** The token that ends thinking, from which the grammar applies (null: from the start). */
+  grammarAfter: number | null;
+}
+
+/**
+ * What follows the opening of a forced call (`<tool_call>\n`, plus `{"name": …,
+ * "arguments": ` for a named one), in Qwen3's format: the arguments as the function's
+ * `parameters` schema allows, then the closing. `required` lets the model pick the tool.
+ */
+function forcedCallFormat(tools: ToolDefinition[], name: string | null): Record<string, unknown> {
+  const close = { type: 'const_string', value: '}\n</tool_call>' };
+  const args = (t: ToolDefinition) => ({ type: 'json_schema', json_schema: t.function.parameters ?? { type: 'object' } });
+  if (name !== null) return { type: 'sequence', elements: [args(tools.find((t) => t.function.name === name)!), close] };
+  return {
+    type: 'or',
+    elements: tools.map((t) => ({
+      type: 'sequence',
+      elements: [{ type: 'const_string', value: `{"name": ${JSON.stringify(t.function.name)}, "arguments": ` }, args(t), close],
+    })),
+  };
+}
+
+/** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
+export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promise<PreparedChat> {
+  const grammar = grammarRequest(req);
+  // With thinking on, a grammar holds the answer after the thinking block (as vLLM does
+  // with a reasoning parser); a tokenizer without </think> cannot say where that is.
+  const thinkEnd = ctx.tokenizer.tokenId(THINK_END_TOKEN) ?? null;
+  let thinking = thinkingFor(ctx, req) && !(grammar && thinkEnd === null);
+  const choice = req.tool_choice ?? 'auto';
+  if (grammar && (choice === 'required' || typeof choice === 'object')) {
+    throw new InvalidRequestError(`${grammar.param} and a forced tool call (tool_choice) cannot both shape one answer.`, { param: grammar.param });
+  }
+  const tools: ToolDefinition[] = choice === 'none' ? [] : (req.tools ?? []);
+  if (typeof choice === 'object' && !tools.some((t) => t.function.name === choice.function.name)) {
+    throw new InvalidRequestError(`tool_choice names function '${choice.function.name}', which is not in tools.`, { param: 'tool_choice' });
+  }
+  if (choice === 'required' && tools.length === 0) {
+    throw new InvalidRequestError("tool_choice 'required' needs at least one tool.", { param: 'tool_choice' });
+  }
+  const extra = { ...(req.chat_template_kwargs ?? {}) };
+  delete extra.enable_thinking;
+  let prompt = ctx.template.render(toTemplateMessages(req.messages), { tools, enableThinking: thinking, extra });
+  let parserPrefix = '';
+  let forced: GrammarRequest | null = null;
+  if (choice === 'required' || typeof choice === 'object') {
+    // A forced call is opened in the prompt, after an empty thinking block (the template
+    // writes one when thinking is off), and the rest is held to the function's
+    // parameters by the grammar engine, so the call always parses.
+    if (thinking) prompt += '<think>\n\n</think>\n\n';
+    parserPrefix = '<tool_call>\n' + (typeof choice === 'object' ? `{"name": ${JSON.stringify(choice.function.name)}, "arguments": ` : '');
+    prompt += parserPrefix;
+    thinking = false;
+    forced = { param: 'tools', spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) } };
+  }
+  if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
+  return {
+    promptIds: await ctx.codec.encode(prompt),
+    thinking,
+    toolsOn: tools.length > 0 && !grammar,
+    parserPrefix,
+    grammar: grammar ?? forced,
+    grammarAfter: grammar && thinking ? thinkEnd : null,
+  };
+}
+
