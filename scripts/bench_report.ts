@@ -1,11 +1,11 @@
 #!/usr/bin/env node
 /**
- * Regenerates the README's benchmark section in one command:
+ * Regenerates docs/performance.md's benchmark tables in one command:
  *   npm run bench:report [-- --work models/bench --quick]
  * Makes the 0.6B-shaped random checkpoint, exports it (int4 and fp32, both layouts),
  * runs the engine microbenchmark, the HTTP load benchmark against our server, the
  * targets of issue #6, and transformers.js on the same standard-layout export, then
- * writes bench-results/report.md and replaces the README between the bench markers.
+ * writes bench-results/report.md and replaces docs/performance.md between the bench markers.
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
@@ -33,7 +33,7 @@ if (!existsSync(join(ckpt, 'config.json'))) {
   writeRandomCheckpoint(ckpt, QWEN3_0_6B_SHAPE);
 }
 // int4 with 128-weight blocks: the same model with a quarter of the scales, which
-// MatMulNBits runs markedly faster on this CPU at some accuracy cost (README, Export).
+// MatMulNBits runs markedly faster on this CPU at some accuracy cost (docs/export.md).
 const variants = [
   { key: 'fast-int4', layout: 'fast', dtype: 'int4' },
   { key: 'fast-int4-b128', layout: 'fast', dtype: 'int4', int4BlockSize: 128 },
@@ -197,7 +197,7 @@ standard int4:
 
 ${markdownTable(serverRows.standard)}
 
-![throughput and latency](bench-results/server-fast-int4.png)
+![throughput and latency](../bench-results/server-fast-int4.png)
 
 **Targets** (through the HTTP server, int4):
 
@@ -209,11 +209,11 @@ Resident memory of the server process with 8 concurrent streams of 2,048 tokens 
 `;
 writeFileSync('bench-results/report.md', report);
 writeFileSync('bench-results/report.json', JSON.stringify({ machine, engineRows, serverRows, targets, memory, peer }, null, 2));
-const readme = readFileSync('README.md', 'utf8');
+const doc = readFileSync('docs/performance.md', 'utf8');
 const start = '<!-- bench:start -->';
 const end = '<!-- bench:end -->';
-if (readme.includes(start) && readme.includes(end)) {
-  writeFileSync('README.md', `${readme.slice(0, readme.indexOf(start) + start.length)}\n${report}\n${readme.slice(readme.indexOf(end))}`);
+if (doc.includes(start) && doc.includes(end)) {
+  writeFileSync('docs/performance.md', `${doc.slice(0, doc.indexOf(start) + start.length)}\n${report}\n${doc.slice(doc.indexOf(end))}`);
 }
-log('wrote bench-results/report.md and the README benchmark section');
+log('wrote bench-results/report.md and the tables of docs/performance.md');
 process.exit(0);

@@ -224,7 +224,7 @@ test('fp32 fast export with GroupQueryAttention (the CUDA default) matches the r
 
 test('the CUDA export (fp16, GroupQueryAttention) runs on the CPU provider close to the reference', async (t) => {
   // No GPU here: the graph CUDA would run is checked on the CPU execution provider, whose
-  // GQA kernel takes fp16 too (DESIGN.md §2).
+  // GQA kernel takes fp16 too.
   const out = join(work, 'fast-fp16-cuda');
   const manifest = await exportModel({ modelDir: FIXTURE_DIR, outDir: out, dtype: 'fp16', device: 'cuda' });
   assert.equal(manifest.kvDtype, 'float16');

@@ -36,8 +36,7 @@ function kvBytesPerToken(m: ReturnType<typeof readManifest>): number {
 
 /**
  * Prefill chunk when the operator sets none. On CPU, prefill speed hardly depends on the
- * chunk (int4 0.6B, 2 threads: ~175 tok/s at 32 tokens, ~180 at 512) while a step's
- * length grows with it, and every running stream waits for the whole step: small chunks
+ * chunk (docs/performance.md) while a step's length grows with it, and every running stream waits for the whole step: small chunks
  * bound that stall. A GPU needs large chunks to be busy.
  */
 function defaultPrefillChunk(device: 'cuda' | 'cpu'): number {
@@ -74,9 +73,8 @@ async function start(): Promise<EngineCore> {
   const { limits } = resolveLimits(manifest, device);
   const fastRunner = () => new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvCacheTokens);
   // Prompts prefill apart only when the decoding buffers are prefaulted: otherwise a long
-  // prompt moving in grows the decoding buffer into fresh pages all in one step (the first
-  // 512-token prompt beside 8 streams stalled them 1.95 s), where growing it chunk by chunk
-  // spreads the same page faults over its prefill.
+  // prompt moving in grows the decoding buffer into fresh pages all in one step, where
+  // growing it chunk by chunk spreads the same page faults over its prefill.
   const fast = manifest.layout !== 'fast' ? null : options.kvCachePrefault ? new StagedFastRunner(fastRunner(), fastRunner()) : fastRunner();
   const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
   // The standard layout's cache is allocated per step by its contract: nothing to prefault.

@@ -77,9 +77,8 @@ export class WeightEmitter {
 
   /**
    * Several HF Linear layers over the same input as one projection, then split: y_i =
-   * x · W_iᵀ for W_i [n_i, k]. One MatMulNBits of 1,024 → 4,096 took less than q, k and v
-   * apart (0.6B shape, 2 threads: 28 layers with fused Q/K/V and gate/up 9.6 vs 10.4 ms
-   * at one row), as vLLM's merged QKV / gate-up layers do on GPUs. int4 blocks run along
+   * x · W_iᵀ for W_i [n_i, k]. One wide MatMulNBits is faster than its parts apart
+   * (docs/performance.md), as vLLM's merged QKV / gate-up layers are on GPUs. int4 blocks run along
    * k, so the stacked rows quantize exactly as each weight alone would.
    */
   linearStack(x: string, parts: Array<{ srcName: string; n: number }>, k: number, name: string): string[] {

@@ -2,7 +2,7 @@ import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type KvElementType, type ModelRunner } from './model_runner.js';
 
-/** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (DESIGN.md §3). */
+/** Capacity grows and shrinks in these steps: GQA's cost grows with capacity (docs/architecture.md, KV cache). */
 export const CAPACITY_STEP = 64;
 
 /**
@@ -95,8 +95,8 @@ export class FastRunner implements ModelRunner {
 
   /**
    * Writes every byte of the KV buffers, so the OS maps their pages now rather than in
-   * the middle of a step that first reaches them (3.5 ms per MB on the benchmark VM: a
-   * capacity step of 9 rows stalled every stream by ~0.25 s). Returns the bytes written.
+   * the middle of a step that first reaches them, stalling every stream of that step.
+   * Returns the bytes written.
    */
   prefault(): number {
     let bytes = 0;
@@ -115,13 +115,13 @@ export class FastRunner implements ModelRunner {
 
   /**
    * Lays the cache out as `rows` × `cap`. A buffer that is big enough is re-laid out in
-   * place: first touches of fresh memory are expensive here (page faults: 2.1 s to touch
-   * 594 MB on this VM), so a full reallocation at every capacity step stalled every
-   * stream for seconds at long contexts. Buffers are sized for the whole budget (else
+   * place: first touches of fresh memory are expensive (page faults), so a full
+   * reallocation at every capacity step stalled every stream for seconds at long
+   * contexts (docs/performance.md). Buffers are sized for the whole budget (else
    * twice what is needed), untouched memory costing nothing, and kept for the process's
    * life like ONNX Runtime's arena (dropping them when idle made V8 account gigabytes of
-   * external memory per request, and its extra garbage collections showed as 240 ms
-   * stalls). Buffers are replaced layer by layer, so a reallocation needs one layer of
+   * external memory per request, and its extra garbage collections showed as stalls).
+   * Buffers are replaced layer by layer, so a reallocation needs one layer of
    * slack, not a second copy of the whole cache.
    */
   private allocate(rows: number, cap: number): void {
@@ -397,8 +397,8 @@ export class FastRunner implements ModelRunner {
 
   /**
    * Reorders the rows of `logits` (a fresh buffer from ONNX Runtime, `rows` × vocab) in
-   * place so that row i holds what row source[i] held. A new array per step cost 4–8 ms at
-   * batch 8 on the benchmark VM (4.8 MB of fresh pages), and rows usually are in order.
+   * place so that row i holds what row source[i] held: a new array per step costs fresh
+   * pages every step, and rows usually are in order.
    */
   private gatherRows(logits: Float32Array, source: number[], rows: number): void {
     const v = this.vocabSize;

@@ -165,8 +165,8 @@ export class TokenConstraint {
  * the model's own habit), and small models cannot fill an answer with newlines once a
  * value is done, a known failure of 'any' (vLLM's default; it added
  * `disable_any_whitespace` for it). A bounded count (xgrammar's max_whitespace_cnt) was
- * tried and dropped: at 32 a five-field schema took 2.1 s to compile and ~300 MB to keep,
- * against ~50–100 ms and well under 1 MB for both of these.
+ * tried and dropped: its grammars were far slower to compile and larger to keep
+ * (docs/structured-outputs.md).
  */
 export type JsonWhitespace = 'compact' | 'any';
 
@@ -264,20 +264,18 @@ async function compile(compiler: XgCompiler, spec: GrammarSpec, ws: JsonWhitespa
 
 /**
  * Grammars kept compiled, most recently used last. A compiled grammar holds xgrammar's
- * token masks for its states (30 small schemas kept: RSS 284 → 286 MiB at Qwen3's
- * vocabulary). xgrammar's own cache keeps every grammar ever compiled, which
+ * token masks for its states (small: docs/structured-outputs.md). xgrammar's own cache
+ * keeps every grammar ever compiled, which
  * a client sending fresh schemas would grow without bound, so it is off and this cache
  * serves repeated schemas instead.
  */
 const KEPT_GRAMMARS = 32;
 
 /**
- * Compiles grammars for one tokenizer and makes a constraint per request. Built on the
- * first structured request (the vocabulary's preprocessing takes ~0.6 s). Compiling runs
- * on the engine's thread (xgrammar's state cannot cross threads): 1–180 ms for schemas
- * with enums, nullables, `$ref`s and formats, ~180 ms for a nested one of 20 properties
- * (0.3–0.5 s the first time) on the benchmark VM, during which running streams wait; a
- * repeated spec is taken from the cache.
+ * Compiles grammars for one tokenizer and makes a constraint per request. It lives on the
+ * grammar thread (src/engine/grammar_thread.ts), since xgrammar's state cannot cross
+ * threads and a compile must never hold up the engine's steps; a repeated spec is taken
+ * from the cache.
  */
 export class GrammarCompiler {
   private readonly kept = new Map<string, XgCompiled>();

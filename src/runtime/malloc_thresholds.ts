@@ -16,9 +16,8 @@ let primed: Promise<void> | null = null;
  * heap, and gives the heap's free top back to the OS once it exceeds the trim threshold;
  * both start low and follow the largest block freed so far (mallopt(3), "dynamic mmap
  * threshold"), so they settle near one logits buffer. When the collector frees two such
- * buffers together they are trimmed, and the next step takes ~1,200 page faults to get its
- * memory back: on the benchmark VM batch-8 steps took 70–78 ms instead of 52–60, in about
- * half of all processes (which one depended on collection timing).
+ * buffers together they are trimmed, and the next step page-faults its memory back, in
+ * about half of all processes (which depended on collection timing; docs/performance.md).
  *
  * Freeing one block just under the cap moves the thresholds to 31 MiB (mmap) and 62 MiB
  * (trim) for good. The block is freed by a throwaway worker, whose isolate releases its

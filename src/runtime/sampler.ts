@@ -127,9 +127,9 @@ export function topIndices(x: ArrayLike<number>, k: number, ordered = true): num
 }
 
 /**
- * Large k: the k-th largest value from a native numeric sort of a copy (~10 ms for
- * 151,936 values), then one pass. The sorted-list insertion below costs O(n·k): top_k
- * 20,000 took 0.9 s per token, stalling every stream of the batch.
+ * Large k: the k-th largest value from a native numeric sort of a copy, then one pass.
+ * The sorted-list insertion below costs O(n·k), which for a top_k in the thousands
+ * stalled every stream of the batch.
  */
 function topIndicesLarge(x: ArrayLike<number>, k: number, ordered: boolean): number[] {
   const n = x.length;
@@ -263,8 +263,8 @@ export class Sampler {
    * Draws from softmax(x / T) restricted by top-k, top-p and min-p. `x` may be the scratch
    * buffer itself: each entry is read before its weight is written there. With top-k the
    * k largest scores are selected first (temperature keeps their order), so only k
-   * exponentials are taken: exp over all 151,936 scores cost 3.5 ms per token, more than a
-   * tenth of a decode step, paid by every stream of the batch in turn.
+   * exponentials are taken: exp over the whole vocabulary cost a sizeable part of a
+   * decode step, paid by every stream of the batch in turn.
    */
   private draw(x: ArrayLike<number>): number {
     const p = this.params;

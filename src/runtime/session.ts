@@ -29,9 +29,8 @@ function sessionOptions(ep: 'cuda' | 'cpu', threads: number): ort.InferenceSessi
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
     executionMode: 'sequential',
-    // Input shapes change as the batch and the cache capacity change. With memory patterns
-    // on, each new shape set paid a slow first run (47-172 ms spikes at capacity changes,
-    // batch 1) for no steady-state gain (batch 8: the same 56-62 ms per step either way).
+    // Input shapes change as the batch and the cache capacity change: with memory patterns
+    // on, each new shape set paid a slow first run for no steady-state gain (docs/performance.md).
     enableMemPattern: false,
   };
 }

@@ -5,8 +5,8 @@ import type { ModelRunner } from './model_runner.js';
 /**
  * The fast layout with prompts prefilled apart. A cache buffer has one capacity for all
  * its rows, and attention reads every row up to it: a long prompt prefilling beside
- * decoding sequences made each of their steps read its length (8 rows of 128 tokens: 58 ms
- * per step alone, 106–129 ms beside a 512-token prompt). Here a new sequence prefills in a
+ * decoding sequences made each of their steps read its length (docs/performance.md). Here
+ * a new sequence prefills in a
  * staging runner and moves into the decoding runner, cache copied once, at its first
  * decode, so decode steps read what the decoding sequences hold.
  *
