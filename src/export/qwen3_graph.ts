@@ -136,7 +136,7 @@ function castToFloat(g: GraphBuilder, w: WeightEmitter, x: string): string {
 }
 
 /**
- * The fast layout (DESIGN.md §3): GQA over a capacity KV buffer owned by the caller,
+ * The fast layout (docs/architecture.md, KV cache): GQA over a capacity KV buffer owned by the caller,
  * RoPE outside GQA so the new tokens' post-RoPE keys can be outputs, logits for the last
  * token only.
  */
@@ -250,9 +250,8 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]) };
   }
 
-  let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
-  for (let l = 0; l < cfg.numLayers; l++) {
-    const { prefix } = layerPrefix(l);
+  /** Attention of layer l over its normed input, with the caller's cache buffer as past. */
+  const selfAttention = (h: string, l: number, prefix: string): string => {
     // In-place attention keeps keys transposed (keyLayout 'bhdt'), GQA wants 'bhtd'.
     const keyDims = attention === 'matmul' ? ['batch', KVH, HD, 'capacity'] : ['batch', KVH, 'capacity', HD];
     const pastK = g.input(ioName(FAST_IO_NAMES.pastKey, l), T, keyDims);
@@ -267,10 +266,9 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
       inputs.push(pastScales.key, pastScales.value);
     }
 
-    const h = norm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
     let { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
     // q_norm / k_norm are RMSNorms over each head: separate nodes because GQA on CPU
-    // rejects its fused q/k-norm inputs (DESIGN.md §2).
+    // rejects its fused q/k-norm inputs (measured when the exporter was written).
     q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);
     k = g.op('Reshape', [norm(g.op('Reshape', [k, headsShape(KVH)]), kNormW), flatShape]);
     q = g.op('RotaryEmbedding', [q, pos, cos, sin], { interleaved: int(0), num_heads: int(NH) }, 'com.microsoft');
@@ -312,7 +310,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
       attn = w.act === DataType.FLOAT ? ctx : g.op('Cast', [ctx], { to: int(w.act) });
     } else {
       // GQA's present outputs must be named even though nobody fetches them: left empty,
-      // GQA silently ignores the past (DESIGN.md §3).
+      // GQA silently ignores the past.
       const attnKv = g.node('GroupQueryAttention', [q, k, v, pastK, pastV, seqlensK, totalLen], {
         domain: 'com.microsoft',
         outputs: [`attn.${l}`, `present_key.${l}`, `present_value.${l}`],
@@ -323,10 +321,10 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     g.output(ioName(FAST_IO_NAMES.newKey, l), T, attention === 'matmul' ? ['batch', KVH, HD, 'seq'] : ['batch', KVH, 'seq', HD]);
     g.output(ioName(FAST_IO_NAMES.newValue, l), T, ['batch', KVH, 'seq', HD]);
     outputs.push(ioName(FAST_IO_NAMES.newKey, l), ioName(FAST_IO_NAMES.newValue, l));
-
-    x = g.op('Add', [x, w.linear(attn, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
-    x = g.op('Add', [x, mlp(g, w, norm(x, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
-  }
+    return attn;
+  };
+  let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
+  for (let l = 0; l < cfg.numLayers; l++) x = decoderLayer(g, w, cfg, x, l, { norm, attention: selfAttention });
   // Logits leave the graph from position `logits_start` of each row on: −1 (every step
   // but one) gives only the last position's, since a long prefill would otherwise compute
   // and copy seq × vocab floats; 0 gives every position's, for prompt log-probabilities
@@ -352,6 +350,30 @@ function quantizePerToken(g: GraphBuilder, x: string): { values: string; scales:
   const values = g.op('Cast', [g.op('Round', [g.op('Div', [x, scales])])], { to: int(DataType.INT8) });
   const dequantized = g.op('Mul', [g.op('Cast', [values], { to: int(DataType.FLOAT) }), scales]);
   return { values, scales, dequantized };
+}
+
+/** What a layout supplies to the decoder layer both layouts share. */
+interface LayerWiring {
+  /** RMSNorm as the layout computes it. */
+  norm: (x: string, weight: string) => string;
+  /**
+   * Self-attention of layer `l` over the normed hidden state: the q/k/v projections with
+   * their per-head norms and RoPE, the cache's inputs and outputs, attention itself.
+   * Returns the heads merged back, [B, S, NH·HD].
+   */
+  attention: (h: string, l: number, prefix: string) => string;
+}
+
+/**
+ * One Qwen3 decoder block, as the reference implementation reads: attention over the
+ * normed input added to the residual, then the gated MLP over the normed result added.
+ */
+function decoderLayer(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, x: string, l: number, wiring: LayerWiring): string {
+  const { hiddenSize: H, numHeads: NH, headDim: HD, intermediateSize: I } = cfg;
+  const { prefix } = layerPrefix(l);
+  const attn = wiring.attention(wiring.norm(x, w.vector(`${prefix}.input_layernorm.weight`, H)), l, prefix);
+  const afterAttn = g.op('Add', [x, w.linear(attn, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
+  return g.op('Add', [afterAttn, mlp(g, w, wiring.norm(afterAttn, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
 }
 
 /**
@@ -455,13 +477,12 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
   let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
   const toHeads = (t: string, n: number) =>
     g.op('Transpose', [g.op('Reshape', [t, g.int64s([0, 0, n, HD])])], { perm: ints([0, 2, 1, 3]) });
-  for (let l = 0; l < cfg.numLayers; l++) {
-    const { prefix } = layerPrefix(l);
+  /** Attention of layer l over its normed input: past and present as separate tensors. */
+  const attention = (h: string, l: number, prefix: string): string => {
     const pastK = g.input(ioName(STANDARD_IO_NAMES.pastKey, l), T, ['batch_size', KVH, 'past_sequence_length', HD]);
     const pastV = g.input(ioName(STANDARD_IO_NAMES.pastValue, l), T, ['batch_size', KVH, 'past_sequence_length', HD]);
     inputs.push(pastK, pastV);
 
-    const h = rmsNorm(x, w.vector(`${prefix}.input_layernorm.weight`, H));
     const { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
     const qh = applyRope(rmsNorm(toHeads(q, NH), qNormW)); // [B, NH, S, HD]
     const kh = applyRope(rmsNorm(toHeads(k, KVH), kNormW)); // [B, KVH, S, HD]
@@ -480,13 +501,12 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
     const scores = g.op('Add', [g.op('Mul', [g.op('MatMul', [q5, g.op('Transpose', [k5], { perm: ints([0, 1, 2, 4, 3]) })]), scale]), maskAdd]);
     const ctx = g.op('MatMul', [g.op('Softmax', [scores], { axis: int(-1) }), v5]); // [B, KVH, G, S, HD]
     const ctxT = T === DataType.FLOAT ? ctx : g.op('Cast', [ctx], { to: int(T) });
-    const merged = g.op('Reshape', [
+    return g.op('Reshape', [
       g.op('Transpose', [g.op('Reshape', [ctxT, g.int64s([0, NH, -1, HD])])], { perm: ints([0, 2, 1, 3]) }),
       g.int64s([0, 0, NH * HD]),
     ]);
-    x = g.op('Add', [x, w.linear(merged, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
-    x = g.op('Add', [x, mlp(g, w, rmsNorm(x, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
-  }
+  };
+  for (let l = 0; l < cfg.numLayers; l++) x = decoderLayer(g, w, cfg, x, l, { norm: rmsNorm, attention });
   const h = rmsNorm(x, w.vector('model.norm.weight', H));
   const h2d = g.op('Reshape', [h, g.int64s([-1, H])]);
   const logits2d = castToFloat(g, w, lmHead(h2d));
