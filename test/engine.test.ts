@@ -16,9 +16,18 @@ after(async () => {
 });
 
 async function startEngine(...args: Parameters<typeof engineOptions>): Promise<Engine> {
-  const e = await Engine.start(engineOptions(...args));
+  const e = await Engine.start(engineOptions(...args), undefined, CRASHING_WORKER);
   engines.push(e);
   return e;
+}
+
+/** The real worker, which a request named "crash…" makes die (test/support/crashing_worker.ts). */
+const CRASHING_WORKER = new URL('./support/crashing_worker.js', import.meta.url);
+let crashes = 0;
+
+/** Kills the engine's worker with an uncaught error, as a bug would. */
+function crash(engine: Engine): void {
+  collect(engine, request([1], { requestId: `crash-${crashes++}` })).catch(() => {});
 }
 
 const extraPrompts = [
@@ -128,7 +137,7 @@ test('a crashed worker ends requests in flight with an error, then the engine re
   const engine = await startEngine(await fixtureExport('fast'));
   const inflight = collect(engine, request([1, 2, 3], { maxTokens: 30000, ignoreEos: true }));
   await sleep(50);
-  engine.crashWorkerForTest();
+  crash(engine);
   await assert.rejects(inflight, (err: Error & { status?: number }) => err.status === 503);
   // A generous bound: a restart loads the session again, slow on a loaded 2-core box.
   for (let i = 0; i < 1200 && engine.state !== 'ready'; i++) await sleep(25);
@@ -170,15 +179,15 @@ test('--kv-cache-prefault writes the KV budget at start, and generation is uncha
 test('the worker is restarted after a death until it dies 3 times within a minute, and the log says so', async () => {
   const errors: string[] = [];
   const log = { info() {}, warn() {}, error: (o: object | string, msg?: string) => errors.push(msg ?? String(o)) };
-  const engine = await Engine.start(engineOptions(await fixtureExport('fast')), log);
+  const engine = await Engine.start(engineOptions(await fixtureExport('fast')), log, CRASHING_WORKER);
   engines.push(engine);
   const restarts = () => errors.filter((e) => e.includes('exited; restarting')).length;
   for (let death = 1; death <= 2; death++) {
-    engine.crashWorkerForTest();
+    crash(engine);
     for (let i = 0; i < 1200 && !(restarts() === death && engine.state === 'ready'); i++) await sleep(25);
     assert.equal(engine.state, 'ready', `restarted after death ${death}`);
   }
-  engine.crashWorkerForTest();
+  crash(engine);
   for (let i = 0; i < 1200 && engine.state !== 'down'; i++) await sleep(25);
   assert.equal(engine.state, 'down');
   assert.equal(restarts(), 2);

@@ -79,13 +79,17 @@ export class Engine extends EventEmitter {
   private constructor(
     private readonly options: WorkerOptions,
     private readonly log: EngineLogger,
+    private readonly workerFile: URL,
   ) {
     super();
   }
 
-  /** Starts the worker and resolves once the model is loaded. */
-  static async start(options: WorkerOptions, log: EngineLogger = silentLogger): Promise<Engine> {
-    const engine = new Engine(options, log);
+  /**
+   * Starts the worker and resolves once the model is loaded. `workerFile` is the module
+   * the thread boots (worker.ts; tests pass one that wraps it).
+   */
+  static async start(options: WorkerOptions, log: EngineLogger = silentLogger, workerFile = new URL('./worker.js', import.meta.url)): Promise<Engine> {
+    const engine = new Engine(options, log, workerFile);
     await engine.spawn();
     return engine;
   }
@@ -96,7 +100,7 @@ export class Engine extends EventEmitter {
 
   private spawn(): Promise<void> {
     return new Promise((resolve, reject) => {
-      const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: this.options });
+      const worker = new Worker(this.workerFile, { workerData: this.options });
       this.worker = worker;
       let ready = false;
       worker.on('message', (msg: WorkerMessage) => {
@@ -269,11 +273,6 @@ export class Engine extends EventEmitter {
    */
   abortAll(): void {
     this.send({ type: 'abort-all' });
-  }
-
-  /** Fault injection for tests: the worker dies of an uncaught error between steps. */
-  crashWorkerForTest(): void {
-    this.send({ type: 'crash' });
   }
 }
 

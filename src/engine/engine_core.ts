@@ -47,7 +47,7 @@ const PROMPT_SCORE_SLICE = 64;
  * the events it produced.
  */
 export class EngineCore {
-  readonly scheduler: Scheduler;
+  readonly scheduler: Scheduler<ActiveSequence>;
   private readonly byRequest = new Map<string, ActiveSequence>();
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
@@ -68,7 +68,7 @@ export class EngineCore {
     readonly limits: EngineLimits,
     private readonly now: () => number = () => performance.now(),
   ) {
-    this.scheduler = new Scheduler(
+    this.scheduler = new Scheduler<ActiveSequence>(
       { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvSlots: limits.kvCacheTokens },
       runner,
     );
@@ -179,46 +179,46 @@ export class EngineCore {
 
   private async runStep(): Promise<boolean> {
     const resumed = this.resumeHeld();
-    const plan = this.scheduler.schedule((s) => (s as ActiveSequence).held === null);
+    const plan = this.scheduler.schedule((s) => s.held === null);
     this.totals.steps++;
-    for (const seq of plan.preempted as ActiveSequence[]) {
+    for (const seq of plan.preempted) {
       // Its held logits are computed again by the recompute, from the same tokens.
       seq.held = null;
       this.holding.delete(seq);
       this.runner.removeSequence(seq.id);
     }
-    for (const seq of plan.admitted as ActiveSequence[]) {
+    for (const seq of plan.admitted) {
       this.runner.addSequence(seq.id);
       seq.admittedAt ??= this.now();
     }
-    if (plan.decode.length > 0) {
-      const seqs = plan.decode as ActiveSequence[];
-      const logits = await this.runner.decode(
-        seqs.map((s) => s.id),
-        seqs.map((s) => s.tokens[s.tokens.length - 1]),
-      );
-      const v = this.runner.vocabSize;
-      for (const [i, seq] of seqs.entries()) {
-        this.scheduler.decoded(seq);
-        this.sample(seq, logits.subarray(i * v, (i + 1) * v));
-      }
-    }
+    // Run the model for the plan, then let the scheduler move the sequences on, then sample.
+    const decodeLogits =
+      plan.decode.length > 0
+        ? await this.runner.decode(
+            plan.decode.map((s) => s.id),
+            plan.decode.map((s) => s.tokens[s.tokens.length - 1]),
+          )
+        : null;
+    let prefillLogits: Float32Array | null = null;
     if (plan.prefill) {
-      const { start, end } = plan.prefill;
-      const seq = plan.prefill.seq as ActiveSequence;
-      const logits =
+      const { seq, start, end } = plan.prefill;
+      prefillLogits =
         seq.prompt && seq.prompt.scored < Math.min(end, seq.promptLength - 1)
           ? await this.prefillScoring(seq, start, end)
           : await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
-      const fresh = seq.tokens.length === seq.promptLength;
-      if (this.scheduler.prefilled(seq, end) && fresh) {
-        this.totals.prompt += seq.promptLength;
-        if (seq.request.maxTokens === 0) {
-          // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
-          this.emit(seq, [], '', null);
-          this.finish(seq, 'length', null);
-        } else this.sample(seq, logits);
-      }
+    }
+    const { promptDone } = this.scheduler.update(plan);
+    if (decodeLogits) {
+      const v = this.runner.vocabSize;
+      plan.decode.forEach((seq, i) => this.sample(seq, decodeLogits.subarray(i * v, (i + 1) * v)));
+    }
+    if (promptDone) {
+      this.totals.prompt += promptDone.promptLength;
+      if (promptDone.request.maxTokens === 0) {
+        // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
+        this.emit(promptDone, [], '', null);
+        this.finish(promptDone, 'length', null);
+      } else this.sample(promptDone, prefillLogits!);
     }
     return resumed || plan.decode.length > 0 || plan.prefill !== null || plan.preempted.length > 0;
   }

@@ -38,9 +38,7 @@ export type MainMessage =
   | { type: 'stats'; token: number }
   | { type: 'shutdown' }
   /** Ends every request at the next step boundary (the shutdown deadline). */
-  | { type: 'abort-all' }
-  /** Fault injection for tests: the worker throws an uncaught error between steps. */
-  | { type: 'crash' };
+  | { type: 'abort-all' };
 
 /** Worker → main thread. */
 export type WorkerMessage =

@@ -30,15 +30,21 @@ export interface KvCostModel {
   slotsFor(lengths: number[]): number;
 }
 
-export interface StepPlan {
+export interface StepPlan<S extends ScheduledSequence = ScheduledSequence> {
   /** Sequences newly given a KV slot this step. */
-  admitted: ScheduledSequence[];
+  admitted: S[];
   /** Sequences whose cache must be dropped before the step (they wait to be recomputed). */
-  preempted: ScheduledSequence[];
+  preempted: S[];
   /** One new token each, batched. */
-  decode: ScheduledSequence[];
+  decode: S[];
   /** At most one prompt chunk: tokens[start, end) of `seq`. */
-  prefill: { seq: ScheduledSequence; start: number; end: number } | null;
+  prefill: { seq: S; start: number; end: number } | null;
+}
+
+/** What a step's run means for sampling, once `update` has moved the sequences on. */
+export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
+  /** The prefilled sequence, when this chunk completed a fresh prompt: its next token is sampled from the chunk's last logits. */
+  promptDone: S | null;
 }
 
 /**
@@ -50,10 +56,10 @@ export interface StepPlan {
  * A prompt's chunk boundaries depend only on the prompt (fixed chunk size), never on what
  * else runs, so a request's numbers do not depend on its neighbours.
  */
-export class Scheduler {
-  private readonly waiting: ScheduledSequence[] = [];
+export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
+  private readonly waiting: S[] = [];
   /** In admission order (the last is the first to be preempted). */
-  private readonly running: ScheduledSequence[] = [];
+  private readonly running: S[] = [];
 
   constructor(
     readonly config: SchedulerConfig,
@@ -72,7 +78,7 @@ export class Scheduler {
     return this.waiting.length > 0 || this.running.length > 0;
   }
 
-  add(seq: ScheduledSequence): void {
+  add(seq: S): void {
     // The queue bound counts requests that must wait: those a free batch slot will take
     // at the next step do not.
     const freeSlots = Math.max(0, this.config.maxNumSeqs - this.running.length);
@@ -84,7 +90,7 @@ export class Scheduler {
   }
 
   /** Removes a sequence wherever it is; returns true if it was running (its cache must be freed). */
-  remove(seq: ScheduledSequence): boolean {
+  remove(seq: S): boolean {
     const w = this.waiting.indexOf(seq);
     if (w >= 0) this.waiting.splice(w, 1);
     const r = this.running.indexOf(seq);
@@ -100,7 +106,7 @@ export class Scheduler {
     return seq.tokens.length === seq.promptLength ? seq.promptLength : seq.tokens.length - 1;
   }
 
-  private needs(extra?: { seq: ScheduledSequence; length: number }): number[] {
+  private needs(extra?: { seq: S; length: number }): number[] {
     const lengths = this.running.map((s) =>
       extra && s === extra.seq ? extra.length : s.state === 'decode' ? s.numComputed + 1 : s.numComputed,
     );
@@ -108,7 +114,7 @@ export class Scheduler {
     return lengths;
   }
 
-  private fits(extra?: { seq: ScheduledSequence; length: number }): boolean {
+  private fits(extra?: { seq: S; length: number }): boolean {
     return this.kv.slotsFor(this.needs(extra)) <= this.config.kvSlots;
   }
 
@@ -116,8 +122,8 @@ export class Scheduler {
    * Decides the next step. `canDecode` leaves out running sequences that cannot take a
    * token this step (waiting for their grammar's mask); they keep their cache.
    */
-  schedule(canDecode: (seq: ScheduledSequence) => boolean = () => true): StepPlan {
-    const plan: StepPlan = { admitted: [], preempted: [], decode: [], prefill: null };
+  schedule(canDecode: (seq: S) => boolean = () => true): StepPlan<S> {
+    const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null };
     // Make room for this step's decode tokens, preempting the youngest first.
     while (this.running.length > 1 && !this.fits()) {
       const victim = this.running.pop()!;
@@ -149,18 +155,19 @@ export class Scheduler {
     return plan;
   }
 
-  /** Records that a prefill chunk ran; returns true when the sequence is ready to decode. */
-  prefilled(seq: ScheduledSequence, end: number): boolean {
+  /**
+   * The one place where a step's sequences move on after the model ran `plan`: each
+   * decoded sequence has its previous last token cached, the prefilled one its chunk.
+   */
+  update(plan: StepPlan<S>): StepOutcome<S> {
+    for (const seq of plan.decode) seq.numComputed += 1;
+    if (!plan.prefill) return { promptDone: null };
+    const { seq, end } = plan.prefill;
+    const fresh = seq.tokens.length === seq.promptLength;
     seq.numComputed = end;
-    if (end >= Scheduler.prefillTarget(seq)) {
-      seq.state = 'decode';
-      return true;
-    }
-    return false;
-  }
-
-  /** Records a decode step: the sequence's previous last token is now cached. */
-  decoded(seq: ScheduledSequence): void {
-    seq.numComputed += 1;
+    if (end < Scheduler.prefillTarget(seq)) return { promptDone: null };
+    seq.state = 'decode';
+    // A recomputed sequence (after preemption) decodes its last token next instead.
+    return { promptDone: fresh ? seq : null };
   }
 }

@@ -176,11 +176,6 @@ port.on('message', (msg: MainMessage) => {
       core.abortAll();
       flush();
       break;
-    case 'crash':
-      setImmediate(() => {
-        throw new Error('crash injected by a test');
-      });
-      break;
   }
   wake?.();
 });

@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { QueueFullError } from '../errors.js';
+import { Scheduler, type KvCostModel, type ScheduledSequence, type StepPlan } from './scheduler.js';
+
+// The scheduler alone, with no model: sequences are token counts, the KV cost is slots.
+const perToken: KvCostModel = { slotsFor: (lengths) => lengths.reduce((a, b) => a + b, 0) };
+let nextId = 0;
+const seq = (promptLength: number): ScheduledSequence => ({
+  id: nextId++,
+  tokens: Array.from({ length: promptLength }, (_, i) => i),
+  promptLength,
+  numComputed: 0,
+  state: 'waiting',
+  preemptions: 0,
+});
+
+function scheduler(o: Partial<{ maxNumSeqs: number; maxNumBatchedTokens: number; maxQueue: number; kvSlots: number }> = {}) {
+  return new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvSlots: 10_000, ...o }, perToken);
+}
+
+/** Runs a planned step as the engine would: the model "runs", then each decoded sequence takes a token. */
+function step(s: Scheduler, plan: StepPlan = s.schedule()): StepPlan {
+  const { promptDone } = s.update(plan);
+  for (const d of plan.decode) d.tokens.push(0);
+  if (promptDone) promptDone.tokens.push(0);
+  return plan;
+}
+
+test('prompts prefill in fixed chunks at fixed positions, one prompt per step, FIFO', () => {
+  const s = scheduler();
+  const a = seq(70);
+  const b = seq(10);
+  s.add(a);
+  s.add(b);
+  const chunks: Array<[number, number, number]> = [];
+  for (let i = 0; i < 6; i++) {
+    const plan = step(s);
+    if (plan.prefill) chunks.push([plan.prefill.seq.id, plan.prefill.start, plan.prefill.end]);
+  }
+  assert.deepEqual(chunks, [
+    [a.id, 0, 32],
+    [a.id, 32, 64],
+    [a.id, 64, 70],
+    [b.id, 0, 10],
+  ]);
+  assert.equal(a.state, 'decode');
+  assert.equal(a.tokens.length, 70 + 4, 'a decoded in every step after its prompt');
+});
+
+test('admission stops at max-num-seqs; the queue bound counts only requests that must wait', () => {
+  const s = scheduler({ maxNumSeqs: 2, maxQueue: 1 });
+  const seqs = [seq(4), seq(4), seq(4)];
+  for (const x of seqs) s.add(x); // 2 free batch slots + 1 queue place
+  assert.throws(() => s.add(seq(4)), QueueFullError);
+  for (let i = 0; i < 5; i++) step(s);
+  assert.equal(s.numRunning, 2);
+  assert.equal(s.numWaiting, 1);
+  assert.equal(seqs[2].state, 'waiting');
+  s.remove(seqs[0]);
+  for (let i = 0; i < 2; i++) step(s);
+  assert.equal(seqs[2].state, 'decode');
+});
+
+test('a batch outgrowing the KV budget preempts its youngest sequence, which is recomputed without its last token and samples nothing', () => {
+  const s = scheduler({ kvSlots: 40 });
+  const old = seq(16);
+  const young = seq(16);
+  s.add(old);
+  s.add(young);
+  let plan: StepPlan | null = null;
+  let generated = 0;
+  for (let i = 0; i < 20; i++) {
+    const next = s.schedule();
+    if (next.preempted.length > 0) {
+      plan = next;
+      break;
+    }
+    step(s, next);
+  }
+  assert.ok(plan, 'a preemption happened');
+  assert.deepEqual(plan.preempted, [young]);
+  assert.equal(young.preemptions, 1);
+  assert.deepEqual(plan.decode, [old]);
+  generated = young.tokens.length - young.promptLength;
+  assert.ok(generated > 0);
+  // Its recompute (here at once: all but its last token fit beside the old one) covers
+  // the tokens it had, then it decodes its last token again; the recompute samples nothing.
+  assert.equal(plan.prefill?.seq, young);
+  assert.deepEqual([plan.prefill!.start, plan.prefill!.end], [0, young.tokens.length - 1]);
+  assert.equal(s.update(plan).promptDone, null);
+  assert.equal(young.tokens.length - young.promptLength, generated);
+  assert.equal(young.state, 'decode');
+  assert.equal(young.numComputed, young.tokens.length - 1);
+});
+
+test('a sequence the caller holds back keeps its place and cache but sits out decode steps', () => {
+  const s = scheduler();
+  const a = seq(4);
+  const b = seq(4);
+  s.add(a);
+  s.add(b);
+  for (let i = 0; i < 3; i++) step(s);
+  const plan = step(s, s.schedule((x) => x !== a));
+  assert.deepEqual(plan.decode, [b]);
+  assert.equal(a.state, 'decode');
+  assert.deepEqual(step(s).decode, [a, b]);
+});
