@@ -18,7 +18,7 @@ test('an abort that arrives while a step runs takes effect when the step ends, a
     maxNumBatchedTokens: 64,
     maxQueue: 8,
     maxModelLen: 512,
-    kvCacheTokens: 4096,
+    kvBudgetTokens: 4096,
   });
   // The aborted request holds row 0, so freeing it moves the survivor's cache into its place.
   const doomed = request(cases[0].prompt_ids, { maxTokens: 100, ignoreEos: true });
@@ -50,9 +50,9 @@ test('an abort that arrives while a step runs takes effect when the step ends, a
 const tokenizer = QwenTokenizer.fromDir(FIXTURE_DIR);
 
 /** Runs requests on one core to the end (in this thread: the scheduler's plans are seen as they are). */
-async function run(kvCacheTokens: number, requests: GenerateRequest[]): Promise<EngineEvent[]> {
+async function run(kvBudgetTokens: number, requests: GenerateRequest[]): Promise<EngineEvent[]> {
   const runner = await openRunner(await fixtureExport('fast'));
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, maxModelLen: 512, kvCacheTokens });
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, maxModelLen: 512, kvBudgetTokens });
   for (const r of requests) core.submit(r);
   const events: EngineEvent[] = [];
   while (core.hasWork()) {

@@ -65,7 +65,7 @@ export async function runEngineBench(o: EngineBenchOptions, log: (line: string) 
       const ids = Array.from({ length: batch }, () => nextId++);
       for (const sid of ids) {
         runner.addSequence(sid);
-        runner.fillForBenchmark(sid, context);
+        runner.reserve(sid, context);
       }
       const tokens = ids.map(() => 1234);
       await runner.decode(ids, tokens); // warm-up at this shape

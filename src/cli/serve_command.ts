@@ -146,7 +146,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       dtype: info.dtype,
       device: info.device,
       max_model_len: info.limits.maxModelLen,
-      kv_cache_tokens: info.limits.kvCacheTokens,
+      kv_budget_tokens: info.limits.kvBudgetTokens,
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,

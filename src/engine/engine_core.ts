@@ -4,7 +4,7 @@ import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '
 import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
-import type { RemoteConstraint } from './grammar_service.js';
+import type { GrammarService, RemoteConstraint } from './grammar_service.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -62,30 +62,64 @@ export class EngineCore {
   private readonly holding = new Set<ActiveSequence>();
   private readonly abortsAfterStep = new Set<string>();
 
+  /** Requests whose grammar is being compiled, and whether they were aborted meanwhile. */
+  private readonly preparing = new Map<string, boolean>();
+  private grammars: GrammarService | null = null;
+  private readonly now: () => number;
+
   constructor(
     private readonly runner: ModelRunner,
     private readonly tokenizer: QwenTokenizer,
     readonly limits: EngineLimits,
-    private readonly now: () => number = () => performance.now(),
+    private readonly options: {
+      /** Builds the grammar engine, on the first structured request: most servers never need it. */
+      grammars?: () => GrammarService;
+      /** Stop tokens a grammar ends with when a request names none. */
+      eosTokenIds?: number[];
+      now?: () => number;
+    } = {},
   ) {
+    this.now = options.now ?? (() => performance.now());
     this.scheduler = new Scheduler<ActiveSequence>(
-      { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvSlots: limits.kvCacheTokens },
+      { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvBudgetTokens: limits.kvBudgetTokens },
       runner,
     );
   }
 
   /**
-   * Queues a request; throws QueueFullError (or a validation AppError) at once. A request
-   * with a grammar brings its constraint (compiled by the caller, see grammar.ts), which
-   * the core owns from here on, refused or not.
+   * Queues a request; a refusal (queue full, invalid, too long) rejects. A request without
+   * a grammar is queued before this returns; one with a grammar first waits for its
+   * constraint from the grammar thread, and an abort meanwhile applies once it is queued,
+   * so every abort takes the one path through `abort`.
    */
-  submit(req: GenerateRequest, constraint: RemoteConstraint | null = null): void {
+  async submit(req: GenerateRequest): Promise<void> {
+    if (!req.grammar) {
+      this.queue(req, null);
+      return;
+    }
+    if (!this.options.grammars) throw new Error('this engine has no grammar engine');
+    this.grammars ??= this.options.grammars();
+    this.preparing.set(req.requestId, false);
+    let constraint: RemoteConstraint;
+    let aborted: boolean;
+    try {
+      constraint = await this.grammars.open(req.grammar, req.stopTokenIds.length > 0 ? req.stopTokenIds : (this.options.eosTokenIds ?? []));
+    } finally {
+      aborted = this.preparing.get(req.requestId) ?? false;
+      this.preparing.delete(req.requestId);
+    }
     try {
       this.queue(req, constraint);
     } catch (err) {
-      constraint?.dispose();
+      constraint.dispose();
       throw err;
     }
+    if (aborted) this.abort(req.requestId);
+  }
+
+  /** Stops the grammar thread, if one was started. */
+  async close(): Promise<void> {
+    await this.grammars?.shutdown();
   }
 
   private queue(req: GenerateRequest, constraint: RemoteConstraint | null): void {
@@ -128,6 +162,10 @@ export class EngineCore {
 
   /** Ends a request and frees its cache, at once between steps, else when the running step ends. */
   abort(requestId: string): void {
+    if (this.preparing.has(requestId)) {
+      this.preparing.set(requestId, true);
+      return;
+    }
     if (this.stepping) {
       this.abortsAfterStep.add(requestId);
       return;
@@ -148,13 +186,13 @@ export class EngineCore {
       running: this.scheduler.numRunning,
       waiting: this.scheduler.numWaiting,
       kvUsedTokens: used,
-      kvTotalTokens: this.limits.kvCacheTokens,
+      kvBudgetTokens: this.limits.kvBudgetTokens,
       kvBytes: this.runner.kvBytes(),
       promptTokensTotal: this.totals.prompt,
       generationTokensTotal: this.totals.generation,
       requestsFinished: this.totals.finished,
       steps: this.totals.steps,
-      grammar: null,
+      grammar: this.grammars?.stats() ?? null,
     };
   }
 
@@ -408,6 +446,6 @@ export class EngineCore {
    * deadline): their clients get a clean end with what was generated.
    */
   abortAll(): void {
-    for (const id of [...this.byRequest.keys()]) this.abort(id);
+    for (const id of [...this.preparing.keys(), ...this.byRequest.keys()]) this.abort(id);
   }
 }

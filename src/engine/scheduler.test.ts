@@ -15,8 +15,8 @@ const seq = (promptLength: number): ScheduledSequence => ({
   preemptions: 0,
 });
 
-function scheduler(o: Partial<{ maxNumSeqs: number; maxNumBatchedTokens: number; maxQueue: number; kvSlots: number }> = {}) {
-  return new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvSlots: 10_000, ...o }, perToken);
+function scheduler(o: Partial<{ maxNumSeqs: number; maxNumBatchedTokens: number; maxQueue: number; kvBudgetTokens: number }> = {}) {
+  return new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000, ...o }, perToken);
 }
 
 /** Runs a planned step as the engine would: the model "runs", then each decoded sequence takes a token. */
@@ -63,7 +63,7 @@ test('admission stops at max-num-seqs; the queue bound counts only requests that
 });
 
 test('a batch outgrowing the KV budget preempts its youngest sequence, which is recomputed without its last token and samples nothing', () => {
-  const s = scheduler({ kvSlots: 40 });
+  const s = scheduler({ kvBudgetTokens: 40 });
   const old = seq(16);
   const young = seq(16);
   s.add(old);

@@ -22,7 +22,7 @@ export interface SchedulerConfig {
   maxNumBatchedTokens: number;
   maxQueue: number;
   /** KV cache budget in token slots. */
-  kvSlots: number;
+  kvBudgetTokens: number;
 }
 
 /** The cache's cost model, from the model runner. */
@@ -115,7 +115,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
   }
 
   private fits(extra?: { seq: S; length: number }): boolean {
-    return this.kv.slotsFor(this.needs(extra)) <= this.config.kvSlots;
+    return this.kv.slotsFor(this.needs(extra)) <= this.config.kvBudgetTokens;
   }
 
   /**

@@ -62,7 +62,7 @@ export interface EngineStats {
   running: number;
   waiting: number;
   kvUsedTokens: number;
-  kvTotalTokens: number;
+  kvBudgetTokens: number;
   kvBytes: number;
   promptTokensTotal: number;
   generationTokensTotal: number;
@@ -77,7 +77,7 @@ export interface EngineLimits {
   maxNumBatchedTokens: number;
   maxQueue: number;
   maxModelLen: number;
-  kvCacheTokens: number;
+  kvBudgetTokens: number;
 }
 
 /** What the worker reports once the model is loaded. */

@@ -42,7 +42,7 @@ export class ServerMetrics {
       registers,
       async collect() {
         const s = await engine.stats();
-        this.set(s.kvTotalTokens > 0 ? s.kvUsedTokens / s.kvTotalTokens : 0);
+        this.set(s.kvBudgetTokens > 0 ? s.kvUsedTokens / s.kvBudgetTokens : 0);
       },
     });
     new client.Gauge({

@@ -31,11 +31,11 @@ export interface ModelRunner {
   /** Token slots the cache would occupy with sequences of these lengths resident. */
   slotsFor(lengths: number[]): number;
   /**
-   * Benchmarks only: gives `id` a cache of `length` tokens without computing it (zeros).
-   * Decode speed does not depend on the cached values, so long batches can be timed
-   * without minutes of prefill.
+   * Gives `id` a cache of `length` tokens whose entries are not computed: for a caller that
+   * writes them itself or never reads them (decode speed does not depend on the values,
+   * so the engine benchmark times long batches without minutes of prefill).
    */
-  fillForBenchmark(id: number, length: number): void;
+  reserve(id: number, length: number): void;
 }
 
 export type KvArray = Float32Array | Uint16Array | Int8Array;

@@ -75,8 +75,8 @@ export class StagedFastRunner implements ModelRunner {
     return this.decoding.prefault();
   }
 
-  fillForBenchmark(id: number, length: number): void {
+  reserve(id: number, length: number): void {
     if (this.staging.has(id)) this.decoding.adoptSequence(id, this.staging);
-    this.decoding.fillForBenchmark(id, length);
+    this.decoding.reserve(id, length);
   }
 }

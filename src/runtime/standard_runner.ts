@@ -49,9 +49,9 @@ export class StandardRunner implements ModelRunner {
     this.seqs.delete(id);
   }
 
-  fillForBenchmark(id: number, length: number): void {
+  reserve(id: number, length: number): void {
     const s = this.seq(id);
-    this.reserve(s, length);
+    this.grow(s, length);
     s.length = length;
   }
 
@@ -66,9 +66,13 @@ export class StandardRunner implements ModelRunner {
     return n;
   }
 
+  /** Slots one sequence of `length` tokens may take: its buffers grow by doubling, so that worst case. */
+  static slotsForOne(length: number): number {
+    return Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(length, 1))));
+  }
+
   slotsFor(lengths: number[]): number {
-    // Each sequence's buffers grow by doubling, so count that worst case.
-    return lengths.reduce((n, l) => n + Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(l, 1)))), 0);
+    return lengths.reduce((n, l) => n + StandardRunner.slotsForOne(l), 0);
   }
 
   private seq(id: number): SequenceKv {
@@ -77,7 +81,7 @@ export class StandardRunner implements ModelRunner {
     return s;
   }
 
-  private reserve(s: SequenceKv, needed: number): void {
+  private grow(s: SequenceKv, needed: number): void {
     if (needed <= s.capacity) return;
     const cap = Math.max(needed, s.capacity * 2, 64);
     const hd = this.headDim;
@@ -131,7 +135,7 @@ export class StandardRunner implements ModelRunner {
     }
     const out = await this.session.run(feeds);
     batch.forEach((s, i) => {
-      this.reserve(s, s.length + seqLen);
+      this.grow(s, s.length + seqLen);
       for (let l = 0; l < this.layers; l++) {
         for (const [name, dst] of [
           [this.names.nk[l], s.keys[l]],

@@ -1,0 +1,364 @@
+import ort from 'onnxruntime-node';
+import { ConfigError } from '../errors.js';
+import { ioName, type Manifest } from '../export/manifest.js';
+import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
+
+/** Capacity grows and shrinks in these steps: attention's cost grows with capacity (docs/architecture.md, KV cache). */
+export const CAPACITY_STEP = 64;
+
+/** Bytes of KV per token: keys and values, every layer (int8 entries carry one float32 scale per token and head). */
+export function kvBytesPerToken(m: Manifest): number {
+  const c = m.config;
+  const perHead = c.headDim * BYTES[m.kvDtype] + (m.kvDtype === 'int8' ? BYTES.float32 : 0);
+  return 2 * c.numLayers * c.numKvHeads * perHead;
+}
+
+export interface KvBudget {
+  /** The KV budget in token slots: the one name the scheduler, the runners and the stats use. */
+  kvBudgetTokens: number;
+  bytes: number;
+  /** The longest sequence allowed, lowered to what the budget can hold. */
+  maxModelLen: number;
+}
+
+/**
+ * The KV budget for a memory setting: `memory` bytes, or a fraction (≤ 1) of `freeBytes`.
+ * `slotsForOne` is the layout's cost of one sequence of a given length (the runner's
+ * `slotsFor`, capacity steps or growth included): the longest allowed sequence is lowered
+ * until one fits, and a budget too small for a single token is a configuration error.
+ */
+export function kvBudget(manifest: Manifest, memory: number, freeBytes: number, maxModelLen: number, slotsForOne: (length: number) => number): KvBudget {
+  const perToken = kvBytesPerToken(manifest);
+  const bytes = memory <= 1 ? Math.floor(freeBytes * memory) : Math.floor(memory);
+  const kvBudgetTokens = Math.floor(bytes / perToken);
+  const smallest = slotsForOne(1);
+  if (kvBudgetTokens < smallest) {
+    throw new ConfigError(`--kv-cache-memory gives ${bytes} bytes, less than one ${smallest}-token block (${perToken * smallest} bytes) of this model's KV cache.`);
+  }
+  // The cost only grows with the length: the longest that fits, by bisection.
+  let lo = 1;
+  let hi = maxModelLen;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (slotsForOne(mid) <= kvBudgetTokens) lo = mid;
+    else hi = mid - 1;
+  }
+  return { kvBudgetTokens, bytes, maxModelLen: lo };
+}
+
+/**
+ * One cached tensor per layer: keys, values, or (int8 caches) their per-token scales.
+ * `width` elements per token and head; `transposed` stores [rows, heads, width, capacity]
+ * instead of [rows, heads, capacity, width]. Width-1 planes are fed as [rows, heads, capacity].
+ */
+interface Plane {
+  readonly past: string[];
+  readonly fresh: string[];
+  readonly type: KvElementType;
+  readonly width: number;
+  readonly transposed: boolean;
+  data: KvArray[];
+}
+
+/**
+ * The fast layout's KV cache: one buffer per layer and plane of shape
+ * [rows, kvHeads, capacity, headDim] (keys [rows, kvHeads, headDim, capacity] for
+ * in-place attention exports, manifest keyLayout 'bhdt'), fed to every step without a
+ * copy. Each sequence owns a row and rows stay compact: when a sequence leaves, the last
+ * row moves into its place. Rows × capacity both resize in steps, so memory follows the
+ * work; `slotsFor` tells the scheduler what a set of sequences would take.
+ */
+export class KvCache {
+  private readonly kvHeads: number;
+  private readonly layers: number;
+  private capacity = CAPACITY_STEP;
+  private rows = 0;
+  readonly planes: Plane[];
+  private readonly rowOf = new Map<number, number>();
+  /** The sequence id in each row [0, count). */
+  private readonly idOfRow: number[] = [];
+  private readonly rowLength: Int32Array;
+
+  constructor(
+    manifest: Manifest,
+    readonly maxSequences: number,
+    /** Longest sequence a row may hold; capacity never grows past it. */
+    private readonly maxLength: number,
+    /**
+     * The scheduler's KV budget in token slots (rows × capacity never exceeds it). Given,
+     * each buffer is allocated once at that size: memory is only committed as it is first
+     * written, and every later resize happens in place.
+     */
+    private readonly kvBudgetTokens = 0,
+  ) {
+    const c = manifest.config;
+    this.kvHeads = c.numKvHeads;
+    this.layers = c.numLayers;
+    this.rowLength = new Int32Array(maxSequences);
+    const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
+    const io = manifest.io;
+    const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
+      past: names(past),
+      fresh: names(fresh),
+      type,
+      width,
+      transposed,
+      data: [],
+    });
+    this.planes = [
+      plane(io.pastKey, io.newKey, manifest.kvDtype, c.headDim, manifest.keyLayout === 'bhdt'),
+      plane(io.pastValue, io.newValue, manifest.kvDtype, c.headDim, false),
+    ];
+    if (manifest.kvDtype === 'int8') {
+      if (!io.pastKeyScale || !io.pastValueScale || !io.newKeyScale || !io.newValueScale) {
+        throw new Error('an int8 KV export must name its scale tensors (re-export the model)');
+      }
+      this.planes.push(plane(io.pastKeyScale, io.newKeyScale, 'float32', 1, false), plane(io.pastValueScale, io.newValueScale, 'float32', 1, false));
+    }
+    this.allocate(1, CAPACITY_STEP);
+  }
+
+  /**
+   * Writes every byte of the KV buffers, so the OS maps their pages now rather than in
+   * the middle of a step that first reaches them, stalling every stream of that step.
+   * Returns the bytes written.
+   */
+  prefault(): number {
+    let bytes = 0;
+    for (const p of this.planes) {
+      for (const buf of p.data) {
+        buf.fill(0);
+        bytes += buf.byteLength;
+      }
+    }
+    return bytes;
+  }
+
+  private planeSize(p: Plane, rows: number, cap: number): number {
+    return rows * this.kvHeads * cap * p.width;
+  }
+
+  /**
+   * Lays the cache out as `rows` × `cap`. A buffer that is big enough is re-laid out in
+   * place: first touches of fresh memory are expensive (page faults), so a full
+   * reallocation at every capacity step stalled every stream for seconds at long
+   * contexts (docs/performance.md). Buffers are sized for the whole budget (else
+   * twice what is needed), untouched memory costing nothing, and kept for the process's
+   * life like ONNX Runtime's arena (dropping them when idle made V8 account gigabytes of
+   * external memory per request, and its extra garbage collections showed as stalls).
+   * Buffers are replaced layer by layer, so a reallocation needs one layer of
+   * slack, not a second copy of the whole cache.
+   */
+  private allocate(rows: number, cap: number): void {
+    const oldCap = this.capacity;
+    const live = this.idOfRow.length;
+    this.capacity = cap;
+    this.rows = rows;
+    for (const p of this.planes) {
+      const needed = this.planeSize(p, rows, cap);
+      const size = Math.max(2 * needed, this.kvHeads * p.width * this.kvBudgetTokens);
+      for (let l = 0; l < this.layers; l++) {
+        const src = p.data[l];
+        if (src && src.length >= needed) {
+          this.restride(p, src, oldCap, live);
+          continue;
+        }
+        p.data[l] = kvArray(p.type, size);
+        if (src) for (let row = 0; row < live; row++) this.copyRow(p, src, oldCap, l, row, row);
+      }
+    }
+  }
+
+  /**
+   * Moves every live row's entries from capacity `oldCap` to the current capacity within
+   * one buffer. Each run of slots starts at (line index) × capacity; growing moves runs
+   * up, so going from the last run down never overwrites one not yet moved (shrinking
+   * goes the other way). Slots past a row's length keep stale values: finite numbers the
+   * length mask hides.
+   */
+  private restride(p: Plane, buf: KvArray, oldCap: number, live: number): void {
+    const cap = this.capacity;
+    if (cap === oldCap) return;
+    const { perRow, unit } = this.runs(p);
+    const move = (row: number, j: number) => {
+      const len = this.rowLength[row] * unit;
+      if (len === 0) return;
+      const line = row * perRow + j;
+      const from = line * oldCap * unit;
+      buf.copyWithin(line * cap * unit, from, from + len);
+    };
+    if (cap > oldCap) {
+      for (let row = live - 1; row >= 0; row--) for (let j = perRow - 1; j >= 0; j--) move(row, j);
+    } else {
+      for (let row = 0; row < live; row++) for (let j = 0; j < perRow; j++) move(row, j);
+    }
+  }
+
+  /**
+   * A plane is a sequence of runs, each `capacity` slots of `unit` elements: per (row,
+   * head) for [rows, heads, capacity, width], per (row, head, d) for the transposed order.
+   */
+  private runs(p: Plane): { perRow: number; unit: number } {
+    return p.transposed ? { perRow: this.kvHeads * p.width, unit: 1 } : { perRow: this.kvHeads, unit: p.width };
+  }
+
+  /**
+   * Copies the cached prefix (`length` tokens, row `from`'s own by default) of row `from`
+   * of `src` (capacity `srcCap`) to row `to` of the plane's layer `l`.
+   */
+  private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number, length = this.rowLength[from]): void {
+    const { perRow, unit } = this.runs(p);
+    const len = length * unit;
+    if (len === 0) return;
+    const dst = p.data[l];
+    for (let j = 0; j < perRow; j++) {
+      const a = (from * perRow + j) * srcCap * unit;
+      dst.set(src.subarray(a, a + len), (to * perRow + j) * this.capacity * unit);
+    }
+  }
+
+  /** Slots a row of `length` tokens takes: its capacity step. */
+  static bucket(length: number): number {
+    return Math.max(CAPACITY_STEP, Math.ceil(length / CAPACITY_STEP) * CAPACITY_STEP);
+  }
+
+  /** Token slots the cache occupies for these sequences: rows × the longest one's bucket. */
+  slotsFor(lengths: number[]): number {
+    if (lengths.length === 0) return 0;
+    return lengths.length * KvCache.bucket(Math.max(...lengths));
+  }
+
+  /** Resizes to the rows in use and the capacity bucket `needed` tokens require. */
+  fit(needed: number): void {
+    if (needed > this.maxLength) throw new Error(`sequence of ${needed} tokens exceeds the runner's limit of ${this.maxLength}`);
+    let longest = needed;
+    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r]);
+    const cap = KvCache.bucket(longest);
+    const rows = Math.max(1, this.idOfRow.length);
+    // Grow at once; shrink only when a size halves, so allocations do not flap.
+    const growCap = cap > this.capacity;
+    const growRows = rows > this.rows;
+    const shrink = cap * 2 <= this.capacity || rows * 2 <= this.rows;
+    if (growCap || growRows || shrink) this.allocate(growRows || shrink ? rows : this.rows, growCap || shrink ? cap : this.capacity);
+  }
+
+  /** Gives sequence `id` a new, empty row. */
+  add(id: number): void {
+    if (this.rowOf.has(id)) throw new Error(`sequence ${id} already has a row`);
+    if (this.idOfRow.length >= this.maxSequences) throw new Error(`all ${this.maxSequences} KV rows are in use`);
+    const row = this.idOfRow.length;
+    this.idOfRow.push(id);
+    this.rowLength[row] = 0;
+    this.rowOf.set(id, row);
+  }
+
+  /** Frees `id`'s row; the last row moves into its place, so rows stay compact. */
+  free(id: number): void {
+    const row = this.rowOf.get(id);
+    if (row === undefined) return;
+    this.rowOf.delete(id);
+    const last = this.idOfRow.length - 1;
+    if (row !== last) {
+      for (const p of this.planes) for (let l = 0; l < this.layers; l++) this.copyRow(p, p.data[l], this.capacity, l, last, row);
+      this.rowLength[row] = this.rowLength[last];
+      this.idOfRow[row] = this.idOfRow[last];
+      this.rowOf.set(this.idOfRow[row], row);
+    }
+    this.idOfRow.pop();
+    this.rowLength[last] = 0;
+    if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
+  }
+
+  has(id: number): boolean {
+    return this.rowOf.has(id);
+  }
+
+  /**
+   * Gives `id` a cache of `length` tokens whose entries are not computed here: for a caller
+   * that writes them itself, or never reads them (decode speed does not depend on them).
+   */
+  reserve(id: number, length: number): void {
+    const row = this.row(id);
+    this.fit(length + 1);
+    this.rowLength[row] = length;
+  }
+
+  /** Copies the first `length` cached tokens of `id` in `source` (another cache of the same export) into a new row here. */
+  copyFrom(id: number, source: KvCache, length = source.length(id)): void {
+    const from = source.row(id);
+    this.add(id);
+    const row = this.row(id);
+    this.fit(length + 1);
+    for (const [i, p] of this.planes.entries()) {
+      for (let l = 0; l < this.layers; l++) this.copyRow(p, source.planes[i].data[l], source.capacity, l, from, row, length);
+    }
+    this.rowLength[row] = length;
+  }
+
+  /** Tokens of `id` whose keys and values are cached. */
+  length(id: number): number {
+    return this.rowLength[this.row(id)];
+  }
+
+  /** Cached tokens of each row [0, rows). */
+  lengthOfRow(row: number): number {
+    return this.rowLength[row];
+  }
+
+  row(id: number): number {
+    const row = this.rowOf.get(id);
+    if (row === undefined) throw new Error(`sequence ${id} has no KV row`);
+    return row;
+  }
+
+  /** Bytes the current layout (rows × capacity) spans; reserved but unwritten memory is not counted. */
+  bytes(): number {
+    let bytes = 0;
+    for (const p of this.planes) bytes += this.layers * this.planeSize(p, this.rows, this.capacity) * BYTES[p.type];
+    return bytes;
+  }
+
+  /** The past inputs of a step over rows [firstRow, firstRow + rows), as views of the buffers. */
+  pastFeeds(feeds: Record<string, ort.Tensor>, rows: number, firstRow: number): void {
+    for (const p of this.planes) for (let l = 0; l < this.layers; l++) feeds[p.past[l]] = this.planeTensor(p, l, rows, firstRow);
+  }
+
+  private planeTensor(p: Plane, l: number, rows: number, firstRow: number): ort.Tensor {
+    const size = this.planeSize(p, 1, this.capacity);
+    const view = p.data[l].subarray(firstRow * size, (firstRow + rows) * size);
+    const dims =
+      p.width === 1
+        ? [rows, this.kvHeads, this.capacity]
+        : p.transposed
+          ? [rows, this.kvHeads, p.width, this.capacity]
+          : [rows, this.kvHeads, this.capacity, p.width];
+    return new ort.Tensor(p.type, view, dims);
+  }
+
+  /**
+   * Writes a step's new entries for row `row` (batch index `batchIndex` of the outputs) at
+   * position `at`, and counts them. The graph returns them in the plane's own order with
+   * `seqLen` in place of the capacity: [rows, heads, seqLen, width], or [rows, heads,
+   * width, seqLen] for a transposed plane.
+   */
+  append(out: ort.InferenceSession.OnnxValueMapType, batchIndex: number, row: number, seqLen: number, at: number): void {
+    const cap = this.capacity;
+    for (const p of this.planes) {
+      // The graph's outputs are runs too, with seqLen slots in place of the capacity.
+      const { perRow, unit } = this.runs(p);
+      const len = seqLen * unit;
+      for (let l = 0; l < this.layers; l++) {
+        const fresh = out[p.fresh[l]].data as KvArray;
+        const dst = p.data[l];
+        for (let j = 0; j < perRow; j++) {
+          const from = (batchIndex * perRow + j) * len;
+          const to = ((row * perRow + j) * cap + at) * unit;
+          // A decode step into a transposed plane moves single elements: skip subarray.
+          if (len === 1) dst[to] = fresh[from];
+          else dst.set(fresh.subarray(from, from + len), to);
+        }
+      }
+    }
+    this.rowLength[row] = at + seqLen;
+  }
+}
