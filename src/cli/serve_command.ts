@@ -8,12 +8,15 @@ import { readGenerationConfig } from '../model/generation_config.js';
 import { buildApp } from '../http/app.js';
 import type { HttpOptions } from '../http/options.js';
 import { ServerMetrics } from '../http/metrics.js';
-import type { ServingContext } from '../openai/context.js';
+import type { ReasoningEffortBudgets, ServingContext } from '../openai/context.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
 import { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import { createProgress } from '../util/progress.js';
 import { formatHelp, parseCommand, seconds, size, wholeNumber, type ConfigOf, type Flags } from './flags.js';
+
+const EFFORT_BUDGETS = 'minimal=256,low=1024,medium=4096,high=16384';
+const effortBudgets = (text: string) => Object.fromEntries(text.split(',').map((pair) => [pair.split('=')[0], Number(pair.split('=')[1])]));
 
 export const SERVE_FLAGS = {
   model: { type: 'string', env: 'QWEN3_SERVE_MODEL', defaultText: 'demo model', help: 'Export directory, Hugging Face checkpoint directory, or Hub repo id (`org/name`)', schema: z.string().min(1).optional() },
@@ -34,6 +37,17 @@ export const SERVE_FLAGS = {
   'kv-cache-prefault': { type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start, as vLLM preallocates its cache: resident memory is the budget from the start, and no step waits for the OS to map fresh pages, and prompts prefill in a staging buffer of their own so they never slow the running streams (fast layout; see docs/architecture.md)', schema: z.boolean() },
   'json-whitespace': { type: 'string', env: 'QWEN3_SERVE_JSON_WHITESPACE', default: 'compact', help: 'Structured JSON output: `compact` (one line, `, ` and `: `, as Qwen3 writes tool calls) or `any` (any whitespace between tokens, vLLM\'s default; small models may loop on it)', schema: z.enum(['compact', 'any']) },
   'reasoning-field': { type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: '`reasoning_content`, `reasoning` or `both`', schema: z.enum(['reasoning_content', 'reasoning', 'both']) },
+  'reasoning-effort-budgets': {
+    type: 'string',
+    env: 'QWEN3_SERVE_REASONING_EFFORT_BUDGETS',
+    default: EFFORT_BUDGETS,
+    help: "Thinking budgets in tokens for `reasoning_effort` levels (`none` turns thinking off); a request's `thinking_token_budget` overrides them",
+    schema: z
+      .string()
+      .regex(/^(minimal|low|medium|high)=\d+(,(minimal|low|medium|high)=\d+)*$/, 'expected level=tokens pairs, such as low=1024,high=16384')
+      // Levels not named keep their default.
+      .transform((text) => ({ ...effortBudgets(EFFORT_BUDGETS), ...effortBudgets(text) }) as ReasoningEffortBudgets),
+  },
   'default-thinking': { type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Thinking for requests that do not say', schema: z.enum(['on', 'off']) },
   'cors-origins': { type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: 'Allowed origins, comma-separated; `none` disables CORS', schema: z.string() },
   'body-limit': { type: 'string', env: 'QWEN3_SERVE_BODY_LIMIT', default: '4MiB', help: 'Largest request body (larger: 413); bodies nested more than 128 levels are a 400', schema: size(false) },
@@ -114,6 +128,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       reasoningField: config['reasoning-field'],
       defaultThinking: config['default-thinking'] === 'on',
       logPrompts: config['log-prompts'],
+      reasoningEffortBudgets: config['reasoning-effort-budgets'],
     },
     createdAt: Math.floor(Date.now() / 1000),
   };

@@ -28,6 +28,11 @@ interface ActiveSequence extends ScheduledSequence {
   /** The constraint holds from now on (false while a thinking block runs before it). */
   constrained: boolean;
   /**
+   * The thinking budget's state: thinking tokens so far (null once thinking ended, or for
+   * requests without a budget), and the transition tokens still to write once it ran out.
+   */
+  thinking: { count: number; ended: boolean; forced: number[] | null } | null;
+  /**
    * Prompt log-probabilities when asked: entry p + 1 is prompt token p + 1's, from the
    * logits at position p; `scored` positions are done (kept across a preemption's
    * recompute, so each is computed once). Sent with the first event, then dropped.
@@ -153,6 +158,7 @@ export class EngineCore {
       firstTokenAt: null,
       constraint,
       held: null,
+      thinking: req.thinkingBudget ? { count: 0, ended: false, forced: null } : null,
       constrained: req.grammarAfter === null || req.grammarAfter === undefined,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
     };
@@ -282,6 +288,11 @@ export class EngineCore {
    * waits for another thread's compile.
    */
   private sample(seq: ActiveSequence, logits: Float32Array): void {
+    const forced = this.forcedToken(seq);
+    if (forced !== null) {
+      this.accept(seq, logits, forced);
+      return;
+    }
     const constraint = seq.constrained ? seq.constraint : null;
     if (constraint) {
       if (constraint.failed) {
@@ -327,10 +338,30 @@ export class EngineCore {
     return last;
   }
 
-  /** Takes the token sampled from `logits` (masked if constrained) and turns it into an event. */
-  private accept(seq: ActiveSequence, logits: Float32Array): void {
+  /**
+   * The thinking budget: once a sequence has thought for its budget without ending the
+   * thinking, the transition's tokens are written one per step instead of sampled (each
+   * goes through the model like any token, so the answer that follows sees them).
+   */
+  private forcedToken(seq: ActiveSequence): number | null {
+    const t = seq.thinking;
+    const budget = seq.request.thinkingBudget;
+    if (!t || !budget) return null;
+    if (!t.ended && t.forced === null && t.count >= budget.tokens) t.forced = [...budget.transition];
+    return t.forced && t.forced.length > 0 ? t.forced.shift()! : null;
+  }
+
+  /** Takes the token sampled from `logits` (masked if constrained), or the forced one, and turns it into an event. */
+  private accept(seq: ActiveSequence, logits: Float32Array, forced: number | null = null): void {
     const constraint = seq.constrained ? seq.constraint : null;
-    const { token, logprob } = seq.sampler.sample(logits, seq.history);
+    const top = seq.request.sampling.logprobs;
+    const { token, logprob } =
+      forced === null ? seq.sampler.sample(logits, seq.history) : { token: forced, logprob: top === null ? null : tokenLogprob(logits, forced, top) };
+    if (seq.thinking && !seq.thinking.ended) {
+      // Thinking ends at </think>, sampled or forced; until then each token counts.
+      if (token === seq.request.thinkingBudget!.endId) seq.thinking.ended = true;
+      else seq.thinking.count++;
+    }
     // Masked tokens have -Infinity logits, so the sampled one is always accepted.
     constraint?.accept(token);
     if (seq.constraint && token === seq.request.grammarAfter) seq.constrained = true;

@@ -19,6 +19,12 @@ export interface GenerateRequest {
   /** The grammar holds only after this token (the end of a thinking block); null: from the start. */
   grammarAfter?: number | null;
   /**
+   * A bound on thinking: after `tokens` generated tokens with no `endId` (</think>) among
+   * them, the engine writes `transition` (a short closing sentence ending with </think>)
+   * instead of sampling, and the model answers after it. Absent: thinking is not bounded.
+   */
+  thinkingBudget?: { tokens: number; endId: number; transition: number[] } | null;
+  /**
    * Log-probabilities of the prompt's own tokens (echo with logprobs), with this many top
    * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.
    */

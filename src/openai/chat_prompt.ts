@@ -33,15 +33,36 @@ function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
   });
 }
 
-/** Thinking per request: chat_template_kwargs.enable_thinking, then reasoning_effort, then the server default. */
-function thinkingFor(ctx: ServingContext, req: ChatRequest): boolean {
+/**
+ * The closing Qwen's documentation gives a thinking cut short by a budget: the model then
+ * answers from what it thought so far.
+ */
+export const THINKING_TRANSITION = '\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now.\n</think>\n\n';
+
+/** What a request asks of thinking: on or off, and a budget in tokens (null: unbounded). */
+export interface ThinkingAsk {
+  /** chat_template_kwargs.enable_thinking, Anthropic's thinking.type. */
+  enabled?: boolean | null;
+  /** vLLM's thinking_token_budget, Anthropic's thinking.budget_tokens; 0 turns thinking off. */
+  budget?: number | null;
+  /** OpenAI's reasoning_effort / reasoning.effort: 'none' turns thinking off, a level maps to a budget. */
+  effort?: 'none' | 'minimal' | 'low' | 'medium' | 'high' | null;
+}
+
+/** Thinking per request: an explicit on/off, then a budget, then an effort level, then the server default. */
+export function thinkingPlan(ctx: ServingContext, ask: ThinkingAsk): { on: boolean; budget: number | null } {
+  const budget = ask.budget ?? (ask.effort && ask.effort !== 'none' ? ctx.options.reasoningEffortBudgets[ask.effort] : null);
+  let on = ask.enabled ?? (ask.effort === 'none' ? false : ask.budget !== null && ask.budget !== undefined ? true : ask.effort ? true : ctx.options.defaultThinking);
+  if (budget === 0) on = false;
+  return { on, budget: on ? budget : null };
+}
+
+function chatThinking(ctx: ServingContext, req: ChatRequest): { on: boolean; budget: number | null } {
   const kw = req.chat_template_kwargs?.enable_thinking;
-  if (kw !== undefined && kw !== null) {
-    if (typeof kw !== 'boolean') throw new InvalidRequestError('chat_template_kwargs.enable_thinking must be a boolean.', { param: 'chat_template_kwargs.enable_thinking' });
-    return kw;
+  if (kw !== undefined && kw !== null && typeof kw !== 'boolean') {
+    throw new InvalidRequestError('chat_template_kwargs.enable_thinking must be a boolean.', { param: 'chat_template_kwargs.enable_thinking' });
   }
-  if (req.reasoning_effort) return req.reasoning_effort !== 'none';
-  return ctx.options.defaultThinking;
+  return thinkingPlan(ctx, { enabled: kw as boolean | undefined, budget: req.thinking_token_budget, effort: req.reasoning_effort });
 }
 
 export interface PreparedChat {
@@ -54,6 +75,8 @@ export interface PreparedChat {
   grammar: GrammarRequest | null;
   /** The token that ends thinking, from which the grammar applies (null: from the start). */
   grammarAfter: number | null;
+  /** The engine's thinking budget (see GenerateRequest.thinkingBudget), or null. */
+  thinkingBudget: { tokens: number; endId: number; transition: number[] } | null;
 }
 
 /**
@@ -80,7 +103,8 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   // With thinking on, a grammar holds the answer after the thinking block (as vLLM does
   // with a reasoning parser); a tokenizer without </think> cannot say where that is.
   const thinkEnd = ctx.tokenizer.tokenId(THINK_END_TOKEN) ?? null;
-  let thinking = thinkingFor(ctx, req) && !(grammar && thinkEnd === null);
+  const plan = chatThinking(ctx, req);
+  let thinking = plan.on && !(grammar && thinkEnd === null);
   const choice = req.tool_choice ?? 'auto';
   if (grammar && (choice === 'required' || typeof choice === 'object')) {
     throw new InvalidRequestError(`${grammar.param} and a forced tool call (tool_choice) cannot both shape one answer.`, { param: grammar.param });
@@ -115,6 +139,8 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     parserPrefix,
     grammar: grammar ?? forced,
     grammarAfter: grammar && thinking ? thinkEnd : null,
+    thinkingBudget:
+      thinking && plan.budget !== null && thinkEnd !== null ? { tokens: plan.budget, endId: thinkEnd, transition: ctx.tokenizer.encode(THINKING_TRANSITION) } : null,
   };
 }
 

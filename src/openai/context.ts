@@ -6,6 +6,7 @@ import type { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 
 export type ReasoningField = 'reasoning_content' | 'reasoning' | 'both';
+export type ReasoningEffortBudgets = Record<'minimal' | 'low' | 'medium' | 'high', number>;
 
 /** What the OpenAI layer needs to know of the server's settings. */
 export interface ServingOptions {
@@ -16,6 +17,8 @@ export interface ServingOptions {
   defaultThinking: boolean;
   /** Log prompt text at debug level (off: prompts never reach the logs). */
   logPrompts: boolean;
+  /** Thinking budgets in tokens for OpenAI's reasoning_effort levels. */
+  reasoningEffortBudgets: ReasoningEffortBudgets;
 }
 
 /** What every serving module needs, built once at start. */

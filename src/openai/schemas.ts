@@ -147,6 +147,8 @@ export const chatRequestSchema = z.object({
   parallel_tool_calls: z.boolean().nullable().optional(),
   chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
   reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
+  /** vLLM's bound on thinking tokens (0: thinking off). */
+  thinking_token_budget: z.number().int().min(0).max(10_000_000).nullable().optional(),
 }).superRefine((r, ctx) => {
   // OpenAI and vLLM refuse top_logprobs without logprobs rather than silently return none.
   if (r.top_logprobs != null && r.logprobs !== true) {

@@ -23,6 +23,7 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
     ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
     grammar: prepared.grammar,
     grammarAfter: prepared.grammarAfter,
+    thinkingBudget: prepared.thinkingBudget,
     // The prompt is the same for every choice: the first scores it.
     promptLogprobs: i === 0 ? (req.prompt_logprobs ?? null) : null,
   }));

@@ -1,0 +1,80 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
+import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
+import { THINKING_TRANSITION } from '../src/openai/chat_prompt.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { tempDir } from './support/runner.js';
+import { startTestServer, type TestServer } from './support/server.js';
+
+// A real Qwen3 graph that thinks forever ("<think>\n<think>\n…", never </think>), and after
+// a thinking block closed with "\n\n" answers "The answer." and stops.
+const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
+const [THINK, NEWLINE] = tokenizer.encode('<think>\n');
+const [BLANK] = tokenizer.encode('\n\n');
+const ANSWER = tokenizer.encode('The answer.<|im_end|>');
+const TRANSITION = tokenizer.encode(THINKING_TRANSITION);
+const THINK_END = tokenizer.tokenId('</think>')!;
+/** Tokens of the transition up to and including </think>: they count as reasoning. */
+const TRANSITION_REASONING = TRANSITION.indexOf(THINK_END) + 1;
+let s: TestServer;
+
+before(async () => {
+  const dir = join(tempDir(), 'thinker');
+  writeScriptedCheckpoint(dir, [[NEWLINE, THINK], [THINK, NEWLINE], ...chain(BLANK, ANSWER)]);
+  s = await startTestServer(dir, ['--served-model-name', 'thinker', '--reasoning-effort-budgets', 'low=7']);
+});
+after(async () => {
+  await s.close();
+});
+
+const ask = { model: 'thinker', messages: [{ role: 'user' as const, content: 'Why?' }], temperature: 0, max_tokens: 80 };
+
+test('without a budget the model thinks until max_tokens, as before', async () => {
+  const r = await s.client.chat.completions.create(ask);
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.choices[0].message.content, '');
+  assert.equal(r.usage?.completion_tokens_details?.reasoning_tokens, 80);
+});
+
+test('thinking_token_budget N: exactly N thinking tokens, the transition, then the answer', async () => {
+  for (const budget of [1, 5, 12]) {
+    const r = await s.client.chat.completions.create({ ...ask, thinking_token_budget: budget } as typeof ask);
+    const c = r.choices[0];
+    assert.equal(c.finish_reason, 'stop');
+    assert.equal(c.message.content, 'The answer.');
+    assert.equal(r.usage?.completion_tokens_details?.reasoning_tokens, budget + TRANSITION_REASONING);
+    assert.equal(r.usage?.completion_tokens, budget + TRANSITION.length + ANSWER.length);
+    const reasoning = (c.message as unknown as { reasoning_content: string }).reasoning_content;
+    assert.match(reasoning, /Considering the limited time by the user/);
+  }
+});
+
+test('streaming shows the forced transition like any other tokens', async () => {
+  const stream = await s.client.chat.completions.create({ ...ask, stream: true, thinking_token_budget: 3 } as typeof ask & { stream: true });
+  let reasoning = '';
+  let content = '';
+  for await (const chunk of stream) {
+    const d = chunk.choices[0]?.delta as { reasoning_content?: string; content?: string } | undefined;
+    reasoning += d?.reasoning_content ?? '';
+    content += d?.content ?? '';
+  }
+  assert.match(reasoning, /directly now\.\n$/);
+  assert.equal(content, 'The answer.');
+});
+
+test('reasoning_effort maps to the server budgets; none and a budget of 0 turn thinking off', async () => {
+  const low = await s.client.chat.completions.create({ ...ask, reasoning_effort: 'low' });
+  assert.equal(low.usage?.completion_tokens_details?.reasoning_tokens, 7 + TRANSITION_REASONING);
+  assert.equal(low.choices[0].message.content, 'The answer.');
+  for (const off of [{ reasoning_effort: 'none' }, { thinking_token_budget: 0 }]) {
+    const r = await s.client.chat.completions.create({ ...ask, ...off } as typeof ask);
+    assert.equal(r.choices[0].message.content, 'The answer.');
+    assert.equal(r.usage?.completion_tokens, ANSWER.length);
+    assert.equal(r.usage?.completion_tokens_details?.reasoning_tokens, 0);
+  }
+  // A budget never changes a request without thinking.
+  const plain = await s.client.chat.completions.create({ ...ask, thinking_token_budget: 3, chat_template_kwargs: { enable_thinking: false } } as typeof ask);
+  assert.equal(plain.usage?.completion_tokens, ANSWER.length);
+});
