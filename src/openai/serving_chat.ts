@@ -74,10 +74,12 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
           message: {
             role: 'assistant',
             content: c.content === '' && c.toolCalls.length > 0 ? null : c.content,
+            // The schema requires it; Qwen3 never refuses through a separate channel.
+            refusal: null,
             ...(prepared.thinking || c.reasoning ? reasoningFields(c.reasoning) : {}),
             ...(c.toolCalls.length > 0 ? { tool_calls: toolCallsJson(c.toolCalls) } : {}),
           },
-          logprobs: topLogprobs === null ? null : { content: chatLogprobs(ctx, c.logprobs, asIds) },
+          logprobs: topLogprobs === null ? null : { content: chatLogprobs(ctx, c.logprobs, asIds), refusal: null },
           finish_reason: c.finishReason,
           stop_reason: c.finish?.stopReason ?? null,
         })),
@@ -100,7 +102,7 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
             if (d.content) delta.content = d.content;
             if (d.toolCalls.length > 0) delta.tool_calls = d.toolCalls.map((t) => ({ index: t.index, ...toolCallsJson([t])[0] }));
             if (Object.keys(delta).length > 0 || d.logprobs) {
-              send(chunk({ index: c.index, delta, logprobs: d.logprobs ? { content: chatLogprobs(ctx, d.logprobs, asIds) } : null, finish_reason: null }));
+              send(chunk({ index: c.index, delta, logprobs: d.logprobs ? { content: chatLogprobs(ctx, d.logprobs, asIds), refusal: null } : null, finish_reason: null }));
             }
             if (c.finish) send(chunk({ index: c.index, delta: {}, logprobs: null, finish_reason: c.finishReason, stop_reason: c.finish.stopReason ?? null }));
           }),
