@@ -1,5 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -116,4 +118,38 @@ test('hundreds of malformed or hostile bodies get 4xx in the OpenAI envelope, an
   }
   const ok = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'still there?' }], max_tokens: 2 });
   assert.equal(ok.choices.length, 1);
+});
+
+test('a body over --body-limit is read to its end before the 413, so a client still uploading sees the 413, not a reset', async () => {
+  const url = new URL(s.url);
+  const total = 5 * 2 ** 20;
+  const socket = connect(Number(url.port), url.hostname);
+  let answer = '';
+  let error: string | null = null;
+  socket.on('data', (d) => (answer += d.toString()));
+  socket.on('error', (e: NodeJS.ErrnoException) => (error = e.code ?? e.message));
+  await new Promise((resolve) => socket.on('connect', resolve));
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${total}\r\n\r\n`);
+  // Paced, as a client on a real network uploads: the server answers long before the end.
+  const chunk = Buffer.alloc(64 * 1024, 'a');
+  let sent = 0;
+  while (sent < total && error === null && !socket.destroyed) {
+    socket.write(chunk);
+    sent += chunk.length;
+    await new Promise((resolve) => setTimeout(resolve, 2));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  socket.destroy();
+  assert.equal(error, null);
+  assert.equal(sent, total, 'the whole body went out');
+  assert.match(answer, /^HTTP\/1.1 413 /);
+  assert.match(answer, /"code":"payload_too_large"/);
+  // The SDK reads it as a 413 on every try.
+  const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'x', maxRetries: 2 });
+  for (let i = 0; i < 2; i++) {
+    await assert.rejects(
+      client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x'.repeat(total) }], max_tokens: 1 }),
+      (err: unknown) => err instanceof OpenAI.APIError && err.status === 413,
+    );
+  }
 });

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import cors from '@fastify/cors';
 import { NotFoundError } from '../errors.js';
@@ -12,6 +13,27 @@ import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
+
+/** Reads and drops what is left of a request body, up to `bound` bytes (then gives up). */
+function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
+  if (raw.complete || raw.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    let seen = 0;
+    const done = () => {
+      raw.off('data', onData);
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > bound) done();
+    };
+    raw.on('data', onData);
+    raw.once('end', done);
+    raw.once('close', done);
+    raw.once('error', done);
+    raw.resume();
+  });
+}
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
 export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: ServerMetrics, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
@@ -62,11 +84,15 @@ export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: 
     await checkKey(request);
   });
 
-  app.setErrorHandler((err, request, reply) => {
+  app.setErrorHandler(async (err, request, reply) => {
     const mapped = toOpenAIError(err);
+    // A body over the limit is refused before it is read; closing then would reset a
+    // client still uploading, which never sees the 413 (RFC 9112 §9.6): read the rest
+    // and drop it first, up to a bound.
+    if (mapped.status === 413) await discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
     if (mapped.internal) request.log.error({ err, request_id: request.id }, 'internal error');
     else request.log.info({ status: mapped.status, code: mapped.body.error.code, message: mapped.body.error.message }, 'request rejected');
-    void reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
+    return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
   });
 
   app.setNotFoundHandler((request, reply) => {
