@@ -5,10 +5,11 @@ import cors from '@fastify/cors';
 import { NotFoundError } from '../errors.js';
 import type { ServingContext } from '../openai/context.js';
 import { requireApiKey } from './auth.js';
-import { clientErrorResponse, frameworkError, toOpenAIError } from './error_envelope.js';
+import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
 import type { ServerMetrics } from './metrics.js';
 import type { HttpOptions } from './options.js';
+import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
 
@@ -85,13 +86,15 @@ export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: 
   });
 
   app.setErrorHandler(async (err, request, reply) => {
-    const mapped = toOpenAIError(err);
+    // Each API answers in its own envelope: routes name theirs in their config.
+    const anthropic = (request.routeOptions.config as { envelope?: string } | undefined)?.envelope === 'anthropic';
+    const mapped = anthropic ? toAnthropicError(err) : toOpenAIError(err);
     // A body over the limit is refused before it is read; closing then would reset a
     // client still uploading, which never sees the 413 (RFC 9112 §9.6): read the rest
     // and drop it first, up to a bound.
     if (mapped.status === 413) await discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
     if (mapped.internal) request.log.error({ err, request_id: request.id }, 'internal error');
-    else request.log.info({ status: mapped.status, code: mapped.body.error.code, message: mapped.body.error.message }, 'request rejected');
+    else request.log.info({ status: mapped.status, message: mapped.body.error.message }, 'request rejected');
     return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
   });
 
@@ -101,6 +104,7 @@ export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: 
   });
 
   await app.register(generationRoutes, { ctx, http });
+  await app.register(anthropicRoutes, { ctx, http });
   await app.register(infoRoutes, { ctx });
   await app.register(operationsRoutes, { ctx, metrics });
   return app;

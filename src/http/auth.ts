@@ -11,12 +11,16 @@ function sameKey(given: string, expected: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** An onRequest hook: with an API key set, every route but the open ones needs `Authorization: Bearer <key>`. */
+/**
+ * An onRequest hook: with an API key set, every route but the open ones needs it, as
+ * `Authorization: Bearer <key>` (OpenAI's clients) or `x-api-key: <key>` (Anthropic's).
+ */
 export function requireApiKey(apiKey: string | null) {
   return async (request: FastifyRequest): Promise<void> => {
     if (!apiKey || OPEN_PATHS.has(request.url.split('?')[0]) || request.method === 'OPTIONS') return;
     const auth = request.headers.authorization ?? '';
-    const token = auth.startsWith('Bearer ') ? auth.slice(7).trim() : '';
+    const xKey = request.headers['x-api-key'];
+    const token = auth.startsWith('Bearer ') ? auth.slice(7).trim() : typeof xKey === 'string' ? xKey.trim() : '';
     if (!token || !sameKey(token, apiKey)) throw new AuthenticationError();
   };
 }

@@ -4,9 +4,14 @@ export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
 }
 
-export interface MappedError {
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: string; message: string };
+}
+
+export interface MappedError<B = OpenAIErrorBody> {
   status: number;
-  body: OpenAIErrorBody;
+  body: B;
   headers: Record<string, string>;
   /** True for a fault of ours (logged as an error, not a client mistake). */
   internal: boolean;
@@ -99,4 +104,26 @@ export function clientErrorResponse(err: { code?: string }, requestId: string): 
     `HTTP/1.1 ${k.status} ${REASONS[k.status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
     `x-request-id: ${requestId}\r\nConnection: close\r\n\r\n${body}`
   );
+}
+
+/** Anthropic's error types by HTTP status. */
+const ANTHROPIC_TYPES: Record<number, string> = {
+  400: 'invalid_request_error',
+  401: 'authentication_error',
+  403: 'permission_error',
+  404: 'not_found_error',
+  413: 'request_too_large',
+  429: 'rate_limit_error',
+  500: 'api_error',
+  503: 'overloaded_error',
+};
+
+/**
+ * The same errors in Anthropic's envelope `{"type": "error", "error": {"type", "message"}}`,
+ * for the Messages API: same statuses and headers, Anthropic's type names.
+ */
+export function toAnthropicError(err: unknown): MappedError<AnthropicErrorBody> {
+  const m = toOpenAIError(err);
+  const type = ANTHROPIC_TYPES[m.status] ?? (m.status >= 500 ? 'api_error' : 'invalid_request_error');
+  return { ...m, body: { type: 'error', error: { type, message: m.body.error.message } } };
 }

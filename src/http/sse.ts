@@ -1,7 +1,7 @@
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Served } from '../openai/serving.js';
-import { toOpenAIError } from './error_envelope.js';
+import { toAnthropicError, toOpenAIError } from './error_envelope.js';
 import type { HttpOptions } from './options.js';
 
 /**
@@ -24,8 +24,8 @@ export class SseStream {
     private readonly overflow: () => void = () => {},
   ) {}
 
-  send(data: unknown): void {
-    this.write(`data: ${JSON.stringify(data)}\n\n`);
+  send(data: unknown, event?: string): void {
+    this.write(`${event ? `event: ${event}\n` : ''}data: ${JSON.stringify(data)}\n\n`);
   }
 
   private write(text: string): void {
@@ -52,10 +52,11 @@ export class SseStream {
     this.keepAlive = null;
   }
 
-  end(): void {
+  /** Ends the stream, with OpenAI's `data: [DONE]` line unless `done` is false. */
+  end(done = true): void {
     if (this.closed) return;
     this.stopKeepAlive();
-    this.stream.write('data: [DONE]\n\n');
+    if (done) this.stream.write('data: [DONE]\n\n');
     this.closed = true;
     this.stream.end();
   }
@@ -68,11 +69,15 @@ export class SseStream {
   }
 }
 
+/** A streamed answer: its chunks, and the API's framing (see Served). */
+type StreamOut = Extract<Served, { produce: unknown }>;
+
 /**
  * Answers with an SSE stream that `produce` writes. Headers go out at once; an error once
- * the stream has started is sent in-band as `data: {"error": …}`; `[DONE]` ends it.
+ * the stream has started is sent in-band in the API's own envelope; OpenAI's streams end
+ * with `[DONE]`.
  */
-export function streamResponse(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, produce: (send: (chunk: unknown) => void) => Promise<void>): FastifyReply {
+export function streamResponse(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, out: StreamOut): FastifyReply {
   const limit = options.streamBufferLimit;
   const sse = new SseStream(
     limit,
@@ -87,13 +92,14 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, opt
   sse.startKeepAlive(options.keepAliveMs);
   void (async () => {
     try {
-      await produce((chunk) => sse.send(chunk));
+      await out.produce((chunk, event) => sse.send(chunk, event));
     } catch (err) {
-      const mapped = toOpenAIError(err);
+      const mapped = out.events ? toAnthropicError(err) : toOpenAIError(err);
       if (mapped.internal) request.log.error({ err }, 'error while streaming');
-      sse.send(mapped.body);
+      if (out.events) sse.send(mapped.body, 'error');
+      else sse.send(mapped.body);
     }
-    sse.end();
+    sse.end(!out.events);
   })();
   reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
   return reply.send(sse.stream);
@@ -102,7 +108,7 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, opt
 /** Sends what a serving module answered: its JSON body, or its chunks as a stream. */
 export async function respond(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, served: Promise<Served>): Promise<unknown> {
   const out = await served;
-  if ('produce' in out) return streamResponse(request, reply, options, out.produce);
+  if ('produce' in out) return streamResponse(request, reply, options, out);
   // null: the client went away before the answer was ready; there is no one to send it to.
   return out.body ?? reply;
 }

@@ -1,6 +1,13 @@
 /**
  * What a serving module answers: a JSON body, or a stream of chunks written through
- * `send` (the HTTP layer frames them as server-sent events and ends with `[DONE]`).
+ * `send` (the HTTP layer frames them as server-sent events, ending OpenAI's with `[DONE]`).
  * `body` null means the client left before the answer was ready: nothing is sent.
  */
-export type Served = { body: unknown } | { produce: (send: (chunk: unknown) => void) => Promise<void> };
+export type Served =
+  | { body: unknown }
+  | {
+      /** Writes the stream; `event` names an event (Anthropic's streams name every one). */
+      produce: (send: (chunk: unknown, event?: string) => void) => Promise<void>;
+      /** Anthropic's framing: named events, no `[DONE]`, errors as an `error` event. */
+      events?: boolean;
+    };

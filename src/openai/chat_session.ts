@@ -1,0 +1,61 @@
+import type { ServingContext } from './context.js';
+import { ChatChoice, type ChatDelta } from './chat_choice.js';
+import { prepareChat, THINK_END_TOKEN, type PreparedChat } from './chat_prompt.js';
+import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
+import type { ChatRequest } from './schemas.js';
+
+/**
+ * One chat generation, whichever API asked for it: the prompt rendered, `n` engine
+ * requests queued (refusals throw here, before any output), and each choice's events read
+ * into a ChatChoice. The Chat Completions, Responses and Messages APIs are translations
+ * to and from this.
+ */
+export interface ChatSession {
+  prepared: PreparedChat;
+  choices: ChatChoice[];
+  /** Reads choice `i`'s events to their end, passing each delta on. */
+  run(i: number, onDelta?: (c: ChatChoice, d: ChatDelta) => void): Promise<void>;
+  /** Reads every choice to its end. */
+  runAll(onDelta?: (c: ChatChoice, d: ChatDelta) => void): Promise<void>;
+  usage(): { promptTokens: number; completionTokens: number; reasoningTokens: number; cachedTokens: number };
+}
+
+export async function startChat(ctx: ServingContext, req: ChatRequest, signal: AbortSignal): Promise<ChatSession> {
+  const prepared = await prepareChat(ctx, req);
+  const maxTokens = resolveMaxTokens(ctx, prepared.promptIds.length, req.max_completion_tokens ?? req.max_tokens);
+  const n = req.n ?? 1;
+  const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;
+  const requests = Array.from({ length: n }, (_, i) => ({
+    ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
+    grammar: prepared.grammar,
+    grammarAfter: prepared.grammarAfter,
+    thinkingBudget: prepared.thinkingBudget,
+    // The prompt is the same for every choice: the first scores it.
+    promptLogprobs: i === 0 ? (req.prompt_logprobs ?? null) : null,
+  }));
+  const streams = await submitAll(ctx, requests, signal);
+  const thinkEndId = ctx.tokenizer.tokenId(THINK_END_TOKEN);
+  const choices = requests.map((_, i) => new ChatChoice(i, prepared, thinkEndId));
+  const run = async (i: number, onDelta?: (c: ChatChoice, d: ChatDelta) => void) => {
+    const c = choices[i];
+    for await (const ev of streams[i]) {
+      const d = c.push(ev);
+      onDelta?.(c, d);
+      if (ev.finishReason && ev.metrics) ctx.observe(ev.metrics, ev.finishReason);
+    }
+  };
+  return {
+    prepared,
+    choices,
+    run,
+    runAll: async (onDelta) => {
+      await Promise.all(choices.map((_, i) => run(i, onDelta)));
+    },
+    usage: () => ({
+      promptTokens: prepared.promptIds.length,
+      completionTokens: choices.reduce((s, c) => s + c.completionTokens, 0),
+      reasoningTokens: choices.reduce((s, c) => s + c.reasoningTokens, 0),
+      cachedTokens: 0,
+    }),
+  };
+}
