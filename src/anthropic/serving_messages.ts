@@ -109,7 +109,7 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
   }
 
   return {
-    events: true,
+    framing: 'anthropic',
     produce: async (send) => {
       send({ type: 'message_start', message: { id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage(), output_tokens: 0 } } }, 'message_start');
       send({ type: 'ping' }, 'ping');

@@ -9,6 +9,7 @@ import { buildApp } from '../http/app.js';
 import type { HttpOptions } from '../http/options.js';
 import { ServerMetrics } from '../http/metrics.js';
 import type { ReasoningEffortBudgets, ServingContext } from '../openai/context.js';
+import { ResponseStore } from '../openai/response_store.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
 import { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
@@ -37,6 +38,13 @@ export const SERVE_FLAGS = {
   'kv-cache-prefault': { type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start, as vLLM preallocates its cache: resident memory is the budget from the start, and no step waits for the OS to map fresh pages, and prompts prefill in a staging buffer of their own so they never slow the running streams (fast layout; see docs/architecture.md)', schema: z.boolean() },
   'json-whitespace': { type: 'string', env: 'QWEN3_SERVE_JSON_WHITESPACE', default: 'compact', help: 'Structured JSON output: `compact` (one line, `, ` and `: `, as Qwen3 writes tool calls) or `any` (any whitespace between tokens, vLLM\'s default; small models may loop on it)', schema: z.enum(['compact', 'any']) },
   'reasoning-field': { type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: '`reasoning_content`, `reasoning` or `both`', schema: z.enum(['reasoning_content', 'reasoning', 'both']) },
+  'responses-store': {
+    type: 'string',
+    env: 'QWEN3_SERVE_RESPONSES_STORE',
+    default: '1000',
+    help: 'Responses API results kept for `previous_response_id`, retrieve and delete (in memory; the oldest is dropped first, then its id is a 404; 0 stores none)',
+    schema: wholeNumber(0, 1_000_000),
+  },
   'reasoning-effort-budgets': {
     type: 'string',
     env: 'QWEN3_SERVE_REASONING_EFFORT_BUDGETS',
@@ -123,6 +131,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     template: ChatTemplate.fromTokenizerConfig(files.config),
     generation: readGenerationConfig(resolved.exportDir),
     observe: (m, reason) => metrics.observe(m, reason),
+    responses: new ResponseStore(config['responses-store']),
     options: {
       modelName,
       reasoningField: config['reasoning-field'],

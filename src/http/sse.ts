@@ -94,12 +94,19 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, opt
     try {
       await out.produce((chunk, event) => sse.send(chunk, event));
     } catch (err) {
-      const mapped = out.events ? toAnthropicError(err) : toOpenAIError(err);
-      if (mapped.internal) request.log.error({ err }, 'error while streaming');
-      if (out.events) sse.send(mapped.body, 'error');
-      else sse.send(mapped.body);
+      const framing = out.framing ?? 'chunks';
+      if (framing === 'anthropic') {
+        const mapped = toAnthropicError(err);
+        if (mapped.internal) request.log.error({ err }, 'error while streaming');
+        sse.send(mapped.body, 'error');
+      } else {
+        const mapped = toOpenAIError(err);
+        if (mapped.internal) request.log.error({ err }, 'error while streaming');
+        if (framing === 'responses') sse.send({ type: 'error', code: mapped.body.error.code, message: mapped.body.error.message, param: mapped.body.error.param }, 'error');
+        else sse.send(mapped.body);
+      }
     }
-    sse.end(!out.events);
+    sse.end((out.framing ?? 'chunks') === 'chunks');
   })();
   reply.header('content-type', 'text/event-stream; charset=utf-8').header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
   return reply.send(sse.stream);

@@ -4,6 +4,7 @@ import type { GenerationConfig } from '../model/generation_config.js';
 import type { ChatTemplate } from '../text/chat_template.js';
 import type { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { ResponseStore } from './response_store.js';
 
 export type ReasoningField = 'reasoning_content' | 'reasoning' | 'both';
 export type ReasoningEffortBudgets = Record<'minimal' | 'low' | 'medium' | 'high', number>;
@@ -32,6 +33,8 @@ export interface ServingContext {
   /** Called once per finished request (the HTTP layer's metrics listen). */
   observe: (metrics: RequestMetrics, reason: FinishReason) => void;
   options: ServingOptions;
+  /** Responses kept for previous_response_id, retrieve and delete. */
+  responses: ResponseStore;
   /** Unix seconds the model was loaded (for `created`). */
   createdAt: number;
 }

@@ -8,6 +8,10 @@ export type Served =
   | {
       /** Writes the stream; `event` names an event (Anthropic's streams name every one). */
       produce: (send: (chunk: unknown, event?: string) => void) => Promise<void>;
-      /** Anthropic's framing: named events, no `[DONE]`, errors as an `error` event. */
-      events?: boolean;
+      /**
+       * How the stream is framed: `chunks` (Chat Completions and Completions: data lines,
+       * `data: [DONE]` at the end), `responses` (named events, errors as an `error`
+       * event), `anthropic` (named events, errors in Anthropic's envelope). Default chunks.
+       */
+      framing?: 'chunks' | 'responses' | 'anthropic';
     };

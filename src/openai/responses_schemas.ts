@@ -1,0 +1,74 @@
+import { z } from 'zod';
+
+/** OpenAI's Responses API request (the parts a local model can honour). */
+const textPart = z.object({ type: z.enum(['input_text', 'output_text']), text: z.string() }).passthrough();
+const messageItem = z
+  .object({
+    type: z.literal('message').optional(),
+    role: z.enum(['user', 'system', 'developer', 'assistant']),
+    content: z.union([z.string(), z.array(textPart)]),
+  })
+  .passthrough();
+const functionCallItem = z
+  .object({ type: z.literal('function_call'), call_id: z.string().min(1), name: z.string().min(1), arguments: z.string(), id: z.string().optional() })
+  .passthrough();
+const functionOutputItem = z
+  .object({ type: z.literal('function_call_output'), call_id: z.string().min(1), output: z.union([z.string(), z.array(textPart)]) })
+  .passthrough();
+const reasoningItem = z.object({ type: z.literal('reasoning') }).passthrough();
+const inputItem = z.union([functionCallItem, functionOutputItem, reasoningItem, messageItem]);
+export type ResponsesInputItem = z.infer<typeof inputItem>;
+
+const functionTool = z
+  .object({
+    type: z.literal('function'),
+    name: z.string().min(1).max(128),
+    description: z.string().nullable().optional(),
+    parameters: z.record(z.string(), z.unknown()).nullable().optional(),
+    strict: z.boolean().nullable().optional(),
+  })
+  .passthrough();
+
+const format = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('text') }),
+  z.object({ type: z.literal('json_object') }),
+  z.object({
+    type: z.literal('json_schema'),
+    name: z.string().min(1).max(64),
+    schema: z.record(z.string(), z.unknown()),
+    description: z.string().optional(),
+    strict: z.boolean().nullable().optional(),
+  }),
+]);
+
+export const responsesRequestSchema = z.object({
+  model: z.string().optional(),
+  input: z.union([z.string(), z.array(inputItem).max(4096)]),
+  instructions: z.string().nullable().optional(),
+  tools: z.array(functionTool).max(128).nullable().optional(),
+  tool_choice: z
+    .union([z.enum(['auto', 'none', 'required']), z.object({ type: z.literal('function'), name: z.string().min(1) })])
+    .nullable()
+    .optional(),
+  parallel_tool_calls: z.boolean().nullable().optional(),
+  text: z.object({ format: format.optional() }).passthrough().nullable().optional(),
+  reasoning: z
+    .object({
+      effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
+      summary: z.enum(['auto', 'concise', 'detailed']).nullable().optional(),
+    })
+    .passthrough()
+    .nullable()
+    .optional(),
+  /** vLLM's bound on thinking tokens (0: thinking off). */
+  thinking_token_budget: z.number().int().min(0).max(10_000_000).nullable().optional(),
+  max_output_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
+  temperature: z.number().min(0).max(2).nullable().optional(),
+  top_p: z.number().gt(0).max(1).nullable().optional(),
+  metadata: z.record(z.string(), z.string().max(512)).nullable().optional(),
+  user: z.string().nullable().optional(),
+  store: z.boolean().nullable().optional(),
+  previous_response_id: z.string().nullable().optional(),
+  stream: z.boolean().nullable().optional(),
+});
+export type ResponsesRequest = z.infer<typeof responsesRequestSchema>;
