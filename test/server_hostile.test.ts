@@ -102,6 +102,36 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   out.push(cmpl({ guided_json: arrays }), chat({ tools: [{ type: 'function', function: { name: 'f', parameters: arrays } }], tool_choice: 'required' }));
   out.push(cmpl({ guided_grammar: `root ::= "${'x'.repeat(300_000)}"` }));
   for (let i = 0; i < 60; i++) out.push(cmpl({ guided_grammar: `root ::= undefined_rule_${i}` }));
+  // The Responses API.
+  const resp = (o: Record<string, unknown>) => ({ path: '/v1/responses', body: JSON.stringify({ model: 'tiny', input: 'hi', max_output_tokens: 2, ...o }) });
+  const respBad: Record<string, unknown[]> = {
+    input: [5, null, {}, [5], [{ role: 'wizard', content: 'x' }], [{ type: 'function_call' }], [{ type: 'function_call_output', call_id: 'x' }], [{ role: 'user', content: [{ type: 'input_image' }] }]],
+    max_output_tokens: [...junk, 0, -1, 1.5],
+    temperature: [...junk, -1, 3],
+    tools: ['x', [{}], [{ type: 'function' }], [{ type: 'web_search' }]],
+    tool_choice: ['maybe', { type: 'function' }, { type: 'function', name: 'missing' }],
+    text: ['x', { format: { type: 'xml' } }, { format: { type: 'json_schema' } }, { format: { type: 'json_schema', name: 'a', schema: { type: 'nope' } } }],
+    reasoning: ['x', { effort: 'extreme' }, { summary: 5 }],
+    previous_response_id: [5, 'resp_missing'],
+    thinking_token_budget: [-1, 'x', 1.5],
+    metadata: ['x', { a: 5 }],
+  };
+  for (const [f, values] of Object.entries(respBad)) for (const v of values) out.push(resp({ [f]: v }));
+  out.push(resp({ model: 'other' }), { path: '/v1/responses', body: '{"input": ' }, { path: '/v1/responses', body: '[]' });
+  // Anthropic's Messages API (its own envelope is checked in the test below).
+  const msgs = (o: Record<string, unknown>) => ({ path: '/v1/messages', body: JSON.stringify({ model: 'x', max_tokens: 2, messages: [{ role: 'user', content: 'hi' }], ...o }) });
+  const msgsBad: Record<string, unknown[]> = {
+    max_tokens: [undefined, 0, -1, 'x', 1.5],
+    messages: [[], 'x', [{ role: 'system', content: 'x' }], [{ role: 'user', content: [] }], [{ role: 'user', content: [{ type: 'image' }] }], [{ role: 'user', content: [{ type: 'tool_use', id: 'a', name: 'f', input: {} }] }], [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'a' }] }]],
+    system: [5, [{ type: 'image' }]],
+    tools: ['x', [{}], [{ name: 'f' }]],
+    tool_choice: ['auto', { type: 'tool' }, { type: 'tool', name: 'missing' }, { type: 'maybe' }],
+    thinking: ['x', { type: 'enabled' }, { type: 'enabled', budget_tokens: -1 }],
+    temperature: [-1, 2, 'x'],
+    stop_sequences: ['x', [5]],
+  };
+  for (const [f, values] of Object.entries(msgsBad)) for (const v of values) out.push(msgs({ [f]: v }));
+  out.push({ path: '/v1/messages', body: 'null' }, { path: '/v1/messages/count_tokens', body: '{"model": "x"}' }, { path: '/v1/messages/count_tokens', body: '{"model": "x", "messages": "x"}' });
   return out;
 }
 
@@ -112,9 +142,12 @@ test('hundreds of malformed or hostile bodies get 4xx in the OpenAI envelope, an
     const res = await fetch(`${s.url}${b.path}`, { method: 'POST', headers: { 'content-type': b.contentType ?? 'application/json' }, body: b.body });
     const text = await res.text();
     assert.ok(res.status >= 400 && res.status < 500, `${res.status} for ${b.path} ${b.body.slice(0, 120)}: ${text.slice(0, 200)}`);
-    const parsed = JSON.parse(text) as { error?: { message?: string; type?: string } };
+    const parsed = JSON.parse(text) as { type?: string; error?: { message?: string; type?: string } };
     assert.equal(typeof parsed.error?.message, 'string', text.slice(0, 200));
     assert.equal(typeof parsed.error?.type, 'string');
+    // Each API answers in its own envelope: Anthropic's has type "error" at the top.
+    if (b.path.startsWith('/v1/messages')) assert.equal(parsed.type, 'error', text.slice(0, 200));
+    else assert.equal(parsed.type, undefined, text.slice(0, 200));
   }
   const ok = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'still there?' }], max_tokens: 2 });
   assert.equal(ok.choices.length, 1);

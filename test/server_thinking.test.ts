@@ -78,3 +78,15 @@ test('reasoning_effort maps to the server budgets; none and a budget of 0 turn t
   const plain = await s.client.chat.completions.create({ ...ask, thinking_token_budget: 3, chat_template_kwargs: { enable_thinking: false } } as typeof ask);
   assert.equal(plain.usage?.completion_tokens, ANSWER.length);
 });
+
+test('the Responses API takes the same budget: thinking_token_budget and reasoning.effort', async () => {
+  const base = { model: 'thinker', input: 'Why?', temperature: 0, max_output_tokens: 80 };
+  const r = await s.client.responses.create({ ...base, thinking_token_budget: 4 } as typeof base);
+  assert.equal(r.status, 'completed');
+  assert.equal(r.output_text, 'The answer.');
+  assert.equal(r.usage?.output_tokens_details.reasoning_tokens, 4 + TRANSITION_REASONING);
+  const low = await s.client.responses.create({ ...base, reasoning: { effort: 'low' } });
+  assert.equal(low.usage?.output_tokens_details.reasoning_tokens, 7 + TRANSITION_REASONING);
+  const none = await s.client.responses.create({ ...base, reasoning: { effort: 'none' } });
+  assert.equal(none.usage?.output_tokens, ANSWER.length);
+});
