@@ -147,3 +147,34 @@ test('a --model that is neither a directory nor a reachable Hub repo is one line
   assert.equal(missing.stderr.trim().split('\n').length, 1, missing.stderr);
   assert.match(missing.stderr, /there is no directory/);
 });
+
+test('SIGTERM drains: /health and new requests get 503 with Retry-After at once, streams in flight finish, then exit 0', async () => {
+  const { fixtureExport } = await import('./support/engine.js');
+  const { url, child, out } = await spawnServer(['--model', await fixtureExport('fast'), '--max-model-len', '4096']);
+  try {
+    const streams = Array.from({ length: 3 }, () =>
+      fetch(`${url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: 'Hello', max_tokens: 1500, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+      }).then((r) => r.text()),
+    );
+    await sleep(300);
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    await sleep(100);
+    const health = await fetch(`${url}/health`);
+    assert.equal(health.status, 503);
+    const late = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 1 }) });
+    assert.equal(late.status, 503);
+    assert.ok(Number(late.headers.get('retry-after')) > 0);
+    assert.equal(((await late.json()) as { error: { code: string } }).error.code, 'service_unavailable');
+    for (const body of await Promise.all(streams)) {
+      assert.match(body, /"completion_tokens":1500/, 'each stream ran to its end');
+      assert.match(body, /data: \[DONE\]\n\n$/);
+    }
+    assert.equal(await exited, 0, out.log);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});

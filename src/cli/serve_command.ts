@@ -6,6 +6,7 @@ import { Engine } from '../engine/engine.js';
 import { DEMO_NAME, defaultCacheDir, resolveExportTarget, resolveModel } from '../engine/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { buildApp } from '../http/app.js';
+import { Drain } from '../http/drain.js';
 import type { HttpOptions } from '../http/options.js';
 import { ServerMetrics } from '../http/metrics.js';
 import type { ReasoningEffortBudgets, ServingContext } from '../openai/context.js';
@@ -66,7 +67,14 @@ export const SERVE_FLAGS = {
   'tokenize-timeout': { type: 'string', env: 'QWEN3_SERVE_TOKENIZE_TIMEOUT', default: '10', help: 'Prompts over 8,192 characters are tokenized on a thread of their own, so `/health` and running streams never wait for them; one that takes longer than this many seconds is a 400', schema: seconds(0.1, 3600) },
   'grammar-compile-timeout': { type: 'string', env: 'QWEN3_SERVE_GRAMMAR_COMPILE_TIMEOUT', default: '5', help: 'Seconds a structured-output schema or grammar may take to compile (on the grammar thread); slower ones are a 400 naming the bound', schema: seconds(0.1, 600) },
   'keep-alive': { type: 'string', env: 'QWEN3_SERVE_KEEP_ALIVE', default: '10', help: 'Seconds between SSE keep-alive comments while a prompt is prefilled', schema: wholeNumber(1, 3600) },
-  'shutdown-timeout': { type: 'string', env: 'QWEN3_SERVE_SHUTDOWN_TIMEOUT', default: '30', help: 'On SIGTERM/SIGINT: stop accepting, let requests finish this long; then requests still running end at the next step boundary with what they generated (streams close normally), the engine stops after its step, and the process exits 0', schema: wholeNumber(0, 3600) },
+  'shutdown-timeout': { type: 'string', env: 'QWEN3_SERVE_SHUTDOWN_TIMEOUT', default: '30', help: 'On SIGTERM/SIGINT the server drains: `/health` and new requests get 503 with Retry-After at once (load balancers stop sending, clients retry elsewhere) while requests in flight finish; after this many seconds those still running end at the next step boundary with what they generated (streams close normally), the engine stops after its step, and the process exits 0', schema: wholeNumber(0, 3600) },
+  'metrics-compat': {
+    type: 'string',
+    env: 'QWEN3_SERVE_METRICS_COMPAT',
+    default: 'none',
+    help: "Also export every metric under vLLM's `vllm:` names (`vllm`), for dashboards, autoscalers and inference gateways made for vLLM",
+    schema: z.enum(['none', 'vllm']),
+  },
   'log-level': { type: 'string', env: 'QWEN3_SERVE_LOG_LEVEL', default: 'info', help: 'Pino log level', schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']) },
   'log-prompts': { type: 'boolean', env: 'QWEN3_SERVE_LOG_PROMPTS', help: 'Log rendered prompts at debug level (otherwise prompts never reach the logs)', schema: z.boolean() },
 } satisfies Flags;
@@ -123,7 +131,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   const tokenizer = new QwenTokenizer(files);
   const codec = new OffThreadTokenizer(tokenizer, resolved.exportDir, config['tokenize-timeout'] * 1000);
   const modelName = config['served-model-name'] ?? resolved.name;
-  const metrics = new ServerMetrics(engine, modelName);
+  const metrics = new ServerMetrics(engine, modelName, config['metrics-compat']);
   const ctx: ServingContext = {
     engine,
     tokenizer,
@@ -152,7 +160,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     streamBufferLimit: config['stream-buffer-limit'],
   };
   if (config['log-prompts']) engine.on('prompt', (prompt: string) => log.debug({ prompt }, 'rendered prompt'));
-  const app = await buildApp(ctx, http, metrics, log);
+  const drain = new Drain();
+  const app = await buildApp(ctx, http, metrics, drain, log);
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });
@@ -195,6 +204,10 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
         engine.abortAll();
       }, config['shutdown-timeout'] * 1000);
       deadline.unref();
+      // Drain: /health and new requests get 503 + Retry-After at once (load balancers stop
+      // sending, clients retry elsewhere) while requests in flight run to their end.
+      drain.start();
+      await drain.idle();
       // Connections that finish their last request while we close would otherwise idle
       // until the keep-alive timeout: drop them as they become idle.
       const reaper = setInterval(() => app.server.closeIdleConnections(), 100);

@@ -8,6 +8,7 @@ import { requireApiKey } from './auth.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
 import type { ServerMetrics } from './metrics.js';
+import type { Drain } from './drain.js';
 import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
@@ -37,7 +38,7 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
 }
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
-export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: ServerMetrics, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
+export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: ServerMetrics, drain: Drain, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
   const app = Fastify({
     ...(logger ? { loggerInstance: logger } : { logger: false }),
     bodyLimit: http.bodyLimit,
@@ -82,6 +83,7 @@ export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: 
   const checkKey = requireApiKey(http.apiKey);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    drain.admit(request.url.split('?')[0], (done) => reply.raw.once('close', done));
     await checkKey(request);
   });
 
