@@ -41,3 +41,25 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   assert.equal(direct.exportDir, third.exportDir);
   await assert.rejects(resolveModel({ ...opts, model: join(work, 'nowhere') }), /there is no directory .*nowhere, and it is not a Hugging Face repo id/);
 });
+
+test('--device auto exports for the GPU (fp16) when CUDA can run, for the CPU (fp32) otherwise; an explicit device or dtype wins', async () => {
+  const { resolveExportTarget } = await import('../src/engine/model_source.js');
+  const { cudaUsable } = await import('../src/runtime/session.js');
+  const withCuda = [{ name: 'cpu' }, { name: 'cuda' }];
+  assert.equal(cudaUsable(withCuda, true), true);
+  assert.equal(cudaUsable(withCuda, false), false, 'listed but its provider library is not installed');
+  assert.equal(cudaUsable([{ name: 'cpu' }], true), false);
+  const pick = (device: 'auto' | 'cuda' | 'cpu', dtype: 'fp32' | 'fp16' | 'int4' | undefined, usable: boolean) => {
+    const t = resolveExportTarget(device, dtype, usable);
+    return `${t.dtype}/${t.device}`;
+  };
+  assert.equal(pick('auto', undefined, cudaUsable(withCuda, true)), 'fp16/cuda');
+  assert.match(resolveExportTarget('auto', undefined, true).note!, /fp16 for the GPU/);
+  assert.equal(pick('auto', undefined, false), 'fp32/cpu');
+  assert.equal(pick('auto', 'int4', true), 'int4/cuda');
+  assert.equal(pick('auto', 'int4', false), 'int4/cpu');
+  assert.equal(pick('auto', 'fp32', true), 'fp32/cpu');
+  assert.equal(pick('cpu', undefined, true), 'fp32/cpu');
+  assert.equal(pick('cuda', undefined, false), 'fp16/cuda');
+  assert.equal(pick('cuda', 'int4', false), 'int4/cuda');
+});

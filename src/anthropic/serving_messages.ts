@@ -1,13 +1,12 @@
 import { InvalidRequestError } from '../errors.js';
-import type { ChatToolCall } from '../openai/chat_choice.js';
-import type { ChatChoice } from '../openai/chat_choice.js';
+import type { ChatChoice, ChatToolCall } from '../openai/chat_choice.js';
 import { prepareChat } from '../openai/chat_prompt.js';
 import { startChat } from '../openai/chat_session.js';
 import type { ServingContext } from '../openai/context.js';
 import { newId, parseBody } from '../openai/request.js';
 import { chatRequestSchema, type ChatRequest } from '../openai/schemas.js';
 import type { Served } from '../openai/serving.js';
-import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type CountTokensRequest } from './schemas.js';
+import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type CountTokensRequest, type MessagesRequest } from './schemas.js';
 
 /**
  * Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens) as a
@@ -50,7 +49,7 @@ function toChatMessages(system: CountTokensRequest['system'], messages: Anthropi
 }
 
 /** The chat request a Messages request stands for (validated by the chat schema, so both APIs share their rules). */
-function toChatRequest(req: CountTokensRequest & Partial<Omit<import('./schemas.js').MessagesRequest, keyof CountTokensRequest>>): ChatRequest {
+function toChatRequest(req: CountTokensRequest & Partial<Omit<MessagesRequest, keyof CountTokensRequest>>): ChatRequest {
   const choice = req.tool_choice;
   const thinking = req.thinking;
   return parseBody(chatRequestSchema, {

@@ -7,6 +7,7 @@ import { samplingDefaults } from '../runtime/sampler.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { readTokenizerFiles, QwenTokenizer } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
+import { cudaUsable } from '../runtime/session.js';
 import { decimal, formatHelp, parseCommand, type Flags } from './flags.js';
 
 export const GENERATE_FLAGS = {
@@ -34,7 +35,7 @@ export const GENERATE_HELP = formatHelp(
 export async function generateCommand(argv: string[]): Promise<void> {
   const o = parseCommand(GENERATE_FLAGS, argv, GENERATE_HELP);
   if (!o) return;
-  const target = resolveExportTarget(o.device, o.dtype);
+  const target = resolveExportTarget(o.device, o.dtype, cudaUsable());
   const resolved = await resolveModel({
     model: o.model,
     cacheDir: o['cache-dir'] ?? defaultCacheDir(),

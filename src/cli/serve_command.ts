@@ -15,6 +15,7 @@ import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
 import { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import { createProgress } from '../util/progress.js';
+import { cudaUsable } from '../runtime/session.js';
 import { formatHelp, parseCommand, seconds, size, wholeNumber, type ConfigOf, type Flags } from './flags.js';
 
 const EFFORT_BUDGETS = 'minimal=256,low=1024,medium=4096,high=16384';
@@ -26,7 +27,7 @@ export const SERVE_FLAGS = {
   port: { type: 'string', env: 'QWEN3_SERVE_PORT', default: '8000', help: 'Port to listen on', schema: wholeNumber(0, 65535) },
   'served-model-name': { type: 'string', env: 'QWEN3_SERVE_SERVED_MODEL_NAME', defaultText: 'directory name', help: 'Model id in the API', schema: z.string().min(1).max(256).optional() },
   'api-key': { type: 'string', env: 'QWEN3_SERVE_API_KEY', help: 'Require this Bearer token on `/v1/*`, `/tokenize`, `/detokenize` (`/health` and `/metrics` stay open)', schema: z.string().min(1).optional() },
-  device: { type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: '`auto`: CUDA when the export can run there (fp16/int4 exports, the standard layout) and onnxruntime-node\'s CUDA provider is installed (`ONNXRUNTIME_NODE_INSTALL=cuda12`, the GPU image), falling back to the CPU if it fails to load; the start log says which and why. `cuda` (fails if CUDA cannot run), `cpu`', schema: z.enum(['auto', 'cuda', 'cpu']) },
+  device: { type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: '`auto`: CUDA when it can run here (without `--dtype`, a checkpoint is then exported in fp16 for the GPU) and the export can run there (fp16/int4 exports, the standard layout) and onnxruntime-node\'s CUDA provider is installed (`ONNXRUNTIME_NODE_INSTALL=cuda12`, the GPU image), falling back to the CPU if it fails to load; the start log says which and why. `cuda` (fails if CUDA cannot run), `cpu`', schema: z.enum(['auto', 'cuda', 'cpu']) },
   threads: { type: 'string', env: 'QWEN3_SERVE_THREADS', defaultText: 'all cores', help: 'ONNX Runtime intra-op threads', schema: wholeNumber(1, 1024).optional() },
   dtype: { type: 'string', env: 'QWEN3_SERVE_DTYPE', defaultText: 'fp32 on CPU, fp16 on CUDA', help: 'Weights when exporting a checkpoint: `fp32`, `fp16`, `int4`', schema: z.enum(['fp32', 'fp16', 'int4']).optional() },
   layout: { type: 'string', env: 'QWEN3_SERVE_LAYOUT', default: 'fast', help: 'Graph layout when exporting a checkpoint: `fast`, `standard`', schema: z.enum(['fast', 'standard']) },
@@ -101,7 +102,8 @@ export interface RunningServer {
 export async function startServer(config: ServeConfig, opts: { logger?: pino.Logger; installSignalHandlers?: boolean } = {}): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: config['log-level'] });
   const requestedDevice = config.device;
-  const target = resolveExportTarget(requestedDevice, config.dtype);
+  const target = resolveExportTarget(requestedDevice, config.dtype, cudaUsable());
+  if (target.note && config.model !== undefined) log.info(target.note);
   const resolved = await resolveModel({
     model: config.model,
     cacheDir: config['cache-dir'] ?? defaultCacheDir(),

@@ -32,13 +32,26 @@ export interface ResolvedModel {
 
 /**
  * What a checkpoint is exported as for a device choice: the dtype asked, else fp16 for
- * CUDA and fp32 otherwise; fp16 and int4 exports target CUDA's graph when the device is
- * CUDA or the dtype is fp16, fp32 always the CPU's. One rule for every command.
+ * CUDA and fp32 for the CPU; fp16 and int4 exports target CUDA's graph when the device is
+ * CUDA or the dtype is fp16, fp32 always the CPU's. `auto` picks CUDA (fp16) when it can
+ * run here (`cudaUsable`: its provider is installed and ONNX Runtime lists it), so a GPU
+ * host serves from the GPU without being told. One rule for every command.
  */
-export function resolveExportTarget(device: 'auto' | 'cuda' | 'cpu', dtype: ExportDtype | undefined): { dtype: ExportDtype; device: 'cpu' | 'cuda' } {
-  const d = dtype ?? (device === 'cuda' ? 'fp16' : 'fp32');
-  const cuda = (device === 'cuda' || d === 'fp16') && d !== 'fp32';
-  return { dtype: d, device: cuda ? 'cuda' : 'cpu' };
+export function resolveExportTarget(
+  device: 'auto' | 'cuda' | 'cpu',
+  dtype: ExportDtype | undefined,
+  cudaUsable: boolean,
+): { dtype: ExportDtype; device: 'cpu' | 'cuda'; note: string | null } {
+  const wantsCuda = device === 'cuda' || (device === 'auto' && cudaUsable);
+  const d = dtype ?? (wantsCuda ? 'fp16' : 'fp32');
+  const cuda = (wantsCuda || d === 'fp16') && d !== 'fp32';
+  const note =
+    device === 'auto' && dtype === undefined
+      ? cudaUsable
+        ? 'device auto: the CUDA execution provider is installed, so the checkpoint is exported in fp16 for the GPU'
+        : 'device auto: no CUDA execution provider, so the checkpoint is exported in fp32 for the CPU'
+      : null;
+  return { dtype: d, device: cuda ? 'cuda' : 'cpu', note };
 }
 
 export function defaultCacheDir(): string {

@@ -68,6 +68,11 @@ export function cudaProviderInstalled(packageRoot: string = onnxruntimeNodeRoot(
  * its provider is installed: otherwise ONNX Runtime prints a load error on every start of a
  * CPU host. An explicit `cuda` always tries, so a broken GPU setup fails loudly.
  */
+/** Whether CUDA can run here: its provider library is installed and ONNX Runtime lists the backend. */
+export function cudaUsable(backends: Array<{ name: string }> = ort.listSupportedBackends(), installed: boolean = cudaProviderInstalled()): boolean {
+  return installed && backends.some((b) => b.name === 'cuda');
+}
+
 export function providerPlan(device: DeviceChoice, manifest: Pick<Manifest, 'kvDtype' | 'layout'>, cudaInstalled: boolean): ProviderPlan {
   if (device === 'cpu') return { order: ['cpu'], cpuReason: null };
   if (device === 'cuda') return { order: ['cuda'], cpuReason: null };
