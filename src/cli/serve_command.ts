@@ -209,7 +209,10 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       // Drain: /health and new requests get 503 + Retry-After at once (load balancers stop
       // sending, clients retry elsewhere) while requests in flight run to their end.
       drain.start();
-      await drain.idle();
+      // A request that is not generating (a body still trickling in) does not end at the
+      // deadline: a few seconds after it, the server closes regardless.
+      const grace = new Promise<void>((resolve) => setTimeout(resolve, config['shutdown-timeout'] * 1000 + 5000).unref());
+      await Promise.race([drain.idle(), grace]);
       // Connections that finish their last request while we close would otherwise idle
       // until the keep-alive timeout: drop them as they become idle.
       const reaper = setInterval(() => app.server.closeIdleConnections(), 100);
