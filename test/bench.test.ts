@@ -4,7 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { renderChart } from '../src/bench/chart.js';
-import { markdownTable, randomPrompts, runLoadBench, summarize } from '../src/bench/load_bench.js';
+import { markdownTable, randomPrompts, runLoadBench, sharedPrefixPrompts, summarize } from '../src/bench/load_bench.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
 import { startTestServer, type TestServer } from './support/server.js';
@@ -81,4 +81,25 @@ test('the engine microbenchmark script: usage on --help, named bad flags, and ro
     ],
   );
   for (const r of rows) assert.ok(r.decodeMsPerStep > 0 && r.prefillTokensPerSecond > 0);
+});
+
+test('the shared-prefix and multi-turn datasets: prompts share their prefix, conversations grow turn by turn, and the server\'s cache shows in the results', async () => {
+  const base = { baseUrl: `${s.url}/v1`, model: null, apiKey: null, outputLen: 4, requestRate: null, seed: 2, timeout: 60 };
+  const shared = sharedPrefixPrompts(3, 40, 5, 9, 'completions') as number[][];
+  assert.deepEqual(shared[1].slice(0, 40), shared[0].slice(0, 40));
+  assert.notDeepEqual(shared[1].slice(40), shared[0].slice(40));
+  const prefix = await runLoadBench({ ...base, endpoint: 'completions', dataset: 'shared-prefix', prefixLen: 96, inputLen: 8, numPrompts: 4, concurrency: [1] });
+  assert.equal(prefix.levels[0].completed, 4);
+  assert.equal(prefix.levels[0].meanInputTokens, 104);
+  // The first computes the prefix; the other three take its 96 tokens (three 32-token blocks).
+  assert.equal(prefix.levels[0].meanCachedTokens, (3 * 96) / 4);
+  const talk = await runLoadBench({ ...base, endpoint: 'chat', dataset: 'multi-turn', turns: 3, inputLen: 30, numPrompts: 2, concurrency: [2], thinking: false });
+  const turns = talk.levels[0].turns!;
+  assert.equal(talk.levels[0].completed, 6);
+  assert.deepEqual(turns.map((t) => t.turn), [1, 2, 3]);
+  assert.ok(turns[1].promptTokens > turns[0].promptTokens && turns[2].promptTokens > turns[1].promptTokens, 'each turn sends the history');
+  assert.equal(turns[0].cachedTokens, 0);
+  assert.ok(turns[2].cachedTokens >= 32, 'later turns hit the cache');
+  assert.match(markdownTable(talk.levels), /\| turn \| TTFT mean/);
+  await assert.rejects(runLoadBench({ ...base, endpoint: 'completions', dataset: 'multi-turn', inputLen: 4, numPrompts: 1, concurrency: [1] }), /needs --endpoint chat/);
 });

@@ -95,7 +95,11 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
   const id = newId('msg_', 24);
   const model = ctx.options.modelName;
   const thinkingOn = session.prepared.thinking;
-  const usage = () => ({ input_tokens: session.usage().promptTokens, output_tokens: session.usage().completionTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: 0 });
+  // Anthropic counts prompt tokens read from the cache apart from input_tokens.
+  const usage = () => {
+    const u = session.usage();
+    return { input_tokens: u.promptTokens - u.cachedTokens, output_tokens: u.completionTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cachedTokens };
+  };
 
   if (!req.stream) {
     await session.runAll();
@@ -146,7 +150,8 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
       });
       if (index < 0) start('text');
       close();
-      send({ type: 'message_delta', delta: stopReason(c), usage: { output_tokens: session.usage().completionTokens } }, 'message_delta');
+      // The final counts: what the cache served is known once the prompt was admitted.
+      send({ type: 'message_delta', delta: stopReason(c), usage: usage() }, 'message_delta');
       send({ type: 'message_stop' }, 'message_stop');
     },
   };

@@ -2,9 +2,13 @@
  * A load generator for any OpenAI-compatible server, with vLLM `bench serve`'s metric
  * definitions: TTFT (time to first token), TPOT (time per output token after the first,
  * per request), ITL (gaps between streamed chunks), E2E latency, request throughput and
- * output tokens per second.
+ * output tokens per second. Datasets: independent random prompts, prompts sharing a
+ * prefix (vLLM's `prefix_repetition`), and multi-turn conversations.
  */
 import { mulberry32 } from '../util/random.js';
+
+export type Dataset = 'random' | 'shared-prefix' | 'multi-turn';
+export type ChatMessage = { role: 'user' | 'assistant'; content: string };
 
 export interface LoadBenchOptions {
   baseUrl: string;
@@ -21,12 +25,24 @@ export interface LoadBenchOptions {
   seed: number;
   /** Per request, seconds. */
   timeout: number;
+  /** Which prompts (default random). */
+  dataset?: Dataset;
+  /** shared-prefix: length of the prefix every prompt of a level starts with (tokens, or words for chat). */
+  prefixLen?: number;
+  /** multi-turn: turns per conversation (`numPrompts` conversations; `inputLen` is each user message). */
+  turns?: number;
+  /** Chat: ask for Qwen3 thinking on or off (`chat_template_kwargs.enable_thinking`); null sends nothing. */
+  thinking?: boolean | null;
 }
 
 export interface RequestResult {
   ok: boolean;
   error: string | null;
   promptTokens: number;
+  /** Prompt tokens the server served from its prefix cache (usage.prompt_tokens_details.cached_tokens), when it says. */
+  cachedTokens: number;
+  /** The answer's text (content only), for the next turn of a conversation. */
+  content: string;
   outputTokens: number;
   ttft: number;
   e2e: number;
@@ -55,6 +71,10 @@ export interface LevelResult {
   tpotMs: Summary;
   itlMs: Summary;
   e2eMs: Summary;
+  /** Mean prompt tokens served from the server's prefix cache. */
+  meanCachedTokens: number;
+  /** multi-turn: each turn's mean TTFT, prompt and cached tokens over the conversations. */
+  turns?: Array<{ turn: number; ttftMs: number; promptTokens: number; cachedTokens: number }>;
   errors: string[];
 }
 
@@ -71,6 +91,17 @@ export function randomPrompts(n: number, inputLen: number, seed: number, endpoin
   );
 }
 
+/**
+ * shared-prefix: `n` prompts that start with one random prefix of `prefixLen` and end with
+ * a random suffix of `suffixLen` of their own.
+ */
+export function sharedPrefixPrompts(n: number, prefixLen: number, suffixLen: number, seed: number, endpoint: 'completions' | 'chat'): Array<number[] | string> {
+  const [prefix] = randomPrompts(1, prefixLen, seed, endpoint);
+  return randomPrompts(n, suffixLen, seed + 1, endpoint).map((suffix) =>
+    endpoint === 'completions' ? [...(prefix as number[]), ...(suffix as number[])] : `${prefix as string} ${suffix as string}`,
+  );
+}
+
 export function summarize(values: number[]): Summary {
   if (values.length === 0) return { mean: 0, median: 0, p99: 0, max: 0 };
   const s = [...values].sort((a, b) => a - b);
@@ -82,21 +113,22 @@ export function summarize(values: number[]): Summary {
   return { mean: s.reduce((a, b) => a + b, 0) / s.length, median: q(0.5), p99: q(0.99), max: s[s.length - 1] };
 }
 
-async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string): Promise<RequestResult> {
+async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string | ChatMessage[]): Promise<RequestResult> {
   const body =
     o.endpoint === 'completions'
       ? { model, prompt, max_tokens: o.outputLen, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } }
       : {
           model,
-          messages: [{ role: 'user', content: prompt }],
+          messages: typeof prompt === 'string' ? [{ role: 'user', content: prompt }] : prompt,
           max_tokens: o.outputLen,
           ignore_eos: true,
           temperature: 0,
           stream: true,
           stream_options: { include_usage: true },
+          ...(o.thinking === null || o.thinking === undefined ? {} : { chat_template_kwargs: { enable_thinking: o.thinking } }),
         };
   const started = performance.now();
-  const result: RequestResult = { ok: false, error: null, promptTokens: 0, outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
+  const result: RequestResult = { ok: false, error: null, promptTokens: 0, cachedTokens: 0, content: '', outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
   try {
     const res = await fetch(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, {
       method: 'POST',
@@ -119,15 +151,17 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
         if (!data || data === '[DONE]') continue;
         const json = JSON.parse(data) as {
           choices?: Array<{ text?: string; delta?: { content?: string; reasoning_content?: string; reasoning?: string } }>;
-          usage?: { prompt_tokens: number; completion_tokens: number } | null;
+          usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } | null } | null;
           error?: { message: string };
         };
         if (json.error) throw new Error(json.error.message);
         if (json.usage) {
           result.promptTokens = json.usage.prompt_tokens;
           result.outputTokens = json.usage.completion_tokens;
+          result.cachedTokens = json.usage.prompt_tokens_details?.cached_tokens ?? 0;
         }
         const c = json.choices?.[0];
+        result.content += c?.text ?? c?.delta?.content ?? '';
         const text = c?.text ?? c?.delta?.content ?? c?.delta?.reasoning_content ?? c?.delta?.reasoning ?? '';
         if (!text) continue;
         const now = performance.now();
@@ -147,24 +181,39 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
   return result;
 }
 
-async function runLevel(o: LoadBenchOptions, model: string, prompts: Array<number[] | string>, concurrency: number | null, rate: number | null): Promise<LevelResult> {
+/** One unit of work for a client: a prompt, or a conversation whose turns run one after another. */
+type Job = { prompt: number[] | string } | { conversation: string[] };
+
+/** Runs a conversation: each turn sends the history so far plus the next user message. */
+async function converse(o: LoadBenchOptions, model: string, messages: string[], results: RequestResult[], byTurn: RequestResult[][]): Promise<void> {
+  const history: ChatMessage[] = [];
+  for (const [turn, text] of messages.entries()) {
+    history.push({ role: 'user', content: text });
+    const r = await oneRequest(o, model, history);
+    results.push(r);
+    (byTurn[turn] ??= []).push(r);
+    if (!r.ok) return;
+    history.push({ role: 'assistant', content: r.content });
+  }
+}
+
+async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurrency: number | null, rate: number | null): Promise<LevelResult> {
   const results: RequestResult[] = [];
+  const byTurn: RequestResult[][] = [];
+  const runJob = (job: Job) => ('prompt' in job ? oneRequest(o, model, job.prompt).then((r) => void results.push(r)) : converse(o, model, job.conversation, results, byTurn));
   const started = performance.now();
   if (rate !== null) {
     const rand = mulberry32(o.seed + 1);
     const pending: Promise<void>[] = [];
-    for (const p of prompts) {
-      pending.push(oneRequest(o, model, p).then((r) => void results.push(r)));
+    for (const job of jobs) {
+      pending.push(runJob(job));
       if (Number.isFinite(rate)) await new Promise((r) => setTimeout(r, (-Math.log(1 - rand()) / rate) * 1000));
     }
     await Promise.all(pending);
   } else {
     let next = 0;
     const worker = async () => {
-      while (next < prompts.length) {
-        const p = prompts[next++];
-        results.push(await oneRequest(o, model, p));
-      }
+      while (next < jobs.length) await runJob(jobs[next++]);
     };
     await Promise.all(Array.from({ length: concurrency ?? 1 }, worker));
   }
@@ -172,6 +221,7 @@ async function runLevel(o: LoadBenchOptions, model: string, prompts: Array<numbe
   const ok = results.filter((r) => r.ok);
   const outputTokens = ok.reduce((n, r) => n + r.outputTokens, 0);
   const inputTokens = ok.reduce((n, r) => n + r.promptTokens, 0);
+  const mean = (rs: RequestResult[], f: (r: RequestResult) => number) => (rs.length ? rs.reduce((n, r) => n + f(r), 0) / rs.length : 0);
   return {
     concurrency,
     requestRate: rate,
@@ -187,8 +237,33 @@ async function runLevel(o: LoadBenchOptions, model: string, prompts: Array<numbe
     tpotMs: summarize(ok.filter((r) => r.outputTokens > 1).map((r) => (r.e2e - r.ttft) / (r.outputTokens - 1))),
     itlMs: summarize(ok.flatMap((r) => r.itls)),
     e2eMs: summarize(ok.map((r) => r.e2e)),
+    meanCachedTokens: mean(ok, (r) => r.cachedTokens),
+    ...(byTurn.length > 0
+      ? {
+          turns: byTurn.map((rs, i) => {
+            const done = rs.filter((r) => r.ok);
+            return { turn: i + 1, ttftMs: mean(done, (r) => r.ttft), promptTokens: mean(done, (r) => r.promptTokens), cachedTokens: mean(done, (r) => r.cachedTokens) };
+          }),
+        }
+      : {}),
     errors: [...new Set(results.filter((r) => !r.ok).map((r) => r.error ?? 'unknown'))].slice(0, 5),
   };
+}
+
+/**
+ * A level's work. Each level has prompts of its own (another seed), so a server with a
+ * prefix cache does not answer one level from what an earlier level left.
+ */
+export function datasetJobs(o: LoadBenchOptions, level: number): Job[] {
+  const seed = o.seed + 1000 * (level + 1);
+  switch (o.dataset ?? 'random') {
+    case 'random':
+      return randomPrompts(o.numPrompts, o.inputLen, seed, o.endpoint).map((prompt) => ({ prompt }));
+    case 'shared-prefix':
+      return sharedPrefixPrompts(o.numPrompts, o.prefixLen ?? 1024, o.inputLen, seed, o.endpoint).map((prompt) => ({ prompt }));
+    case 'multi-turn':
+      return Array.from({ length: o.numPrompts }, (_, c) => ({ conversation: randomPrompts(o.turns ?? 10, o.inputLen, seed + c * 97, 'chat') as string[] }));
+  }
 }
 
 export async function resolveModelName(o: LoadBenchOptions): Promise<string> {
@@ -200,13 +275,14 @@ export async function resolveModelName(o: LoadBenchOptions): Promise<string> {
 
 export async function runLoadBench(o: LoadBenchOptions, log: (line: string) => void = () => {}): Promise<{ model: string; levels: LevelResult[] }> {
   const model = await resolveModelName(o);
-  const prompts = randomPrompts(o.numPrompts, o.inputLen, o.seed, o.endpoint);
-  // One short request first so that lazy initialisation is not measured.
-  await oneRequest({ ...o, outputLen: 2 }, model, prompts[0]);
+  if (o.dataset === 'multi-turn' && o.endpoint !== 'chat') throw new Error('the multi-turn dataset needs --endpoint chat');
+  // One short request first so that lazy initialisation is not measured (a prompt of its
+  // own, so that it leaves nothing in a prefix cache that the levels could use).
+  await oneRequest({ ...o, outputLen: 2 }, model, randomPrompts(1, Math.min(o.inputLen, 64), o.seed + 1, o.endpoint)[0]);
   const levels: LevelResult[] = [];
   const plan: Array<[number | null, number | null]> = o.requestRate !== null ? [[null, o.requestRate]] : o.concurrency.map((c) => [c, null]);
-  for (const [c, rate] of plan) {
-    const r = await runLevel(o, model, prompts, c, rate);
+  for (const [i, [c, rate]] of plan.entries()) {
+    const r = await runLevel(o, model, datasetJobs(o, i), c, rate);
     levels.push(r);
     log(formatRow(r));
   }
@@ -217,18 +293,24 @@ const f1 = (x: number) => x.toFixed(1);
 
 export function formatRow(r: LevelResult): string {
   const head = r.concurrency !== null ? `concurrency ${r.concurrency}` : `rate ${r.requestRate}/s`;
-  return `${head}: ${r.completed} ok, ${r.failed} failed; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms`;
+  const turns = r.turns ? `; TTFT by turn ${r.turns.map((t) => `${t.turn}: ${f1(t.ttftMs)} ms (${Math.round(t.cachedTokens)}/${Math.round(t.promptTokens)} cached)`).join(', ')}` : '';
+  return `${head}: ${r.completed} ok, ${r.failed} failed; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} / max ${f1(r.ttftMs.max)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms; cached ${f1(r.meanCachedTokens)} of ${f1(r.meanInputTokens)} prompt tokens${turns}`;
 }
 
 export function markdownTable(levels: LevelResult[]): string {
   const rows = [
-    '| concurrency | req/s | output tok/s | TTFT mean / median / p99 (ms) | TPOT mean / median / p99 (ms) | ITL median / p99 (ms) | E2E median / p99 (ms) | failed |',
-    '|---|---|---|---|---|---|---|---|',
+    '| concurrency | req/s | output tok/s | TTFT mean / median / p99 / max (ms) | TPOT mean / median / p99 (ms) | ITL median / p99 (ms) | E2E median / p99 (ms) | prompt / cached tokens (mean) | failed |',
+    '|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of levels) {
     rows.push(
-      `| ${r.concurrency ?? `${r.requestRate}/s`} | ${r.requestThroughput.toFixed(2)} | ${f1(r.outputThroughput)} | ${f1(r.ttftMs.mean)} / ${f1(r.ttftMs.median)} / ${f1(r.ttftMs.p99)} | ${f1(r.tpotMs.mean)} / ${f1(r.tpotMs.median)} / ${f1(r.tpotMs.p99)} | ${f1(r.itlMs.median)} / ${f1(r.itlMs.p99)} | ${f1(r.e2eMs.median)} / ${f1(r.e2eMs.p99)} | ${r.failed} |`,
+      `| ${r.concurrency ?? `${r.requestRate}/s`} | ${r.requestThroughput.toFixed(2)} | ${f1(r.outputThroughput)} | ${f1(r.ttftMs.mean)} / ${f1(r.ttftMs.median)} / ${f1(r.ttftMs.p99)} / ${f1(r.ttftMs.max)} | ${f1(r.tpotMs.mean)} / ${f1(r.tpotMs.median)} / ${f1(r.tpotMs.p99)} | ${f1(r.itlMs.median)} / ${f1(r.itlMs.p99)} | ${f1(r.e2eMs.median)} / ${f1(r.e2eMs.p99)} | ${f1(r.meanInputTokens)} / ${f1(r.meanCachedTokens)} | ${r.failed} |`,
     );
+  }
+  const turns = levels.find((l) => l.turns)?.turns;
+  if (turns) {
+    rows.push('', '| turn | TTFT mean (ms) | prompt tokens | cached tokens |', '|---|---|---|---|');
+    for (const t of turns) rows.push(`| ${t.turn} | ${f1(t.ttftMs)} | ${Math.round(t.promptTokens)} | ${Math.round(t.cachedTokens)} |`);
   }
   return rows.join('\n');
 }

@@ -10,9 +10,18 @@ export const BENCH_FLAGS = {
   model: { type: 'string', defaultText: 'the first of GET /models', help: 'Model id', schema: z.string().optional() },
   'api-key': { type: 'string', env: 'OPENAI_API_KEY', help: 'Bearer token', schema: z.string().optional() },
   endpoint: { type: 'string', default: 'completions', help: 'completions (token-id prompts, exact lengths) or chat', schema: z.enum(['completions', 'chat']) },
-  'input-len': { type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat)', schema: wholeNumber(1) },
+  dataset: {
+    type: 'string',
+    default: 'random',
+    help: '`random` (independent prompts), `shared-prefix` (every prompt of a level starts with one `--prefix-len` prefix, then `--input-len` of its own), `multi-turn` (`--num-prompts` conversations of `--turns` turns, each sending the history, the answers and a new `--input-len`-word message; chat only)',
+    schema: z.enum(['random', 'shared-prefix', 'multi-turn']),
+  },
+  'input-len': { type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat); a shared prefix\'s suffix, a conversation\'s user message', schema: wholeNumber(1) },
+  'prefix-len': { type: 'string', default: '1024', help: 'shared-prefix: length of the common prefix', schema: wholeNumber(1) },
+  turns: { type: 'string', default: '10', help: 'multi-turn: turns per conversation', schema: wholeNumber(1, 1000) },
+  thinking: { type: 'string', help: 'Chat: ask for thinking `on` or `off` (Qwen3\'s `enable_thinking`); unset sends nothing', schema: z.enum(['on', 'off']).optional() },
   'output-len': { type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)', schema: wholeNumber(1) },
-  'num-prompts': { type: 'string', default: '32', help: 'Requests per concurrency level', schema: wholeNumber(1) },
+  'num-prompts': { type: 'string', default: '32', help: 'Requests (multi-turn: conversations) per concurrency level', schema: wholeNumber(1) },
   concurrency: {
     type: 'string',
     default: '1,4,8,16',
@@ -58,13 +67,19 @@ export async function benchCommand(argv: string[]): Promise<void> {
       requestRate: o['request-rate'] ?? null,
       seed: o.seed,
       timeout: o.timeout,
+      dataset: o.dataset,
+      prefixLen: o['prefix-len'],
+      turns: o.turns,
+      thinking: o.thinking === undefined ? null : o.thinking === 'on',
     },
     (line) => process.stderr.write(`${line}\n`),
   );
   const table = markdownTable(levels);
-  process.stdout.write(`\n${model} via ${o.endpoint}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} requests per level\n\n${table}\n`);
+  const dataset =
+    o.dataset === 'shared-prefix' ? `, shared prefix ${o['prefix-len']}` : o.dataset === 'multi-turn' ? `, ${o.turns}-turn conversations` : '';
+  process.stdout.write(`\n${model} via ${o.endpoint}${dataset}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} ${o.dataset === 'multi-turn' ? 'conversations' : 'requests'} per level\n\n${table}\n`);
   mkdirSync(dirname(o.out) || '.', { recursive: true });
-  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
+  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, dataset: o.dataset, prefixLen: o['prefix-len'], turns: o.turns, thinking: o.thinking ?? null, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
   writeFileSync(`${o.out}.json`, JSON.stringify({ ...meta, levels }, null, 2));
   writeFileSync(`${o.out}.md`, `${table}\n`);
   if (levels.length > 0 && levels[0].concurrency !== null) {

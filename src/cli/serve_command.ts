@@ -37,6 +37,8 @@ export const SERVE_FLAGS = {
   'max-num-batched-tokens': { type: 'string', env: 'QWEN3_SERVE_MAX_NUM_BATCHED_TOKENS', defaultText: '32 on CPU, 512 on CUDA', help: 'Prompt tokens per step (prefill chunk): on CPU prefill is as fast in 32-token chunks as in 512-token ones, and small chunks keep running streams from stalling while a prompt joins', schema: wholeNumber(16, 1_000_000).optional() },
   'max-queue': { type: 'string', env: 'QWEN3_SERVE_MAX_QUEUE', default: '128', help: 'Waiting requests; beyond it, 429', schema: wholeNumber(0, 1_000_000) },
   'kv-cache-memory': { type: 'string', env: 'QWEN3_SERVE_KV_CACHE_MEMORY', default: '0.25', help: 'KV cache budget: bytes (`2GiB`) or a fraction of free memory', schema: size(true) },
+  'no-prefix-caching': { type: 'boolean', env: 'QWEN3_SERVE_NO_PREFIX_CACHING', help: 'Turn prefix caching off: by default a prompt that begins with tokens an earlier or running request already computed (a conversation\'s history, a shared system prompt or tool list) reuses their keys and values, in blocks of one prefill chunk, with bit-identical results', schema: z.boolean() },
+  'prefix-cache-memory': { type: 'string', env: 'QWEN3_SERVE_PREFIX_CACHE_MEMORY', default: '0.1', help: 'Memory for cached prompt blocks, on top of the KV budget: bytes (`1GiB`) or a fraction of free memory; the least recently used blocks go first when it is full', schema: size(true) },
   'kv-cache-prefault': { type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget at start, as vLLM preallocates its cache: resident memory is the budget from the start, and no step waits for the OS to map fresh pages, and prompts prefill in a staging buffer of their own so they never slow the running streams (fast layout; see docs/architecture.md)', schema: z.boolean() },
   'json-whitespace': { type: 'string', env: 'QWEN3_SERVE_JSON_WHITESPACE', default: 'compact', help: 'Structured JSON output: `compact` (one line, `, ` and `: `, as Qwen3 writes tool calls) or `any` (any whitespace between tokens, vLLM\'s default; small models may loop on it)', schema: z.enum(['compact', 'any']) },
   'reasoning-field': { type: 'string', env: 'QWEN3_SERVE_REASONING_FIELD', default: 'reasoning_content', help: '`reasoning_content`, `reasoning` or `both`', schema: z.enum(['reasoning_content', 'reasoning', 'both']) },
@@ -124,6 +126,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       maxModelLen: config['max-model-len'] ?? null,
       kvCacheMemory: config['kv-cache-memory'],
       kvCachePrefault: config['kv-cache-prefault'],
+      prefixCacheMemory: config['no-prefix-caching'] ? 0 : config['prefix-cache-memory'],
       jsonWhitespace: config['json-whitespace'],
       grammarCompileTimeoutMs: config['grammar-compile-timeout'] * 1000,
     },
@@ -183,6 +186,9 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       max_model_len: info.limits.maxModelLen,
       kv_budget_tokens: info.limits.kvBudgetTokens,
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
+      prefix_cache: info.prefixCache
+        ? { block_tokens: info.prefixCache.blockTokens, memory_mib: Math.round(info.prefixCache.capacityBytes / 2 ** 20) }
+        : info.prefixCacheNote,
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,
   );

@@ -280,5 +280,5 @@ export class Engine extends EventEmitter {
 const MAX_DEATHS_PER_MINUTE = 3;
 
 export function emptyStats(): EngineStats {
-  return { running: 0, waiting: 0, kvUsedTokens: 0, kvBudgetTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null };
+  return { running: 0, waiting: 0, kvUsedTokens: 0, kvBudgetTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null, prefixCache: null };
 }

@@ -5,6 +5,7 @@ import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 import type { GrammarService, RemoteConstraint } from './grammar_service.js';
+import type { PrefixCache, PrefixKeys } from './prefix_cache.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -38,6 +39,12 @@ interface ActiveSequence extends ScheduledSequence {
    * recompute, so each is computed once). Sent with the first event, then dropped.
    */
   prompt: { logprobs: Array<TokenLogprob | null>; scored: number; top: number } | null;
+  /** Its blocks' names in the prefix cache, computed as needed. */
+  prefixKeys: PrefixKeys;
+  /** Pool slots of the cached blocks found at admission, loaded before its first run. */
+  hit: number[] | null;
+  /** Prompt tokens served from the prefix cache at its first admission. */
+  cachedTokens: number | null;
 }
 
 /**
@@ -81,14 +88,55 @@ export class EngineCore {
       grammars?: () => GrammarService;
       /** Stop tokens a grammar ends with when a request names none. */
       eosTokenIds?: number[];
+      /** Prefix caching (its blocks are the prefill chunk long); absent: every prompt is computed whole. */
+      prefixCache?: PrefixCache | null;
       now?: () => number;
     } = {},
   ) {
     this.now = options.now ?? (() => performance.now());
+    const cache = options.prefixCache ?? null;
+    if (cache && cache.blockTokens !== limits.maxNumBatchedTokens) {
+      throw new Error(`prefix cache blocks of ${cache.blockTokens} tokens must equal the prefill chunk (${limits.maxNumBatchedTokens})`);
+    }
     this.scheduler = new Scheduler<ActiveSequence>(
       { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvBudgetTokens: limits.kvBudgetTokens },
       runner,
+      cache ? { cachedTokens: (seq, target) => this.lookUpPrefix(cache, seq, target) } : null,
     );
+  }
+
+  /**
+   * The cached blocks a sequence being admitted can start from. The chunk holding its
+   * last prefill token is always computed, as without the cache: its logits give the next
+   * token. A request scoring its prompt needs every position's logits, so it takes only
+   * blocks before the positions it has yet to score (none, unless it was preempted).
+   */
+  private lookUpPrefix(cache: PrefixCache, seq: ActiveSequence, target: number): number {
+    const b = cache.blockTokens;
+    let limit = Math.floor((target - 1) / b) * b;
+    if (seq.prompt) limit = Math.min(limit, Math.floor(seq.prompt.scored / b) * b);
+    seq.hit = cache.match(seq.tokens, limit, target, seq.prefixKeys);
+    const cached = seq.hit.length * b;
+    seq.cachedTokens ??= cached;
+    return cached;
+  }
+
+  /**
+   * Saves the block a prefill run just computed, when the run was one whole chunk: the
+   * block is then exactly what any later prompt with these tokens would compute there.
+   */
+  private publishBlock(seq: ActiveSequence, start: number, end: number, oneRun: boolean): void {
+    const cache = this.options.prefixCache;
+    if (!cache || !oneRun || end - start !== cache.blockTokens || start % cache.blockTokens !== 0) return;
+    const index = start / cache.blockTokens;
+    const slot = cache.reserve(seq.tokens, index, seq.prefixKeys);
+    if (slot === null) return;
+    try {
+      this.runner.saveBlock(seq.id, start, cache.blockTokens, cache.pool, slot);
+    } catch (err) {
+      cache.release(seq.tokens, index, seq.prefixKeys);
+      throw err;
+    }
   }
 
   /**
@@ -161,6 +209,9 @@ export class EngineCore {
       thinking: req.thinkingBudget ? { count: 0, ended: false, forced: null } : null,
       constrained: req.grammarAfter === null || req.grammarAfter === undefined,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
+      prefixKeys: { keys: [] },
+      hit: null,
+      cachedTokens: null,
     };
     this.scheduler.add(seq);
     this.byRequest.set(req.requestId, seq);
@@ -199,6 +250,7 @@ export class EngineCore {
       requestsFinished: this.totals.finished,
       steps: this.totals.steps,
       grammar: this.grammars?.stats() ?? null,
+      prefixCache: this.options.prefixCache?.stats() ?? null,
     };
   }
 
@@ -233,6 +285,8 @@ export class EngineCore {
     }
     for (const seq of plan.admitted) {
       this.runner.addSequence(seq.id);
+      if (seq.hit && seq.hit.length > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit);
+      seq.hit = null;
       seq.admittedAt ??= this.now();
     }
     // Run the model for the plan, then let the scheduler move the sequences on, then sample.
@@ -246,10 +300,9 @@ export class EngineCore {
     let prefillLogits: Float32Array | null = null;
     if (plan.prefill) {
       const { seq, start, end } = plan.prefill;
-      prefillLogits =
-        seq.prompt && seq.prompt.scored < Math.min(end, seq.promptLength - 1)
-          ? await this.prefillScoring(seq, start, end)
-          : await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
+      const scoring = seq.prompt !== null && seq.prompt.scored < Math.min(end, seq.promptLength - 1);
+      prefillLogits = scoring ? await this.prefillScoring(seq, start, end) : await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
+      this.publishBlock(seq, start, end, !scoring || end - start <= PROMPT_SCORE_SLICE);
     }
     const { promptDone } = this.scheduler.update(plan);
     if (decodeLogits) {
@@ -437,7 +490,7 @@ export class EngineCore {
       metrics: {
         promptTokens: seq.promptLength,
         completionTokens: seq.generated,
-        cachedTokens: 0,
+        cachedTokens: seq.cachedTokens ?? 0,
         queueMs: (seq.admittedAt ?? t) - seq.arrivedAt,
         firstTokenMs: (seq.firstTokenAt ?? t) - seq.arrivedAt,
         totalMs: t - seq.arrivedAt,

@@ -14,6 +14,11 @@ export interface WorkerOptions {
   maxModelLen: number | null;
   /** Bytes, or a fraction (≤ 1) of free memory at start. */
   kvCacheMemory: number;
+  /**
+   * Prefix caching: memory for the blocks finished and running prompts leave behind, in
+   * bytes or a fraction (≤ 1) of free memory at start; absent or 0, prefix caching is off.
+   */
+  prefixCacheMemory?: number | null;
   /** Write the whole KV budget at start (fast layout), so no step waits for fresh pages. */
   kvCachePrefault?: boolean;
   /** Structured JSON output: one line in Qwen3's own spacing, or any whitespace. */

@@ -25,6 +25,15 @@ export interface SchedulerConfig {
   kvBudgetTokens: number;
 }
 
+/**
+ * Prefix caching, asked once per admission: how many of the sequence's first `target`
+ * tokens already have their keys and values cached (and will be loaded), so its prefill
+ * starts after them.
+ */
+export interface PrefixLookup<S> {
+  cachedTokens(seq: S, target: number): number;
+}
+
 /** The cache's cost model, from the model runner. */
 export interface KvCostModel {
   slotsFor(lengths: number[]): number;
@@ -64,6 +73,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
   constructor(
     readonly config: SchedulerConfig,
     private readonly kv: KvCostModel,
+    private readonly prefix: PrefixLookup<S> | null = null,
   ) {}
 
   get numWaiting(): number {
@@ -142,6 +152,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
       if (this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0) {
         this.waiting.shift();
         next.state = 'prefill';
+        next.numComputed = this.prefix?.cachedTokens(next, Scheduler.prefillTarget(next)) ?? 0;
         this.running.push(next);
         plan.admitted.push(next);
         candidate = next;

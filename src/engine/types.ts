@@ -1,5 +1,6 @@
 import type { GrammarRequest } from '../runtime/grammar.js';
 import type { GrammarStats } from './grammar_service.js';
+import type { PrefixCacheStats } from './prefix_cache.js';
 import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 
 /** A generation request as the engine takes it: plain data, sent to the worker. */
@@ -76,6 +77,8 @@ export interface EngineStats {
   steps: number;
   /** The grammar engine, once a structured request started it. */
   grammar: GrammarStats | null;
+  /** Prefix caching, when on. */
+  prefixCache: PrefixCacheStats | null;
 }
 
 export interface EngineLimits {
@@ -100,4 +103,7 @@ export interface EngineInfo {
   eosTokenIds: number[];
   /** KV cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;
+  /** Prefix caching's block size and memory bound; null when it is off (and why, in `prefixCacheNote`). */
+  prefixCache: { blockTokens: number; capacityBytes: number } | null;
+  prefixCacheNote: string | null;
 }

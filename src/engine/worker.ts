@@ -14,6 +14,8 @@ import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import { GrammarService } from './grammar_service.js';
+import { PrefixCache } from './prefix_cache.js';
+import { KvBlockPool, bytesPerBlock } from '../runtime/kv_block_pool.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { EngineCore } from './engine_core.js';
@@ -50,6 +52,17 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
   };
 }
 
+/** The prefix cache the options ask for: blocks of one prefill chunk, in a pool bounded by --prefix-cache-memory. */
+function createPrefixCache(runner: ModelRunner, chunk: number): { prefixCache: PrefixCache | null; note: string | null } {
+  const memory = options.prefixCacheMemory ?? 0;
+  if (memory <= 0) return { prefixCache: null, note: 'off' };
+  const layout = runner.blockLayout(chunk);
+  const bytes = memory <= 1 ? Math.floor(freemem() * memory) : Math.floor(memory);
+  const slots = Math.floor(bytes / bytesPerBlock(layout));
+  if (slots < 1) return { prefixCache: null, note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)` };
+  return { prefixCache: new PrefixCache(chunk, new KvBlockPool(layout, slots)), note: null };
+}
+
 async function start(wake: () => void): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
   const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
@@ -64,7 +77,9 @@ async function start(wake: () => void): Promise<EngineCore> {
   const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
+  const { prefixCache, note: prefixCacheNote } = createPrefixCache(runner, limits.maxNumBatchedTokens);
   const core = new EngineCore(runner, tokenizer, limits, {
+    prefixCache,
     eosTokenIds: generation.eosTokenIds,
     grammars: () =>
       new GrammarService({
@@ -87,6 +102,8 @@ async function start(wake: () => void): Promise<EngineCore> {
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes,
+    prefixCache: prefixCache ? { blockTokens: prefixCache.blockTokens, capacityBytes: prefixCache.stats().capacityBytes } : null,
+    prefixCacheNote,
   };
   post({ type: 'ready', info });
   return core;

@@ -48,6 +48,28 @@ export class ServerMetrics {
     if (compat === 'vllm') gauge('', 'Fraction of the KV cache budget holding cached tokens (1 = full).', usage, ['vllm:gpu_cache_usage_perc']);
     gauge('kv_cache_bytes', 'Bytes currently allocated for the KV cache.', async () => (await engine.stats()).kvBytes, ['qwen3_serve_kv_cache_bytes']);
     gauge('engine_up', '1 when the engine is ready, 0 while loading, restarting or down.', () => (engine.state === 'ready' ? 1 : 0), ['qwen3_serve_engine_up']);
+    // Prefix caching, counted in the engine: vLLM's prefix_cache_queries / _hits in tokens.
+    const prefix = async () => (await engine.stats()).prefixCache;
+    const engineCounter = (name: string, help: string, value: () => Promise<number>) => {
+      for (const p of prefixes) {
+        new client.Counter({
+          name: p + name,
+          help,
+          registers,
+          async collect() {
+            // The engine keeps the total; a restarted engine starts again from 0, as a restarted process would.
+            this.reset();
+            this.inc(await value());
+          },
+        });
+      }
+    };
+    engineCounter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.', async () => (await prefix())?.queriedTokens ?? 0);
+    engineCounter('prefix_cache_hits_total', 'Prompt tokens served from the prefix cache (not computed).', async () => (await prefix())?.hitTokens ?? 0);
+    gauge('prefix_cache_bytes', 'Bytes the prefix cache holds.', async () => (await prefix())?.bytes ?? 0, ['qwen3_serve_prefix_cache_bytes']);
+    gauge('prefix_cache_capacity_bytes', 'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).', async () => (await prefix())?.capacityBytes ?? 0, ['qwen3_serve_prefix_cache_capacity_bytes']);
+    gauge('prefix_cache_blocks', 'Blocks in the prefix cache.', async () => (await prefix())?.blocks ?? 0, ['qwen3_serve_prefix_cache_blocks']);
+    gauge('prefix_cache_block_tokens', 'Tokens per prefix cache block (the prefill chunk; 0 when off).', async () => (await prefix())?.blockTokens ?? 0, ['qwen3_serve_prefix_cache_block_tokens']);
     const counter = (name: string, help: string) => prefixes.map((p) => new client.Counter({ name: `${p}${name}`, help, registers }));
     this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('generation_tokens_total', 'Tokens generated.');

@@ -36,12 +36,18 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
   const streams = await submitAll(ctx, requests, signal);
   const thinkEndId = ctx.tokenizer.tokenId(THINK_END_TOKEN);
   const choices = requests.map((_, i) => new ChatChoice(i, prepared, thinkEndId));
+  // Prompt tokens served from the prefix cache. The prompt is counted once, as the first
+  // choice ran it (the others share its blocks).
+  let cachedTokens = 0;
   const run = async (i: number, onDelta?: (c: ChatChoice, d: ChatDelta) => void) => {
     const c = choices[i];
     for await (const ev of streams[i]) {
       const d = c.push(ev);
       onDelta?.(c, d);
-      if (ev.finishReason && ev.metrics) ctx.observe(ev.metrics, ev.finishReason);
+      if (ev.finishReason && ev.metrics) {
+        ctx.observe(ev.metrics, ev.finishReason);
+        if (i === 0) cachedTokens = ev.metrics.cachedTokens;
+      }
     }
   };
   return {
@@ -55,7 +61,7 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
       promptTokens: prepared.promptIds.length,
       completionTokens: choices.reduce((s, c) => s + c.completionTokens, 0),
       reasoningTokens: choices.reduce((s, c) => s + c.reasoningTokens, 0),
-      cachedTokens: 0,
+      cachedTokens,
     }),
   };
 }

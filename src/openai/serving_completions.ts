@@ -67,7 +67,9 @@ export async function serveCompletions(ctx: ServingContext, input: unknown, sign
   const usage = () => {
     const prompt = requests.reduce((s, r, i) => s + (i % n === 0 ? r.promptIds.length : 0), 0);
     const completion = state.reduce((s, c) => s + c.tokens, 0);
-    return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+    // Each prompt's first choice ran it; the others share its blocks.
+    const cached = state.reduce((s, c, i) => s + (i % n === 0 ? (c.finish?.metrics?.cachedTokens ?? 0) : 0), 0);
+    return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
   };
   const account = (i: number, ev: EngineEvent) => {
     state[i].tokens += ev.tokenIds.length;

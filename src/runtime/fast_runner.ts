@@ -1,6 +1,7 @@
 import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import { KvCache } from './kv_cache.js';
+import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
 import type { ModelRunner } from './model_runner.js';
 
 /**
@@ -70,6 +71,18 @@ export class FastRunner implements ModelRunner {
 
   cachedLength(id: number): number {
     return this.cache.length(id);
+  }
+
+  blockLayout(tokens: number): KvBlockLayout {
+    return this.cache.blockLayout(tokens);
+  }
+
+  saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void {
+    this.cache.saveBlock(id, start, tokens, pool, slot);
+  }
+
+  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+    this.cache.loadBlocks(id, tokens, pool, slots);
   }
 
   kvBytes(): number {

@@ -2,6 +2,7 @@ import ort from 'onnxruntime-node';
 import { ConfigError } from '../errors.js';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
+import { copyRuns, type KvBlockLayout, type KvBlockPool } from './kv_block_pool.js';
 
 /** Capacity grows and shrinks in these steps: attention's cost grows with capacity (docs/architecture.md, KV cache). */
 export const CAPACITY_STEP = 64;
@@ -291,6 +292,40 @@ export class KvCache {
     this.fit(length + 1);
     for (const [i, p] of this.planes.entries()) {
       for (let l = 0; l < this.layers; l++) this.copyRow(p, source.planes[i].data[l], source.capacity, l, from, row, length);
+    }
+    this.rowLength[row] = length;
+  }
+
+  /** A block of `tokens` positions in this cache's run order: per layer and plane, each run's slots. */
+  blockLayout(tokens: number): KvBlockLayout {
+    return { layers: this.layers, planes: this.planes.map((p) => ({ type: p.type, elements: this.runs(p).perRow * tokens * this.runs(p).unit })) };
+  }
+
+  /** Copies `id`'s cached positions [start, start + pool's block) into the pool's slot `slot`. */
+  saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void {
+    const row = this.row(id);
+    if (start + tokens > this.rowLength[row]) throw new Error(`positions ${start}–${start + tokens} of sequence ${id} are not cached`);
+    for (const [i, p] of this.planes.entries()) {
+      const { perRow, unit } = this.runs(p);
+      for (let l = 0; l < this.layers; l++) {
+        copyRuns(p.data[l], (row * perRow * this.capacity + start) * unit, this.capacity * unit, pool.view(i, l, slot), 0, tokens * unit, perRow, tokens * unit);
+      }
+    }
+  }
+
+  /** Fills `id`'s empty row with the pool's blocks `slots`, in order, as its first cached positions. */
+  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+    const row = this.row(id);
+    if (this.rowLength[row] !== 0) throw new Error(`sequence ${id} already has cached tokens`);
+    const length = tokens * slots.length;
+    this.fit(length + 1);
+    for (const [i, p] of this.planes.entries()) {
+      const { perRow, unit } = this.runs(p);
+      for (let l = 0; l < this.layers; l++) {
+        slots.forEach((slot, b) => {
+          copyRuns(pool.view(i, l, slot), 0, tokens * unit, p.data[l], (row * perRow * this.capacity + b * tokens) * unit, this.capacity * unit, perRow, tokens * unit);
+        });
+      }
     }
     this.rowLength[row] = length;
   }

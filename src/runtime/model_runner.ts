@@ -1,4 +1,5 @@
 import type { Manifest } from '../export/manifest.js';
+import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
 
 /**
  * One model step at a time, for sequences identified by small integer ids. The KV state
@@ -36,6 +37,12 @@ export interface ModelRunner {
    * so the engine benchmark times long batches without minutes of prefill).
    */
   reserve(id: number, length: number): void;
+  /** How a block of `tokens` cached positions is laid out when saved (prefix caching). */
+  blockLayout(tokens: number): KvBlockLayout;
+  /** Copies `id`'s cached positions [start, start + tokens) into the pool's slot `slot`. */
+  saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void;
+  /** Gives `id`, which has nothing cached yet, the pool's blocks `slots` as its first positions. */
+  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void;
 }
 
 export type KvArray = Float32Array | Uint16Array | Int8Array;

@@ -1,6 +1,7 @@
 import type { Manifest } from '../export/manifest.js';
 import type { FastRunner } from './fast_runner.js';
 import type { ModelRunner } from './model_runner.js';
+import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
 
 /**
  * The fast layout with prompts prefilled apart. A cache buffer has one capacity for all
@@ -60,6 +61,18 @@ export class StagedFastRunner implements ModelRunner {
   decode(ids: number[], tokens: number[]): Promise<Float32Array> {
     for (const id of ids) if (this.staging.has(id)) this.decoding.adoptSequence(id, this.staging);
     return this.decoding.decode(ids, tokens);
+  }
+
+  blockLayout(tokens: number): KvBlockLayout {
+    return this.decoding.blockLayout(tokens);
+  }
+
+  saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void {
+    this.holder(id).saveBlock(id, start, tokens, pool, slot);
+  }
+
+  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+    this.holder(id).loadBlocks(id, tokens, pool, slots);
   }
 
   kvBytes(): number {

@@ -1,6 +1,7 @@
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type ModelRunner } from './model_runner.js';
+import { copyRuns, type KvBlockLayout, type KvBlockPool } from './kv_block_pool.js';
 
 interface SequenceKv {
   length: number;
@@ -57,6 +58,33 @@ export class StandardRunner implements ModelRunner {
 
   cachedLength(id: number): number {
     return this.seq(id).length;
+  }
+
+  blockLayout(tokens: number): KvBlockLayout {
+    const elements = this.kvHeads * tokens * this.headDim;
+    return { layers: this.layers, planes: [{ type: this.manifest.kvDtype, elements }, { type: this.manifest.kvDtype, elements }] };
+  }
+
+  saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void {
+    const s = this.seq(id);
+    if (start + tokens > s.length) throw new Error(`positions ${start}–${start + tokens} of sequence ${id} are not cached`);
+    const hd = this.headDim;
+    for (let l = 0; l < this.layers; l++) {
+      [s.keys[l], s.values[l]].forEach((src, plane) => copyRuns(src, start * hd, s.capacity * hd, pool.view(plane, l, slot), 0, tokens * hd, this.kvHeads, tokens * hd));
+    }
+  }
+
+  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+    const s = this.seq(id);
+    if (s.length !== 0) throw new Error(`sequence ${id} already has cached tokens`);
+    const hd = this.headDim;
+    this.grow(s, tokens * slots.length);
+    for (let l = 0; l < this.layers; l++) {
+      [s.keys[l], s.values[l]].forEach((dst, plane) =>
+        slots.forEach((slot, b) => copyRuns(pool.view(plane, l, slot), 0, tokens * hd, dst, b * tokens * hd, s.capacity * hd, this.kvHeads, tokens * hd)),
+      );
+    }
+    s.length = tokens * slots.length;
   }
 
   kvBytes(): number {

@@ -1,0 +1,70 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { KvBlockPool } from '../runtime/kv_block_pool.js';
+import { PrefixCache, type PrefixKeys } from './prefix_cache.js';
+
+const B = 4;
+const pool = (slots: number) => new KvBlockPool({ layers: 1, planes: [{ type: 'float32', elements: 2 }] }, slots);
+const keys = (): PrefixKeys => ({ keys: [] });
+/** Publishes every whole block of `tokens`, as the engine does chunk by chunk. */
+function publish(cache: PrefixCache, tokens: number[]): number[] {
+  const k = keys();
+  const slots: number[] = [];
+  for (let i = 0; (i + 1) * B <= tokens.length; i++) {
+    const slot = cache.reserve(tokens, i, k);
+    if (slot !== null) slots.push(slot);
+  }
+  return slots;
+}
+const seq = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
+
+test('a prompt finds the whole blocks of earlier prompts it begins with, and only those', () => {
+  const cache = new PrefixCache(B, pool(16));
+  publish(cache, seq(10));
+  assert.equal(cache.stats().blocks, 2, 'two whole blocks of 10 tokens');
+  assert.equal(cache.match(seq(20), 20, 20, keys()).length, 2);
+  // Diverging inside the second block: only the first matches.
+  assert.equal(cache.match([...seq(6), 99, 98, 97], 9, 9, keys()).length, 1);
+  // The same tokens at another position are another block.
+  assert.equal(cache.match(seq(8, 4), 8, 8, keys()).length, 0);
+  // The limit bounds the match (the chunk holding the last prompt token is always computed).
+  assert.equal(cache.match(seq(20), 7, 20, keys()).length, 1);
+  assert.deepEqual(
+    { queried: cache.stats().queriedTokens, hit: cache.stats().hitTokens },
+    { queried: 57, hit: 4 * (2 + 1 + 0 + 1) },
+  );
+  // Publishing the same block again takes no slot.
+  assert.deepEqual(publish(cache, seq(8)), []);
+});
+
+test('a full pool evicts the least recently used block and every block after it', () => {
+  const cache = new PrefixCache(B, pool(4));
+  publish(cache, seq(8, 0)); // a0 a1
+  publish(cache, seq(8, 100)); // b0 b1
+  cache.match(seq(8, 0), 8, 8, keys()); // a is now the more recent
+  publish(cache, seq(4, 200)); // evicts b0, and b1 with it
+  assert.equal(cache.match(seq(8, 100), 8, 8, keys()).length, 0);
+  assert.equal(cache.match(seq(8, 0), 8, 8, keys()).length, 2);
+  assert.equal(cache.match(seq(4, 200), 4, 4, keys()).length, 1);
+  assert.equal(cache.stats().blocks, 3);
+  assert.equal(cache.stats().bytes, 3 * 2 * 4);
+});
+
+test('a prompt longer than the pool keeps its first blocks', () => {
+  const cache = new PrefixCache(B, pool(3));
+  const slots = publish(cache, seq(40));
+  assert.equal(new Set(slots).size, 3);
+  assert.deepEqual(cache.match(seq(40), 40, 40, keys()), slots);
+  // Another prompt then takes the least recently used blocks: the chain's last first.
+  publish(cache, seq(4, 500));
+  assert.equal(cache.match(seq(40), 40, 40, keys()).length, 2);
+});
+
+test('a pool of one block still works', () => {
+  const cache = new PrefixCache(B, pool(1));
+  publish(cache, seq(12));
+  assert.equal(cache.match(seq(12), 12, 12, keys()).length, 1);
+  publish(cache, seq(4, 50));
+  assert.equal(cache.match(seq(12), 12, 12, keys()).length, 0);
+  assert.equal(cache.match(seq(4, 50), 4, 4, keys()).length, 1);
+});

@@ -1,0 +1,163 @@
+import { createHash } from 'node:crypto';
+import type { KvBlockPool } from '../runtime/kv_block_pool.js';
+
+/** One cached block: the keys and values of `blockTokens` prompt positions, in a pool slot. */
+interface Block {
+  /** Hash of every token from the start of the sequence to this block's end. */
+  readonly key: string;
+  readonly slot: number;
+  readonly parent: Block | null;
+  readonly children: Set<Block>;
+}
+
+/** What a sequence keeps for the cache: its blocks' keys, computed once each. */
+export interface PrefixKeys {
+  keys: string[];
+}
+
+export interface PrefixCacheStats {
+  /** Prompt tokens looked up and found, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits). */
+  queriedTokens: number;
+  hitTokens: number;
+  blocks: number;
+  blockTokens: number;
+  /** Bytes the cached blocks hold, and the bound (--prefix-cache-memory). */
+  bytes: number;
+  capacityBytes: number;
+}
+
+/**
+ * The prefix cache's index (vLLM's automatic prefix caching, by block hash): which
+ * blocks of which token prefixes have their keys and values in the pool, and in what
+ * order they were last used. A block is named by a hash of all tokens up to its end, so
+ * prompts that share a prefix share its blocks, whatever follows.
+ *
+ * Blocks are `blockTokens` long and start at multiples of it, the engine's prefill chunk:
+ * a cached block is then exactly what a cold run's chunk computes there, and what a
+ * request still computes after its cached blocks runs at the same positions in the same
+ * chunks as without the cache, so results are bit-identical (engine_core.ts publishes
+ * only blocks a whole prefill chunk computed).
+ *
+ * Blocks are copies in a pool of their own: running sequences never share or wait for
+ * them, and when the pool is full the least recently used block goes (a chain is used
+ * from its end, so its last blocks go first), with any blocks after it, which nothing
+ * could reach any more.
+ */
+export class PrefixCache {
+  /** In order of last use, least recent first (a Map keeps insertion order). */
+  private readonly blocks = new Map<string, Block>();
+  private readonly freeSlots: number[];
+  private queried = 0;
+  private hits = 0;
+
+  constructor(
+    readonly blockTokens: number,
+    readonly pool: KvBlockPool,
+  ) {
+    this.freeSlots = Array.from({ length: pool.slots }, (_, i) => pool.slots - 1 - i);
+  }
+
+  /** The keys of `tokens`' first `count` whole blocks, extending what `keys` already has. */
+  keysFor(tokens: number[], count: number, keys: PrefixKeys): string[] {
+    const b = this.blockTokens;
+    for (let k = keys.keys.length; k < count; k++) {
+      const hash = createHash('sha256');
+      if (k > 0) hash.update(keys.keys[k - 1]);
+      hash.update(Int32Array.from(tokens.slice(k * b, (k + 1) * b)));
+      keys.keys.push(hash.digest('base64'));
+    }
+    return keys.keys;
+  }
+
+  /**
+   * The cached blocks that begin `tokens`, covering at most `limit` tokens, as pool slots
+   * in order; they become the most recently used. Counts `queried` tokens as looked up.
+   */
+  match(tokens: number[], limit: number, queried: number, keys: PrefixKeys): number[] {
+    this.queried += queried;
+    const count = Math.floor(Math.min(limit, tokens.length) / this.blockTokens);
+    const found: Block[] = [];
+    for (const key of this.keysFor(tokens, count, keys)) {
+      const block = this.blocks.get(key);
+      if (!block) break;
+      found.push(block);
+    }
+    for (let i = found.length - 1; i >= 0; i--) this.touch(found[i]);
+    this.hits += found.length * this.blockTokens;
+    return found.map((block) => block.slot);
+  }
+
+  /**
+   * Makes room for block `index` of `tokens` and returns its slot for the caller to fill,
+   * or null when it is cached already or its parent is not (a block nothing could reach).
+   */
+  reserve(tokens: number[], index: number, keys: PrefixKeys): number | null {
+    const all = this.keysFor(tokens, index + 1, keys);
+    const key = all[index];
+    const existing = this.blocks.get(key);
+    if (existing) {
+      this.touchChain(existing);
+      return null;
+    }
+    const parent = index > 0 ? (this.blocks.get(all[index - 1]) ?? null) : null;
+    if (index > 0 && !parent) return null;
+    if (parent) this.touchChain(parent);
+    if (this.freeSlots.length === 0 && !this.evictOldest(parent)) return null;
+    const block: Block = { key, slot: this.freeSlots.pop()!, parent, children: new Set() };
+    parent?.children.add(block);
+    this.blocks.set(key, block);
+    return block.slot;
+  }
+
+  /** Drops a block whose slot could not be filled after `reserve`. */
+  release(tokens: number[], index: number, keys: PrefixKeys): void {
+    const block = this.blocks.get(this.keysFor(tokens, index + 1, keys)[index]);
+    if (block) this.evict(block);
+  }
+
+  stats(): PrefixCacheStats {
+    return {
+      queriedTokens: this.queried,
+      hitTokens: this.hits,
+      blocks: this.blocks.size,
+      blockTokens: this.blockTokens,
+      bytes: this.blocks.size * this.pool.bytesPerBlock,
+      capacityBytes: this.pool.slots * this.pool.bytesPerBlock,
+    };
+  }
+
+  private touch(block: Block): void {
+    this.blocks.delete(block.key);
+    this.blocks.set(block.key, block);
+  }
+
+  /**
+   * Marks a block and all before it as used, the last first: a chain's first blocks, which
+   * more prompts share, are then the newest, and eviction takes a chain from its end.
+   */
+  private touchChain(block: Block): void {
+    for (let b: Block | null = block; b; b = b.parent) this.touch(b);
+  }
+
+  /**
+   * Evicts the least recently used block that `keep` does not descend from (so a prompt
+   * longer than the pool keeps its first blocks); false when the pool holds only that chain.
+   */
+  private evictOldest(keep: Block | null): boolean {
+    const chain = new Set<Block>();
+    for (let b = keep; b; b = b.parent) chain.add(b);
+    for (const block of this.blocks.values()) {
+      if (chain.has(block)) continue;
+      this.evict(block);
+      return true;
+    }
+    return false;
+  }
+
+  private evict(block: Block): void {
+    for (const child of [...block.children]) this.evict(child);
+    block.parent?.children.delete(block);
+    this.blocks.delete(block.key);
+    this.freeSlots.push(block.slot);
+  }
+}

@@ -1,0 +1,64 @@
+import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
+
+/**
+ * The shape of one block of cached KV as a runner lays it out: per layer and plane
+ * (keys, values, int8 scales), `elements` values of `type`. Only the runner that wrote a
+ * block reads it back, so the order inside is the runner's own.
+ */
+export interface KvBlockLayout {
+  layers: number;
+  planes: Array<{ type: KvElementType; elements: number }>;
+}
+
+export function bytesPerBlock(layout: KvBlockLayout): number {
+  return layout.layers * layout.planes.reduce((n, p) => n + p.elements * BYTES[p.type], 0);
+}
+
+/**
+ * Fixed-size slots of KV blocks kept after their sequence is gone (the prefix cache's
+ * memory). Each plane and layer is one buffer reserved once at the pool's full size:
+ * untouched pages cost nothing, the resident size never exceeds the bound, and no block
+ * allocates or frees memory of its own (which the garbage collector would see as churn).
+ */
+export class KvBlockPool {
+  private readonly data: KvArray[][];
+
+  constructor(
+    readonly layout: KvBlockLayout,
+    /** Number of block slots. */
+    readonly slots: number,
+  ) {
+    this.data = layout.planes.map((p) => Array.from({ length: layout.layers }, () => kvArray(p.type, p.elements * slots)));
+  }
+
+  /** Slot `slot`'s elements for plane `plane` of layer `layer`. */
+  view(plane: number, layer: number, slot: number): KvArray {
+    if (slot < 0 || slot >= this.slots) throw new Error(`block slot ${slot} is outside the pool's ${this.slots}`);
+    const n = this.layout.planes[plane].elements;
+    return this.data[plane][layer].subarray(slot * n, (slot + 1) * n);
+  }
+
+  get bytesPerBlock(): number {
+    return bytesPerBlock(this.layout);
+  }
+}
+
+/**
+ * Copies `runs` runs of `length` elements from `src` (runs `srcStride` apart, from
+ * `srcAt`) to `dst` (`dstStride` apart, from `dstAt`). Short runs are copied element by
+ * element: a subarray per run would cost more than the copy.
+ */
+export function copyRuns(src: KvArray, srcAt: number, srcStride: number, dst: KvArray, dstAt: number, dstStride: number, runs: number, length: number): void {
+  if (length >= 64) {
+    for (let j = 0; j < runs; j++) {
+      const a = srcAt + j * srcStride;
+      dst.set(src.subarray(a, a + length), dstAt + j * dstStride);
+    }
+    return;
+  }
+  for (let j = 0; j < runs; j++) {
+    const a = srcAt + j * srcStride;
+    const b = dstAt + j * dstStride;
+    for (let i = 0; i < length; i++) dst[b + i] = src[a + i];
+  }
+}

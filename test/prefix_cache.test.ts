@@ -1,0 +1,219 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { exportModel } from '../src/export/exporter.js';
+import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
+import { EngineCore } from '../src/engine/engine_core.js';
+import { PrefixCache } from '../src/engine/prefix_cache.js';
+import { KvBlockPool, bytesPerBlock } from '../src/runtime/kv_block_pool.js';
+import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
+import { fixtureExport, request } from './support/engine.js';
+import { FIXTURE_DIR, openRunner, tempDir } from './support/runner.js';
+
+// Prefix caching must never change a result: every test runs the same requests with the
+// cache on and off and compares tokens and log-probabilities for exact equality.
+
+const tokenizer = QwenTokenizer.fromDir(FIXTURE_DIR);
+const CHUNK = 32;
+
+interface Outcome {
+  tokens: number[];
+  logprobs: unknown[];
+  prompt: unknown;
+  cached: number;
+  preemptions: number;
+  finish: string | null;
+}
+
+/** Runs requests on one engine core to the end, submitting each at its step; returns each one's outcome. */
+async function run(
+  dir: string,
+  requests: Array<{ req: GenerateRequest; atStep?: number }>,
+  o: { cacheBlocks?: number; kvBudgetTokens?: number; core?: EngineCore } = {},
+): Promise<{ outcomes: Outcome[]; core: EngineCore }> {
+  let core = o.core;
+  if (!core) {
+    const runner = await openRunner(dir);
+    const prefixCache = o.cacheBlocks ? new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), o.cacheBlocks)) : null;
+    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCache });
+  }
+  const events: EngineEvent[] = [];
+  let step = 0;
+  const pending = [...requests];
+  const submitDue = () => {
+    for (const r of pending.filter((p) => (p.atStep ?? 0) <= step)) {
+      pending.splice(pending.indexOf(r), 1);
+      void core.submit(r.req);
+    }
+  };
+  submitDue();
+  while (core.hasWork() || pending.length > 0) {
+    await core.step();
+    step++;
+    events.push(...core.takeEvents());
+    submitDue();
+  }
+  const outcomes = requests.map(({ req }) => {
+    const mine = events.filter((e) => e.requestId === req.requestId);
+    const end = mine.find((e) => e.finishReason);
+    return {
+      tokens: mine.flatMap((e) => e.tokenIds),
+      logprobs: mine.flatMap((e) => e.logprobs ?? []),
+      prompt: mine.find((e) => e.promptLogprobs)?.promptLogprobs ?? null,
+      cached: end?.metrics?.cachedTokens ?? -1,
+      preemptions: end?.metrics?.preemptions ?? -1,
+      finish: end?.finishReason ?? null,
+    };
+  });
+  return { outcomes, core };
+}
+
+/** Deterministic token ids. */
+const ids = (n: number, seed: number) => Array.from({ length: n }, (_, i) => 1000 + ((i * 7919 + seed * 104729) % 60000));
+const greedy = (promptIds: number[], maxTokens = 10, extra: Partial<GenerateRequest> = {}) =>
+  request(promptIds, { maxTokens, ignoreEos: true, sampling: { logprobs: 3 }, ...extra });
+
+const strip = (o: Outcome) => ({ tokens: o.tokens, logprobs: o.logprobs, prompt: o.prompt, finish: o.finish });
+
+/** A chat client's conversation: each turn is the last prompt, less its last few tokens (the template's generation prompt), plus the answer and a new message. */
+async function conversation(dir: string, cacheBlocks: number, drop = 4): Promise<{ outcomes: Outcome[]; prompts: number[][]; core: EngineCore }> {
+  let prompt = ids(45, 1);
+  const prompts: number[][] = [];
+  const outcomes: Outcome[] = [];
+  let core: EngineCore | undefined;
+  for (let turn = 0; turn < 5; turn++) {
+    prompts.push(prompt);
+    const r = await run(dir, [{ req: greedy(prompt) }], { cacheBlocks, core });
+    core = r.core;
+    outcomes.push(r.outcomes[0]);
+    prompt = [...prompt.slice(0, prompt.length - drop), ...r.outcomes[0].tokens, ...ids(23 + turn * 5, turn + 2)];
+  }
+  return { outcomes, prompts, core: core! };
+}
+
+/** Tokens a prompt can take from the cache: whole blocks shared with an earlier prompt's whole blocks, short of its last chunk. */
+function expectedHit(prompts: number[][], i: number): number {
+  let best = 0;
+  for (let j = 0; j < i; j++) {
+    let common = 0;
+    while (common < prompts[i].length && common < prompts[j].length && prompts[i][common] === prompts[j][common]) common++;
+    best = Math.max(best, Math.min(Math.floor(common / CHUNK), Math.floor(prompts[j].length / CHUNK)));
+  }
+  return Math.min(best, Math.floor((prompts[i].length - 1) / CHUNK)) * CHUNK;
+}
+
+async function ownCheckpoint(dtype: 'fp16' | 'int4', layout: 'fast' | 'standard' = 'fast'): Promise<string> {
+  const src = join(tempDir(), 'deeper');
+  writeRandomCheckpoint(src, { hiddenSize: 128, intermediateSize: 256, numLayers: 5, numHeads: 4, numKvHeads: 2, headDim: 32, seed: 7 });
+  const out = `${src}-${dtype}-${layout}`;
+  await exportModel({ modelDir: src, outDir: out, dtype, layout });
+  return out;
+}
+
+const variants: Array<[string, () => Promise<string>]> = [
+  ['fixture, fp32 fast', () => fixtureExport('fast')],
+  ['fixture, fp32 standard', () => fixtureExport('standard')],
+  ['5-layer checkpoint, int4 fast', () => ownCheckpoint('int4')],
+  ['5-layer checkpoint, fp16 fast', () => ownCheckpoint('fp16')],
+];
+
+for (const [name, exportDir] of variants) {
+  test(`${name}: a multi-turn conversation gives the same tokens and log-probabilities with the prefix cache on and off, and reuses each earlier turn`, async () => {
+    const dir = await exportDir();
+    const on = await conversation(dir, 256);
+    const off = await conversation(dir, 0);
+    assert.deepEqual(on.prompts, off.prompts, 'the same conversation');
+    on.outcomes.forEach((o, i) => {
+      assert.deepEqual(strip(o), strip(off.outcomes[i]), `turn ${i + 1}`);
+      assert.equal(o.cached, expectedHit(on.prompts, i), `turn ${i + 1} reuses every whole block it shares`);
+      assert.equal(off.outcomes[i].cached, 0);
+    });
+    assert.ok(on.outcomes.slice(1).every((o) => o.cached >= CHUNK), 'every later turn hits');
+    const stats = on.core.stats().prefixCache!;
+    assert.equal(stats.hitTokens, on.outcomes.reduce((s, o) => s + o.cached, 0));
+    assert.equal(stats.queriedTokens, on.prompts.reduce((s, p) => s + p.length, 0));
+  });
+}
+
+test('a raw-prompt conversation (each prompt the last one plus its answer) reuses only what prefill computed: the answer, decoded a token at a time, is computed again', async () => {
+  // Keys and values a decode step writes differ in the last bits from those a prefill
+  // chunk writes at the same position; a cache serving them would change the log-probabilities.
+  const dir = await fixtureExport('fast');
+  const on = await conversation(dir, 256, 0);
+  const off = await conversation(dir, 0, 0);
+  on.outcomes.forEach((o, i) => {
+    assert.deepEqual(strip(o), strip(off.outcomes[i]), `turn ${i + 1}`);
+    assert.equal(o.cached, expectedHit(on.prompts, i), `turn ${i + 1}`);
+  });
+});
+
+test('prompts sharing a prefix, batched together (and n > 1 sampling from one prompt), give the same results with the cache on and off', async () => {
+  const dir = await fixtureExport('fast');
+  const shared = ids(70, 3);
+  const make = () => [
+    ...[0, 1, 2, 3].map((k) => ({ req: greedy([...shared, ...ids(9 + k * 7, 10 + k)], 12), atStep: k })),
+    // Two choices of one seeded, sampled prompt (as the API submits n = 2).
+    ...[0, 1].map((k) => ({ req: request([...shared, 5, 6, 7], { maxTokens: 12, ignoreEos: true, sampling: { temperature: 1, seed: 40 + k, logprobs: 2 } }) })),
+  ];
+  const on = await run(dir, make(), { cacheBlocks: 64 });
+  const off = await run(dir, make(), {});
+  on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
+  // The first admitted computes the shared 64 tokens (two blocks); every later one takes them.
+  assert.deepEqual(
+    on.outcomes.map((o) => o.cached).sort((a, b) => a - b),
+    [0, 64, 64, 64, 64, 64],
+  );
+});
+
+test('results stay the same across a preemption, and the recompute takes the blocks its first pass left', async () => {
+  const dir = await fixtureExport('fast');
+  // A (126 tokens) decodes while B (40 tokens) joins; once A needs a 192-slot bucket, two
+  // rows no longer fit 320 slots and B, the youngest, is preempted and recomputed after A.
+  const make = () => [{ req: greedy(ids(126, 4), 8) }, { req: greedy(ids(40, 5), 12) }];
+  const on = await run(dir, make(), { cacheBlocks: 64, kvBudgetTokens: 320 });
+  const off = await run(dir, make(), { kvBudgetTokens: 320 });
+  assert.equal(on.outcomes[1].preemptions, 1, 'B was preempted with the cache on');
+  assert.equal(off.outcomes[1].preemptions, 1, 'and off');
+  on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
+  // B's recompute hit its own first block (queried twice: at admission and re-admission).
+  const stats = on.core.stats().prefixCache!;
+  assert.ok(stats.hitTokens >= CHUNK, `hits: ${stats.hitTokens}`);
+});
+
+test('a tiny prefix cache evicts all the time and still changes nothing and fails nothing', async () => {
+  const dir = await fixtureExport('fast');
+  const make = () =>
+    // Pairs share a prefix of one or two blocks; each pair's blocks push out the last pair's.
+    [0, 1, 2, 3, 4, 5].map((k) => ({ req: greedy([...ids(40 + (k % 3) * 33, Math.floor(k / 2)), ...ids(20, 50 + k)], 6), atStep: k * 3 }));
+  const on = await run(dir, make(), { cacheBlocks: 2 });
+  const off = await run(dir, make(), {});
+  on.outcomes.forEach((o, i) => {
+    assert.equal(o.finish, 'length');
+    assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`);
+  });
+  const stats = on.core.stats().prefixCache!;
+  assert.ok(stats.blocks <= 2);
+  assert.ok(stats.hitTokens > 0, 'some prompts still hit');
+});
+
+test('a prompt-scoring request on a cached prefix returns the same scores as a cold one, and its blocks serve later prompts', async () => {
+  const dir = await fixtureExport('fast');
+  const prompt = ids(100, 6);
+  const scoring = () => request(prompt, { maxTokens: 2, ignoreEos: true, promptLogprobs: 2 });
+  const plain = () => greedy([...prompt.slice(0, 80), ...ids(10, 7)]);
+  const make = () => [{ req: plain() }, { req: scoring(), atStep: 8 }, { req: plain(), atStep: 16 }];
+  const on = await run(dir, make(), { cacheBlocks: 64 });
+  const off = await run(dir, make(), {});
+  on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
+  assert.equal((on.outcomes[1].prompt as unknown[]).length, 100, 'every prompt token scored');
+  assert.equal(on.outcomes[1].cached, 0, 'scoring computes every position');
+  assert.equal(on.outcomes[2].cached, 64);
+});
+
+test('the KV block pool holds what its memory bound allows', async () => {
+  const runner = await openRunner(await fixtureExport('fast'));
+  const layout = runner.blockLayout(CHUNK);
+  // Fixture: 2 layers × (keys + values) × 2 KV heads × 16 dims × 32 tokens, fp32.
+  assert.equal(bytesPerBlock(layout), 2 * 2 * 2 * 16 * 32 * 4);
+});

@@ -1,0 +1,139 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import Anthropic from '@anthropic-ai/sdk';
+import { pino } from 'pino';
+import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
+import { fixtureExport } from './support/engine.js';
+import { startTestServer, type TestServer } from './support/server.js';
+
+// Prefix caching through the API, with real clients against real servers: the default
+// server caches, a second one runs with --no-prefix-caching, and both must answer alike.
+
+const CHUNK = 32; // the CPU prefill chunk, and so the block size
+let on: TestServer;
+let off: TestServer;
+
+before(async () => {
+  const dir = await fixtureExport('fast');
+  on = await startTestServer(dir, ['--served-model-name', 'tiny', '--metrics-compat', 'vllm']);
+  off = await startTestServer(dir, ['--served-model-name', 'tiny', '--no-prefix-caching']);
+});
+
+after(async () => {
+  await on?.close();
+  await off?.close();
+});
+
+const system = `You are a careful assistant. ${'Answer briefly and cite the rules you follow. '.repeat(12)}`;
+
+async function chat(s: TestServer, messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }>, extra: Record<string, unknown> = {}) {
+  return s.client.chat.completions.create({ model: 'tiny', messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2, ...extra } as never) as unknown as Promise<{
+    choices: Array<{ message: { content: string | null; tool_calls?: unknown[] }; logprobs: unknown }>;
+    usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
+  }>;
+}
+
+const metric = async (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(await (await fetch(`${on.url}/metrics`)).text())?.[1]);
+
+test('a shared system prompt is served from the cache: cached_tokens counts it, the answer is identical, /metrics counts queries and hits', async () => {
+  const queriesBefore = await metric('qwen3_serve_prefix_cache_queries_total');
+  const hitsBefore = await metric('vllm:prefix_cache_hits_total');
+  const first = await chat(on, [{ role: 'system', content: system }, { role: 'user', content: 'What is 2 + 2?' }], { chat_template_kwargs: { enable_thinking: false } });
+  const messages = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: 'Name a colour.' }];
+  const second = await chat(on, messages, { chat_template_kwargs: { enable_thinking: false } });
+  const cold = await chat(off, messages, { chat_template_kwargs: { enable_thinking: false } });
+  assert.equal(first.usage.prompt_tokens_details.cached_tokens, 0);
+  const cached = second.usage.prompt_tokens_details.cached_tokens;
+  assert.ok(cached >= 2 * CHUNK && cached % CHUNK === 0 && cached < second.usage.prompt_tokens, `cached ${cached} of ${second.usage.prompt_tokens}`);
+  assert.equal(cold.usage.prompt_tokens_details.cached_tokens, 0);
+  assert.deepEqual(second.choices[0].message.content, cold.choices[0].message.content);
+  assert.deepEqual(second.choices[0].logprobs, cold.choices[0].logprobs);
+  assert.equal((await metric('qwen3_serve_prefix_cache_queries_total')) - queriesBefore, first.usage.prompt_tokens + second.usage.prompt_tokens);
+  assert.equal((await metric('vllm:prefix_cache_hits_total')) - hitsBefore, cached);
+  assert.ok((await metric('qwen3_serve_prefix_cache_bytes')) > 0);
+  assert.ok((await metric('qwen3_serve_prefix_cache_capacity_bytes')) > 0);
+  assert.equal(await metric('qwen3_serve_prefix_cache_block_tokens'), CHUNK);
+  const types = await (await fetch(`${on.url}/metrics`)).text();
+  assert.match(types, /^# TYPE vllm:prefix_cache_queries_total counter$/m);
+  assert.match(types, /^# TYPE qwen3_serve_prefix_cache_hits_total counter$/m);
+});
+
+for (const thinking of [true, false]) {
+  test(`a conversation's next turn reuses everything before the last assistant turn (thinking ${thinking ? 'on' : 'off'})`, async () => {
+    const kwargs = { chat_template_kwargs: { enable_thinking: thinking } };
+    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: `Hello there, ${thinking}.` }];
+    const r1 = await chat(on, turn1, kwargs);
+    const turn2 = [...turn1, { role: 'assistant' as const, content: 'Hi! How can I help?' }, { role: 'user' as const, content: 'Tell me a joke.' }];
+    const r2 = await chat(on, turn2, kwargs);
+    const cold = await chat(off, turn2, kwargs);
+    const p1 = r1.usage.prompt_tokens;
+    const cached = r2.usage.prompt_tokens_details.cached_tokens;
+    // Thinking on, the last prompt ends where the assistant turn begins, so all of it is
+    // shared; thinking off, it ends with an empty thinking block the next turn does not repeat.
+    if (thinking) assert.equal(cached, Math.floor(p1 / CHUNK) * CHUNK);
+    else assert.equal(cached, Math.floor((p1 - 4) / CHUNK) * CHUNK);
+    assert.deepEqual(r2.choices[0].logprobs, cold.choices[0].logprobs);
+  });
+}
+
+test('tools, structured outputs, n > 1 and completions all take cached prefixes and answer as without the cache', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city, now. '.repeat(8), parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  for (const city of ['Paris', 'Oslo']) {
+    const messages = [{ role: 'user' as const, content: `Weather in ${city}?` }];
+    const args = { tools, tool_choice: 'required', max_tokens: 40, chat_template_kwargs: { enable_thinking: false } };
+    const [a, b] = [await chat(on, messages, args), await chat(off, messages, args)];
+    const calls = (m: { tool_calls?: unknown[] }) => (m.tool_calls as Array<{ function: unknown }> | undefined)?.map((c) => c.function);
+    assert.deepEqual(calls(a.choices[0].message), calls(b.choices[0].message));
+    assert.deepEqual(a.choices[0].logprobs, b.choices[0].logprobs);
+    if (city === 'Oslo') assert.ok(a.usage.prompt_tokens_details.cached_tokens >= 2 * CHUNK, 'the tool definitions are cached');
+  }
+  const schema = { response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] } } }, max_tokens: 30 };
+  const structured = await chat(on, [{ role: 'system', content: system }, { role: 'user', content: 'Is it ok?' }], { ...schema, chat_template_kwargs: { enable_thinking: false } });
+  const structuredCold = await chat(off, [{ role: 'system', content: system }, { role: 'user', content: 'Is it ok?' }], { ...schema, chat_template_kwargs: { enable_thinking: false } });
+  assert.ok(structured.usage.prompt_tokens_details.cached_tokens > 0);
+  assert.equal(typeof JSON.parse(structured.choices[0].message.content!).ok, 'boolean');
+  assert.deepEqual(structured.choices[0].logprobs, structuredCold.choices[0].logprobs);
+
+  const n2 = (await on.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: `${system} Once more, with two choices.` }], n: 2, max_tokens: 6, seed: 3, temperature: 1 })) as unknown as { choices: Array<{ message: { content: string } }> };
+  assert.equal(n2.choices.length, 2);
+
+  const prompt = `${system} Continue this sentence:`;
+  for (const suffix of [' the sky', ' the sea']) {
+    const [a, b] = await Promise.all([on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: prompt + suffix, max_tokens: 6, temperature: 0, logprobs: 2 })));
+    assert.deepEqual(a.choices[0].logprobs, b.choices[0].logprobs);
+    const cached = (a.usage as unknown as { prompt_tokens_details: { cached_tokens: number } }).prompt_tokens_details.cached_tokens;
+    if (suffix === ' the sea') assert.ok(cached >= 2 * CHUNK, `completions cached ${cached}`);
+  }
+  // Echo with logprobs scores every prompt position: nothing of it comes from the cache, and the scores match.
+  const [echoOn, echoOff] = await Promise.all([on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: prompt + ' the sky', max_tokens: 0, echo: true, logprobs: 1 })));
+  assert.deepEqual(echoOn.choices[0].logprobs, echoOff.choices[0].logprobs);
+});
+
+test("Anthropic's Messages API reports cache reads as Anthropic does: apart from input_tokens", async () => {
+  const client = new Anthropic({ baseURL: on.url, apiKey: 'unused', maxRetries: 0 });
+  const ask = (text: string) => ({ model: 'tiny', max_tokens: 5, system, messages: [{ role: 'user' as const, content: text }] });
+  await client.messages.create(ask('First question.'));
+  const second = await client.messages.create(ask('Second question.'));
+  const counted = await client.messages.countTokens(ask('Second question.'));
+  assert.ok((second.usage.cache_read_input_tokens ?? 0) >= 2 * CHUNK);
+  assert.equal(second.usage.input_tokens + second.usage.cache_read_input_tokens!, counted.input_tokens);
+  const streamed = await client.messages.stream(ask('Third question.')).finalMessage();
+  assert.ok((streamed.usage.cache_read_input_tokens ?? 0) >= 2 * CHUNK);
+  assert.equal(streamed.usage.input_tokens + streamed.usage.cache_read_input_tokens!, (await client.messages.countTokens(ask('Third question.'))).input_tokens);
+});
+
+test('the start log states the setting', async () => {
+  const dir = await fixtureExport('fast');
+  for (const [flags, want] of [
+    [['--prefix-cache-memory', '8MiB'], { block_tokens: CHUNK, memory_mib: 8 }],
+    [['--no-prefix-caching'], 'off'],
+  ] as const) {
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (line: string) => lines.push(line) });
+    const config = parseServeConfig(['--model', dir, '--port', '0', '--threads', '1', '--kv-cache-memory', '64MiB', ...flags], {})!;
+    const server = await startServer(config, { logger });
+    await server.close();
+    const start = lines.map((l) => JSON.parse(l) as { msg: string; prefix_cache?: unknown }).find((l) => l.msg.startsWith('serving '));
+    assert.deepEqual(start?.prefix_cache, want);
+  }
+});
