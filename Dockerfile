@@ -15,7 +15,8 @@ RUN npm ci --ignore-scripts
 COPY src ./src
 COPY scripts ./scripts
 COPY assets ./assets
-RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev --ignore-scripts
+COPY ui ./ui
+RUN npx tsc -p tsconfig.build.json && npx tsc -p ui && node dist/scripts/build_ui.js && npm prune --omit=dev --ignore-scripts
 
 # ---- cuda-ep: fetch onnxruntime-node's CUDA 12 execution provider at build time ----
 FROM build AS cuda-ep

@@ -76,7 +76,7 @@ test('docker-compose.yml: GPU service with a device reservation, a CPU profile, 
     for (const key of Object.keys(svc.environment)) if (key.startsWith('QWEN3_SERVE_')) assert.ok(known.has(key), `${key} is a real setting`);
   }
   assert.ok('qwen3-cache' in compose.volumes);
-  assert.match(text, /load balancer/i, 'a commented example of several replicas');
+  assert.match(text, /deploy\/kubernetes/, 'points to the manifests for more than one replica');
 });
 
 test('the README documents every serve flag and its environment variable', () => {

@@ -38,6 +38,10 @@ export interface LoadBenchOptions {
 export interface RequestResult {
   ok: boolean;
   error: string | null;
+  /** How it failed, for counting: `HTTP <status>`, `network` (connection refused or cut), `stream cut` (ended without [DONE]), `timeout`. */
+  failure: string | null;
+  /** When it was sent (epoch ms), to line requests up with events such as a replica's restart. */
+  sentAt: number;
   promptTokens: number;
   /** Prompt tokens the server served from its prefix cache (usage.prompt_tokens_details.cached_tokens), when it says. */
   cachedTokens: number;
@@ -73,6 +77,10 @@ export interface LevelResult {
   e2eMs: Summary;
   /** Mean prompt tokens served from the server's prefix cache. */
   meanCachedTokens: number;
+  /** Failed requests by how they failed (see RequestResult.failure). */
+  failures: Record<string, number>;
+  /** Every request: when it was sent (epoch ms), its latencies and how it failed. */
+  requests: Array<{ sentAt: number; ttftMs: number; e2eMs: number; ok: boolean; failure: string | null }>;
   /** multi-turn: each turn's mean TTFT, prompt and cached tokens over the conversations. */
   turns?: Array<{ turn: number; ttftMs: number; promptTokens: number; cachedTokens: number }>;
   errors: string[];
@@ -128,7 +136,8 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
           ...(o.thinking === null || o.thinking === undefined ? {} : { chat_template_kwargs: { enable_thinking: o.thinking } }),
         };
   const started = performance.now();
-  const result: RequestResult = { ok: false, error: null, promptTokens: 0, cachedTokens: 0, content: '', outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
+  const result: RequestResult = { ok: false, error: null, failure: null, sentAt: Date.now(), promptTokens: 0, cachedTokens: 0, content: '', outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
+  let done = false;
   try {
     const res = await fetch(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, {
       method: 'POST',
@@ -136,7 +145,10 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
       body: JSON.stringify(body),
       signal: AbortSignal.timeout(o.timeout * 1000),
     });
-    if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`);
+    if (!res.ok || !res.body) {
+      result.failure = `HTTP ${res.status}`;
+      throw new Error(`HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`);
+    }
     const decoder = new TextDecoder();
     let buffer = '';
     let last = 0;
@@ -148,13 +160,17 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
         const event = buffer.slice(0, sep);
         buffer = buffer.slice(sep + 2);
         const data = event.split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+        if (data === '[DONE]') done = true;
         if (!data || data === '[DONE]') continue;
         const json = JSON.parse(data) as {
           choices?: Array<{ text?: string; delta?: { content?: string; reasoning_content?: string; reasoning?: string } }>;
           usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } | null } | null;
           error?: { message: string };
         };
-        if (json.error) throw new Error(json.error.message);
+        if (json.error) {
+          result.failure = 'error event';
+          throw new Error(json.error.message);
+        }
         if (json.usage) {
           result.promptTokens = json.usage.prompt_tokens;
           result.outputTokens = json.usage.completion_tokens;
@@ -172,10 +188,16 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
       }
     }
     result.e2e = performance.now() - started;
+    if (!done) {
+      result.failure = 'stream cut';
+      throw new Error('the stream ended without [DONE]');
+    }
     if (result.outputTokens === 0) result.outputTokens = chunks;
     result.ok = true;
   } catch (err) {
-    result.error = (err as Error).message;
+    const e = err as Error;
+    result.error = e.message;
+    result.failure ??= e.name === 'TimeoutError' ? 'timeout' : 'network';
     result.e2e = performance.now() - started;
   }
   return result;
@@ -238,6 +260,8 @@ async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurr
     itlMs: summarize(ok.flatMap((r) => r.itls)),
     e2eMs: summarize(ok.map((r) => r.e2e)),
     meanCachedTokens: mean(ok, (r) => r.cachedTokens),
+    failures: results.reduce<Record<string, number>>((f, r) => (r.failure ? { ...f, [r.failure]: (f[r.failure] ?? 0) + 1 } : f), {}),
+    requests: results.map((r) => ({ sentAt: r.sentAt, ttftMs: r.ttft, e2eMs: r.e2e, ok: r.ok, failure: r.failure })),
     ...(byTurn.length > 0
       ? {
           turns: byTurn.map((rs, i) => {
@@ -294,7 +318,8 @@ const f1 = (x: number) => x.toFixed(1);
 export function formatRow(r: LevelResult): string {
   const head = r.concurrency !== null ? `concurrency ${r.concurrency}` : `rate ${r.requestRate}/s`;
   const turns = r.turns ? `; TTFT by turn ${r.turns.map((t) => `${t.turn}: ${f1(t.ttftMs)} ms (${Math.round(t.cachedTokens)}/${Math.round(t.promptTokens)} cached)`).join(', ')}` : '';
-  return `${head}: ${r.completed} ok, ${r.failed} failed; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} / max ${f1(r.ttftMs.max)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms; cached ${f1(r.meanCachedTokens)} of ${f1(r.meanInputTokens)} prompt tokens${turns}`;
+  const failures = Object.entries(r.failures).map(([k, n]) => `${n} ${k}`).join(', ');
+  return `${head}: ${r.completed} ok, ${r.failed} failed${failures ? ` (${failures})` : ''}; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} / max ${f1(r.ttftMs.max)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms; cached ${f1(r.meanCachedTokens)} of ${f1(r.meanInputTokens)} prompt tokens${turns}`;
 }
 
 export function markdownTable(levels: LevelResult[]): string {

@@ -26,6 +26,7 @@ export const SERVE_FLAGS = {
   host: { type: 'string', env: 'QWEN3_SERVE_HOST', default: '127.0.0.1', help: 'Address to listen on', schema: z.string().min(1) },
   port: { type: 'string', env: 'QWEN3_SERVE_PORT', default: '8000', help: 'Port to listen on', schema: wholeNumber(0, 65535) },
   'served-model-name': { type: 'string', env: 'QWEN3_SERVE_SERVED_MODEL_NAME', defaultText: 'directory name', help: 'Model id in the API', schema: z.string().min(1).max(256).optional() },
+  'no-ui': { type: 'boolean', env: 'QWEN3_SERVE_NO_UI', help: 'Do not serve the chat page at `/`', schema: z.boolean() },
   'api-key': { type: 'string', env: 'QWEN3_SERVE_API_KEY', help: 'Require this Bearer token on `/v1/*`, `/tokenize`, `/detokenize` (`/health` and `/metrics` stay open)', schema: z.string().min(1).optional() },
   device: { type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: '`auto`: CUDA when it can run here (without `--dtype`, a checkpoint is then exported in fp16 for the GPU) and the export can run there (fp16/int4 exports, the standard layout) and onnxruntime-node\'s CUDA provider is installed (`ONNXRUNTIME_NODE_INSTALL=cuda12`, the GPU image), falling back to the CPU if it fails to load; the start log says which and why. `cuda` (fails if CUDA cannot run), `cpu`', schema: z.enum(['auto', 'cuda', 'cpu']) },
   threads: { type: 'string', env: 'QWEN3_SERVE_THREADS', defaultText: 'all cores', help: 'ONNX Runtime intra-op threads', schema: wholeNumber(1, 1024).optional() },
@@ -163,6 +164,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     headersTimeoutMs: Math.round(config['headers-timeout'] * 1000),
     idleTimeoutMs: Math.round(config['idle-timeout'] * 1000),
     streamBufferLimit: config['stream-buffer-limit'],
+    ui: !config['no-ui'],
   };
   if (config['log-prompts']) engine.on('prompt', (prompt: string) => log.debug({ prompt }, 'rendered prompt'));
   const drain = new Drain();

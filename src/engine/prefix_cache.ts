@@ -24,6 +24,9 @@ export interface PrefixCacheStats {
   /** Bytes the cached blocks hold, and the bound (--prefix-cache-memory). */
   bytes: number;
   capacityBytes: number;
+  bytesPerBlock: number;
+  /** Blocks the pool can hold. */
+  capacityBlocks: number;
 }
 
 /**
@@ -123,6 +126,8 @@ export class PrefixCache {
       blockTokens: this.blockTokens,
       bytes: this.blocks.size * this.pool.bytesPerBlock,
       capacityBytes: this.pool.slots * this.pool.bytesPerBlock,
+      bytesPerBlock: this.pool.bytesPerBlock,
+      capacityBlocks: this.pool.slots,
     };
   }
 

@@ -13,6 +13,7 @@ import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
+import { uiRoutes } from './routes/ui.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
 
@@ -109,5 +110,6 @@ export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: 
   await app.register(anthropicRoutes, { ctx, http });
   await app.register(infoRoutes, { ctx });
   await app.register(operationsRoutes, { ctx, metrics });
+  if (http.ui) await app.register(uiRoutes);
   return app;
 }

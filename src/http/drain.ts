@@ -1,7 +1,7 @@
 import { ServiceUnavailableError } from '../errors.js';
 
-/** Paths that stay open while draining: a scraper keeps reading the metrics. */
-const OPEN_WHILE_DRAINING = new Set(['/metrics']);
+/** Paths that stay open while draining: a scraper keeps reading the metrics, and a draining replica is alive. */
+const OPEN_WHILE_DRAINING = new Set(['/metrics', '/live']);
 
 /**
  * Draining for a graceful stop: once started, new requests (and /health, so load

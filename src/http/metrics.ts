@@ -70,6 +70,24 @@ export class ServerMetrics {
     gauge('prefix_cache_capacity_bytes', 'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).', async () => (await prefix())?.capacityBytes ?? 0, ['qwen3_serve_prefix_cache_capacity_bytes']);
     gauge('prefix_cache_blocks', 'Blocks in the prefix cache.', async () => (await prefix())?.blocks ?? 0, ['qwen3_serve_prefix_cache_blocks']);
     gauge('prefix_cache_block_tokens', 'Tokens per prefix cache block (the prefill chunk; 0 when off).', async () => (await prefix())?.blockTokens ?? 0, ['qwen3_serve_prefix_cache_block_tokens']);
+    // vLLM's cache_config_info, read by inference gateways' prefix-aware routing: the block
+    // size and block count of the prefix cache (the running sequences' cache is not paged).
+    for (const name of prefixes.map((p) => `${p}cache_config_info`)) {
+      new client.Gauge({
+        name,
+        help: 'Prefix cache configuration in labels: block_size (tokens) and num_gpu_blocks (blocks it can hold); the value is 1.',
+        labelNames: ['block_size', 'num_gpu_blocks', 'enable_prefix_caching'],
+        registers,
+        async collect() {
+          this.reset();
+          const p = await prefix();
+          const info = engine.info;
+          const blockSize = p?.blockTokens ?? info?.limits.maxNumBatchedTokens ?? 0;
+          const blocks = p?.capacityBlocks ?? 0;
+          this.set({ block_size: String(blockSize), num_gpu_blocks: String(blocks), enable_prefix_caching: String(p !== null) }, 1);
+        },
+      });
+    }
     const counter = (name: string, help: string) => prefixes.map((p) => new client.Counter({ name: `${p}${name}`, help, registers }));
     this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('generation_tokens_total', 'Tokens generated.');

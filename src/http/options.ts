@@ -12,4 +12,6 @@ export interface HttpOptions {
   idleTimeoutMs: number;
   /** Bytes of a stream a client may leave unread before the request is aborted. */
   streamBufferLimit: number;
+  /** Serve the chat page at `/`. */
+  ui: boolean;
 }

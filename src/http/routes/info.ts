@@ -12,8 +12,15 @@ export const infoRoutes: FastifyPluginAsync<{ ctx: ServingContext }> = async (ap
   app.post('/detokenize', async (request) => serveDetokenize(ctx, request.body));
 };
 
-/** /health for probes and /metrics for Prometheus (both open without an API key). */
+/** /health (readiness), /live (liveness) and /metrics for Prometheus, all open without an API key. */
 export const operationsRoutes: FastifyPluginAsync<{ ctx: ServingContext; metrics: ServerMetrics }> = async (app, { ctx, metrics }) => {
+  // Liveness: a replica that is loading, restarting its engine or draining is alive (its
+  // readiness says whether to send it work); only an engine that gave up needs a new process.
+  app.get('/live', async () => {
+    if (ctx.engine.state === 'down') throw new ServiceUnavailableError(`The engine is down${ctx.engine.statusMessage ? `: ${ctx.engine.statusMessage}` : ''}.`);
+    return { status: 'alive', engine: ctx.engine.state };
+  });
+
   app.get('/health', async () => {
     const state = ctx.engine.state;
     if (state !== 'ready') {

@@ -1,0 +1,3 @@
+// Types of the browser build copied here at build time (scripts/build_ui.ts).
+import DOMPurify from 'dompurify';
+export default DOMPurify;
