@@ -101,7 +101,7 @@ export interface EngineInfo {
   vocabSize: number;
   limits: EngineLimits;
   eosTokenIds: number[];
-  /** KV cache bytes written at start (--kv-cache-prefault), 0 without it. */
+  /** KV cache and prefix-cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;
   /** Prefix caching's block size and memory bound; null when it is off (and why, in `prefixCacheNote`). */
   prefixCache: { blockTokens: number; capacityBytes: number } | null;

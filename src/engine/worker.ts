@@ -78,6 +78,8 @@ async function start(wake: () => void): Promise<EngineCore> {
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
   const { prefixCache, note: prefixCacheNote } = createPrefixCache(runner, limits.maxNumBatchedTokens);
+  // With --kv-cache-prefault the prefix cache's pool is written too, for the same reason.
+  const poolPrefaultedBytes = options.kvCachePrefault && prefixCache ? prefixCache.pool.prefault() : 0;
   const core = new EngineCore(runner, tokenizer, limits, {
     prefixCache,
     eosTokenIds: generation.eosTokenIds,
@@ -101,7 +103,7 @@ async function start(wake: () => void): Promise<EngineCore> {
     vocabSize: manifest.config.vocabSize,
     limits,
     eosTokenIds: generation.eosTokenIds,
-    kvPrefaultedBytes,
+    kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,
     prefixCache: prefixCache ? { blockTokens: prefixCache.blockTokens, capacityBytes: prefixCache.stats().capacityBytes } : null,
     prefixCacheNote,
   };

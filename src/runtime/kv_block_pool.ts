@@ -38,6 +38,18 @@ export class KvBlockPool {
     return this.data[plane][layer].subarray(slot * n, (slot + 1) * n);
   }
 
+  /** Writes every page now (see KvCache.prefault): publishing a block then never waits for fresh pages. Returns the bytes. */
+  prefault(): number {
+    let bytes = 0;
+    for (const plane of this.data) {
+      for (const buf of plane) {
+        buf.fill(0);
+        bytes += buf.byteLength;
+      }
+    }
+    return bytes;
+  }
+
   get bytesPerBlock(): number {
     return bytesPerBlock(this.layout);
   }
