@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
@@ -223,6 +223,33 @@ test('with --api-key the page asks for the key, says clearly when it is wrong, a
   // The key lives in this tab's session only.
   assert.equal(await page.evaluate(`localStorage.getItem('qwen3-serve.api-key')`), null);
   assert.equal(await page.evaluate(`sessionStorage.getItem('qwen3-serve.api-key')`), 'sesame');
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test('Shift+Enter writes a new line; a JSON schema holds the answer to it; a conversation exports as JSON', { skip }, async () => {
+  const { page, problems } = await open(demo.server);
+  await modelShown(page);
+  await page.click('#toggle-settings');
+  await page.check('#json-mode');
+  await page.fill('#json-schema', JSON.stringify({ type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] }));
+  await page.fill('#max-tokens', '40');
+  await page.click('#toggle-settings');
+  await page.uncheck('#thinking');
+  await page.click('#input');
+  await page.keyboard.type('first line');
+  await page.keyboard.press('Shift+Enter');
+  await page.keyboard.type('second line');
+  assert.equal(await page.inputValue('#input'), 'first line\nsecond line');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('.message.assistant .stats');
+  assert.equal(await page.textContent('.message.user .content'), 'first line\nsecond line');
+  const answer = JSON.parse((await page.textContent('.message.assistant .content'))!) as { ok: unknown };
+  assert.equal(typeof answer.ok, 'boolean');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  const exported = JSON.parse(readFileSync((await download.path())!, 'utf8')) as { messages: Array<{ role: string; content: string }> };
+  assert.deepEqual(exported.messages.map((m) => m.role), ['user', 'assistant']);
+  assert.equal(exported.messages[0].content, 'first line\nsecond line');
   assert.deepEqual(problems, []);
   await page.close();
 });
