@@ -109,6 +109,13 @@ async function open(server: RunningServer, viewport = { width: 1200, height: 800
   return { page, problems };
 }
 
+/** Sends a message and waits for the whole answer (its stats line). */
+async function ask(page: Page, text: string): Promise<void> {
+  await page.fill('#input', text);
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('.message.assistant .stats', { timeout: 60_000 });
+}
+
 async function setNumber(page: Page, id: string, value: string): Promise<void> {
   await page.click('#toggle-settings');
   await page.fill(`#${id}`, value);
@@ -127,9 +134,7 @@ test('the page loads with a strict CSP, no console errors and nothing from outsi
   const { page, problems } = await open(demo.server);
   await modelShown(page);
   await setNumber(page, 'max-tokens', '12');
-  await page.fill('#input', 'Hello there');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.message.assistant .stats', { timeout: 60_000 });
+  await ask(page, 'Hello there');
   const stats = await page.textContent('.message.assistant .stats');
   assert.match(stats!, /12 generated · first token \d+ ms · [\d.]+ tokens\/s/);
   assert.equal(await page.textContent('.message.user .content'), 'Hello there');
@@ -144,17 +149,13 @@ test('the page loads with a strict CSP, no console errors and nothing from outsi
 test('the thinking toggle changes the request, and the thinking block shows only with thinking on', { skip }, async () => {
   const { page, problems } = await open(scripted.server);
   await modelShown(page, 'scripted');
-  await page.fill('#input', 'Why?');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.message.assistant .stats');
+  await ask(page, 'Why?');
   assert.equal(await page.locator('.message.assistant details.thinking').count(), 1);
   assert.equal((await page.textContent('.message.assistant .thinking-text'))?.trim(), 'Weighing it up.');
   assert.doesNotMatch(scripted.prompts.at(-1)!, /<think>\n\n<\/think>/, 'thinking on: no empty thinking block in the prompt');
   await page.click('#new-chat');
   await page.uncheck('#thinking');
-  await page.fill('#input', 'Why not?');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.message.assistant .stats');
+  await ask(page, 'Why not?');
   assert.match(scripted.prompts.at(-1)!, /<think>\n\n<\/think>\n\n$/, 'thinking off: the server rendered the empty thinking block');
   assert.equal(await page.locator('.message.assistant details.thinking').count(), 0);
   assert.deepEqual(problems, []);
@@ -165,9 +166,7 @@ test('HTML and scripts the model writes are shown as text, never run; Markdown s
   const { page, problems } = await open(scripted.server);
   await modelShown(page, 'scripted');
   await page.uncheck('#thinking');
-  await page.fill('#input', 'Show me');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.message.assistant .stats');
+  await ask(page, 'Show me');
   const content = page.locator('.message.assistant .content');
   const text = await content.textContent();
   assert.match(text!, /<img src=x onerror="alert\(1\)">/);
@@ -217,9 +216,7 @@ test('with --api-key the page asks for the key, says clearly when it is wrong, a
   await page.click('#key-form button');
   await modelShown(page);
   await setNumber(page, 'max-tokens', '4');
-  await page.fill('#input', 'Hi');
-  await page.keyboard.press('Enter');
-  await page.waitForSelector('.message.assistant .stats');
+  await ask(page, 'Hi');
   // The key lives in this tab's session only.
   assert.equal(await page.evaluate(`localStorage.getItem('qwen3-serve.api-key')`), null);
   assert.equal(await page.evaluate(`sessionStorage.getItem('qwen3-serve.api-key')`), 'sesame');

@@ -9,7 +9,7 @@ import { AppError, ConfigError } from '../errors.js';
 import { readManifest } from '../export/manifest.js';
 import { createSession } from '../runtime/session.js';
 import { FastRunner } from '../runtime/fast_runner.js';
-import { KvCache, kvBudget } from '../runtime/kv_cache.js';
+import { KvCache, kvBudget, memoryBytes } from '../runtime/kv_cache.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
@@ -57,7 +57,7 @@ function createPrefixCache(runner: ModelRunner, chunk: number): { prefixCache: P
   const memory = options.prefixCacheMemory ?? 0;
   if (memory <= 0) return { prefixCache: null, note: 'off' };
   const layout = runner.blockLayout(chunk);
-  const bytes = memory <= 1 ? Math.floor(freemem() * memory) : Math.floor(memory);
+  const bytes = memoryBytes(memory, freemem());
   const slots = Math.floor(bytes / bytesPerBlock(layout));
   if (slots < 1) return { prefixCache: null, note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)` };
   return { prefixCache: new PrefixCache(chunk, new KvBlockPool(layout, slots)), note: null };

@@ -19,8 +19,15 @@ export class ServerMetrics {
   private readonly tpot: client.Histogram[];
   private readonly e2e: client.Histogram[];
   private readonly queueTime: client.Histogram[];
+  /** The engine's stats for the scrape in progress: one round trip to the worker per scrape, not one per metric. */
+  private snapshot: ReturnType<Engine['stats']> | null = null;
 
-  constructor(engine: Engine, modelName: string, compat: MetricsCompat = 'none') {
+  constructor(
+    private readonly engine: Engine,
+    modelName: string,
+    compat: MetricsCompat = 'none',
+  ) {
+    const stats = () => this.snapshot ?? engine.stats();
     const registers = [this.registry];
     const prefixes = ['qwen3_serve_', ...(compat === 'vllm' ? ['vllm:'] : [])];
     this.registry.setDefaultLabels({ model_name: modelName });
@@ -38,18 +45,18 @@ export class ServerMetrics {
       }
     };
     const usage = async () => {
-      const s = await engine.stats();
+      const s = await stats();
       return s.kvBudgetTokens > 0 ? s.kvUsedTokens / s.kvBudgetTokens : 0;
     };
-    gauge('num_requests_running', 'Requests in the running batch (prefilling or decoding).', async () => (await engine.stats()).running);
-    gauge('num_requests_waiting', 'Requests waiting for a batch slot.', async () => (await engine.stats()).waiting);
+    gauge('num_requests_running', 'Requests in the running batch (prefilling or decoding).', async () => (await stats()).running);
+    gauge('num_requests_waiting', 'Requests waiting for a batch slot.', async () => (await stats()).waiting);
     gauge('kv_cache_usage_perc', 'Fraction of the KV cache budget holding cached tokens (1 = full).', usage);
     // vLLM's older name for the same gauge, still read by some routers.
     if (compat === 'vllm') gauge('', 'Fraction of the KV cache budget holding cached tokens (1 = full).', usage, ['vllm:gpu_cache_usage_perc']);
-    gauge('kv_cache_bytes', 'Bytes currently allocated for the KV cache.', async () => (await engine.stats()).kvBytes, ['qwen3_serve_kv_cache_bytes']);
+    gauge('kv_cache_bytes', 'Bytes currently allocated for the KV cache.', async () => (await stats()).kvBytes, ['qwen3_serve_kv_cache_bytes']);
     gauge('engine_up', '1 when the engine is ready, 0 while loading, restarting or down.', () => (engine.state === 'ready' ? 1 : 0), ['qwen3_serve_engine_up']);
     // Prefix caching, counted in the engine: vLLM's prefix_cache_queries / _hits in tokens.
-    const prefix = async () => (await engine.stats()).prefixCache;
+    const prefix = async () => (await stats()).prefixCache;
     const engineCounter = (name: string, help: string, value: () => Promise<number>) => {
       for (const p of prefixes) {
         new client.Counter({
@@ -114,6 +121,11 @@ export class ServerMetrics {
   }
 
   async text(): Promise<string> {
-    return this.registry.metrics();
+    this.snapshot = this.engine.stats();
+    try {
+      return await this.registry.metrics();
+    } finally {
+      this.snapshot = null;
+    }
   }
 }

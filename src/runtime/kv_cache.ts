@@ -14,6 +14,11 @@ export function kvBytesPerToken(m: Manifest): number {
   return 2 * c.numLayers * c.numKvHeads * perHead;
 }
 
+/** A memory setting in bytes: bytes as given, or a fraction (≤ 1) of `freeBytes`. */
+export function memoryBytes(setting: number, freeBytes: number): number {
+  return setting <= 1 ? Math.floor(freeBytes * setting) : Math.floor(setting);
+}
+
 export interface KvBudget {
   /** The KV budget in token slots: the one name the scheduler, the runners and the stats use. */
   kvBudgetTokens: number;
@@ -30,7 +35,7 @@ export interface KvBudget {
  */
 export function kvBudget(manifest: Manifest, memory: number, freeBytes: number, maxModelLen: number, slotsForOne: (length: number) => number): KvBudget {
   const perToken = kvBytesPerToken(manifest);
-  const bytes = memory <= 1 ? Math.floor(freeBytes * memory) : Math.floor(memory);
+  const bytes = memoryBytes(memory, freeBytes);
   const kvBudgetTokens = Math.floor(bytes / perToken);
   const smallest = slotsForOne(1);
   if (kvBudgetTokens < smallest) {
@@ -209,13 +214,8 @@ export class KvCache {
    */
   private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number, length = this.rowLength[from]): void {
     const { perRow, unit } = this.runs(p);
-    const len = length * unit;
-    if (len === 0) return;
-    const dst = p.data[l];
-    for (let j = 0; j < perRow; j++) {
-      const a = (from * perRow + j) * srcCap * unit;
-      dst.set(src.subarray(a, a + len), (to * perRow + j) * this.capacity * unit);
-    }
+    if (length === 0) return;
+    copyRuns(src, from * perRow * srcCap * unit, srcCap * unit, p.data[l], to * perRow * this.capacity * unit, this.capacity * unit, perRow, length * unit);
   }
 
   /** Slots a row of `length` tokens takes: its capacity step. */

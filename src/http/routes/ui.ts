@@ -15,12 +15,11 @@ const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-sr
 /** The chat page at `/` and its files under `/ui/`. */
 export const uiRoutes: FastifyPluginAsync = async (app) => {
   if (!existsSync(UI_DIR)) throw new Error(`the chat page is not built (${UI_DIR}): run npm run build, or start with --no-ui`);
-  app.addHook('onSend', async (request, reply) => {
-    if (request.url === '/' || request.url.startsWith('/ui/')) {
-      reply.header('content-security-policy', CSP);
-      reply.header('x-content-type-options', 'nosniff');
-      reply.header('referrer-policy', 'no-referrer');
-    }
+  // This plugin's own routes only (Fastify encapsulates hooks): the page and its files.
+  app.addHook('onSend', async (_request, reply) => {
+    reply.header('content-security-policy', CSP);
+    reply.header('x-content-type-options', 'nosniff');
+    reply.header('referrer-policy', 'no-referrer');
   });
   await app.register(fastifyStatic, { root: UI_DIR, prefix: '/ui/', index: false, wildcard: true });
   app.get('/', async (_request, reply) => reply.sendFile('index.html'));
