@@ -146,17 +146,17 @@ test('a crashed worker ends requests in flight with an error, then the engine re
   assert.deepEqual(r.tokens, cases[0].greedy_ids);
 });
 
-test('without --max-num-batched-tokens the prefill chunk follows the device (32 tokens on CPU)', async () => {
+test('without --max-num-batched-tokens the prefill chunk follows the device (64 tokens on CPU)', async () => {
   const engine = await startEngine(await fixtureExport('fast'), { maxNumBatchedTokens: null });
   assert.equal(engine.info?.device, 'cpu');
-  assert.equal(engine.info?.limits.maxNumBatchedTokens, 32);
+  assert.equal(engine.info?.limits.maxNumBatchedTokens, 64);
   // A prompt longer than one chunk still completes, in several steps.
   const prompt = Array.from({ length: 100 }, (_, i) => 1000 + i);
   const before = (await engine.stats()).steps;
   const r = await collect(engine, request(prompt, { maxTokens: 2, ignoreEos: true }));
   assert.equal(r.tokens.length, 2);
-  // ceil(100 / 32) = 4 prefill steps, then one decode step.
-  assert.equal((await engine.stats()).steps - before, 5);
+  // ceil(100 / 64) = 2 prefill steps, then one decode step.
+  assert.equal((await engine.stats()).steps - before, 3);
 });
 
 test('--kv-cache-prefault writes the KV budget at start, and generation is unchanged', async () => {

@@ -9,7 +9,7 @@ import { startTestServer, type TestServer } from './support/server.js';
 // Prefix caching through the API, with real clients against real servers: the default
 // server caches, a second one runs with --no-prefix-caching, and both must answer alike.
 
-const CHUNK = 32; // the CPU prefill chunk, and so the block size
+const CHUNK = 64; // the CPU prefill chunk, and so the block size
 let on: TestServer;
 let off: TestServer;
 
@@ -24,7 +24,7 @@ after(async () => {
   await off?.close();
 });
 
-const system = `You are a careful assistant. ${'Answer briefly and cite the rules you follow. '.repeat(12)}`;
+const system = `You are a careful assistant. ${'Answer briefly and cite the rules you follow. '.repeat(24)}`;
 
 async function chat(s: TestServer, messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }>, extra: Record<string, unknown> = {}) {
   return s.client.chat.completions.create({ model: 'tiny', messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2, ...extra } as never) as unknown as Promise<{
@@ -77,7 +77,7 @@ for (const thinking of [true, false]) {
 }
 
 test('tools, structured outputs, n > 1 and completions all take cached prefixes and answer as without the cache', async () => {
-  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city, now. '.repeat(8), parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city, now. '.repeat(16), parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
   for (const city of ['Paris', 'Oslo']) {
     const messages = [{ role: 'user' as const, content: `Weather in ${city}?` }];
     const args = { tools, tool_choice: 'required', max_tokens: 40, chat_template_kwargs: { enable_thinking: false } };

@@ -162,7 +162,7 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
     });
   });
 
-  // A prompt longer than a prefill chunk (32) and a scoring slice (64): its continuation's
+  // A prompt longer than a prefill chunk (64) and a scoring slice (64): its continuation's
   // scores equal those the model gave while generating it, and one token follows.
   const gen = await s.client.completions.create({ model: 'tiny', prompt: cases[0].prompt_ids, max_tokens: 90, temperature: 0, logprobs: 0, ignore_eos: true, return_tokens_as_token_ids: true } as OpenAI.CompletionCreateParamsNonStreaming);
   const genLp = gen.choices[0].logprobs as unknown as LegacyLogprobs;
