@@ -179,7 +179,7 @@ test('probes, ports and every metric the manifests and the InferencePool example
     for (const name of gauges) assert.equal(types.get(name), 'gauge', name);
     // The vLLM names the picker reads by default exist too (QWEN3_SERVE_METRICS_COMPAT=vllm).
     for (const name of ['vllm:num_requests_waiting', 'vllm:num_requests_running', 'vllm:kv_cache_usage_perc', 'vllm:cache_config_info']) assert.equal(types.get(name), 'gauge', name);
-    assert.match(text, new RegExp(`^${flag('--cache-info-metric')}\\{[^}]*block_size="32"[^}]*num_gpu_blocks="\\d+"`, 'm'));
+    assert.match(text, new RegExp(`^${flag('--cache-info-metric')}\\{[^}]*block_size="64"[^}]*num_gpu_blocks="\\d+"`, 'm'));
   } finally {
     await s.close();
   }
