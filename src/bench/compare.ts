@@ -1,4 +1,4 @@
-import { runLoadBench, type LevelResult } from './load_bench.js';
+import { runLoadBench, summarize, type LevelResult } from './load_bench.js';
 
 /** One workload of a comparison: fixed-length random prompts at a fixed concurrency. */
 export interface Scenario {
@@ -56,12 +56,6 @@ export function parseScenarios(text: string): Scenario[] {
   });
 }
 
-function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
 /**
  * Runs every scenario against both servers, alternating, one at a time: a round runs each
  * scenario on one server and then the other, and the next round starts with the other
@@ -105,8 +99,8 @@ export async function runComparison(o: CompareOptions, log: (line: string) => vo
     const { ours, peer } = runs[i];
     const measures = Object.fromEntries(
       MEASURES.map((m) => {
-        const a = median(ours.map(m.of));
-        const b = median(peer.map(m.of));
+        const a = summarize(ours.map(m.of)).median;
+        const b = summarize(peer.map(m.of)).median;
         return [m.key, { ours: a, peer: b, ratio: b === 0 ? NaN : a / b }];
       }),
     ) as ScenarioResult['measures'];
