@@ -217,3 +217,91 @@ test('the KV block pool holds what its memory bound allows', async () => {
   // Fixture: 2 layers × (keys + values) × 2 KV heads × 16 dims × 32 tokens, fp32.
   assert.equal(bytesPerBlock(layout), 2 * 2 * 2 * 16 * 32 * 4);
 });
+
+/**
+ * A chat conversation whose next turns are warmed: after each answer the engine is asked
+ * to prefill the next prompt's beginning (the last prompt less its generation prompt,
+ * the answer, and the template's opening of the next message), as the chat layer does.
+ */
+async function warmedConversation(dir: string, cacheBlocks: number, warm: boolean): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; core: EngineCore }> {
+  let prompt = ids(45, 1);
+  const prompts: number[][] = [];
+  const prefixes: number[][] = [];
+  const outcomes: Outcome[] = [];
+  let core: EngineCore | undefined;
+  for (let turn = 0; turn < 4; turn++) {
+    prompts.push(prompt);
+    const r = await run(dir, [{ req: greedy(prompt, 40) }], { cacheBlocks, core });
+    core = r.core;
+    outcomes.push(r.outcomes[0]);
+    const prefix = [...prompt.slice(0, prompt.length - 4), ...r.outcomes[0].tokens, 11, 12, 13];
+    prefixes.push(prefix);
+    if (warm) {
+      core.warm(prefix);
+      // Idle steps: only the speculative prefill runs.
+      await run(dir, [], { core });
+    }
+    prompt = [...prefix, ...ids(20 + turn * 3, turn + 2)];
+  }
+  return { outcomes, prompts, prefixes, core: core! };
+}
+
+for (const [name, exportDir] of variants.slice(0, 3)) {
+  test(`${name}: warming a conversation's next turn while idle changes no result, and the next turn finds its whole history cached, the answer included`, async () => {
+    const dir = await exportDir();
+    const warmed = await warmedConversation(dir, 256, true);
+    const cold = await warmedConversation(dir, 0, false);
+    const plain = await warmedConversation(dir, 256, false);
+    assert.deepEqual(warmed.prompts, cold.prompts, 'the same conversation');
+    warmed.outcomes.forEach((o, i) => {
+      assert.deepEqual(strip(o), strip(cold.outcomes[i]), `turn ${i + 1}, against the cache off`);
+      assert.deepEqual(strip(plain.outcomes[i]), strip(cold.outcomes[i]), `turn ${i + 1}, cache on without warming`);
+    });
+    for (let i = 1; i < warmed.prompts.length; i++) {
+      // Every whole block of the warmed prefix is cached; the last chunk is always computed.
+      const expected = Math.min(Math.floor(warmed.prefixes[i - 1].length / CHUNK), Math.floor((warmed.prompts[i].length - 1) / CHUNK)) * CHUNK;
+      assert.equal(warmed.outcomes[i].cached, expected, `turn ${i + 1}`);
+      assert.ok(warmed.outcomes[i].cached > plain.outcomes[i].cached, `turn ${i + 1} hits more than without warming (${warmed.outcomes[i].cached} vs ${plain.outcomes[i].cached})`);
+    }
+    // Each warm-up computed its prefix's whole blocks past those its turn's prompt had cached.
+    const stats = warmed.core.stats();
+    const expectedWarmed = warmed.prefixes.reduce((s, p, i) => s + Math.floor(p.length / CHUNK) * CHUNK - Math.floor((warmed.prompts[i].length - 4) / CHUNK) * CHUNK, 0);
+    assert.equal(stats.warmedTokensTotal, expectedWarmed);
+    // Warm-ups are no requests: the prefix cache's query and hit counters count only the turns.
+    assert.equal(stats.prefixCache!.queriedTokens, warmed.prompts.reduce((s, p) => s + p.length, 0));
+    assert.equal(stats.prefixCache!.hitTokens, warmed.outcomes.reduce((s, o) => s + o.cached, 0));
+    assert.equal(stats.requestsFinished, 4);
+    assert.equal(plain.core.stats().warmedTokensTotal, 0);
+  });
+}
+
+test('a request arriving during a warm-up takes its place at the next step, with unchanged results, and finds the blocks it finished', async () => {
+  const dir = await fixtureExport('fast');
+  const history = ids(200, 21);
+  const other = greedy(ids(50, 22), 8);
+  const next = greedy([...history, ...ids(15, 23)], 8);
+  const runner = await openRunner(dir);
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)) });
+  assert.equal(core.warm(history), true);
+  assert.equal(core.warm(ids(20, 24)), false, 'less than a block: nothing to warm');
+  await core.step();
+  await core.step();
+  assert.equal(core.stats().warmedTokensTotal, 2 * CHUNK);
+  assert.equal(core.stats().running, 0, 'a warm-up is not a running request');
+  // The request arrives: the warm-up is given up before the next step's runs.
+  const on = await run(dir, [{ req: other }, { req: next, atStep: 1 }], { core });
+  assert.equal(core.stats().warmedTokensTotal, 2 * CHUNK, 'no warm-up chunk ran after the request came');
+  assert.equal(core.warm(history.slice(0, 64)), false, 'its finished blocks stay cached');
+  const off = await run(dir, [{ req: greedy(ids(50, 22), 8) }, { req: greedy([...history, ...ids(15, 23)], 8), atStep: 1 }]);
+  on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
+  assert.equal(on.outcomes[0].cached, 0);
+  assert.equal(on.outcomes[1].cached, 2 * CHUNK, 'the next turn takes the two blocks the warm-up finished');
+  // A fault, or the shutdown deadline, forgets warm-ups, running or queued.
+  for (const end of [() => core.failAll('model step failed'), () => core.abortAll()]) {
+    assert.equal(core.warm(ids(200, 30 + core.stats().steps)), true);
+    assert.equal(core.warm(ids(200, 31 + core.stats().steps)), true);
+    await core.step();
+    end();
+    assert.equal(core.hasWork(), false);
+  }
+});

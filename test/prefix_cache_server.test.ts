@@ -76,6 +76,70 @@ for (const thinking of [true, false]) {
   });
 }
 
+/** Token ids of a chat prompt, as /tokenize renders it. */
+async function tokenize(s: TestServer, messages: Array<{ role: string; content: string }>, thinking: boolean): Promise<number[]> {
+  const res = await fetch(`${s.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny', messages, chat_template_kwargs: { enable_thinking: thinking } }) });
+  return ((await res.json()) as { tokens: number[] }).tokens;
+}
+
+/** Waits for the server's speculative prefills to settle: its warmed-token counter rose past `before` and stopped. */
+async function warmedPast(s: TestServer, before: number): Promise<number> {
+  const read = async () => Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text())?.[1]);
+  let last = await read();
+  for (let i = 0; i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const now = await read();
+    if (now > before && now === last) return now;
+    last = now;
+  }
+  return last;
+}
+
+for (const thinking of [false, true]) {
+  test(`once an answer ends, the idle server prefills the next turn as the client will send it, answer included; the next turn's results are unchanged (thinking ${thinking ? 'on' : 'off'})`, async () => {
+    const kwargs = { chat_template_kwargs: { enable_thinking: thinking }, ignore_eos: true };
+    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: `Tell me a long story, ${thinking}.` }];
+    const before = await warmedPast(on, -1);
+    const r1 = await chat(on, turn1, { ...kwargs, max_tokens: 150 });
+    const answer = r1.choices[0].message.content ?? '';
+    const turn2 = [...turn1, { role: 'assistant' as const, content: answer }, { role: 'user' as const, content: 'And then what happened?' }];
+    // What the warm-up can know: the conversation up to the next message's own text.
+    const ids = await tokenize(on, turn2, thinking);
+    const probe = await tokenize(on, [...turn2.slice(0, -1), { role: 'user', content: '§' }], thinking);
+    let common = 0;
+    while (ids[common] === probe[common]) common++;
+    const p1 = r1.usage.prompt_tokens;
+    // Without the warm-up the next turn would find the first prompt's blocks up to where the
+    // two prompts part: thinking on, at its end; off, before its empty thinking block.
+    const withoutWarmUp = Math.floor((thinking ? p1 : p1 - 4) / CHUNK) * CHUNK;
+    const expected = Math.min(Math.floor(common / CHUNK), Math.floor((ids.length - 1) / CHUNK)) * CHUNK;
+    if (expected > withoutWarmUp) assert.ok((await warmedPast(on, before)) > before, 'the answer was warmed');
+    const r2 = await chat(on, turn2, kwargs);
+    const cold = await chat(off, turn2, kwargs);
+    assert.deepEqual(r2.choices[0].message.content, cold.choices[0].message.content);
+    assert.deepEqual(r2.choices[0].logprobs, cold.choices[0].logprobs);
+    const cached = r2.usage.prompt_tokens_details.cached_tokens;
+    assert.equal(cached, expected, `cached ${cached} of ${ids.length} (shared with the warmed prefix: ${common})`);
+    if (!thinking) assert.ok(expected > withoutWarmUp, `the answer is long enough to fill blocks: ${expected} vs ${withoutWarmUp}`);
+  });
+}
+
+test('--no-warm-next-turn leaves the next turn to compute the answer again', async () => {
+  const quiet = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--no-warm-next-turn']);
+  try {
+    const kwargs = { chat_template_kwargs: { enable_thinking: false }, ignore_eos: true };
+    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: 'Tell me a long story.' }];
+    const r1 = await chat(quiet, turn1, { ...kwargs, max_tokens: 150 });
+    await new Promise((r) => setTimeout(r, 500));
+    const turn2 = [...turn1, { role: 'assistant' as const, content: r1.choices[0].message.content ?? '' }, { role: 'user' as const, content: 'And then what happened?' }];
+    const r2 = await chat(quiet, turn2, kwargs);
+    assert.equal(r2.usage.prompt_tokens_details.cached_tokens, Math.floor((r1.usage.prompt_tokens - 4) / CHUNK) * CHUNK);
+    assert.equal(Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${quiet.url}/metrics`)).text())?.[1]), 0);
+  } finally {
+    await quiet.close();
+  }
+});
+
 test('tools, structured outputs, n > 1 and completions all take cached prefixes and answer as without the cache', async () => {
   const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city, now. '.repeat(16), parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
   for (const city of ['Paris', 'Oslo']) {

@@ -31,6 +31,8 @@ export interface LoadBenchOptions {
   prefixLen?: number;
   /** multi-turn: turns per conversation (`numPrompts` conversations; `inputLen` is each user message). */
   turns?: number;
+  /** multi-turn: seconds a user reads an answer before sending the next turn (0: at once). */
+  thinkTime?: number;
   /** Chat: ask for Qwen3 thinking on or off (`chat_template_kwargs.enable_thinking`); null sends nothing. */
   thinking?: boolean | null;
 }
@@ -216,6 +218,7 @@ async function converse(o: LoadBenchOptions, model: string, messages: string[], 
     (byTurn[turn] ??= []).push(r);
     if (!r.ok) return;
     history.push({ role: 'assistant', content: r.content });
+    if (o.thinkTime && turn < messages.length - 1) await new Promise((resolve) => setTimeout(resolve, o.thinkTime! * 1000));
   }
 }
 

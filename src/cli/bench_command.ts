@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import { renderChart } from '../bench/chart.js';
 import { markdownTable, runLoadBench } from '../bench/load_bench.js';
-import { formatHelp, parseCommand, wholeNumber, type Flags } from './flags.js';
+import { formatHelp, parseCommand, seconds, wholeNumber, type Flags } from './flags.js';
 
 export const BENCH_FLAGS = {
   'base-url': { type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)', schema: z.string().url() },
@@ -19,6 +19,7 @@ export const BENCH_FLAGS = {
   'input-len': { type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat); a shared prefix\'s suffix, a conversation\'s user message', schema: wholeNumber(1) },
   'prefix-len': { type: 'string', default: '1024', help: 'shared-prefix: length of the common prefix', schema: wholeNumber(1) },
   turns: { type: 'string', default: '10', help: 'multi-turn: turns per conversation', schema: wholeNumber(1, 1000) },
+  'think-time': { type: 'string', default: '0', help: 'multi-turn: seconds a user reads each answer before sending the next turn', schema: seconds(0, 3600) },
   thinking: { type: 'string', help: 'Chat: ask for thinking `on` or `off` (Qwen3\'s `enable_thinking`); unset sends nothing', schema: z.enum(['on', 'off']).optional() },
   'output-len': { type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)', schema: wholeNumber(1) },
   'num-prompts': { type: 'string', default: '32', help: 'Requests (multi-turn: conversations) per concurrency level', schema: wholeNumber(1) },
@@ -70,6 +71,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
       dataset: o.dataset,
       prefixLen: o['prefix-len'],
       turns: o.turns,
+      thinkTime: o['think-time'],
       thinking: o.thinking === undefined ? null : o.thinking === 'on',
     },
     (line) => process.stderr.write(`${line}\n`),
@@ -79,7 +81,7 @@ export async function benchCommand(argv: string[]): Promise<void> {
     o.dataset === 'shared-prefix' ? `, shared prefix ${o['prefix-len']}` : o.dataset === 'multi-turn' ? `, ${o.turns}-turn conversations` : '';
   process.stdout.write(`\n${model} via ${o.endpoint}${dataset}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} ${o.dataset === 'multi-turn' ? 'conversations' : 'requests'} per level\n\n${table}\n`);
   mkdirSync(dirname(o.out) || '.', { recursive: true });
-  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, dataset: o.dataset, prefixLen: o['prefix-len'], turns: o.turns, thinking: o.thinking ?? null, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
+  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, dataset: o.dataset, prefixLen: o['prefix-len'], turns: o.turns, thinkTime: o['think-time'], thinking: o.thinking ?? null, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
   writeFileSync(`${o.out}.json`, JSON.stringify({ ...meta, levels }, null, 2));
   writeFileSync(`${o.out}.md`, `${table}\n`);
   if (levels.length > 0 && levels[0].concurrency !== null) {

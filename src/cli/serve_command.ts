@@ -39,6 +39,7 @@ export const SERVE_FLAGS = {
   'max-queue': { type: 'string', env: 'QWEN3_SERVE_MAX_QUEUE', default: '128', help: 'Waiting requests; beyond it, 429', schema: wholeNumber(0, 1_000_000) },
   'kv-cache-memory': { type: 'string', env: 'QWEN3_SERVE_KV_CACHE_MEMORY', default: '0.25', help: 'KV cache budget: bytes (`2GiB`) or a fraction of free memory', schema: size(true) },
   'no-prefix-caching': { type: 'boolean', env: 'QWEN3_SERVE_NO_PREFIX_CACHING', help: 'Turn prefix caching off: by default a prompt that begins with tokens an earlier or running request already computed (a conversation\'s history, a shared system prompt or tool list) reuses their keys and values, in blocks of one prefill chunk, with bit-identical results', schema: z.boolean() },
+  'no-warm-next-turn': { type: 'boolean', env: 'QWEN3_SERVE_NO_WARM_NEXT_TURN', help: 'Do not prefill a chat\'s next turn ahead: by default, once a chat answer ends and the engine has nothing else to do, it computes the prefix cache blocks of the conversation as its next prompt will render it (the answer included, which the chat template renders at other positions and without its thinking), so the next turn computes only its new message; a request that arrives meanwhile waits at most for the chunk in flight', schema: z.boolean() },
   'prefix-cache-memory': { type: 'string', env: 'QWEN3_SERVE_PREFIX_CACHE_MEMORY', default: '0.1', help: 'Memory for cached prompt blocks, on top of the KV budget: bytes (`1GiB`) or a fraction of free memory; the least recently used blocks go first when it is full', schema: size(true) },
   'kv-cache-prefault': { type: 'boolean', env: 'QWEN3_SERVE_KV_CACHE_PREFAULT', help: 'Write the whole KV budget (and the prefix cache\'s memory) at start, as vLLM preallocates its cache: resident memory is the budget from the start, and no step waits for the OS to map fresh pages, and prompts prefill in a staging buffer of their own so they never slow the running streams (fast layout; see docs/architecture.md)', schema: z.boolean() },
   'json-whitespace': { type: 'string', env: 'QWEN3_SERVE_JSON_WHITESPACE', default: 'compact', help: 'Structured JSON output: `compact` (one line, `, ` and `: `, as Qwen3 writes tool calls) or `any` (any whitespace between tokens, vLLM\'s default; small models may loop on it)', schema: z.enum(['compact', 'any']) },
@@ -152,6 +153,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       defaultThinking: config['default-thinking'] === 'on',
       logPrompts: config['log-prompts'],
       reasoningEffortBudgets: config['reasoning-effort-budgets'],
+      warmNextTurn: !config['no-prefix-caching'] && !config['no-warm-next-turn'],
     },
     createdAt: Math.floor(Date.now() / 1000),
   };

@@ -233,6 +233,14 @@ export class Engine extends EventEmitter {
     yield* await this.submit(request, signal);
   }
 
+  /**
+   * Asks the engine to compute the prefix cache's blocks of `promptIds` while it has
+   * nothing else to do (EngineCore.warm); ignored when it is not ready or has no cache.
+   */
+  warm(promptIds: number[]): void {
+    if (this.state === 'ready' && this.info?.prefixCache) this.send({ type: 'warm', promptIds });
+  }
+
   abort(requestId: string): void {
     if (this.channels.has(requestId)) this.send({ type: 'abort', requestId });
   }
@@ -280,5 +288,5 @@ export class Engine extends EventEmitter {
 const MAX_DEATHS_PER_MINUTE = 3;
 
 export function emptyStats(): EngineStats {
-  return { running: 0, waiting: 0, kvUsedTokens: 0, kvBudgetTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null, prefixCache: null };
+  return { running: 0, waiting: 0, kvUsedTokens: 0, kvBudgetTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, warmedTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null, prefixCache: null };
 }

@@ -1,6 +1,6 @@
 import { ContextLengthExceededError, InvalidRequestError } from '../errors.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
-import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
+import { DEFAULT_SAMPLING, Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
 import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
@@ -45,6 +45,8 @@ interface ActiveSequence extends ScheduledSequence {
   hit: number[] | null;
   /** Prompt tokens served from the prefix cache at its first admission. */
   cachedTokens: number | null;
+  /** A speculative prefill (see `warm`): no request waits for it and it emits nothing. */
+  speculative: boolean;
 }
 
 /**
@@ -63,7 +65,7 @@ export class EngineCore {
   private readonly byRequest = new Map<string, ActiveSequence>();
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
-  private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0 };
+  private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0, warmed: 0 };
   /**
    * Aborts that arrive while a step runs (the worker handles messages while ONNX Runtime
    * computes) wait for the step's end: freeing a row mid-run would move another row's
@@ -73,6 +75,8 @@ export class EngineCore {
   /** Sequences with held logits (see ActiveSequence.held), so a step need not look at every request. */
   private readonly holding = new Set<ActiveSequence>();
   private readonly abortsAfterStep = new Set<string>();
+  /** abortAll came during a step: speculative prefills go when it ends (see abortsAfterStep). */
+  private dropSpeculativeAfterStep = false;
 
   /** Requests whose grammar is being compiled, and whether they were aborted meanwhile. */
   private readonly preparing = new Map<string, boolean>();
@@ -113,9 +117,10 @@ export class EngineCore {
    */
   private lookUpPrefix(cache: PrefixCache, seq: ActiveSequence, target: number): number {
     const b = cache.blockTokens;
-    let limit = Math.floor((target - 1) / b) * b;
+    // A speculative prefill needs no logits, only blocks: every cached one serves it.
+    let limit = seq.speculative ? target : Math.floor((target - 1) / b) * b;
     if (seq.prompt) limit = Math.min(limit, Math.floor(seq.prompt.scored / b) * b);
-    seq.hit = cache.match(seq.tokens, limit, target, seq.prefixKeys);
+    seq.hit = cache.match(seq.tokens, limit, seq.speculative ? null : target, seq.prefixKeys);
     const cached = seq.hit.length * b;
     seq.cachedTokens ??= cached;
     return cached;
@@ -187,7 +192,13 @@ export class EngineCore {
     }
     // The one context-length check: the OpenAI layer only fills in max_tokens when absent.
     if (total > this.limits.maxModelLen) throw new ContextLengthExceededError(this.limits.maxModelLen, req.promptIds.length, req.maxTokens);
-    const seq: ActiveSequence = {
+    const seq = this.newSequence(req, constraint, wantsPrompt);
+    this.scheduler.add(seq);
+    this.byRequest.set(req.requestId, seq);
+  }
+
+  private newSequence(req: GenerateRequest, constraint: RemoteConstraint | null, wantsPrompt: boolean, speculative = false): ActiveSequence {
+    return {
       id: this.nextId++,
       tokens: [...req.promptIds],
       promptLength: req.promptIds.length,
@@ -212,9 +223,39 @@ export class EngineCore {
       prefixKeys: { keys: [] },
       hit: null,
       cachedTokens: null,
+      speculative,
     };
-    this.scheduler.add(seq);
-    this.byRequest.set(req.requestId, seq);
+  }
+
+  /**
+   * Queues a speculative prefill of `promptIds`' whole blocks for the prefix cache: a
+   * conversation's next turn as the chat template will render it, so that turn finds its
+   * history cached, the answer just given included. It runs only while the engine is idle
+   * (see Scheduler) and emits nothing; false when it has nothing to compute.
+   */
+  warm(promptIds: number[]): boolean {
+    const cache = this.options.prefixCache;
+    if (!cache) return false;
+    const b = cache.blockTokens;
+    const whole = Math.floor(Math.min(promptIds.length, this.limits.maxModelLen - 1) / b) * b;
+    if (whole === 0) return false;
+    const tokens = promptIds.slice(0, whole);
+    const prefixKeys: PrefixKeys = { keys: [] };
+    if (cache.cachedBlocks(tokens, prefixKeys) * b >= whole) return false;
+    const req: GenerateRequest = {
+      requestId: `warm-${this.nextId}`,
+      promptIds: tokens,
+      sampling: DEFAULT_SAMPLING,
+      maxTokens: 0,
+      stopTokenIds: [],
+      stop: [],
+      ignoreEos: true,
+      skipSpecialTokens: true,
+    };
+    const seq = this.newSequence(req, null, false, true);
+    seq.prefixKeys = prefixKeys;
+    this.scheduler.addSpeculative(seq);
+    return true;
   }
 
   /** Ends a request and frees its cache, at once between steps, else when the running step ends. */
@@ -247,6 +288,7 @@ export class EngineCore {
       kvBytes: this.runner.kvBytes(),
       promptTokensTotal: this.totals.prompt,
       generationTokensTotal: this.totals.generation,
+      warmedTokensTotal: this.totals.warmed,
       requestsFinished: this.totals.finished,
       steps: this.totals.steps,
       grammar: this.grammars?.stats() ?? null,
@@ -270,6 +312,10 @@ export class EngineCore {
       this.stepping = false;
       for (const id of this.abortsAfterStep) this.abort(id);
       this.abortsAfterStep.clear();
+      if (this.dropSpeculativeAfterStep) {
+        this.dropSpeculativeAfterStep = false;
+        this.dropSpeculative();
+      }
     }
   }
 
@@ -283,6 +329,7 @@ export class EngineCore {
       this.holding.delete(seq);
       this.runner.removeSequence(seq.id);
     }
+    for (const seq of plan.dropped) this.runner.removeSequence(seq.id);
     for (const seq of plan.admitted) {
       this.runner.addSequence(seq.id);
       if (seq.hit && seq.hit.length > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit);
@@ -303,8 +350,10 @@ export class EngineCore {
       const scoring = seq.prompt !== null && seq.prompt.scored < Math.min(end, seq.promptLength - 1);
       prefillLogits = scoring ? await this.prefillScoring(seq, start, end) : await this.runner.prefill(seq.id, seq.tokens.slice(start, end));
       this.publishBlock(seq, start, end, !scoring || end - start <= PROMPT_SCORE_SLICE);
+      if (seq.speculative) this.totals.warmed += end - start;
     }
-    const { promptDone } = this.scheduler.update(plan);
+    const { promptDone, speculativeDone } = this.scheduler.update(plan);
+    if (speculativeDone) this.runner.removeSequence(speculativeDone.id);
     if (decodeLogits) {
       const v = this.runner.vocabSize;
       plan.decode.forEach((seq, i) => this.sample(seq, decodeLogits.subarray(i * v, (i + 1) * v)));
@@ -522,7 +571,13 @@ export class EngineCore {
   /** Fails every request (the model faulted); returns their events. */
   failAll(message: string): EngineEvent[] {
     for (const seq of [...this.byRequest.values()]) this.fail(seq, message);
+    this.dropSpeculative();
     return this.takeEvents();
+  }
+
+  /** Forgets every speculative prefill, freeing the one running: after a fault, or at shutdown. */
+  private dropSpeculative(): void {
+    for (const seq of this.scheduler.dropSpeculative()) this.runner.removeSequence(seq.id);
   }
 
   /**
@@ -531,5 +586,7 @@ export class EngineCore {
    */
   abortAll(): void {
     for (const id of [...this.preparing.keys(), ...this.byRequest.keys()]) this.abort(id);
+    if (this.stepping) this.dropSpeculativeAfterStep = true;
+    else this.dropSpeculative();
   }
 }

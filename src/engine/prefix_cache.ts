@@ -74,20 +74,32 @@ export class PrefixCache {
 
   /**
    * The cached blocks that begin `tokens`, covering at most `limit` tokens, as pool slots
-   * in order; they become the most recently used. Counts `queried` tokens as looked up.
+   * in order; they become the most recently used. Counts `queried` tokens as looked up and
+   * the blocks found as hits, unless `queried` is null (a lookup for no request).
    */
-  match(tokens: number[], limit: number, queried: number, keys: PrefixKeys): number[] {
-    this.queried += queried;
-    const count = Math.floor(Math.min(limit, tokens.length) / this.blockTokens);
+  match(tokens: number[], limit: number, queried: number | null, keys: PrefixKeys): number[] {
+    const found = this.leading(tokens, Math.floor(Math.min(limit, tokens.length) / this.blockTokens), keys);
+    for (let i = found.length - 1; i >= 0; i--) this.touch(found[i]);
+    if (queried !== null) {
+      this.queried += queried;
+      this.hits += found.length * this.blockTokens;
+    }
+    return found.map((block) => block.slot);
+  }
+
+  /** How many whole blocks of `tokens`, from the start, are cached; uses nothing and counts nothing. */
+  cachedBlocks(tokens: number[], keys: PrefixKeys): number {
+    return this.leading(tokens, Math.floor(tokens.length / this.blockTokens), keys).length;
+  }
+
+  private leading(tokens: number[], count: number, keys: PrefixKeys): Block[] {
     const found: Block[] = [];
     for (const key of this.keysFor(tokens, count, keys)) {
       const block = this.blocks.get(key);
       if (!block) break;
       found.push(block);
     }
-    for (let i = found.length - 1; i >= 0; i--) this.touch(found[i]);
-    this.hits += found.length * this.blockTokens;
-    return found.map((block) => block.slot);
+    return found;
   }
 
   /**

@@ -40,6 +40,8 @@ export interface WireError {
 export type MainMessage =
   | { type: 'submit'; request: GenerateRequest }
   | { type: 'abort'; requestId: string }
+  /** A speculative prefill for the prefix cache (EngineCore.warm); no answer. */
+  | { type: 'warm'; promptIds: number[] }
   | { type: 'stats'; token: number }
   | { type: 'shutdown' }
   /** Ends every request at the next step boundary (the shutdown deadline). */

@@ -106,3 +106,68 @@ test('a sequence the caller holds back keeps its place and cache but sits out de
   assert.equal(a.state, 'decode');
   assert.deepEqual(step(s).decode, [a, b]);
 });
+
+test('a speculative prefill runs only while nothing else runs or waits, and is given up at the first step a request waits', () => {
+  const s = scheduler();
+  const a = seq(8);
+  const warm = seq(96);
+  s.add(a);
+  s.addSpeculative(warm);
+  // A request runs: the speculative prefill waits, though there is room beside it.
+  for (let i = 0; i < 3; i++) assert.equal(step(s).prefill?.seq === warm, false);
+  assert.equal(warm.state, 'waiting');
+  s.remove(a);
+  const first = step(s);
+  assert.deepEqual(first.admitted, [warm]);
+  assert.deepEqual([first.prefill?.seq, first.prefill?.start, first.prefill?.end], [warm, 0, 32]);
+  assert.equal(s.numRunning, 0, 'it is not a request');
+  assert.equal(s.numWaiting, 0);
+  // A request arrives: the next step gives the speculative prefill up and admits the request.
+  const b = seq(8);
+  s.add(b);
+  const next = s.schedule();
+  assert.deepEqual(next.dropped, [warm]);
+  assert.equal(warm.state, 'finished');
+  assert.deepEqual(next.admitted, [b]);
+  assert.equal(next.prefill?.seq, b);
+  step(s, next);
+  for (let i = 0; i < 3; i++) step(s);
+  s.remove(b);
+  assert.equal(s.hasWork(), false, 'a dropped speculative prefill does not come back');
+});
+
+test('a speculative prefill that completes leaves the scheduler and samples nothing; beyond max-num-seqs the oldest queued is forgotten', () => {
+  const s = scheduler({ maxNumSeqs: 2 });
+  const [w1, w2, w3] = [seq(64), seq(40), seq(32)];
+  assert.equal(s.addSpeculative(w1), null);
+  assert.equal(s.addSpeculative(w2), null);
+  assert.equal(s.addSpeculative(w3), w1, 'the oldest queued is forgotten');
+  const done: ScheduledSequence[] = [];
+  const chunks: Array<[number, number, number]> = [];
+  for (let i = 0; i < 4; i++) {
+    const plan = s.schedule();
+    if (plan.prefill) chunks.push([plan.prefill.seq.id, plan.prefill.start, plan.prefill.end]);
+    const outcome = s.update(plan);
+    assert.equal(outcome.promptDone, null);
+    if (outcome.speculativeDone) done.push(outcome.speculativeDone);
+  }
+  assert.deepEqual(chunks, [
+    [w2.id, 0, 32],
+    [w2.id, 32, 40],
+    [w3.id, 0, 32],
+  ]);
+  assert.deepEqual(done, [w2, w3]);
+  assert.equal(w2.state, 'finished');
+  assert.equal(s.hasWork(), false);
+});
+
+test('a speculative prefill whose prompt is all cached already is not admitted', () => {
+  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, perToken, { cachedTokens: (x, target) => (x.promptLength === 64 ? target : 0) });
+  const cached = seq(64);
+  const fresh = seq(32);
+  s.addSpeculative(cached);
+  s.addSpeculative(fresh);
+  const plan = s.schedule();
+  assert.deepEqual(plan.admitted, [fresh]);
+  assert.equal(plan.prefill?.seq, fresh);
+});

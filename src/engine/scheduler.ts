@@ -48,12 +48,16 @@ export interface StepPlan<S extends ScheduledSequence = ScheduledSequence> {
   decode: S[];
   /** At most one prompt chunk: tokens[start, end) of `seq`. */
   prefill: { seq: S; start: number; end: number } | null;
+  /** Speculative prefills given up this step (a request came): their cache must be freed. */
+  dropped: S[];
 }
 
 /** What a step's run means for sampling, once `update` has moved the sequences on. */
 export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
   /** The prefilled sequence, when this chunk completed a fresh prompt: its next token is sampled from the chunk's last logits. */
   promptDone: S | null;
+  /** A speculative prefill this chunk completed: it has left the scheduler, its cache must be freed. */
+  speculativeDone: S | null;
 }
 
 /**
@@ -64,11 +68,19 @@ export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
  *
  * A prompt's chunk boundaries depend only on the prompt (fixed chunk size), never on what
  * else runs, so a request's numbers do not depend on its neighbours.
+ *
+ * Speculative prefills (a conversation's likely next turn, computed for the prefix cache)
+ * use only idle time: one is admitted when nothing else runs or waits, and given up at
+ * the first step a request waits, so a request waits at most for the chunk in flight.
  */
 export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
   private readonly waiting: S[] = [];
   /** In admission order (the last is the first to be preempted). */
   private readonly running: S[] = [];
+  /** Speculative prefills not yet admitted, oldest first. */
+  private readonly speculative: S[] = [];
+  /** The speculative prefill admitted, if any (it runs alone). */
+  private warming: S | null = null;
 
   constructor(
     readonly config: SchedulerConfig,
@@ -76,16 +88,27 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
     private readonly prefix: PrefixLookup<S> | null = null,
   ) {}
 
+  /** Requests waiting (speculative prefills are not requests). */
   get numWaiting(): number {
     return this.waiting.length;
   }
 
   get numRunning(): number {
-    return this.running.length;
+    return this.running.length - (this.warming ? 1 : 0);
   }
 
   hasWork(): boolean {
-    return this.waiting.length > 0 || this.running.length > 0;
+    return this.waiting.length > 0 || this.running.length > 0 || this.speculative.length > 0;
+  }
+
+  /**
+   * Queues a speculative prefill, to run when the engine is idle; beyond `maxNumSeqs` of
+   * them the oldest is forgotten (it never ran, so it holds nothing). Returns that one.
+   */
+  addSpeculative(seq: S): S | null {
+    seq.state = 'waiting';
+    this.speculative.push(seq);
+    return this.speculative.length > this.config.maxNumSeqs ? this.speculative.shift()! : null;
   }
 
   add(seq: S): void {
@@ -133,7 +156,13 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
    * token this step (waiting for their grammar's mask); they keep their cache.
    */
   schedule(canDecode: (seq: S) => boolean = () => true): StepPlan<S> {
-    const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null };
+    const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null, dropped: [] };
+    if (this.warming && this.waiting.length > 0) {
+      this.running.splice(this.running.indexOf(this.warming), 1);
+      this.warming.state = 'finished';
+      plan.dropped.push(this.warming);
+      this.warming = null;
+    }
     // Make room for this step's decode tokens, preempting the youngest first.
     while (this.running.length > 1 && !this.fits()) {
       const victim = this.running.pop()!;
@@ -158,6 +187,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
         candidate = next;
       }
     }
+    if (!candidate && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitSpeculative(plan);
     if (candidate) {
       const start = candidate.numComputed;
       const end = Math.min(Scheduler.prefillTarget(candidate), start + this.config.maxNumBatchedTokens);
@@ -166,19 +196,54 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
     return plan;
   }
 
+  /** Forgets every speculative prefill; returns the admitted one, if any, whose cache must be freed. */
+  dropSpeculative(): S[] {
+    this.speculative.length = 0;
+    const running = this.warming;
+    if (!running) return [];
+    this.running.splice(this.running.indexOf(running), 1);
+    running.state = 'finished';
+    this.warming = null;
+    return [running];
+  }
+
+  /** Admits the oldest speculative prefill that still has blocks to compute and fits. */
+  private admitSpeculative(plan: StepPlan<S>): S | undefined {
+    while (this.speculative.length > 0) {
+      const next = this.speculative.shift()!;
+      const target = Scheduler.prefillTarget(next);
+      if (!this.fits({ seq: next, length: target })) continue;
+      const cached = this.prefix?.cachedTokens(next, target) ?? 0;
+      if (cached >= target) continue;
+      next.state = 'prefill';
+      next.numComputed = cached;
+      this.running.push(next);
+      this.warming = next;
+      plan.admitted.push(next);
+      return next;
+    }
+    return undefined;
+  }
+
   /**
    * The one place where a step's sequences move on after the model ran `plan`: each
    * decoded sequence has its previous last token cached, the prefilled one its chunk.
    */
   update(plan: StepPlan<S>): StepOutcome<S> {
     for (const seq of plan.decode) seq.numComputed += 1;
-    if (!plan.prefill) return { promptDone: null };
+    if (!plan.prefill) return { promptDone: null, speculativeDone: null };
     const { seq, end } = plan.prefill;
     const fresh = seq.tokens.length === seq.promptLength;
     seq.numComputed = end;
-    if (end < Scheduler.prefillTarget(seq)) return { promptDone: null };
+    if (end < Scheduler.prefillTarget(seq)) return { promptDone: null, speculativeDone: null };
+    if (seq === this.warming) {
+      this.running.splice(this.running.indexOf(seq), 1);
+      seq.state = 'finished';
+      this.warming = null;
+      return { promptDone: null, speculativeDone: seq };
+    }
     seq.state = 'decode';
     // A recomputed sequence (after preemption) decodes its last token next instead.
-    return { promptDone: fresh ? seq : null };
+    return { promptDone: fresh ? seq : null, speculativeDone: null };
   }
 }

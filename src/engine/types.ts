@@ -73,6 +73,8 @@ export interface EngineStats {
   kvBytes: number;
   promptTokensTotal: number;
   generationTokensTotal: number;
+  /** Prompt tokens computed by speculative prefills of conversations' next turns (EngineCore.warm). */
+  warmedTokensTotal: number;
   requestsFinished: number;
   steps: number;
   /** The grammar engine, once a structured request started it. */

@@ -157,6 +157,9 @@ async function main(): Promise<void> {
         core.abort(msg.requestId);
         flush();
         break;
+      case 'warm':
+        core.warm(msg.promptIds);
+        break;
       case 'stats':
         post({ type: 'stats', token: msg.token, stats: core.stats() });
         break;

@@ -57,10 +57,10 @@ export class ServerMetrics {
     gauge('engine_up', '1 when the engine is ready, 0 while loading, restarting or down.', () => (engine.state === 'ready' ? 1 : 0), ['qwen3_serve_engine_up']);
     // Prefix caching, counted in the engine: vLLM's prefix_cache_queries / _hits in tokens.
     const prefix = async () => (await stats()).prefixCache;
-    const engineCounter = (name: string, help: string, value: () => Promise<number>) => {
-      for (const p of prefixes) {
+    const engineCounter = (name: string, help: string, value: () => Promise<number>, names = prefixes.map((p) => p + name)) => {
+      for (const n of names) {
         new client.Counter({
-          name: p + name,
+          name: n,
           help,
           registers,
           async collect() {
@@ -73,6 +73,10 @@ export class ServerMetrics {
     };
     engineCounter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.', async () => (await prefix())?.queriedTokens ?? 0);
     engineCounter('prefix_cache_hits_total', 'Prompt tokens served from the prefix cache (not computed).', async () => (await prefix())?.hitTokens ?? 0);
+    // Ours alone (vLLM has no such work), so under our name only.
+    engineCounter('', 'Prompt tokens computed ahead, while the engine was idle, for conversations\' next turns (--no-warm-next-turn turns it off).', async () => (await stats()).warmedTokensTotal, [
+      'qwen3_serve_prefix_cache_warmed_tokens_total',
+    ]);
     gauge('prefix_cache_bytes', 'Bytes the prefix cache holds.', async () => (await prefix())?.bytes ?? 0, ['qwen3_serve_prefix_cache_bytes']);
     gauge('prefix_cache_capacity_bytes', 'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).', async () => (await prefix())?.capacityBytes ?? 0, ['qwen3_serve_prefix_cache_capacity_bytes']);
     gauge('prefix_cache_blocks', 'Blocks in the prefix cache.', async () => (await prefix())?.blocks ?? 0, ['qwen3_serve_prefix_cache_blocks']);

@@ -1,6 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import { InvalidRequestError } from '../errors.js';
 import type { GrammarRequest } from '../runtime/grammar.js';
-import type { ChatMessage, ToolDefinition } from '../text/chat_template.js';
+import type { ChatMessage, RenderOptions, ToolDefinition } from '../text/chat_template.js';
 import type { ServingContext } from './context.js';
 import type { ChatRequest, MessageInput } from './schemas.js';
 import { grammarRequest } from './structured_output.js';
@@ -77,6 +78,8 @@ export interface PreparedChat {
   grammarAfter: number | null;
   /** The engine's thinking budget (see GenerateRequest.thinkingBudget), or null. */
   thinkingBudget: { tokens: number; endId: number; transition: number[] } | null;
+  /** What the prompt was rendered from, to render the conversation's next turn alike. */
+  rendered: { messages: ChatMessage[]; options: RenderOptions };
 }
 
 /**
@@ -118,7 +121,8 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   }
   const extra = { ...(req.chat_template_kwargs ?? {}) };
   delete extra.enable_thinking;
-  let prompt = ctx.template.render(toTemplateMessages(req.messages), { tools, enableThinking: thinking, extra });
+  const rendered = { messages: toTemplateMessages(req.messages), options: { tools, enableThinking: thinking, extra } };
+  let prompt = ctx.template.render(rendered.messages, rendered.options);
   let parserPrefix = '';
   let forced: GrammarRequest | null = null;
   if (choice === 'required' || typeof choice === 'object') {
@@ -141,6 +145,26 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     grammarAfter: grammar && thinking ? thinkEnd : null,
     thinkingBudget:
       thinking && plan.budget !== null && thinkEnd !== null ? { tokens: plan.budget, endId: thinkEnd, transition: ctx.tokenizer.encode(THINKING_TRANSITION) } : null,
+    rendered,
   };
+}
+
+/**
+ * The text the conversation's next prompt will begin with, once the client sends this
+ * answer back with a new message: the messages so far and the answer, rendered as the
+ * template renders an earlier assistant turn (Qwen3's drops its thinking), up to where
+ * the next message's own content starts. Null when the template puts nothing there.
+ */
+export function nextTurnPrefix(ctx: ServingContext, prepared: PreparedChat, answer: { content: string; toolCalls: Array<{ id: string; name: string; arguments: string }> }): string | null {
+  // A stand-in for the next message, found again in the rendering and cut off with all after it.
+  const marker = `\u0000next-turn-${randomUUID()}\u0000`;
+  const assistant: ChatMessage = {
+    role: 'assistant',
+    content: answer.content,
+    ...(answer.toolCalls.length > 0 ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) } : {}),
+  };
+  const text = ctx.template.render([...prepared.rendered.messages, assistant, { role: 'user', content: marker }], { ...prepared.rendered.options, addGenerationPrompt: false });
+  const at = text.indexOf(marker);
+  return at > 0 ? text.slice(0, at) : null;
 }
 

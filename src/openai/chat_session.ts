@@ -1,6 +1,6 @@
 import type { ServingContext } from './context.js';
 import { ChatChoice, type ChatDelta } from './chat_choice.js';
-import { prepareChat, THINK_END_TOKEN, type PreparedChat } from './chat_prompt.js';
+import { nextTurnPrefix, prepareChat, THINK_END_TOKEN, type PreparedChat } from './chat_prompt.js';
 import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
 import type { ChatRequest } from './schemas.js';
 
@@ -18,6 +18,26 @@ export interface ChatSession {
   /** Reads every choice to its end. */
   runAll(onDelta?: (c: ChatChoice, d: ChatDelta) => void): Promise<void>;
   usage(): { promptTokens: number; completionTokens: number; reasoningTokens: number; cachedTokens: number };
+}
+
+/**
+ * Has the engine compute, while idle, the prefix cache's blocks of the conversation's next
+ * prompt: the template renders this answer there at other positions than it was generated
+ * at (and without its thinking), so without this the next turn computes it again.
+ */
+function warmNextTurn(ctx: ServingContext, prepared: PreparedChat, choice: ChatChoice): void {
+  let text: string | null;
+  try {
+    text = nextTurnPrefix(ctx, prepared, choice);
+  } catch {
+    // A template that rejects the conversation with this answer has no next turn to warm.
+    return;
+  }
+  if (text === null) return;
+  ctx.codec.encode(text).then(
+    (ids) => ctx.engine.warm(ids),
+    () => {},
+  );
 }
 
 export async function startChat(ctx: ServingContext, req: ChatRequest, signal: AbortSignal): Promise<ChatSession> {
@@ -48,6 +68,9 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
         ctx.observe(ev.metrics, ev.finishReason);
         if (i === 0) cachedTokens = ev.metrics.cachedTokens;
       }
+    }
+    if (n === 1 && ctx.options.warmNextTurn && (c.finishReason === 'stop' || c.finishReason === 'length' || c.finishReason === 'tool_calls')) {
+      warmNextTurn(ctx, prepared, c);
     }
   };
   return {

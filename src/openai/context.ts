@@ -20,6 +20,8 @@ export interface ServingOptions {
   logPrompts: boolean;
   /** Thinking budgets in tokens for OpenAI's reasoning_effort levels. */
   reasoningEffortBudgets: ReasoningEffortBudgets;
+  /** After a chat answer, have the engine prefill the conversation's next prompt while idle (prefix caching). */
+  warmNextTurn: boolean;
 }
 
 /** What every serving module needs, built once at start. */
