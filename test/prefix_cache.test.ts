@@ -36,7 +36,7 @@ async function run(
   if (!core) {
     const runner = await openRunner(dir);
     const prefixCache = o.cacheBlocks ? new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), o.cacheBlocks)) : null;
-    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCache });
+    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCache, warmAfterIdleMs: 0 });
   }
   const events: EngineEvent[] = [];
   let step = 0;
@@ -304,4 +304,26 @@ test('a request arriving during a warm-up takes its place at the next step, with
     end();
     assert.equal(core.hasWork(), false);
   }
+});
+
+test('a warm-up waits until no request has run or arrived for warmAfterIdleMs', async () => {
+  const dir = await fixtureExport('fast');
+  const runner = await openRunner(dir);
+  let clock = 0;
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)), warmAfterIdleMs: 250, now: () => clock });
+  await run(dir, [{ req: greedy(ids(40, 40), 4) }], { core });
+  assert.equal(core.warm(ids(100, 41)), true);
+  clock = 249;
+  assert.equal(await core.step(), false, 'too soon after the request: nothing moves');
+  assert.equal(core.stats().warmedTokensTotal, 0);
+  clock = 250;
+  assert.equal(await core.step(), true);
+  assert.equal(core.stats().warmedTokensTotal, CHUNK);
+  // A request arriving restarts the wait for whatever warm-up comes next.
+  await run(dir, [{ req: greedy(ids(40, 42), 4) }], { core });
+  assert.equal(core.warm(ids(100, 43)), true);
+  assert.equal(await core.step(), false);
+  clock = 500;
+  assert.equal(await core.step(), true);
+  assert.equal(core.stats().warmedTokensTotal, 2 * CHUNK);
 });

@@ -55,6 +55,9 @@ interface ActiveSequence extends ScheduledSequence {
  */
 const PROMPT_SCORE_SLICE = 64;
 
+/** The default of EngineCore's `warmAfterIdleMs`: longer than a program takes to send its next request. */
+const WARM_AFTER_IDLE_MS = 250;
+
 /**
  * The engine's step loop body, owned by the worker thread: scheduler decisions, model
  * runs, sampling and text output for every request. `step()` runs one step and returns
@@ -77,6 +80,8 @@ export class EngineCore {
   private readonly abortsAfterStep = new Set<string>();
   /** abortAll came during a step: speculative prefills go when it ends (see abortsAfterStep). */
   private dropSpeculativeAfterStep = false;
+  /** When a request last ran or arrived (see options.warmAfterIdleMs). */
+  private busyAt = -Infinity;
 
   /** Requests whose grammar is being compiled, and whether they were aborted meanwhile. */
   private readonly preparing = new Map<string, boolean>();
@@ -94,6 +99,12 @@ export class EngineCore {
       eosTokenIds?: number[];
       /** Prefix caching (its blocks are the prefill chunk long); absent: every prompt is computed whole. */
       prefixCache?: PrefixCache | null;
+      /**
+       * Milliseconds without requests before a speculative prefill starts (`warm`): a client
+       * that sends its next turn at once computes it itself, without first waiting for a
+       * warm-up's chunk and loading its history twice.
+       */
+      warmAfterIdleMs?: number;
       now?: () => number;
     } = {},
   ) {
@@ -195,6 +206,7 @@ export class EngineCore {
     const seq = this.newSequence(req, constraint, wantsPrompt);
     this.scheduler.add(seq);
     this.byRequest.set(req.requestId, seq);
+    this.busyAt = this.now();
   }
 
   private newSequence(req: GenerateRequest, constraint: RemoteConstraint | null, wantsPrompt: boolean, speculative = false): ActiveSequence {
@@ -321,7 +333,9 @@ export class EngineCore {
 
   private async runStep(): Promise<boolean> {
     const resumed = this.resumeHeld();
-    const plan = this.scheduler.schedule((s) => s.held === null);
+    const now = this.now();
+    const plan = this.scheduler.schedule((s) => s.held === null, now - this.busyAt >= (this.options.warmAfterIdleMs ?? WARM_AFTER_IDLE_MS));
+    if (plan.decode.length > 0 || (plan.prefill && !plan.prefill.seq.speculative)) this.busyAt = now;
     this.totals.steps++;
     for (const seq of plan.preempted) {
       // Its held logits are computed again by the recompute, from the same tokens.
@@ -330,12 +344,6 @@ export class EngineCore {
       this.runner.removeSequence(seq.id);
     }
     for (const seq of plan.dropped) this.runner.removeSequence(seq.id);
-    for (const seq of plan.admitted) {
-      this.runner.addSequence(seq.id);
-      if (seq.hit && seq.hit.length > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit);
-      seq.hit = null;
-      seq.admittedAt ??= this.now();
-    }
     // Run the model for the plan, then let the scheduler move the sequences on, then sample.
     const decodeLogits =
       plan.decode.length > 0
@@ -344,6 +352,15 @@ export class EngineCore {
             plan.decode.map((s) => s.tokens[s.tokens.length - 1]),
           )
         : null;
+    // Admitted sequences get their rows after the decode run: a prompt that finished its
+    // prefill has then left the staging rows (StagedFastRunner.decode), so the new one
+    // takes the row whose pages it wrote, rather than fresh pages and a row move.
+    for (const seq of plan.admitted) {
+      this.runner.addSequence(seq.id);
+      if (seq.hit && seq.hit.length > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit);
+      seq.hit = null;
+      seq.admittedAt ??= this.now();
+    }
     let prefillLogits: Float32Array | null = null;
     if (plan.prefill) {
       const { seq, start, end } = plan.prefill;

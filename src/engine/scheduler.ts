@@ -154,8 +154,9 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
   /**
    * Decides the next step. `canDecode` leaves out running sequences that cannot take a
    * token this step (waiting for their grammar's mask); they keep their cache.
+   * `speculate` false holds speculative prefills back even when idle.
    */
-  schedule(canDecode: (seq: S) => boolean = () => true): StepPlan<S> {
+  schedule(canDecode: (seq: S) => boolean = () => true, speculate = true): StepPlan<S> {
     const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null, dropped: [] };
     if (this.warming && this.waiting.length > 0) {
       this.running.splice(this.running.indexOf(this.warming), 1);
@@ -187,7 +188,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
         candidate = next;
       }
     }
-    if (!candidate && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitSpeculative(plan);
+    if (!candidate && speculate && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitSpeculative(plan);
     if (candidate) {
       const start = candidate.numComputed;
       const end = Math.min(Scheduler.prefillTarget(candidate), start + this.config.maxNumBatchedTokens);
