@@ -103,6 +103,10 @@ test('the shared-prefix and multi-turn datasets: prompts share their prefix, con
   assert.ok(turns[2].cachedTokens >= 64, 'later turns hit the cache');
   assert.match(markdownTable(talk.levels), /\| turn \| TTFT mean/);
   await assert.rejects(runLoadBench({ ...base, endpoint: 'completions', dataset: 'multi-turn', inputLen: 4, numPrompts: 1, concurrency: [1] }), /needs --endpoint chat/);
+  // --think-time: the user reads each answer before the next turn goes out.
+  const reading = await runLoadBench({ ...base, endpoint: 'chat', dataset: 'multi-turn', turns: 2, inputLen: 8, numPrompts: 1, concurrency: [1], thinking: false, thinkTime: 0.3 });
+  const [first, second] = [...reading.levels[0].requests].sort((a, b) => a.sentAt - b.sentAt);
+  assert.ok(second.sentAt - (first.sentAt + first.e2eMs) >= 280, `the second turn went out ${second.sentAt - first.sentAt - first.e2eMs} ms after the first answer ended`);
 });
 
 test('bench:compare runs both servers in turn with the same prompts, and reports each one\'s median and the ratio', async () => {

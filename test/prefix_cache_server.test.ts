@@ -124,6 +124,26 @@ for (const thinking of [false, true]) {
   });
 }
 
+test("Anthropic's Messages API: the next turn finds the answer warmed, and says so in cache_read_input_tokens", async () => {
+  const client = new Anthropic({ baseURL: on.url, apiKey: 'unused', maxRetries: 0 });
+  const question = { role: 'user' as const, content: 'Tell me a long story, Anthropic.' };
+  const before = await warmedPast(on, -1);
+  const r1 = await client.messages.create({ model: 'tiny', max_tokens: 150, system, thinking: { type: 'disabled' }, messages: [question] });
+  const text = r1.content.map((b) => (b.type === 'text' ? b.text : '')).join('');
+  const followUp = { role: 'user' as const, content: 'And then what happened?' };
+  const asChat = [{ role: 'system', content: system }, question, { role: 'assistant', content: text }];
+  const ids = await tokenize(on, [...asChat, followUp], false);
+  const probe = await tokenize(on, [...asChat, { role: 'user', content: '§' }], false);
+  let common = 0;
+  while (ids[common] === probe[common]) common++;
+  const expected = Math.min(Math.floor(common / CHUNK), Math.floor((ids.length - 1) / CHUNK)) * CHUNK;
+  const p1 = r1.usage.input_tokens + (r1.usage.cache_read_input_tokens ?? 0);
+  if (expected > Math.floor((p1 - 4) / CHUNK) * CHUNK) assert.ok((await warmedPast(on, before)) > before, 'the answer was warmed');
+  const r2 = await client.messages.create({ model: 'tiny', max_tokens: 5, system, thinking: { type: 'disabled' }, messages: [question, { role: 'assistant', content: r1.content }, followUp] });
+  assert.equal(r2.usage.cache_read_input_tokens, expected);
+  assert.equal(r2.usage.input_tokens + r2.usage.cache_read_input_tokens!, ids.length);
+});
+
 test('--no-warm-next-turn leaves the next turn to compute the answer again', async () => {
   const quiet = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--no-warm-next-turn']);
   try {
