@@ -34,7 +34,7 @@ function warmNextTurn(ctx: ServingContext, prepared: PreparedChat, choice: ChatC
     return;
   }
   if (text === null) return;
-  ctx.codec.encode(text).then(
+  ctx.codec.encodeInBackground(text).then(
     (ids) => ctx.engine.warm(ids),
     () => {},
   );

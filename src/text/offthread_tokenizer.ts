@@ -16,6 +16,8 @@ interface Job {
   job: TokenizerJob;
   resolve: (r: TokenizerResult) => void;
   reject: (err: Error) => void;
+  /** Work no request waits for: it runs only when no other job waits. */
+  background: boolean;
 }
 
 /**
@@ -44,6 +46,16 @@ export class OffThreadTokenizer {
     return r.ids!;
   }
 
+  /**
+   * Encodes for work no request waits for (a conversation's next turn, warmed ahead): always
+   * on the tokenizer thread, whatever the length, and only when no request's job waits, so
+   * a slow text never holds up the HTTP thread or a request.
+   */
+  async encodeInBackground(text: string): Promise<number[]> {
+    const r = await this.run({ id: this.nextId++, type: 'encode', text }, true);
+    return r.ids!;
+  }
+
   async decode(ids: number[], skipSpecialTokens = false): Promise<string> {
     if (ids.length <= INLINE_TOKENS) return this.tokenizer.decode(ids, skipSpecialTokens);
     const r = await this.run({ id: this.nextId++, type: 'decode', ids, skipSpecialTokens });
@@ -57,10 +69,10 @@ export class OffThreadTokenizer {
     await t?.terminate();
   }
 
-  private run(job: TokenizerJob): Promise<TokenizerResult> {
+  private run(job: TokenizerJob, background = false): Promise<TokenizerResult> {
     if (this.closed) return Promise.reject(new Error('the tokenizer is closed'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ job, resolve, reject });
+      this.queue.push({ job, resolve, reject, background });
       this.pump();
     });
   }
@@ -108,7 +120,8 @@ export class OffThreadTokenizer {
       this.thread = this.spawn();
     }
     if (!this.loaded) return;
-    const next = this.queue.shift()!;
+    const first = this.queue.findIndex((j) => !j.background);
+    const next = this.queue.splice(first >= 0 ? first : 0, 1)[0];
     const timer = setTimeout(() => {
       if (this.running?.job !== next) return;
       this.running = null;
