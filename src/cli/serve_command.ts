@@ -137,6 +137,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   const files = readTokenizerFiles(resolved.exportDir);
   const tokenizer = new QwenTokenizer(files);
   const codec = new OffThreadTokenizer(tokenizer, resolved.exportDir, config['tokenize-timeout'] * 1000);
+  codec.start();
   const modelName = config['served-model-name'] ?? resolved.name;
   const metrics = new ServerMetrics(engine, modelName, config['metrics-compat']);
   const ctx: ServingContext = {

@@ -40,6 +40,16 @@ export class OffThreadTokenizer {
     private readonly timeoutMs: number,
   ) {}
 
+  /**
+   * Starts the thread and its tokenizer now (the server calls it at start): loading takes a
+   * second or more, which the first long prompt would otherwise wait for.
+   */
+  start(): void {
+    if (this.thread || this.closed) return;
+    this.loaded = false;
+    this.thread = this.spawn();
+  }
+
   async encode(text: string): Promise<number[]> {
     if (text.length <= INLINE_CHARS) return this.tokenizer.encode(text);
     const r = await this.run({ id: this.nextId++, type: 'encode', text });
