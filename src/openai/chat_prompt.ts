@@ -158,11 +158,14 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
 export function nextTurnPrefix(ctx: ServingContext, prepared: PreparedChat, answer: { content: string; toolCalls: Array<{ id: string; name: string; arguments: string }> }): string | null {
   // A stand-in for the next message, found again in the rendering and cut off with all after it.
   const marker = `\u0000next-turn-${randomUUID()}\u0000`;
-  const assistant: ChatMessage = {
-    role: 'assistant',
-    content: answer.content,
-    ...(answer.toolCalls.length > 0 ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) } : {}),
-  };
+  // The answer as a client sends it back, through the conversion every request's messages take.
+  const [assistant] = toTemplateMessages([
+    {
+      role: 'assistant',
+      content: answer.content,
+      ...(answer.toolCalls.length > 0 ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) } : {}),
+    },
+  ]);
   const text = ctx.template.render([...prepared.rendered.messages, assistant, { role: 'user', content: marker }], { ...prepared.rendered.options, addGenerationPrompt: false });
   const at = text.indexOf(marker);
   return at > 0 ? text.slice(0, at) : null;
