@@ -12,6 +12,7 @@ import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, tempDir, type ReferenceCase
 import { createSession } from '../src/runtime/session.js';
 import { FastRunner } from '../src/runtime/fast_runner.js';
 import { StagedFastRunner } from '../src/runtime/staged_runner.js';
+import { GROW_AHEAD } from '../src/runtime/kv_cache.js';
 import { ioName } from '../src/export/manifest.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
@@ -416,6 +417,33 @@ test('fast runner: a batched decode feeds rows up to its last decoding row; a pr
     oracleRunner.addSequence(103);
     const want = await oracleRunner.prefill(103, seqs.get(3)!);
     assert.ok(maxAbsDiff(chunk, want) < tolerance, `${dir}: the prefilling row after riding along`);
+  }
+});
+
+test('a prompt whose end is expected grows the cache at most every few chunks, to at most that end, with bit-identical results', async () => {
+  for (const dir of [await exportFixture('fast', 'fp32'), await exportFixture('fast', 'int4')]) {
+    const manifest = readManifest(dir);
+    // The real session, watched: the capacity each prefill chunk is fed.
+    const fed: number[] = [];
+    const session = await watchedSession(dir, manifest, (feeds) => fed.push(feeds[ioName(manifest.io.pastValue, 0)].dims[2]));
+    const prompt = Array.from({ length: 700 }, (_, i) => 1000 + ((i * 7919) % 50000));
+    const prefill = async (expected: boolean) => {
+      const runner = new FastRunner(session, manifest, 2, 4096);
+      runner.addSequence(1);
+      if (expected) runner.expect(1, prompt.length);
+      fed.length = 0;
+      const logits: Float32Array[] = [];
+      for (let at = 0; at < prompt.length; at += 32) logits.push((await runner.prefill(1, prompt.slice(at, at + 32))).slice());
+      return { logits, capacities: [...fed] };
+    };
+    const stepwise = await prefill(false);
+    const ahead = await prefill(true);
+    ahead.logits.forEach((l, i) => assert.deepEqual(l, stepwise.logits[i], `${dir}: chunk ${i}`));
+    const moves = (c: number[]) => c.filter((x, i) => i > 0 && x !== c[i - 1]).length;
+    assert.equal(moves(stepwise.capacities), 10, 'without an expected end, capacity moves every 64 tokens');
+    assert.ok(moves(ahead.capacities) <= 3, `capacities ${ahead.capacities}: a move at most every ${GROW_AHEAD} tokens`);
+    assert.equal(Math.max(...ahead.capacities), 704, 'never past the expected end\'s capacity step');
+    ahead.capacities.forEach((c, i) => assert.ok(c <= (i + 1) * 32 + GROW_AHEAD + 64, `chunk ${i}: capacity ${c} runs at most GROW_AHEAD ahead`));
   }
 });
 

@@ -69,6 +69,14 @@ export class FastRunner implements ModelRunner {
     this.cache.reserve(id, length);
   }
 
+  handOver(from: number, to: number, length: number): void {
+    this.cache.handOver(from, to, length);
+  }
+
+  expect(id: number, length: number): void {
+    this.cache.expect(id, length);
+  }
+
   cachedLength(id: number): number {
     return this.cache.length(id);
   }

@@ -7,6 +7,13 @@ import { copyRuns, type KvBlockLayout, type KvBlockPool } from './kv_block_pool.
 /** Capacity grows and shrinks in these steps: attention's cost grows with capacity (docs/architecture.md, KV cache). */
 export const CAPACITY_STEP = 64;
 
+/**
+ * How far past what a step needs capacity may grow at once toward a row's expected
+ * length (`expect`): each growth moves every live row (tens of milliseconds at long
+ * contexts), each unused step costs every later step a little attention (docs/performance.md).
+ */
+export const GROW_AHEAD = 4 * CAPACITY_STEP;
+
 /** Bytes of KV per token: keys and values, every layer (int8 entries carry one float32 scale per token and head). */
 export function kvBytesPerToken(m: Manifest): number {
   const c = m.config;
@@ -84,6 +91,8 @@ export class KvCache {
   /** The sequence id in each row [0, count). */
   private readonly idOfRow: number[] = [];
   private readonly rowLength: Int32Array;
+  /** The length each row is expected to reach soon (its prompt's end), 0 if none (see `expect`). */
+  private readonly rowReach: Int32Array;
 
   constructor(
     manifest: Manifest,
@@ -101,6 +110,7 @@ export class KvCache {
     this.kvHeads = c.numKvHeads;
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
+    this.rowReach = new Int32Array(maxSequences);
     const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
     const io = manifest.io;
     const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
@@ -229,18 +239,36 @@ export class KvCache {
     return lengths.length * KvCache.bucket(Math.max(...lengths));
   }
 
-  /** Resizes to the rows in use and the capacity bucket `needed` tokens require. */
+  /**
+   * Resizes to the rows in use and the capacity bucket `needed` tokens require. Growing,
+   * capacity goes on toward the longest row's expected length (`expect`), at most
+   * GROW_AHEAD further, so a prompt's prefill moves its row once per few chunks, not per chunk.
+   */
   fit(needed: number): void {
     if (needed > this.maxLength) throw new Error(`sequence of ${needed} tokens exceeds the runner's limit of ${this.maxLength}`);
     let longest = needed;
-    for (let r = 0; r < this.idOfRow.length; r++) longest = Math.max(longest, this.rowLength[r]);
-    const cap = KvCache.bucket(longest);
+    let reach = 0;
+    for (let r = 0; r < this.idOfRow.length; r++) {
+      longest = Math.max(longest, this.rowLength[r]);
+      reach = Math.max(reach, this.rowReach[r]);
+    }
+    // What this step needs, and what to take when the capacity moves anyway.
+    const needCap = KvCache.bucket(longest);
+    const cap = KvCache.bucket(Math.min(this.maxLength, Math.max(longest, Math.min(reach, longest + GROW_AHEAD))));
     const rows = Math.max(1, this.idOfRow.length);
     // Grow at once; shrink only when a size halves, so allocations do not flap.
-    const growCap = cap > this.capacity;
+    const growCap = needCap > this.capacity;
     const growRows = rows > this.rows;
     const shrink = cap * 2 <= this.capacity || rows * 2 <= this.rows;
     if (growCap || growRows || shrink) this.allocate(growRows || shrink ? rows : this.rows, growCap || shrink ? cap : this.capacity);
+  }
+
+  /**
+   * `id` will hold `length` tokens soon (a prompt's end): capacity then grows toward it in
+   * one move rather than a step per chunk. The expectation ends when the row leaves.
+   */
+  expect(id: number, length: number): void {
+    this.rowReach[this.row(id)] = length;
   }
 
   /** Gives sequence `id` a new, empty row. */
@@ -250,6 +278,7 @@ export class KvCache {
     const row = this.idOfRow.length;
     this.idOfRow.push(id);
     this.rowLength[row] = 0;
+    this.rowReach[row] = 0;
     this.rowOf.set(id, row);
   }
 
@@ -262,16 +291,30 @@ export class KvCache {
     if (row !== last) {
       for (const p of this.planes) for (let l = 0; l < this.layers; l++) this.copyRow(p, p.data[l], this.capacity, l, last, row);
       this.rowLength[row] = this.rowLength[last];
+      this.rowReach[row] = this.rowReach[last];
       this.idOfRow[row] = this.idOfRow[last];
       this.rowOf.set(this.idOfRow[row], row);
     }
     this.idOfRow.pop();
     this.rowLength[last] = 0;
+    this.rowReach[last] = 0;
     if (this.idOfRow.length === 0) this.allocate(1, CAPACITY_STEP);
   }
 
   has(id: number): boolean {
     return this.rowOf.has(id);
+  }
+
+  /** Sequence `to` takes `from`'s row, keeping its first `length` cached tokens. */
+  handOver(from: number, to: number, length: number): void {
+    const row = this.row(from);
+    if (this.rowOf.has(to)) throw new Error(`sequence ${to} already has a row`);
+    if (length > this.rowLength[row]) throw new Error(`sequence ${from} holds ${this.rowLength[row]} tokens, not ${length}`);
+    this.rowOf.delete(from);
+    this.rowOf.set(to, row);
+    this.idOfRow[row] = to;
+    this.rowLength[row] = length;
+    this.rowReach[row] = 0;
   }
 
   /**

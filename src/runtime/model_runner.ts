@@ -13,6 +13,11 @@ export interface ModelRunner {
   readonly maxSequences: number;
   addSequence(id: number): void;
   removeSequence(id: number): void;
+  /**
+   * Sequence `to`, new here, takes over `from`'s cache with its first `length` tokens
+   * (the rest is forgotten); `from` is gone.
+   */
+  handOver(from: number, to: number, length: number): void;
   /** Tokens of `id` whose keys and values are cached. */
   cachedLength(id: number): number;
   /**
@@ -37,6 +42,11 @@ export interface ModelRunner {
    * so the engine benchmark times long batches without minutes of prefill).
    */
   reserve(id: number, length: number): void;
+  /**
+   * `id` will hold `length` tokens soon (its prompt's end): a hint a runner whose cache
+   * grows in steps may use to grow once rather than per chunk. Results never depend on it.
+   */
+  expect(id: number, length: number): void;
   /** How a block of `tokens` cached positions is laid out when saved (prefix caching). */
   blockLayout(tokens: number): KvBlockLayout;
   /** Copies `id`'s cached positions [start, start + tokens) into the pool's slot `slot`. */

@@ -50,6 +50,19 @@ export class StagedFastRunner implements ModelRunner {
     this.holder(id).removeSequence(id);
   }
 
+  handOver(from: number, to: number, length: number): void {
+    if (this.has(to)) throw new Error(`sequence ${to} already has a row`);
+    this.holder(from).handOver(from, to, length);
+  }
+
+  private has(id: number): boolean {
+    return this.staging.has(id) || this.decoding.has(id);
+  }
+
+  expect(id: number, length: number): void {
+    this.holder(id).expect(id, length);
+  }
+
   cachedLength(id: number): number {
     return this.holder(id).cachedLength(id);
   }

@@ -56,6 +56,18 @@ export class StandardRunner implements ModelRunner {
     s.length = length;
   }
 
+  handOver(from: number, to: number, length: number): void {
+    const s = this.seq(from);
+    if (this.seqs.has(to)) throw new Error(`sequence ${to} already has a row`);
+    if (length > s.length) throw new Error(`sequence ${from} holds ${s.length} tokens, not ${length}`);
+    this.seqs.delete(from);
+    s.length = length;
+    this.seqs.set(to, s);
+  }
+
+  /** Its buffers grow per step: the standard layout's feeds are copied anyway, so no hint helps. */
+  expect(): void {}
+
   cachedLength(id: number): number {
     return this.seq(id).length;
   }
