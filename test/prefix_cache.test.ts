@@ -7,6 +7,7 @@ import { EngineCore } from '../src/engine/engine_core.js';
 import { PrefixCache } from '../src/engine/prefix_cache.js';
 import { KvBlockPool, bytesPerBlock } from '../src/runtime/kv_block_pool.js';
 import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
+import type { ModelRunner } from '../src/runtime/model_runner.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport, request } from './support/engine.js';
 import { FIXTURE_DIR, openRunner, tempDir } from './support/runner.js';
@@ -305,6 +306,61 @@ test('a request arriving during a warm-up takes its place at the next step, with
     assert.equal(core.hasWork(), false);
   }
 });
+
+/** Watches a real runner: which sequences hold a cache, and how many times blocks were loaded or a cache handed over. */
+function watch(runner: ModelRunner): { live: Set<number>; loads: number; handOvers: number } {
+  const w = { live: new Set<number>(), loads: 0, handOvers: 0 };
+  const { addSequence, removeSequence, loadBlocks, handOver } = runner;
+  runner.addSequence = (id) => (w.live.add(id), addSequence.call(runner, id));
+  runner.removeSequence = (id) => (w.live.delete(id), removeSequence.call(runner, id));
+  runner.loadBlocks = (...a) => (w.loads++, loadBlocks.apply(runner, a));
+  runner.handOver = (from, to, length) => (w.handOvers++, w.live.delete(from), w.live.add(to), handOver.call(runner, from, to, length));
+  return w;
+}
+
+for (const layout of ['fast', 'standard'] as const) {
+  test(`fixture, fp32 ${layout}: the turn a warm-up computed takes over its cache rather than loading its blocks; any other admission frees it first`, async () => {
+    const dir = await fixtureExport(layout);
+    const runner = await openRunner(dir);
+    const w = watch(runner);
+    const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)), warmAfterIdleMs: 0 });
+    const warmUp = async (tokens: number[]) => {
+      assert.equal(core.warm(tokens), true);
+      while (core.hasWork()) await core.step();
+      assert.equal(w.live.size, 1, 'the finished warm-up keeps its cache');
+    };
+    // Each turn follows a warm-up of a history of its own: 6 whole blocks computed and kept.
+    const history = (i: number) => ids(200, 61 + i);
+    const turns = [
+      // The turn it warmed: every whole block of its history, the cache taken over as it is.
+      greedy([...history(0), ...ids(15, 62)], 6),
+      // An edited history: the blocks before the edit, the rest of the taken cache forgotten.
+      greedy([...history(1).slice(0, 80), ...ids(40, 63)], 6),
+      // Another conversation: the warm-up's cache is freed before it is admitted.
+      greedy(ids(120, 64), 6),
+    ];
+    const cachedWant = [6 * CHUNK, 2 * CHUNK, 0];
+    const handOversWant = [1, 1, 0];
+    for (const [i, req] of turns.entries()) {
+      await warmUp(history(i));
+      const loads = w.loads;
+      const handOvers = w.handOvers;
+      const on = await run(dir, [{ req }], { core });
+      const off = await run(dir, [{ req: greedy(req.promptIds, 6) }]);
+      assert.deepEqual(strip(on.outcomes[0]), strip(off.outcomes[0]), `turn ${i}: the same results as without the cache`);
+      assert.equal(on.outcomes[0].cached, cachedWant[i], `turn ${i}: cached tokens`);
+      assert.equal(w.handOvers - handOvers, handOversWant[i], `turn ${i}: caches taken over`);
+      assert.equal(w.loads - loads, 0, `turn ${i}: no blocks loaded`);
+      assert.equal(w.live.size, 0, `turn ${i}: every cache freed once the request is done`);
+    }
+    // A fault, or the shutdown deadline, frees a finished warm-up's cache too.
+    for (const end of [() => core.failAll('model step failed'), () => core.abortAll()]) {
+      await warmUp(ids(100, 80 + w.live.size + core.stats().steps));
+      end();
+      assert.equal(w.live.size, 0);
+    }
+  });
+}
 
 test('a warm-up waits until no request has run or arrived for warmAfterIdleMs', async () => {
   const dir = await fixtureExport('fast');

@@ -55,6 +55,9 @@ interface ActiveSequence extends ScheduledSequence {
  */
 const PROMPT_SCORE_SLICE = 64;
 
+/** Chunks of room a warm-up's row expects beyond its prompt: the next turn's message and the reply prompt. */
+const NEXT_TURN_ROOM = 2;
+
 /** The default of EngineCore's `warmAfterIdleMs`: longer than a program takes to send its next request. */
 const WARM_AFTER_IDLE_MS = 250;
 
@@ -80,6 +83,11 @@ export class EngineCore {
   private readonly abortsAfterStep = new Set<string>();
   /** abortAll came during a step: speculative prefills go when it ends (see abortsAfterStep). */
   private dropSpeculativeAfterStep = false;
+  /**
+   * A finished warm-up's cache, kept by the runner until anything else is admitted: the
+   * turn it warmed takes it over rather than loading the same blocks back from the pool.
+   */
+  private resident: { id: number; tokens: number[] } | null = null;
   /** When a request last ran or arrived (see options.warmAfterIdleMs). */
   private busyAt = -Infinity;
 
@@ -356,8 +364,14 @@ export class EngineCore {
     // prefill has then left the staging rows (StagedFastRunner.decode), so the new one
     // takes the row whose pages it wrote, rather than fresh pages and a row move.
     for (const seq of plan.admitted) {
-      this.runner.addSequence(seq.id);
-      if (seq.hit && seq.hit.length > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit);
+      const hitTokens = (seq.hit?.length ?? 0) * this.limits.maxNumBatchedTokens;
+      if (!this.takeResident(seq, hitTokens)) {
+        this.dropResident();
+        this.runner.addSequence(seq.id);
+        if (hitTokens > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit!);
+      }
+      // A warm-up's row makes room for the next turn's message, so taking it over moves nothing.
+      this.runner.expect(seq.id, seq.promptLength + (seq.speculative ? NEXT_TURN_ROOM * this.limits.maxNumBatchedTokens : 0));
       seq.hit = null;
       seq.admittedAt ??= this.now();
     }
@@ -370,7 +384,10 @@ export class EngineCore {
       if (seq.speculative) this.totals.warmed += end - start;
     }
     const { promptDone, speculativeDone } = this.scheduler.update(plan);
-    if (speculativeDone) this.runner.removeSequence(speculativeDone.id);
+    if (speculativeDone) {
+      this.dropResident();
+      this.resident = { id: speculativeDone.id, tokens: speculativeDone.tokens };
+    }
     if (decodeLogits) {
       const v = this.runner.vocabSize;
       plan.decode.forEach((seq, i) => this.sample(seq, decodeLogits.subarray(i * v, (i + 1) * v)));
@@ -592,9 +609,29 @@ export class EngineCore {
     return this.takeEvents();
   }
 
-  /** Forgets every speculative prefill, freeing the one running: after a fault, or at shutdown. */
+  /** Forgets every speculative prefill, freeing the one running and a finished one's row: after a fault, or at shutdown. */
   private dropSpeculative(): void {
     for (const seq of this.scheduler.dropSpeculative()) this.runner.removeSequence(seq.id);
+    this.dropResident();
+  }
+
+  /**
+   * Gives `seq` the resident warm-up's row when its `hitTokens` cached tokens are that
+   * row's first ones: the same tokens, so the same keys and values the pool holds.
+   */
+  private takeResident(seq: ActiveSequence, hitTokens: number): boolean {
+    const r = this.resident;
+    if (!r || hitTokens === 0 || hitTokens > r.tokens.length) return false;
+    for (let i = 0; i < hitTokens; i++) if (r.tokens[i] !== seq.tokens[i]) return false;
+    this.runner.handOver(r.id, seq.id, hitTokens);
+    this.resident = null;
+    return true;
+  }
+
+  private dropResident(): void {
+    if (!this.resident) return;
+    this.runner.removeSequence(this.resident.id);
+    this.resident = null;
   }
 
   /**
