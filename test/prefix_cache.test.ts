@@ -276,6 +276,69 @@ for (const [name, exportDir] of variants.slice(0, 3)) {
   });
 }
 
+/**
+ * A conversation in the chat template's shape: every message opens with `<|im_start|>`
+ * (the engine cuts chunks there, but before an assistant's), the prompt ends with the
+ * assistant's opening, and once an answer ends the engine warms the next prompt up to the
+ * opening of the user's message. `runs` lists each turn's prefill runs, in tokens.
+ */
+async function messageConversation(dir: string, cacheBlocks: number): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; runs: number[][] }> {
+  const IM = tokenizer.tokenId('<|im_start|>')!;
+  const END = tokenizer.tokenId('<|im_end|>')!;
+  const [SYSTEM, USER, ASSISTANT] = [8948, 872, 77091];
+  assert.equal(tokenizer.tokenId('assistant'), ASSISTANT);
+  let history = [IM, SYSTEM, ...ids(50, 90), END, IM, USER, ...ids(30, 91), END];
+  const runner = await openRunner(dir);
+  const runs: number[][] = [];
+  let turnRuns: number[] | null = null; // null while a warm-up runs
+  const { prefill } = runner;
+  runner.prefill = (id, tokens, every) => (turnRuns?.push(tokens.length), prefill.call(runner, id, tokens, every));
+  const prefixCache = cacheBlocks > 0 ? new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), cacheBlocks)) : null;
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache, warmAfterIdleMs: 0 });
+  const prompts: number[][] = [];
+  const prefixes: number[][] = [];
+  const outcomes: Outcome[] = [];
+  for (let turn = 0; turn < 4; turn++) {
+    const prompt = [...history, IM, ASSISTANT, 198];
+    prompts.push(prompt);
+    turnRuns = [];
+    runs.push(turnRuns);
+    const r = await run(dir, [{ req: greedy(prompt, 30) }], { core });
+    turnRuns = null;
+    outcomes.push(r.outcomes[0]);
+    const prefix = [...history, IM, ASSISTANT, ...r.outcomes[0].tokens, END, IM, USER];
+    prefixes.push(prefix);
+    if (cacheBlocks > 0) {
+      core.warm(prefix);
+      await run(dir, [], { core });
+    }
+    history = [...prefix, ...ids(25 + turn * 7, 92 + turn), END];
+  }
+  return { outcomes, prompts, prefixes, runs };
+}
+
+for (const [name, exportDir] of variants.slice(0, 3)) {
+  test(`${name}: chunks end where messages but an assistant's start, so a warmed turn takes every token before its new message and computes the rest in the fewest runs, with results unchanged`, async () => {
+    const dir = await exportDir();
+    const on = await messageConversation(dir, 256);
+    const off = await messageConversation(dir, 0);
+    assert.deepEqual(on.prompts, off.prompts, 'the same conversation');
+    on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `turn ${i + 1}`));
+    // The first turn's system message is whole too, but nothing earlier shares it.
+    assert.equal(on.outcomes[0].cached, 0);
+    for (let i = 1; i < on.outcomes.length; i++) {
+      const userStart = on.prefixes[i - 1].length - 2;
+      assert.equal(on.outcomes[i].cached, userStart, `turn ${i + 1}: everything before its message's <|im_start|>`);
+      assert.notEqual(userStart % CHUNK, 0, `turn ${i + 1}: a boundary the fixed grid would not have`);
+      // The user's message and the assistant's opening run together, a chunk at a time.
+      const fresh = on.prompts[i].length - userStart;
+      const expected = [...Array(Math.floor(fresh / CHUNK)).fill(CHUNK), ...(fresh % CHUNK ? [fresh % CHUNK] : [])];
+      assert.deepEqual(on.runs[i], expected, `turn ${i + 1}: its ${fresh} new tokens`);
+    }
+    assert.ok(on.runs.slice(1).some((r) => r.length === 1) && on.runs.slice(1).some((r) => r.length === 2), 'turns of one run and of two');
+  });
+}
+
 test('a request arriving during a warm-up takes its place at the next step, with unchanged results, and finds the blocks it finished', async () => {
   const dir = await fixtureExport('fast');
   const history = ids(200, 21);

@@ -44,7 +44,10 @@ test('a shared system prompt is served from the cache: cached_tokens counts it, 
   const cold = await chat(off, messages, { chat_template_kwargs: { enable_thinking: false } });
   assert.equal(first.usage.prompt_tokens_details.cached_tokens, 0);
   const cached = second.usage.prompt_tokens_details.cached_tokens;
-  assert.ok(cached >= 2 * CHUNK && cached % CHUNK === 0 && cached < second.usage.prompt_tokens, `cached ${cached} of ${second.usage.prompt_tokens}`);
+  // The whole system message, however long: its last chunk ends where the user's message starts.
+  const expected = hitAfter(await tokenize(on, [{ role: 'system', content: system }, { role: 'user', content: 'What is 2 + 2?' }], false), await tokenize(on, messages, false));
+  assert.equal(cached, expected);
+  assert.ok(cached >= 2 * CHUNK && cached < second.usage.prompt_tokens, `cached ${cached} of ${second.usage.prompt_tokens}`);
   assert.equal(cold.usage.prompt_tokens_details.cached_tokens, 0);
   assert.deepEqual(second.choices[0].message.content, cold.choices[0].message.content);
   assert.deepEqual(second.choices[0].logprobs, cold.choices[0].logprobs);
@@ -59,21 +62,55 @@ test('a shared system prompt is served from the cache: cached_tokens counts it, 
 });
 
 for (const thinking of [true, false]) {
-  test(`a conversation's next turn reuses everything before the last assistant turn (thinking ${thinking ? 'on' : 'off'})`, async () => {
+  test(`a conversation's next turn reuses everything before the last user message (thinking ${thinking ? 'on' : 'off'})`, async () => {
     const kwargs = { chat_template_kwargs: { enable_thinking: thinking } };
     const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: `Hello there, ${thinking}.` }];
     const r1 = await chat(on, turn1, kwargs);
     const turn2 = [...turn1, { role: 'assistant' as const, content: 'Hi! How can I help?' }, { role: 'user' as const, content: 'Tell me a joke.' }];
     const r2 = await chat(on, turn2, kwargs);
     const cold = await chat(off, turn2, kwargs);
-    const p1 = r1.usage.prompt_tokens;
     const cached = r2.usage.prompt_tokens_details.cached_tokens;
-    // Thinking on, the last prompt ends where the assistant turn begins, so all of it is
-    // shared; thinking off, it ends with an empty thinking block the next turn does not repeat.
-    if (thinking) assert.equal(cached, Math.floor(p1 / CHUNK) * CHUNK);
-    else assert.equal(cached, Math.floor((p1 - 4) / CHUNK) * CHUNK);
+    // The client's answer differs from the model's, so the warmed answer does not serve:
+    // the first prompt's whole chunks do. Its last one, the user's message with the
+    // assistant's opening, is cut short by the prompt's end.
+    const p1 = await tokenize(on, turn1, thinking);
+    assert.equal(p1.length, r1.usage.prompt_tokens);
+    assert.equal(cached, hitAfter(p1, await tokenize(on, turn2, thinking)));
+    assert.equal(cached, p1.lastIndexOf(p1[0], p1.lastIndexOf(p1[0]) - 1), 'everything before the last user message');
     assert.deepEqual(r2.choices[0].logprobs, cold.choices[0].logprobs);
   });
+}
+
+/**
+ * The tokens the whole prefill chunks of `ids` cover, up to `limit`, computed here apart
+ * from the server: a chunk ends after CHUNK tokens, or where a message starts
+ * (`<|im_start|>`, the first token of any chat prompt) unless `assistant` follows it,
+ * and one cut short by the end of `ids` is not whole.
+ */
+function chunked(ids: number[], limit: number, assistant: number): number {
+  const messageStart = ids[0];
+  const boundary = (p: number) => ids[p] === messageStart && p + 1 < ids.length && ids[p + 1] !== assistant;
+  let covered = 0;
+  for (let start = 0; start < ids.length; ) {
+    let end = start + 1;
+    while (end < ids.length && end - start < CHUNK && !boundary(end)) end++;
+    if ((end === ids.length && end - start < CHUNK) || end > limit) break;
+    covered = end;
+    start = end;
+  }
+  return covered;
+}
+
+/**
+ * What a prompt `next` takes from the cache after prompt `first` ran: the chunks of both
+ * they share, short of `next`'s last. `next` ends with the assistant's opening, which
+ * names the assistant's token.
+ */
+function hitAfter(first: number[], next: number[]): number {
+  let common = 0;
+  while (common < first.length && first[common] === next[common]) common++;
+  const assistant = next[next.lastIndexOf(next[0]) + 1];
+  return Math.min(chunked(first, common, assistant), chunked(next, next.length - 1, assistant));
 }
 
 /** Token ids of a chat prompt, as /tokenize renders it. */
@@ -84,14 +121,17 @@ async function tokenize(s: TestServer, messages: Array<{ role: string; content: 
 
 /**
  * A next turn's prompt ids, and the tokens it can take from the cache once its warm-up ran:
- * the whole blocks it shares with the conversation up to its new message's own text.
+ * the whole chunks of the conversation up to its new message's own text, which the
+ * warm-up computed, and which end where that message starts.
  */
 async function warmedHit(s: TestServer, history: Array<{ role: string; content: string }>, next: { role: string; content: string }, thinking: boolean): Promise<{ ids: number[]; expected: number }> {
   const ids = await tokenize(s, [...history, next], thinking);
   const probe = await tokenize(s, [...history, { role: next.role, content: '§' }], thinking);
   let common = 0;
   while (ids[common] === probe[common]) common++;
-  return { ids, expected: Math.min(Math.floor(common / CHUNK), Math.floor((ids.length - 1) / CHUNK)) * CHUNK };
+  const expected = hitAfter(ids.slice(0, common), ids);
+  assert.equal(expected, ids.lastIndexOf(ids[0], common), 'everything before the new message');
+  return { ids, expected };
 }
 
 /** Waits for the server's speculative prefills to settle: its warmed-token counter rose past `before` and stopped. */
@@ -116,10 +156,9 @@ for (const thinking of [false, true]) {
     const answer = r1.choices[0].message.content ?? '';
     const turn2 = [...turn1, { role: 'assistant' as const, content: answer }, { role: 'user' as const, content: 'And then what happened?' }];
     const { ids, expected } = await warmedHit(on, turn2.slice(0, -1), turn2[turn2.length - 1], thinking);
-    const p1 = r1.usage.prompt_tokens;
-    // Without the warm-up the next turn would find the first prompt's blocks up to where the
-    // two prompts part: thinking on, at its end; off, before its empty thinking block.
-    const withoutWarmUp = Math.floor((thinking ? p1 : p1 - 4) / CHUNK) * CHUNK;
+    // Without the warm-up the next turn would find the first prompt's chunks up to where
+    // the assistant turn begins.
+    const withoutWarmUp = hitAfter(await tokenize(on, turn1, thinking), ids);
     if (expected > withoutWarmUp) assert.ok((await warmedPast(on, before)) > before, 'the answer was warmed');
     const r2 = await chat(on, turn2, kwargs);
     const cold = await chat(off, turn2, kwargs);
@@ -140,8 +179,7 @@ test("Anthropic's Messages API: the next turn finds the answer warmed, and says 
   const followUp = { role: 'user' as const, content: 'And then what happened?' };
   const asChat = [{ role: 'system', content: system }, question, { role: 'assistant', content: text }];
   const { ids, expected } = await warmedHit(on, asChat, followUp, false);
-  const p1 = r1.usage.input_tokens + (r1.usage.cache_read_input_tokens ?? 0);
-  if (expected > Math.floor((p1 - 4) / CHUNK) * CHUNK) assert.ok((await warmedPast(on, before)) > before, 'the answer was warmed');
+  if (expected > hitAfter(await tokenize(on, asChat.slice(0, 2), false), ids)) assert.ok((await warmedPast(on, before)) > before, 'the answer was warmed');
   const r2 = await client.messages.create({ model: 'tiny', max_tokens: 5, system, thinking: { type: 'disabled' }, messages: [question, { role: 'assistant', content: r1.content }, followUp] });
   assert.equal(r2.usage.cache_read_input_tokens, expected);
   assert.equal(r2.usage.input_tokens + r2.usage.cache_read_input_tokens!, ids.length);
@@ -156,7 +194,7 @@ test('--no-warm-next-turn leaves the next turn to compute the answer again', asy
     await new Promise((r) => setTimeout(r, 500));
     const turn2 = [...turn1, { role: 'assistant' as const, content: r1.choices[0].message.content ?? '' }, { role: 'user' as const, content: 'And then what happened?' }];
     const r2 = await chat(quiet, turn2, kwargs);
-    assert.equal(r2.usage.prompt_tokens_details.cached_tokens, Math.floor((r1.usage.prompt_tokens - 4) / CHUNK) * CHUNK);
+    assert.equal(r2.usage.prompt_tokens_details.cached_tokens, hitAfter(await tokenize(quiet, turn1, false), await tokenize(quiet, turn2, false)));
     assert.equal(Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${quiet.url}/metrics`)).text())?.[1]), 0);
   } finally {
     await quiet.close();

@@ -5,7 +5,9 @@ import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 import type { GrammarService, RemoteConstraint } from './grammar_service.js';
-import type { PrefixCache, PrefixKeys } from './prefix_cache.js';
+import { PrefixCache, prefixKeys } from './prefix_cache.js';
+import type { PrefixKeys } from './prefix_cache.js';
+import { ChunkGrid } from './chunk_grid.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 
 interface ActiveSequence extends ScheduledSequence {
@@ -54,6 +56,11 @@ interface ActiveSequence extends ScheduledSequence {
  * (151,936 per token for Qwen3: 600 KB), so a long chunk is scored in slices.
  */
 const PROMPT_SCORE_SLICE = 64;
+
+/** The chat template's message start: prefill chunks end before it (chunk_grid.ts)... */
+const MESSAGE_START = '<|im_start|>';
+/** ...unless it opens an assistant message, which joins the new tokens before it. */
+const ASSISTANT = 'assistant';
 
 /** Chunks of room a warm-up's row expects beyond its prompt: the next turn's message and the reply prompt. */
 const NEXT_TURN_ROOM = 2;
@@ -121,10 +128,20 @@ export class EngineCore {
     if (cache && cache.blockTokens !== limits.maxNumBatchedTokens) {
       throw new Error(`prefix cache blocks of ${cache.blockTokens} tokens must equal the prefill chunk (${limits.maxNumBatchedTokens})`);
     }
+    // Chunks end at message starts, with the cache on or off alike (chunk_grid.ts).
+    const messageStart = tokenizer.tokenId(MESSAGE_START);
+    const assistant = tokenizer.tokenId(ASSISTANT);
+    const grid = new ChunkGrid(
+      limits.maxNumBatchedTokens,
+      new Set(messageStart === undefined ? [] : [messageStart]),
+      new Set(assistant === undefined ? [] : [assistant]),
+    );
+    if (cache) cache.grid = grid;
     this.scheduler = new Scheduler<ActiveSequence>(
       { maxNumSeqs: limits.maxNumSeqs, maxNumBatchedTokens: limits.maxNumBatchedTokens, maxQueue: limits.maxQueue, kvBudgetTokens: limits.kvBudgetTokens },
       runner,
       cache ? { cachedTokens: (seq, target) => this.lookUpPrefix(cache, seq, target) } : null,
+      grid,
     );
   }
 
@@ -135,12 +152,11 @@ export class EngineCore {
    * blocks before the positions it has yet to score (none, unless it was preempted).
    */
   private lookUpPrefix(cache: PrefixCache, seq: ActiveSequence, target: number): number {
-    const b = cache.blockTokens;
     // A speculative prefill needs no logits, only blocks: every cached one serves it.
-    let limit = seq.speculative ? target : Math.floor((target - 1) / b) * b;
-    if (seq.prompt) limit = Math.min(limit, Math.floor(seq.prompt.scored / b) * b);
+    let limit = seq.speculative ? target : target - 1;
+    if (seq.prompt) limit = Math.min(limit, seq.prompt.scored);
     seq.hit = cache.match(seq.tokens, limit, seq.speculative ? null : target, seq.prefixKeys);
-    const cached = seq.hit.length * b;
+    const cached = PrefixCache.covered(seq.prefixKeys, seq.hit.length);
     seq.cachedTokens ??= cached;
     return cached;
   }
@@ -151,12 +167,13 @@ export class EngineCore {
    */
   private publishBlock(seq: ActiveSequence, start: number, end: number, oneRun: boolean): void {
     const cache = this.options.prefixCache;
-    if (!cache || !oneRun || end - start !== cache.blockTokens || start % cache.blockTokens !== 0) return;
-    const index = start / cache.blockTokens;
+    if (!cache || !oneRun) return;
+    const index = cache.chunkIndex(seq.tokens, start, end, seq.prefixKeys);
+    if (index === null) return;
     const slot = cache.reserve(seq.tokens, index, seq.prefixKeys);
     if (slot === null) return;
     try {
-      this.runner.saveBlock(seq.id, start, cache.blockTokens, cache.pool, slot);
+      this.runner.saveBlock(seq.id, start, end - start, cache.pool, slot);
     } catch (err) {
       cache.release(seq.tokens, index, seq.prefixKeys);
       throw err;
@@ -240,7 +257,7 @@ export class EngineCore {
       thinking: req.thinkingBudget ? { count: 0, ended: false, forced: null } : null,
       constrained: req.grammarAfter === null || req.grammarAfter === undefined,
       prompt: wantsPrompt ? { logprobs: [null], scored: 0, top: req.promptLogprobs! } : null,
-      prefixKeys: { keys: [] },
+      prefixKeys: prefixKeys(),
       hit: null,
       cachedTokens: null,
       speculative,
@@ -256,12 +273,19 @@ export class EngineCore {
   warm(promptIds: number[]): boolean {
     const cache = this.options.prefixCache;
     if (!cache) return false;
-    const b = cache.blockTokens;
-    const whole = Math.floor(Math.min(promptIds.length, this.limits.maxModelLen - 1) / b) * b;
+    // Its whole chunks: they end where the next message starts, or are a whole chunk long.
+    const keys: PrefixKeys = prefixKeys();
+    const limit = Math.min(promptIds.length, this.limits.maxModelLen - 1);
+    let count = 0;
+    while (cache.keysFor(promptIds, count + 1, keys).length > count && keys.ends[count] <= limit) count++;
+    const whole = PrefixCache.covered(keys, count);
     if (whole === 0) return false;
     const tokens = promptIds.slice(0, whole);
-    const prefixKeys: PrefixKeys = { keys: [] };
-    if (cache.cachedBlocks(tokens, prefixKeys) * b >= whole) return false;
+    keys.keys.length = count;
+    keys.ends.length = count;
+    // Its last chunk ends where a message starts (or is a whole chunk long): it is whole.
+    keys.boundaryAtEnd = true;
+    if (cache.cachedTokens(tokens, keys) >= whole) return false;
     const req: GenerateRequest = {
       requestId: `warm-${this.nextId}`,
       promptIds: tokens,
@@ -273,7 +297,7 @@ export class EngineCore {
       skipSpecialTokens: true,
     };
     const seq = this.newSequence(req, null, false, true);
-    seq.prefixKeys = prefixKeys;
+    seq.prefixKeys = keys;
     this.scheduler.addSpeculative(seq);
     return true;
   }
@@ -364,11 +388,11 @@ export class EngineCore {
     // prefill has then left the staging rows (StagedFastRunner.decode), so the new one
     // takes the row whose pages it wrote, rather than fresh pages and a row move.
     for (const seq of plan.admitted) {
-      const hitTokens = (seq.hit?.length ?? 0) * this.limits.maxNumBatchedTokens;
+      const hitTokens = PrefixCache.covered(seq.prefixKeys, seq.hit?.length ?? 0);
       if (!this.takeResident(seq, hitTokens)) {
         this.dropResident();
         this.runner.addSequence(seq.id);
-        if (hitTokens > 0) this.runner.loadBlocks(seq.id, this.limits.maxNumBatchedTokens, this.options.prefixCache!.pool, seq.hit!);
+        if (hitTokens > 0) this.runner.loadBlocks(seq.id, this.options.prefixCache!.pool, PrefixCache.blocks(seq.prefixKeys, seq.hit!));
       }
       // A warm-up's row makes room for the next turn's message, so taking it over moves nothing.
       this.runner.expect(seq.id, seq.promptLength + (seq.speculative ? NEXT_TURN_ROOM * this.limits.maxNumBatchedTokens : 0));

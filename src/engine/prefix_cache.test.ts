@@ -1,11 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { KvBlockPool } from '../runtime/kv_block_pool.js';
-import { PrefixCache, type PrefixKeys } from './prefix_cache.js';
+import { PrefixCache, prefixKeys, type PrefixKeys } from './prefix_cache.js';
+import { ChunkGrid } from './chunk_grid.js';
 
 const B = 4;
 const pool = (slots: number) => new KvBlockPool({ layers: 1, planes: [{ type: 'float32', elements: 2 }] }, slots);
-const keys = (): PrefixKeys => ({ keys: [] });
+const keys = (): PrefixKeys => prefixKeys();
 /** Publishes every whole block of `tokens`, as the engine does chunk by chunk. */
 function publish(cache: PrefixCache, tokens: number[]): number[] {
   const k = keys();
@@ -67,4 +68,29 @@ test('a pool of one block still works', () => {
   publish(cache, seq(4, 50));
   assert.equal(cache.match(seq(12), 12, 12, keys()).length, 0);
   assert.equal(cache.match(seq(4, 50), 4, 4, keys()).length, 1);
+});
+
+test('with message starts marked, blocks end where a message starts: a shared opening message is cached whole, whatever its length', () => {
+  const M = 500;
+  const cache = new PrefixCache(B, pool(16));
+  cache.grid = new ChunkGrid(B, new Set([M]));
+  // A 6-token system message, then a user message: chunks [0, 4), [4, 6), [6, 10), [10, 11).
+  const first = [M, 1, 2, 3, 4, 5, M, 7, 8, 9, 10];
+  const k = keys();
+  for (let i = 0; cache.keysFor(first, i + 1, k).length > i; i++) cache.reserve(first, i, k);
+  assert.deepEqual(k.ends, [4, 6, 10], 'three whole chunks; the last one, cut short by the end, is not');
+  assert.equal(cache.chunkIndex(first, 4, 6, k), 1);
+  assert.equal(cache.chunkIndex(first, 4, 8, k), null, 'not a chunk of this grid');
+  // Another user message after the same system message takes the whole system message.
+  const second = [M, 1, 2, 3, 4, 5, M, 20, 21, 22, 23, 24];
+  const k2 = keys();
+  const slots = cache.match(second, second.length - 1, second.length, k2);
+  assert.equal(slots.length, 2);
+  assert.equal(PrefixCache.covered(k2, slots.length), 6);
+  assert.deepEqual(PrefixCache.blocks(k2, slots).map((b) => b.tokens), [4, 2]);
+  assert.equal(cache.stats().hitTokens, 6);
+  // A warm-up's tokens end where a message is known to start: its short last chunk is whole.
+  const warm = prefixKeys(true);
+  assert.equal(cache.keysFor([M, 1, 2, 3, 4, 5], 5, warm).length, 2);
+  assert.equal(cache.cachedTokens([M, 1, 2, 3, 4, 5], warm), 6);
 });

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
 import type { KvBlockPool } from '../runtime/kv_block_pool.js';
+import { ChunkGrid } from './chunk_grid.js';
 
-/** One cached block: the keys and values of `blockTokens` prompt positions, in a pool slot. */
+/** One cached block: the keys and values of one prefill chunk's positions, in a pool slot. */
 interface Block {
   /** Hash of every token from the start of the sequence to this block's end. */
   readonly key: string;
@@ -10,9 +11,19 @@ interface Block {
   readonly children: Set<Block>;
 }
 
-/** What a sequence keeps for the cache: its blocks' keys, computed once each. */
+/**
+ * What a sequence keeps for the cache: its whole chunks' keys and ends, computed once
+ * each. `boundaryAtEnd`: a message start is known to follow its tokens, so a last chunk
+ * short of the chunk size is whole too (a warm-up's).
+ */
 export interface PrefixKeys {
   keys: string[];
+  ends: number[];
+  boundaryAtEnd?: boolean;
+}
+
+export function prefixKeys(boundaryAtEnd = false): PrefixKeys {
+  return { keys: [], ends: [], boundaryAtEnd };
 }
 
 export interface PrefixCacheStats {
@@ -35,11 +46,11 @@ export interface PrefixCacheStats {
  * order they were last used. A block is named by a hash of all tokens up to its end, so
  * prompts that share a prefix share its blocks, whatever follows.
  *
- * Blocks are `blockTokens` long and start at multiples of it, the engine's prefill chunk:
- * a cached block is then exactly what a cold run's chunk computes there, and what a
- * request still computes after its cached blocks runs at the same positions in the same
- * chunks as without the cache, so results are bit-identical (engine_core.ts publishes
- * only blocks a whole prefill chunk computed).
+ * A block is one whole chunk of the engine's prefill grid (`grid`, chunk_grid.ts: at
+ * most `blockTokens`, cut at message starts): a cached block is then exactly what a cold
+ * run's chunk computes there, and what a request still computes after its cached blocks
+ * runs at the same positions in the same chunks as without the cache, so results are
+ * bit-identical (engine_core.ts publishes only blocks a whole prefill chunk computed).
  *
  * Blocks are copies in a pool of their own: running sequences never share or wait for
  * them, and when the pool is full the least recently used block goes (a chain is used
@@ -52,49 +63,72 @@ export class PrefixCache {
   private readonly freeSlots: number[];
   private queried = 0;
   private hits = 0;
+  /** The engine's prefill grid (EngineCore sets its own): blocks are its whole chunks. */
+  grid: ChunkGrid;
 
   constructor(
     readonly blockTokens: number,
     readonly pool: KvBlockPool,
   ) {
     this.freeSlots = Array.from({ length: pool.slots }, (_, i) => pool.slots - 1 - i);
+    this.grid = new ChunkGrid(blockTokens);
   }
 
-  /** The keys of `tokens`' first `count` whole blocks, extending what `keys` already has. */
-  keysFor(tokens: number[], count: number, keys: PrefixKeys): string[] {
-    const b = this.blockTokens;
+  /**
+   * The keys of `tokens`' first `count` whole chunks (fewer if it has fewer), extending
+   * what `keys` already has. A last chunk cut short by the tokens' end is not whole: a
+   * longer sequence may run it longer.
+   */
+  keysFor(tokens: readonly number[], count: number, keys: PrefixKeys): string[] {
     for (let k = keys.keys.length; k < count; k++) {
+      const start = k === 0 ? 0 : keys.ends[k - 1];
+      if (start >= tokens.length) break;
+      const end = this.grid.end(tokens, start);
+      if (!this.grid.whole(tokens, start, end, keys.boundaryAtEnd)) break;
       const hash = createHash('sha256');
       if (k > 0) hash.update(keys.keys[k - 1]);
-      hash.update(Int32Array.from(tokens.slice(k * b, (k + 1) * b)));
+      hash.update(Int32Array.from(tokens.slice(start, end)));
       keys.keys.push(hash.digest('base64'));
+      keys.ends.push(end);
     }
     return keys.keys;
   }
 
+  /** Tokens the first `count` blocks of a sequence cover (its keys computed that far). */
+  static covered(keys: PrefixKeys, count: number): number {
+    return count === 0 ? 0 : keys.ends[count - 1];
+  }
+
+  /** The pool slots and lengths of blocks `slots`, the first ones of a sequence, for loading. */
+  static blocks(keys: PrefixKeys, slots: readonly number[]): Array<{ slot: number; tokens: number }> {
+    return slots.map((slot, k) => ({ slot, tokens: keys.ends[k] - (k === 0 ? 0 : keys.ends[k - 1]) }));
+  }
+
   /**
-   * The cached blocks that begin `tokens`, covering at most `limit` tokens, as pool slots
-   * in order; they become the most recently used. Counts `queried` tokens as looked up and
-   * the blocks found as hits, unless `queried` is null (a lookup for no request).
+   * The cached blocks that begin `tokens`, ending at or before `limit`, as pool slots in
+   * order; they become the most recently used. Counts `queried` tokens as looked up and
+   * the tokens found as hits, unless `queried` is null (a lookup for no request).
    */
-  match(tokens: number[], limit: number, queried: number | null, keys: PrefixKeys): number[] {
-    const found = this.leading(tokens, Math.floor(Math.min(limit, tokens.length) / this.blockTokens), keys);
+  match(tokens: readonly number[], limit: number, queried: number | null, keys: PrefixKeys): number[] {
+    const found = this.leading(tokens, limit, keys);
     for (let i = found.length - 1; i >= 0; i--) this.touch(found[i]);
     if (queried !== null) {
       this.queried += queried;
-      this.hits += found.length * this.blockTokens;
+      this.hits += PrefixCache.covered(keys, found.length);
     }
     return found.map((block) => block.slot);
   }
 
-  /** How many whole blocks of `tokens`, from the start, are cached; uses nothing and counts nothing. */
-  cachedBlocks(tokens: number[], keys: PrefixKeys): number {
-    return this.leading(tokens, Math.floor(tokens.length / this.blockTokens), keys).length;
+  /** How many tokens of `tokens`, from the start, are cached in whole blocks; uses nothing and counts nothing. */
+  cachedTokens(tokens: readonly number[], keys: PrefixKeys): number {
+    return PrefixCache.covered(keys, this.leading(tokens, tokens.length, keys).length);
   }
 
-  private leading(tokens: number[], count: number, keys: PrefixKeys): Block[] {
+  private leading(tokens: readonly number[], limit: number, keys: PrefixKeys): Block[] {
     const found: Block[] = [];
-    for (const key of this.keysFor(tokens, count, keys)) {
+    for (let k = 0; ; k++) {
+      const key = this.keysFor(tokens, k + 1, keys)[k];
+      if (key === undefined || keys.ends[k] > limit) break;
       const block = this.blocks.get(key);
       if (!block) break;
       found.push(block);
@@ -102,13 +136,24 @@ export class PrefixCache {
     return found;
   }
 
+  /** The index of the whole chunk [start, end) of `tokens`, or null if that is not one. */
+  chunkIndex(tokens: readonly number[], start: number, end: number, keys: PrefixKeys): number | null {
+    for (let k = 0; ; k++) {
+      if (this.keysFor(tokens, k + 1, keys)[k] === undefined) return null;
+      const from = k === 0 ? 0 : keys.ends[k - 1];
+      if (from > start) return null;
+      if (from === start) return keys.ends[k] === end ? k : null;
+    }
+  }
+
   /**
    * Makes room for block `index` of `tokens` and returns its slot for the caller to fill,
    * or null when it is cached already or its parent is not (a block nothing could reach).
    */
-  reserve(tokens: number[], index: number, keys: PrefixKeys): number | null {
+  reserve(tokens: readonly number[], index: number, keys: PrefixKeys): number | null {
     const all = this.keysFor(tokens, index + 1, keys);
     const key = all[index];
+    if (key === undefined) return null;
     const existing = this.blocks.get(key);
     if (existing) {
       this.touchChain(existing);
@@ -125,7 +170,7 @@ export class PrefixCache {
   }
 
   /** Drops a block whose slot could not be filled after `reserve`. */
-  release(tokens: number[], index: number, keys: PrefixKeys): void {
+  release(tokens: readonly number[], index: number, keys: PrefixKeys): void {
     const block = this.blocks.get(this.keysFor(tokens, index + 1, keys)[index]);
     if (block) this.evict(block);
   }

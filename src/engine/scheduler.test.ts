@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { QueueFullError } from '../errors.js';
 import { Scheduler, type KvCostModel, type ScheduledSequence, type StepPlan } from './scheduler.js';
+import { ChunkGrid } from './chunk_grid.js';
 
 // The scheduler alone, with no model: sequences are token counts, the KV cost is slots.
 const perToken: KvCostModel = { slotsFor: (lengths) => lengths.reduce((a, b) => a + b, 0) };
@@ -46,6 +47,21 @@ test('prompts prefill in fixed chunks at fixed positions, one prompt per step, F
   ]);
   assert.equal(a.state, 'decode');
   assert.equal(a.tokens.length, 70 + 4, 'a decoded in every step after its prompt');
+});
+
+test('with message starts marked, a prompt\'s chunks end where each message starts but an assistant\'s, and at most a chunk apart', () => {
+  const [M, A] = [999, 998];
+  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, perToken, null, new ChunkGrid(32, new Set([M]), new Set([A])));
+  const a = seq(90);
+  for (const at of [0, 40, 45, 60]) a.tokens[at] = M;
+  a.tokens[61] = A;
+  s.add(a);
+  const chunks: Array<[number, number]> = [];
+  for (let i = 0; i < 5; i++) {
+    const plan = step(s);
+    if (plan.prefill) chunks.push([plan.prefill.start, plan.prefill.end]);
+  }
+  assert.deepEqual(chunks, [[0, 32], [32, 40], [40, 45], [45, 77], [77, 90]]);
 });
 
 test('admission stops at max-num-seqs; the queue bound counts only requests that must wait', () => {

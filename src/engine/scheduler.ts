@@ -1,4 +1,5 @@
 import { QueueFullError } from '../errors.js';
+import { ChunkGrid } from './chunk_grid.js';
 
 export type SequenceState = 'waiting' | 'prefill' | 'decode' | 'finished';
 
@@ -66,8 +67,9 @@ export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
  * is FIFO, bounded by `maxNumSeqs` and the KV budget; when a growing batch would exceed
  * the budget, the most recently admitted sequence is preempted and recomputed later.
  *
- * A prompt's chunk boundaries depend only on the prompt (fixed chunk size), never on what
- * else runs, so a request's numbers do not depend on its neighbours.
+ * A prompt's chunk boundaries depend only on the prompt (the chunk size and message
+ * starts, chunk_grid.ts), never on what else runs, so a request's numbers do not depend
+ * on its neighbours.
  *
  * Speculative prefills (a conversation's likely next turn, computed for the prefix cache)
  * use only idle time: one is admitted when nothing else runs or waits, and given up at
@@ -86,6 +88,8 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
     readonly config: SchedulerConfig,
     private readonly kv: KvCostModel,
     private readonly prefix: PrefixLookup<S> | null = null,
+    /** Where prompt chunks end (chunk_grid.ts); by default every maxNumBatchedTokens. */
+    private readonly grid: ChunkGrid = new ChunkGrid(config.maxNumBatchedTokens),
   ) {}
 
   /** Requests waiting (speculative prefills are not requests). */
@@ -191,7 +195,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
     if (!candidate && speculate && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitSpeculative(plan);
     if (candidate) {
       const start = candidate.numComputed;
-      const end = Math.min(Scheduler.prefillTarget(candidate), start + this.config.maxNumBatchedTokens);
+      const end = Math.min(Scheduler.prefillTarget(candidate), this.grid.end(candidate.tokens, start));
       if (this.fits({ seq: candidate, length: end })) plan.prefill = { seq: candidate, start, end };
     }
     return plan;

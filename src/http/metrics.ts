@@ -80,7 +80,7 @@ export class ServerMetrics {
     gauge('prefix_cache_bytes', 'Bytes the prefix cache holds.', async () => (await prefix())?.bytes ?? 0, ['qwen3_serve_prefix_cache_bytes']);
     gauge('prefix_cache_capacity_bytes', 'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).', async () => (await prefix())?.capacityBytes ?? 0, ['qwen3_serve_prefix_cache_capacity_bytes']);
     gauge('prefix_cache_blocks', 'Blocks in the prefix cache.', async () => (await prefix())?.blocks ?? 0, ['qwen3_serve_prefix_cache_blocks']);
-    gauge('prefix_cache_block_tokens', 'Tokens per prefix cache block (the prefill chunk; 0 when off).', async () => (await prefix())?.blockTokens ?? 0, ['qwen3_serve_prefix_cache_block_tokens']);
+    gauge('prefix_cache_block_tokens', 'Most tokens in a prefix cache block (the prefill chunk, which also ends where a system, user or tool message starts; 0 when off).', async () => (await prefix())?.blockTokens ?? 0, ['qwen3_serve_prefix_cache_block_tokens']);
     // vLLM's cache_config_info, read by inference gateways' prefix-aware routing: the block
     // size and block count of the prefix cache (the running sequences' cache is not paged).
     for (const name of prefixes.map((p) => `${p}cache_config_info`)) {

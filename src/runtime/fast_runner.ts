@@ -1,7 +1,7 @@
 import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import { KvCache } from './kv_cache.js';
-import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
+import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import type { ModelRunner } from './model_runner.js';
 
 /**
@@ -89,8 +89,8 @@ export class FastRunner implements ModelRunner {
     this.cache.saveBlock(id, start, tokens, pool, slot);
   }
 
-  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
-    this.cache.loadBlocks(id, tokens, pool, slots);
+  loadBlocks(id: number, pool: KvBlockPool, blocks: ReadonlyArray<KvBlockRef>): void {
+    this.cache.loadBlocks(id, pool, blocks);
   }
 
   kvBytes(): number {

@@ -10,6 +10,12 @@ export interface KvBlockLayout {
   planes: Array<{ type: KvElementType; elements: number }>;
 }
 
+/** A block to load: its pool slot, and how many positions it holds (at most the pool's block). */
+export interface KvBlockRef {
+  slot: number;
+  tokens: number;
+}
+
 export function bytesPerBlock(layout: KvBlockLayout): number {
   return layout.layers * layout.planes.reduce((n, p) => n + p.elements * BYTES[p.type], 0);
 }

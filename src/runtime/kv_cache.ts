@@ -2,7 +2,7 @@ import ort from 'onnxruntime-node';
 import { ConfigError } from '../errors.js';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
-import { copyRuns, type KvBlockLayout, type KvBlockPool } from './kv_block_pool.js';
+import { copyRuns, type KvBlockLayout, type KvBlockPool, type KvBlockRef } from './kv_block_pool.js';
 
 /** Capacity grows and shrinks in these steps: attention's cost grows with capacity (docs/architecture.md, KV cache). */
 export const CAPACITY_STEP = 64;
@@ -356,18 +356,20 @@ export class KvCache {
     }
   }
 
-  /** Fills `id`'s empty row with the pool's blocks `slots`, in order, as its first cached positions. */
-  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+  /** Fills `id`'s empty row with the pool's `blocks`, in order, as its first cached positions. */
+  loadBlocks(id: number, pool: KvBlockPool, blocks: ReadonlyArray<KvBlockRef>): void {
     const row = this.row(id);
     if (this.rowLength[row] !== 0) throw new Error(`sequence ${id} already has cached tokens`);
-    const length = tokens * slots.length;
+    const length = blocks.reduce((n, b) => n + b.tokens, 0);
     this.fit(length + 1);
     for (const [i, p] of this.planes.entries()) {
       const { perRow, unit } = this.runs(p);
       for (let l = 0; l < this.layers; l++) {
-        slots.forEach((slot, b) => {
-          copyRuns(pool.view(i, l, slot), 0, tokens * unit, p.data[l], (row * perRow * this.capacity + b * tokens) * unit, this.capacity * unit, perRow, tokens * unit);
-        });
+        let at = 0;
+        for (const { slot, tokens } of blocks) {
+          copyRuns(pool.view(i, l, slot), 0, tokens * unit, p.data[l], (row * perRow * this.capacity + at) * unit, this.capacity * unit, perRow, tokens * unit);
+          at += tokens;
+        }
       }
     }
     this.rowLength[row] = length;

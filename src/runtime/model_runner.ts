@@ -1,5 +1,5 @@
 import type { Manifest } from '../export/manifest.js';
-import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
+import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 
 /**
  * One model step at a time, for sequences identified by small integer ids. The KV state
@@ -51,8 +51,8 @@ export interface ModelRunner {
   blockLayout(tokens: number): KvBlockLayout;
   /** Copies `id`'s cached positions [start, start + tokens) into the pool's slot `slot`. */
   saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void;
-  /** Gives `id`, which has nothing cached yet, the pool's blocks `slots` as its first positions. */
-  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void;
+  /** Gives `id`, which has nothing cached yet, the pool's `blocks` as its first positions, in order. */
+  loadBlocks(id: number, pool: KvBlockPool, blocks: ReadonlyArray<KvBlockRef>): void;
 }
 
 export type KvArray = Float32Array | Uint16Array | Int8Array;

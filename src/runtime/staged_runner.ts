@@ -1,7 +1,7 @@
 import type { Manifest } from '../export/manifest.js';
 import type { FastRunner } from './fast_runner.js';
 import type { ModelRunner } from './model_runner.js';
-import type { KvBlockLayout, KvBlockPool } from './kv_block_pool.js';
+import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 
 /**
  * The fast layout with prompts prefilled apart. A cache buffer has one capacity for all
@@ -84,8 +84,8 @@ export class StagedFastRunner implements ModelRunner {
     this.holder(id).saveBlock(id, start, tokens, pool, slot);
   }
 
-  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
-    this.holder(id).loadBlocks(id, tokens, pool, slots);
+  loadBlocks(id: number, pool: KvBlockPool, blocks: ReadonlyArray<KvBlockRef>): void {
+    this.holder(id).loadBlocks(id, pool, blocks);
   }
 
   kvBytes(): number {

@@ -1,7 +1,7 @@
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type ModelRunner } from './model_runner.js';
-import { copyRuns, type KvBlockLayout, type KvBlockPool } from './kv_block_pool.js';
+import { copyRuns, type KvBlockLayout, type KvBlockPool, type KvBlockRef } from './kv_block_pool.js';
 
 interface SequenceKv {
   length: number;
@@ -86,17 +86,22 @@ export class StandardRunner implements ModelRunner {
     }
   }
 
-  loadBlocks(id: number, tokens: number, pool: KvBlockPool, slots: number[]): void {
+  loadBlocks(id: number, pool: KvBlockPool, blocks: ReadonlyArray<KvBlockRef>): void {
     const s = this.seq(id);
     if (s.length !== 0) throw new Error(`sequence ${id} already has cached tokens`);
     const hd = this.headDim;
-    this.grow(s, tokens * slots.length);
+    const length = blocks.reduce((n, b) => n + b.tokens, 0);
+    this.grow(s, length);
     for (let l = 0; l < this.layers; l++) {
-      [s.keys[l], s.values[l]].forEach((dst, plane) =>
-        slots.forEach((slot, b) => copyRuns(pool.view(plane, l, slot), 0, tokens * hd, dst, b * tokens * hd, s.capacity * hd, this.kvHeads, tokens * hd)),
-      );
+      [s.keys[l], s.values[l]].forEach((dst, plane) => {
+        let at = 0;
+        for (const { slot, tokens } of blocks) {
+          copyRuns(pool.view(plane, l, slot), 0, tokens * hd, dst, at * hd, s.capacity * hd, this.kvHeads, tokens * hd);
+          at += tokens;
+        }
+      });
     }
-    s.length = tokens * slots.length;
+    s.length = length;
   }
 
   kvBytes(): number {
