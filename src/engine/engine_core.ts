@@ -5,8 +5,7 @@ import { Scheduler, type ScheduledSequence } from './scheduler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 import type { GrammarService, RemoteConstraint } from './grammar_service.js';
-import { PrefixCache, prefixKeys } from './prefix_cache.js';
-import type { PrefixKeys } from './prefix_cache.js';
+import { PrefixCache, prefixKeys, type PrefixKeys } from './prefix_cache.js';
 import { ChunkGrid } from './chunk_grid.js';
 import type { EngineEvent, EngineLimits, EngineStats, FinishReason, GenerateRequest } from './types.js';
 

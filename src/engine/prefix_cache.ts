@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { KvBlockPool } from '../runtime/kv_block_pool.js';
+import type { KvBlockPool, KvBlockRef } from '../runtime/kv_block_pool.js';
 import { ChunkGrid } from './chunk_grid.js';
 
 /** One cached block: the keys and values of one prefill chunk's positions, in a pool slot. */
@@ -100,7 +100,7 @@ export class PrefixCache {
   }
 
   /** The pool slots and lengths of blocks `slots`, the first ones of a sequence, for loading. */
-  static blocks(keys: PrefixKeys, slots: readonly number[]): Array<{ slot: number; tokens: number }> {
+  static blocks(keys: PrefixKeys, slots: readonly number[]): KvBlockRef[] {
     return slots.map((slot, k) => ({ slot, tokens: keys.ends[k] - (k === 0 ? 0 : keys.ends[k - 1]) }));
   }
 
