@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import Anthropic from '@anthropic-ai/sdk';
 import { pino } from 'pino';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
+import { WARM_AFTER_IDLE_MS } from '../src/engine/engine_core.js';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -136,17 +137,24 @@ async function warmedHit(s: TestServer, history: Array<{ role: string; content: 
 
 /**
  * Waits for the server's speculative prefills to settle: its warmed-token counter rose at
- * least `tokens` past `before` and stopped. A pause between two chunks of one warm-up (a
- * busy machine) is not its end: the caller says how much the warm-up must compute.
+ * least `tokens` past `before` and then stayed put for longer than the engine waits before
+ * it starts a warm-up. A pause between two chunks of one warm-up (a busy machine), or
+ * before one still due from an earlier test, is not the end: the caller says how much its
+ * warm-up must compute.
  */
 async function warmedPast(s: TestServer, before: number, tokens = 1): Promise<number> {
   const read = async () => Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text())?.[1]);
   let last = await read();
-  for (let i = 0; i < 100; i++) {
-    await new Promise((r) => setTimeout(r, 100));
+  let since = Date.now();
+  for (let i = 0; i < 200; i++) {
+    await new Promise((r) => setTimeout(r, 50));
     const now = await read();
-    if (now - before >= tokens && now === last) return now;
-    last = now;
+    if (now !== last) {
+      last = now;
+      since = Date.now();
+    } else if (now - before >= tokens && Date.now() - since > 2 * WARM_AFTER_IDLE_MS) {
+      return now;
+    }
   }
   return last;
 }

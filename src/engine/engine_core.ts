@@ -65,7 +65,7 @@ const ASSISTANT = 'assistant';
 const NEXT_TURN_ROOM = 2;
 
 /** The default of EngineCore's `warmAfterIdleMs`: longer than a program takes to send its next request. */
-const WARM_AFTER_IDLE_MS = 250;
+export const WARM_AFTER_IDLE_MS = 250;
 
 /**
  * The engine's step loop body, owned by the worker thread: scheduler decisions, model
