@@ -243,7 +243,8 @@ test('errors come as the SDK error classes with OpenAI envelopes', async () => {
     (err: InstanceType<typeof OpenAI.NotFoundError>) => err instanceof OpenAI.NotFoundError && err.code === 'model_not_found',
   );
   await assert.rejects(
-    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], max_tokens: 100_000 }),
+    // A max_tokens beyond the context is capped (test/agent_protocol.test.ts); a prompt that alone fills it is refused.
+    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x '.repeat(s.engine.info!.limits.maxModelLen) }], max_tokens: 1 }),
     (err: InstanceType<typeof OpenAI.BadRequestError>) =>
       err instanceof OpenAI.BadRequestError && err.code === 'context_length_exceeded' && /maximum context length is \d+ tokens/.test(err.message),
   );

@@ -16,19 +16,30 @@ const redactedThinking = z.object({ type: z.literal('redacted_thinking'), data: 
 const block = z.discriminatedUnion('type', [text, toolUse, toolResult, thinking, redactedThinking]);
 export type ContentBlock = z.infer<typeof block>;
 
-const message = z.object({
-  role: z.enum(['user', 'assistant']),
-  content: z.union([z.string(), z.array(block).min(1)]),
-});
+const message = z.union([
+  z.object({
+    role: z.enum(['user', 'assistant']),
+    content: z.union([z.string(), z.array(block).min(1)]),
+  }),
+  // Claude Code puts system turns among the messages; Qwen3's template renders them where they stand.
+  z.object({ role: z.literal('system'), content: z.union([z.string(), z.array(text)]) }),
+]);
 export type AnthropicMessage = z.infer<typeof message>;
 
-const tool = z
+const customTool = z
   .object({
+    type: z.literal('custom').optional(),
     name: z.string().min(1).max(128),
     description: z.string().optional(),
     input_schema: z.record(z.string(), z.unknown()),
   })
   .passthrough();
+export type CustomTool = z.infer<typeof customTool>;
+/** Anthropic's server tools and versioned built-ins (`web_search_20250305`, `bash_20250124`, …): accepted, left out of the prompt. */
+const typedTool = z
+  .object({ type: z.string().min(1).refine((t) => t !== 'custom'), name: z.string().min(1).max(128) })
+  .passthrough();
+const tool = z.union([customTool, typedTool]);
 
 const toolChoice = z.discriminatedUnion('type', [
   z.object({ type: z.literal('auto'), disable_parallel_tool_use: z.boolean().optional() }),
@@ -37,10 +48,20 @@ const toolChoice = z.discriminatedUnion('type', [
   z.object({ type: z.literal('none') }),
 ]);
 
+const display = z.enum(['summarized', 'omitted']).optional();
 const thinkingConfig = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('enabled'), budget_tokens: z.number().int().min(0).max(10_000_000) }),
+  z.object({ type: z.literal('enabled'), budget_tokens: z.number().int().min(0).max(10_000_000), display }),
   z.object({ type: z.literal('disabled') }),
+  // The model decides how much to think; here, thinking on with output_config.effort's budget.
+  z.object({ type: z.literal('adaptive'), display }),
 ]);
+
+const outputConfig = z
+  .object({
+    effort: z.enum(['low', 'medium', 'high', 'xhigh', 'max']).optional(),
+    format: z.object({ type: z.literal('json_schema'), schema: z.record(z.string(), z.unknown()) }).passthrough().nullable().optional(),
+  })
+  .passthrough();
 
 const common = {
   model: z.string().min(1).max(256),
@@ -49,6 +70,7 @@ const common = {
   tools: z.array(tool).max(128).optional(),
   tool_choice: toolChoice.optional(),
   thinking: thinkingConfig.optional(),
+  output_config: outputConfig.optional(),
 };
 
 export const messagesRequestSchema = z.object({

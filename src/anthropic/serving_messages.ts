@@ -6,7 +6,7 @@ import type { ServingContext } from '../openai/context.js';
 import { newId, parseBody } from '../openai/request.js';
 import { chatRequestSchema, type ChatRequest } from '../openai/schemas.js';
 import type { Served } from '../openai/serving.js';
-import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type CountTokensRequest, type MessagesRequest } from './schemas.js';
+import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type ContentBlock, type CountTokensRequest, type CustomTool, type MessagesRequest } from './schemas.js';
 
 /**
  * Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens) as a
@@ -19,13 +19,32 @@ import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage,
 const textOf = (content: string | Array<{ type: string; text?: string }> | undefined): string =>
   content === undefined ? '' : typeof content === 'string' ? content : content.map((b) => (b.type === 'text' ? (b.text ?? '') : '')).join('');
 
-/** Anthropic messages as OpenAI chat messages: tool results become tool turns, thinking is dropped (the template drops earlier reasoning too). */
-function toChatMessages(system: CountTokensRequest['system'], messages: AnthropicMessage[]): unknown[] {
+/** The reasoning a thinking block carries: what its signature seals (this server signed it), else its text. */
+function thinkingText(ctx: ServingContext, blocks: ContentBlock[]): string | null {
+  let out: string | null = null;
+  for (const b of blocks) {
+    if (b.type === 'thinking') {
+      const opened = b.signature ? ctx.seal.open(ctx.options.modelName, b.signature) : null;
+      out = (out ?? '') + (opened ?? b.thinking);
+    } else if (b.type === 'redacted_thinking') {
+      const opened = ctx.seal.open(ctx.options.modelName, b.data);
+      if (opened !== null) out = (out ?? '') + opened;
+    }
+  }
+  return out === '' ? null : out;
+}
+
+/**
+ * Anthropic messages as OpenAI chat messages: tool results become tool turns, system
+ * turns stay where they stand, and thinking goes back with its assistant turn (Qwen3's
+ * template shows it again only within a tool loop).
+ */
+function toChatMessages(ctx: ServingContext, system: CountTokensRequest['system'], messages: AnthropicMessage[]): unknown[] {
   const out: unknown[] = [];
   if (system !== undefined && textOf(system) !== '') out.push({ role: 'system', content: textOf(system) });
   for (const m of messages) {
-    if (typeof m.content === 'string') {
-      out.push({ role: m.role, content: m.content });
+    if (m.role === 'system' || typeof m.content === 'string') {
+      out.push({ role: m.role, content: textOf(m.content) });
       continue;
     }
     if (m.role === 'user') {
@@ -43,29 +62,59 @@ function toChatMessages(system: CountTokensRequest['system'], messages: Anthropi
     }
     const calls = m.content.flatMap((b) => (b.type === 'tool_use' ? [{ id: b.id, type: 'function', function: { name: b.name, arguments: JSON.stringify(b.input) } }] : []));
     if (m.content.some((b) => b.type === 'tool_result')) throw new InvalidRequestError('messages: an assistant turn cannot hold a tool_result block.', { param: 'messages' });
-    out.push({ role: 'assistant', content: m.content.map((b) => (b.type === 'text' ? b.text : '')).join(''), ...(calls.length > 0 ? { tool_calls: calls } : {}) });
+    const reasoning = thinkingText(ctx, m.content);
+    out.push({
+      role: 'assistant',
+      content: m.content.map((b) => (b.type === 'text' ? b.text : '')).join(''),
+      ...(reasoning !== null ? { reasoning_content: reasoning } : {}),
+      ...(calls.length > 0 ? { tool_calls: calls } : {}),
+    });
   }
   return out;
 }
 
+/** Thinking as the chat request asks it: Anthropic's models think only when asked; a budget of 0 is thinking off. */
+function thinkingFields(req: CountTokensRequest): Record<string, unknown> {
+  const t = req.thinking;
+  if (t?.type === 'enabled') return { chat_template_kwargs: { enable_thinking: t.budget_tokens > 0 }, thinking_token_budget: t.budget_tokens };
+  if (t?.type !== 'adaptive') return { chat_template_kwargs: { enable_thinking: false } };
+  // Effort maps through the same table as OpenAI's reasoning_effort; Anthropic's default is high, and its top levels bound nothing.
+  const effort = req.output_config?.effort ?? 'high';
+  return { chat_template_kwargs: { enable_thinking: true }, ...(effort === 'max' || effort === 'xhigh' ? {} : { reasoning_effort: effort }) };
+}
+
+/** The tools Qwen3 can call (custom ones); typed server tools and built-ins are left out and named. */
+function splitTools(tools: CountTokensRequest['tools']): { custom: CustomTool[]; ignored: string[] } {
+  const custom: CustomTool[] = [];
+  const ignored: string[] = [];
+  for (const t of tools ?? []) {
+    if ('input_schema' in t && (t.type === undefined || t.type === 'custom')) custom.push(t as CustomTool);
+    else ignored.push(String(t.type));
+  }
+  return { custom, ignored };
+}
+
 /** The chat request a Messages request stands for (validated by the chat schema, so both APIs share their rules). */
-function toChatRequest(req: CountTokensRequest & Partial<Omit<MessagesRequest, keyof CountTokensRequest>>): ChatRequest {
+function toChatRequest(ctx: ServingContext, req: CountTokensRequest & Partial<Omit<MessagesRequest, keyof CountTokensRequest>>): ChatRequest {
   const choice = req.tool_choice;
-  const thinking = req.thinking;
+  const { custom } = splitTools(req.tools);
+  if (choice?.type === 'tool' && !custom.some((t) => t.name === choice.name) && (req.tools ?? []).some((t) => t.name === choice.name)) {
+    throw new InvalidRequestError(`tool_choice names '${choice.name}', a server tool this server cannot run.`, { param: 'tool_choice' });
+  }
+  const format = req.output_config?.format;
   return parseBody(chatRequestSchema, {
-    messages: toChatMessages(req.system, req.messages),
-    ...(req.tools ? { tools: req.tools.map((t) => ({ type: 'function', function: { name: t.name, description: t.description, parameters: t.input_schema } })) } : {}),
+    messages: toChatMessages(ctx, req.system, req.messages),
+    ...(req.tools ? { tools: custom.map((t) => ({ type: 'function', function: { name: t.name, description: t.description, parameters: t.input_schema } })) } : {}),
     ...(choice
       ? { tool_choice: choice.type === 'auto' ? 'auto' : choice.type === 'any' ? 'required' : choice.type === 'none' ? 'none' : { type: 'function', function: { name: choice.name } } }
       : {}),
+    ...(format ? { response_format: { type: 'json_schema', json_schema: { name: 'output', schema: format.schema } } } : {}),
     ...(req.max_tokens !== undefined ? { max_tokens: req.max_tokens } : {}),
     ...(req.stop_sequences ? { stop: req.stop_sequences } : {}),
     ...(req.temperature !== undefined ? { temperature: req.temperature } : {}),
     ...(req.top_p !== undefined ? { top_p: req.top_p } : {}),
     ...(req.top_k !== undefined ? { top_k: req.top_k } : {}),
-    // Anthropic's models think only when asked; a budget of 0 is thinking off.
-    chat_template_kwargs: { enable_thinking: thinking?.type === 'enabled' && thinking.budget_tokens > 0 },
-    ...(thinking?.type === 'enabled' ? { thinking_token_budget: thinking.budget_tokens } : {}),
+    ...thinkingFields(req),
   });
 }
 
@@ -90,11 +139,15 @@ function stopReason(c: ChatChoice): { stop_reason: string; stop_sequence: string
 
 export async function serveMessages(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
   const req = parseBody(messagesRequestSchema, body);
-  const session = await startChat(ctx, toChatRequest(req), signal);
+  const session = await startChat(ctx, toChatRequest(ctx, req), signal);
+  const notes = { ignoredTools: splitTools(req.tools).ignored };
   const c = session.choices[0];
   const id = newId('msg_', 24);
   const model = ctx.options.modelName;
   const thinkingOn = session.prepared.thinking;
+  // display "omitted": thinking blocks carry only their signature, which seals the text for the next turn.
+  const shown = req.thinking?.type === 'disabled' || req.thinking?.display !== 'omitted';
+  const signature = () => ctx.seal.seal(model, c.reasoning);
   // Anthropic counts prompt tokens read from the cache apart from input_tokens.
   const usage = () => {
     const u = session.usage();
@@ -105,22 +158,29 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
     await session.runAll();
     if (signal.aborted) return { body: null };
     const content: unknown[] = [];
-    if (thinkingOn && c.reasoning) content.push({ type: 'thinking', thinking: c.reasoning, signature: '' });
+    if (thinkingOn && c.reasoning) content.push({ type: 'thinking', thinking: shown ? c.reasoning : '', signature: signature() });
     if (c.content !== '' || c.toolCalls.length === 0) content.push({ type: 'text', text: c.content });
     for (const call of c.toolCalls) content.push({ type: 'tool_use', id: toolId(call), name: call.name, input: toolInput(call) });
-    return { body: { id, type: 'message', role: 'assistant', model, content, ...stopReason(c), usage: usage() } };
+    return { body: { id, type: 'message', role: 'assistant', model, content, ...stopReason(c), usage: usage() }, notes };
   }
 
   return {
     framing: 'anthropic',
+    notes,
     produce: async (send) => {
-      send({ type: 'message_start', message: { id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage(), output_tokens: 0 } } }, 'message_start');
-      send({ type: 'ping' }, 'ping');
+      // message_start waits for the first token, when the prompt's cached share is known.
+      let started = false;
+      const begin = () => {
+        if (started) return;
+        started = true;
+        send({ type: 'message_start', message: { id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage(), output_tokens: 0 } } }, 'message_start');
+        send({ type: 'ping' }, 'ping');
+      };
       let index = -1;
       let open: 'thinking' | 'text' | null = null;
       const close = () => {
         if (open === null) return;
-        if (open === 'thinking') send({ type: 'content_block_delta', index, delta: { type: 'signature_delta', signature: '' } }, 'content_block_delta');
+        if (open === 'thinking') send({ type: 'content_block_delta', index, delta: { type: 'signature_delta', signature: signature() } }, 'content_block_delta');
         send({ type: 'content_block_stop', index }, 'content_block_stop');
         open = null;
       };
@@ -132,9 +192,10 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
         send({ type: 'content_block_start', index, content_block: kind === 'thinking' ? { type: 'thinking', thinking: '', signature: '' } : { type: 'text', text: '' } }, 'content_block_start');
       };
       await session.runAll((_, d) => {
+        begin();
         if (d.reasoning && thinkingOn) {
           start('thinking');
-          send({ type: 'content_block_delta', index, delta: { type: 'thinking_delta', thinking: d.reasoning } }, 'content_block_delta');
+          if (shown) send({ type: 'content_block_delta', index, delta: { type: 'thinking_delta', thinking: d.reasoning } }, 'content_block_delta');
         }
         if (d.content) {
           start('text');
@@ -148,6 +209,7 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
           send({ type: 'content_block_stop', index }, 'content_block_stop');
         }
       });
+      begin();
       if (index < 0) start('text');
       close();
       // The final counts: what the cache served is known once the prompt was admitted.
@@ -160,6 +222,6 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
 /** POST /v1/messages/count_tokens: the prompt's length as the model would see it. */
 export async function serveCountTokens(ctx: ServingContext, body: unknown): Promise<{ input_tokens: number }> {
   const req = parseBody(countTokensRequestSchema, body);
-  const prepared = await prepareChat(ctx, toChatRequest(req));
+  const prepared = await prepareChat(ctx, toChatRequest(ctx, req));
   return { input_tokens: prepared.promptIds.length };
 }

@@ -10,6 +10,7 @@ import { Drain } from '../http/drain.js';
 import type { HttpOptions } from '../http/options.js';
 import { ServerMetrics } from '../http/metrics.js';
 import type { ReasoningEffortBudgets, ServingContext } from '../openai/context.js';
+import { ReasoningSeal } from '../openai/reasoning_seal.js';
 import { ResponseStore } from '../openai/response_store.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
@@ -51,6 +52,13 @@ export const SERVE_FLAGS = {
     help: 'Responses API results kept for `previous_response_id`, retrieve and delete (in memory; the oldest is dropped first, then its id is a 404; 0 stores none)',
     schema: wholeNumber(0, 1_000_000),
   },
+  'reasoning-secret': {
+    type: 'string',
+    env: 'QWEN3_SERVE_REASONING_SECRET',
+    defaultText: 'a random key per process',
+    help: "Key for the Responses API's `encrypted_content` (reasoning a stateless client such as Codex sends back, sealed with AES-256-GCM): give replicas behind one address the same secret so any of them can open another's; a blob that does not open is ignored",
+    schema: z.string().min(16, 'use at least 16 characters').optional(),
+  },
   'reasoning-effort-budgets': {
     type: 'string',
     env: 'QWEN3_SERVE_REASONING_EFFORT_BUDGETS',
@@ -61,6 +69,12 @@ export const SERVE_FLAGS = {
       .regex(/^(minimal|low|medium|high)=\d+(,(minimal|low|medium|high)=\d+)*$/, 'expected level=tokens pairs, such as low=1024,high=16384')
       // Levels not named keep their default.
       .transform((text) => ({ ...effortBudgets(EFFORT_BUDGETS), ...effortBudgets(text) }) as ReasoningEffortBudgets),
+  },
+  'strict-max-tokens': {
+    type: 'boolean',
+    env: 'QWEN3_SERVE_STRICT_MAX_TOKENS',
+    help: "Refuse (400, as OpenAI's API does) a request whose `max_tokens` / `max_output_tokens` is more than the context leaves after its prompt; by default it is capped to what is left, and the answer ends with `length` / `max_tokens` / `incomplete` if it runs out (agents ask for 32k tokens on any prompt). A prompt that alone fills the context is a 400 either way",
+    schema: z.boolean(),
   },
   'default-thinking': { type: 'string', env: 'QWEN3_SERVE_DEFAULT_THINKING', default: 'on', help: 'Thinking for requests that do not say', schema: z.enum(['on', 'off']) },
   'cors-origins': { type: 'string', env: 'QWEN3_SERVE_CORS_ORIGINS', default: '*', help: 'Allowed origins, comma-separated; `none` disables CORS', schema: z.string() },
@@ -148,6 +162,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     generation: readGenerationConfig(resolved.exportDir),
     observe: (m, reason) => metrics.observe(m, reason),
     responses: new ResponseStore(config['responses-store']),
+    seal: new ReasoningSeal(config['reasoning-secret']),
     options: {
       modelName,
       reasoningField: config['reasoning-field'],
@@ -155,6 +170,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       logPrompts: config['log-prompts'],
       reasoningEffortBudgets: config['reasoning-effort-budgets'],
       warmNextTurn: !config['no-prefix-caching'] && !config['no-warm-next-turn'],
+      strictMaxTokens: config['strict-max-tokens'],
     },
     createdAt: Math.floor(Date.now() / 1000),
   };
@@ -197,6 +213,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,
   );
+  if (info.limitsNote) log.warn(info.limitsNote);
   if (info.deviceNote) log[info.deviceNoteIsWarning ? 'warn' : 'info'](`running on CPU: ${info.deviceNote}`);
   if (resolved.demo) {
     log.warn(

@@ -571,6 +571,7 @@ export class EngineCore {
       text,
       logprobs,
       ...(prompt ? { promptLogprobs: prompt.logprobs } : {}),
+      cachedTokens: seq.cachedTokens ?? 0,
       finishReason: null,
       stopReason: null,
       metrics: null,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
@@ -59,7 +59,7 @@ export function defaultCacheDir(): string {
 }
 
 /** The demo model: a small random-weight Qwen3 with the real tokenizer, built once. */
-export const DEMO_SHAPE = { hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, maxPositionEmbeddings: 8192, seed: 20260101 };
+export const DEMO_SHAPE = { hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, maxPositionEmbeddings: 40960, seed: 20260101 };
 export const DEMO_NAME = 'qwen3-demo-random';
 
 /**
@@ -90,7 +90,8 @@ function exportIsCurrent(dir: string, source: string): boolean {
 export async function resolveModel(o: ModelSourceOptions): Promise<ResolvedModel> {
   if (o.model === undefined) {
     const src = join(o.cacheDir, 'checkpoints', DEMO_NAME);
-    if (!existsSync(join(src, 'config.json'))) {
+    // A demo built by an earlier version with another shape is built again.
+    if (!existsSync(join(src, 'config.json')) || (JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as { max_position_embeddings?: number }).max_position_embeddings !== DEMO_SHAPE.maxPositionEmbeddings) {
       o.log(`building the demo model (random weights, real Qwen3 tokenizer) in ${src}`);
       writeRandomCheckpoint(src, DEMO_SHAPE);
     }

@@ -57,6 +57,8 @@ export interface EngineEvent {
    * token, the first null (nothing precedes it).
    */
   promptLogprobs?: Array<TokenLogprob | null>;
+  /** Prompt tokens served from the prefix cache, on every token's event (known once the prompt was admitted). */
+  cachedTokens?: number;
   finishReason: FinishReason | null;
   /** The stop string or token id that ended generation, as vLLM reports it. */
   stopReason: string | number | null;
@@ -108,4 +110,6 @@ export interface EngineInfo {
   /** Prefix caching's block size and memory bound; null when it is off (and why, in `prefixCacheNote`). */
   prefixCache: { blockTokens: number; capacityBytes: number } | null;
   prefixCacheNote: string | null;
+  /** Why max_model_len is below what was asked (the KV budget), or null. */
+  limitsNote: string | null;
 }

@@ -39,17 +39,29 @@ function defaultPrefillChunk(device: 'cuda' | 'cpu'): number {
   return device === 'cuda' ? 512 : 64;
 }
 
-function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda' | 'cpu'): EngineLimits {
-  const longest = Math.min(options.maxModelLen ?? manifest.config.maxPositionEmbeddings, manifest.config.maxPositionEmbeddings);
+function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda' | 'cpu'): { limits: EngineLimits; note: string | null } {
+  const positions = manifest.config.maxPositionEmbeddings;
+  // Positions past the checkpoint's own are untrained: asking for them is a mistake to report, not to shrink quietly.
+  if (options.maxModelLen !== null && options.maxModelLen > positions) {
+    throw new ConfigError(`--max-model-len ${options.maxModelLen} is more than this model's ${positions} positions (max_position_embeddings); use at most ${positions}.`);
+  }
+  const longest = options.maxModelLen ?? positions;
   // Each layout's own cost of one sequence: the fast layout's capacity steps, the standard one's growth.
   const slotsForOne = (length: number) => (manifest.layout === 'fast' ? KvCache.bucket(length) : StandardRunner.slotsForOne(length));
   const budget = kvBudget(manifest, options.kvCacheMemory, freemem(), longest, slotsForOne);
+  const note =
+    budget.maxModelLen < longest
+      ? `max_model_len lowered from ${longest} to ${budget.maxModelLen} tokens: the KV cache budget (--kv-cache-memory, ${Math.round(budget.bytes / 2 ** 20)} MiB) holds no longer sequence; raise it for the full context`
+      : null;
   return {
-    maxNumSeqs: options.maxNumSeqs,
-    maxNumBatchedTokens: options.maxNumBatchedTokens ?? defaultPrefillChunk(device),
-    maxQueue: options.maxQueue,
-    maxModelLen: budget.maxModelLen,
-    kvBudgetTokens: budget.kvBudgetTokens,
+    limits: {
+      maxNumSeqs: options.maxNumSeqs,
+      maxNumBatchedTokens: options.maxNumBatchedTokens ?? defaultPrefillChunk(device),
+      maxQueue: options.maxQueue,
+      maxModelLen: budget.maxModelLen,
+      kvBudgetTokens: budget.kvBudgetTokens,
+    },
+    note,
   };
 }
 
@@ -67,7 +79,7 @@ function createPrefixCache(runner: ModelRunner, chunk: number): { prefixCache: P
 async function start(wake: () => void): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
   const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
-  const limits = resolveLimits(manifest, device);
+  const { limits, note: limitsNote } = resolveLimits(manifest, device);
   const fastRunner = () => new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvBudgetTokens);
   // Prompts prefill apart only when the decoding buffers are prefaulted: otherwise a long
   // prompt moving in grows the decoding buffer into fresh pages all in one step, where
@@ -107,6 +119,7 @@ async function start(wake: () => void): Promise<EngineCore> {
     kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,
     prefixCache: prefixCache ? { blockTokens: prefixCache.blockTokens, capacityBytes: prefixCache.stats().capacityBytes } : null,
     prefixCacheNote,
+    limitsNote,
   };
   post({ type: 'ready', info });
   return core;

@@ -112,9 +112,17 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, opt
   return reply.send(sse.stream);
 }
 
+/** Names the tools a request offered that this server cannot run, left out of its prompt. */
+export const IGNORED_TOOLS_HEADER = 'x-qwen3-serve-ignored-tools';
+
 /** Sends what a serving module answered: its JSON body, or its chunks as a stream. */
 export async function respond(request: FastifyRequest, reply: FastifyReply, options: HttpOptions, served: Promise<Served>): Promise<unknown> {
   const out = await served;
+  const ignored = [...new Set(out.notes?.ignoredTools ?? [])];
+  if (ignored.length > 0) {
+    reply.header(IGNORED_TOOLS_HEADER, ignored.join(', '));
+    request.log.info({ ignored_tools: ignored }, 'tools this server cannot run were left out of the prompt');
+  }
   if ('produce' in out) return streamResponse(request, reply, options, out);
   // null: the client went away before the answer was ready; there is no one to send it to.
   return out.body ?? reply;

@@ -28,6 +28,8 @@ function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
         return {
           role: 'assistant',
           content: textOf(m.content),
+          // Qwen3's template shows the reasoning of turns after the last user message again.
+          ...(typeof m.reasoning_content === 'string' && m.reasoning_content !== '' ? { reasoning_content: m.reasoning_content } : {}),
           ...(m.tool_calls ? { tool_calls: m.tool_calls.map((c) => ({ ...c, type: 'function' as const })) } : {}),
         };
     }

@@ -62,6 +62,7 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
   const run = async (i: number, onDelta?: (c: ChatChoice, d: ChatDelta) => void) => {
     const c = choices[i];
     for await (const ev of streams[i]) {
+      if (i === 0 && ev.cachedTokens !== undefined) cachedTokens = ev.cachedTokens;
       const d = c.push(ev);
       onDelta?.(c, d);
       if (ev.finishReason && ev.metrics) {

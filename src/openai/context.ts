@@ -4,6 +4,7 @@ import type { GenerationConfig } from '../model/generation_config.js';
 import type { ChatTemplate } from '../text/chat_template.js';
 import type { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { ReasoningSeal } from './reasoning_seal.js';
 import type { ResponseStore } from './response_store.js';
 
 export type ReasoningField = 'reasoning_content' | 'reasoning' | 'both';
@@ -22,6 +23,8 @@ export interface ServingOptions {
   reasoningEffortBudgets: ReasoningEffortBudgets;
   /** After a chat answer, have the engine prefill the conversation's next prompt while idle (prefix caching). */
   warmNextTurn: boolean;
+  /** Refuse a max_tokens larger than the context leaves, instead of capping it. */
+  strictMaxTokens: boolean;
 }
 
 /** What every serving module needs, built once at start. */
@@ -37,6 +40,8 @@ export interface ServingContext {
   options: ServingOptions;
   /** Responses kept for previous_response_id, retrieve and delete. */
   responses: ResponseStore;
+  /** Seals reasoning for clients that keep no state on the server (Responses' encrypted_content). */
+  seal: ReasoningSeal;
   /** Unix seconds the model was loaded (for `created`). */
   createdAt: number;
 }

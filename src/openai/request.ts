@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
-import { InvalidRequestError, NotFoundError } from '../errors.js';
+import { ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
 import type { EngineEvent, GenerateRequest } from '../engine/types.js';
 import { samplingDefaults, type SamplingParams } from '../runtime/sampler.js';
 import type { ServingContext } from './context.js';
@@ -70,12 +70,17 @@ export function samplingParams(ctx: ServingContext, f: SamplingFields, logprobs:
 }
 
 /**
- * max_tokens as given, or all the room the context leaves (at least 1, so a prompt that
- * fills the context is refused by the engine's context-length check like any other).
+ * The completion's bound: max_tokens capped to the room the prompt leaves (agents ask for
+ * 32k tokens whatever their prompt), or all that room when none is given. A prompt that
+ * leaves no room, or with --strict-max-tokens any request asking for more than is left,
+ * is refused with OpenAI's context-length error.
  */
 export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requested: number | null | undefined): number {
-  if (requested !== null && requested !== undefined) return requested;
-  return Math.max(1, ctx.engine.info!.limits.maxModelLen - promptTokens);
+  const limit = ctx.engine.info!.limits.maxModelLen;
+  const room = limit - promptTokens;
+  const asked = requested ?? null;
+  if (room < 1 || (asked !== null && asked > room && ctx.options.strictMaxTokens)) throw new ContextLengthExceededError(limit, promptTokens, asked ?? 1);
+  return asked === null ? room : Math.min(asked, room);
 }
 
 export interface CommonGenerationFields {

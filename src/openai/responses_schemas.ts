@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { UNSERVED_TOOL_TYPES } from './responses_tools.js';
 
 /** OpenAI's Responses API request (the parts a local model can honour). */
 const textPart = z.object({ type: z.enum(['input_text', 'output_text']), text: z.string() }).passthrough();
@@ -10,13 +11,29 @@ const messageItem = z
   })
   .passthrough();
 const functionCallItem = z
-  .object({ type: z.literal('function_call'), call_id: z.string().min(1), name: z.string().min(1), arguments: z.string(), id: z.string().optional() })
+  .object({
+    type: z.literal('function_call'),
+    call_id: z.string().min(1),
+    name: z.string().min(1),
+    namespace: z.string().nullable().optional(),
+    arguments: z.string(),
+    id: z.string().optional(),
+  })
   .passthrough();
-const functionOutputItem = z
-  .object({ type: z.literal('function_call_output'), call_id: z.string().min(1), output: z.union([z.string(), z.array(textPart)]) })
+const outputValue = z.union([z.string(), z.array(textPart)]);
+const functionOutputItem = z.object({ type: z.literal('function_call_output'), call_id: z.string().min(1), output: outputValue }).passthrough();
+const customCallItem = z
+  .object({ type: z.literal('custom_tool_call'), call_id: z.string().min(1), name: z.string().min(1), namespace: z.string().nullable().optional(), input: z.string() })
   .passthrough();
-const reasoningItem = z.object({ type: z.literal('reasoning') }).passthrough();
-const inputItem = z.union([functionCallItem, functionOutputItem, reasoningItem, messageItem]);
+const customOutputItem = z.object({ type: z.literal('custom_tool_call_output'), call_id: z.string().min(1), output: outputValue }).passthrough();
+const reasoningItem = z
+  .object({
+    type: z.literal('reasoning'),
+    encrypted_content: z.string().nullable().optional(),
+    content: z.array(z.object({ type: z.string(), text: z.string().optional() }).passthrough()).nullable().optional(),
+  })
+  .passthrough();
+const inputItem = z.union([functionCallItem, functionOutputItem, customCallItem, customOutputItem, reasoningItem, messageItem]);
 export type ResponsesInputItem = z.infer<typeof inputItem>;
 
 const functionTool = z
@@ -28,6 +45,25 @@ const functionTool = z
     strict: z.boolean().nullable().optional(),
   })
   .passthrough();
+const customTool = z
+  .object({ type: z.literal('custom'), name: z.string().min(1).max(128), description: z.string().nullable().optional(), format: z.record(z.string(), z.unknown()).optional() })
+  .passthrough();
+/** A namespace groups function and custom tools; the model calls them as `namespace.name`. */
+const namespaceTool = z
+  .object({ type: z.literal('namespace'), name: z.string().min(1).max(64), description: z.string().nullable().optional(), tools: z.array(z.union([functionTool, customTool])).min(1).max(128) })
+  .passthrough();
+/** A tool of a type only OpenAI can run: accepted, and left out of the prompt. */
+const unservedTool = z
+  .object({ type: z.string() })
+  .passthrough()
+  .superRefine((t, c) => {
+    if (!UNSERVED_TOOL_TYPES.has(t.type)) c.addIssue({ code: 'custom', path: ['type'], message: `tools of type '${t.type}' are not supported; use function, custom or namespace tools` });
+  });
+const tool = z.union([functionTool, customTool, namespaceTool, unservedTool]);
+export type FunctionToolSpec = z.infer<typeof functionTool>;
+export type CustomToolSpec = z.infer<typeof customTool>;
+export type NamespaceToolSpec = z.infer<typeof namespaceTool>;
+export type ResponsesTool = FunctionToolSpec | CustomToolSpec | NamespaceToolSpec | { type: string };
 
 const format = z.discriminatedUnion('type', [
   z.object({ type: z.literal('text') }),
@@ -45,11 +81,18 @@ export const responsesRequestSchema = z.object({
   model: z.string().optional(),
   input: z.union([z.string(), z.array(inputItem).max(4096)]),
   instructions: z.string().nullable().optional(),
-  tools: z.array(functionTool).max(128).nullable().optional(),
+  tools: z.array(tool).max(128).nullable().optional(),
   tool_choice: z
-    .union([z.enum(['auto', 'none', 'required']), z.object({ type: z.literal('function'), name: z.string().min(1) })])
+    .union([
+      z.enum(['auto', 'none', 'required']),
+      z.object({ type: z.enum(['function', 'custom']), name: z.string().min(1), namespace: z.string().nullable().optional() }).passthrough(),
+      z.object({ type: z.literal('allowed_tools'), mode: z.enum(['auto', 'required']), tools: z.array(z.object({ type: z.string(), name: z.string().optional() }).passthrough()).max(512) }),
+      z.object({ type: z.string().min(1) }).passthrough(),
+    ])
     .nullable()
     .optional(),
+  /** Extra output to include; `reasoning.encrypted_content` seals the reasoning into its item. */
+  include: z.array(z.string()).max(32).nullable().optional(),
   parallel_tool_calls: z.boolean().nullable().optional(),
   text: z.object({ format: format.optional() }).passthrough().nullable().optional(),
   reasoning: z

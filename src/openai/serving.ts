@@ -3,7 +3,7 @@
  * `send` (the HTTP layer frames them as server-sent events, ending OpenAI's with `[DONE]`).
  * `body` null means the client left before the answer was ready: nothing is sent.
  */
-export type Served =
+export type Served = (
   | { body: unknown }
   | {
       /** Writes the stream; `event` names an event (Anthropic's streams name every one). */
@@ -14,4 +14,11 @@ export type Served =
        * event), `anthropic` (named events, errors in Anthropic's envelope). Default chunks.
        */
       framing?: 'chunks' | 'responses' | 'anthropic';
-    };
+    }
+) & { notes?: ServedNotes };
+
+/** What the HTTP layer tells the client and the log beside the answer. */
+export interface ServedNotes {
+  /** Tools of types this server cannot run, left out of the prompt (a response header and a log line name them). */
+  ignoredTools?: string[];
+}

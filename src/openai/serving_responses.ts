@@ -3,8 +3,9 @@ import type { ChatChoice, ChatDelta } from './chat_choice.js';
 import { startChat } from './chat_session.js';
 import type { ServingContext } from './context.js';
 import { checkModel, newId, parseBody, unixNow } from './request.js';
-import { responsesRequestSchema, type ResponsesInputItem, type ResponsesRequest } from './responses_schemas.js';
+import { responsesRequestSchema, type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest } from './responses_schemas.js';
 import { chatRequestSchema, type ChatRequest } from './schemas.js';
+import { allowedTools, planTools, qualifiedName, type ToolPlan } from './responses_tools.js';
 import type { Served } from './serving.js';
 
 /**
@@ -16,25 +17,58 @@ import type { Served } from './serving.js';
 
 const partsText = (c: string | Array<{ text: string }>) => (typeof c === 'string' ? c : c.map((p) => p.text).join(''));
 
-/** Input items as chat messages: consecutive function calls join one assistant turn; outputs become tool turns. */
-function toMessages(input: ResponsesRequest['input']): unknown[] {
+/** The text a reasoning item carries: its sealed blob when this server sealed it, else its plain reasoning text. */
+function reasoningText(ctx: ServingContext, item: Extract<ResponsesInputItem, { type: 'reasoning' }>): string | null {
+  if (item.encrypted_content) {
+    const opened = ctx.seal.open(ctx.options.modelName, item.encrypted_content);
+    if (opened !== null) return opened;
+  }
+  const parts = (item.content ?? []).filter((p) => p.type === 'reasoning_text' && typeof p.text === 'string');
+  return parts.length > 0 ? parts.map((p) => p.text).join('') : null;
+}
+
+/**
+ * Input items as chat messages: consecutive calls join one assistant turn, outputs become
+ * tool turns, and a reasoning item goes with the assistant turn after it (Qwen3's template
+ * shows it again within a tool loop, so the prompt is what the model wrote).
+ */
+function toMessages(ctx: ServingContext, input: ResponsesRequest['input']): Array<Record<string, unknown>> {
   if (typeof input === 'string') return [{ role: 'user', content: input }];
   const out: Array<Record<string, unknown>> = [];
+  let reasoning: string | null = null;
+  const assistant = (): Record<string, unknown> => {
+    const last = out.at(-1);
+    if (last?.role === 'assistant' && reasoning === null) return last;
+    const turn: Record<string, unknown> = { role: 'assistant', content: '', ...(reasoning !== null ? { reasoning_content: reasoning } : {}) };
+    reasoning = null;
+    out.push(turn);
+    return turn;
+  };
+  const call = (id: string, name: string, args: string) => {
+    const turn = assistant();
+    ((turn.tool_calls as unknown[] | undefined) ?? (turn.tool_calls = [])).push({ id, type: 'function', function: { name, arguments: args } });
+  };
   for (const item of input as ResponsesInputItem[]) {
-    if (item.type === 'reasoning') continue; // earlier reasoning is not shown to the model again
-    if (item.type === 'function_call') {
-      const call = { id: item.call_id, type: 'function', function: { name: item.name, arguments: item.arguments } };
-      const last = out.at(-1);
-      if (last?.role === 'assistant') (last.tool_calls as unknown[] | undefined) ? (last.tool_calls as unknown[]).push(call) : (last.tool_calls = [call]);
-      else out.push({ role: 'assistant', content: '', tool_calls: [call] });
-      continue;
+    if (item.type === 'reasoning') {
+      reasoning = reasoningText(ctx, item as Extract<ResponsesInputItem, { type: 'reasoning' }>);
+    } else if (item.type === 'function_call') {
+      const c = item as Extract<ResponsesInputItem, { type: 'function_call' }>;
+      call(c.call_id, qualifiedName(c.name, c.namespace), c.arguments);
+    } else if (item.type === 'custom_tool_call') {
+      const c = item as Extract<ResponsesInputItem, { type: 'custom_tool_call' }>;
+      call(c.call_id, qualifiedName(c.name, c.namespace), JSON.stringify({ input: c.input }));
+    } else if (item.type === 'function_call_output' || item.type === 'custom_tool_call_output') {
+      const o = item as Extract<ResponsesInputItem, { type: 'function_call_output' }>;
+      out.push({ role: 'tool', tool_call_id: o.call_id, content: partsText(o.output) });
+    } else {
+      const m = item as { role: string; content: string | Array<{ text: string }> };
+      if (m.role === 'assistant') {
+        const turn = assistant();
+        turn.content = `${turn.content as string}${partsText(m.content)}`;
+      } else {
+        out.push({ role: m.role, content: partsText(m.content) });
+      }
     }
-    if (item.type === 'function_call_output') {
-      out.push({ role: 'tool', tool_call_id: item.call_id, content: partsText(item.output) });
-      continue;
-    }
-    const m = item as { role: string; content: string | Array<{ text: string }> };
-    out.push({ role: m.role, content: partsText(m.content) });
   }
   return out;
 }
@@ -47,13 +81,13 @@ function formatOf(req: ResponsesRequest): unknown {
 }
 
 /** The chat request a Responses request stands for, after `history` (validated by the chat schema: one set of rules). */
-function toChatRequest(req: ResponsesRequest, history: unknown[]): ChatRequest {
-  const messages = [...(req.instructions ? [{ role: 'system', content: req.instructions }] : []), ...history, ...toMessages(req.input)];
-  const choice = req.tool_choice;
+function toChatRequest(req: ResponsesRequest, history: unknown[], input: unknown[], plan: ToolPlan): ChatRequest {
+  const messages = [...(req.instructions ? [{ role: 'system', content: req.instructions }] : []), ...history, ...input];
+  const tools = allowedTools(plan, req.tool_choice);
   return parseBody(chatRequestSchema, {
     messages,
-    ...(req.tools ? { tools: req.tools.map((t) => ({ type: 'function', function: { name: t.name, description: t.description ?? undefined, parameters: t.parameters ?? undefined } })) } : {}),
-    ...(choice ? { tool_choice: typeof choice === 'string' ? choice : { type: 'function', function: { name: choice.name } } } : {}),
+    ...(tools ? { tools } : {}),
+    ...(plan.toolChoice !== undefined ? { tool_choice: plan.toolChoice } : {}),
     ...(formatOf(req) ? { response_format: formatOf(req) } : {}),
     ...(req.reasoning?.effort ? { reasoning_effort: req.reasoning.effort } : {}),
     ...(req.thinking_token_budget !== null && req.thinking_token_budget !== undefined ? { thinking_token_budget: req.thinking_token_budget } : {}),
@@ -64,6 +98,17 @@ function toChatRequest(req: ResponsesRequest, history: unknown[]): ChatRequest {
 }
 
 const fcId = (callId: string) => callId.replace(/^call_/, 'fc_');
+
+/** A custom tool's free text from the one-string function the model called. */
+function customInput(args: string): string {
+  try {
+    const v = JSON.parse(args) as { input?: unknown };
+    if (typeof v?.input === 'string') return v.input;
+  } catch {
+    // Not JSON: the model's text is the input as it stands.
+  }
+  return args;
+}
 
 export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
   const req = parseBody(responsesRequestSchema, body);
@@ -79,8 +124,12 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
     }
     history = prev.messages;
   }
-  const chat = toChatRequest(req, history);
+  const plan = planTools(req);
+  const input = toMessages(ctx, req.input);
+  const chat = toChatRequest(req, history, input, plan);
   const session = await startChat(ctx, chat, signal);
+  const sealReasoning = (req.include ?? []).includes('reasoning.encrypted_content');
+  const notes = { ignoredTools: plan.ignored };
   const c = session.choices[0];
   const id = newId('resp_');
   const createdAt = unixNow();
@@ -110,7 +159,11 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
       temperature: req.temperature ?? null,
       text: { format: req.text?.format ?? { type: 'text' } },
       tool_choice: req.tool_choice ?? 'auto',
-      tools: (req.tools ?? []).map((t) => ({ type: 'function', name: t.name, description: t.description ?? null, parameters: t.parameters ?? null, strict: t.strict ?? false })),
+      tools: (req.tools ?? []).map((t) => {
+        if (t.type !== 'function') return t;
+        const f = t as FunctionToolSpec;
+        return { type: 'function', name: f.name, description: f.description ?? null, parameters: f.parameters ?? null, strict: f.strict ?? false };
+      }),
       top_p: req.top_p ?? null,
       truncation: 'disabled',
       // Usage is omitted until the end (the schema has no null for it).
@@ -129,11 +182,12 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
       metadata: req.metadata ?? {},
     };
   };
-  const reasoningItem = (text: string) => ({
+  const reasoningItem = (text: string, done = true) => ({
     type: 'reasoning',
     id: ids.reasoning,
     summary: summary ? [{ type: 'summary_text', text }] : [],
     content: [{ type: 'reasoning_text', text }],
+    ...(sealReasoning && done ? { encrypted_content: ctx.seal.seal(ctx.options.modelName, text) } : {}),
   });
   const messageItem = (text: string, status: string) => ({
     type: 'message',
@@ -142,7 +196,15 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
     role: 'assistant',
     content: [{ type: 'output_text', text, annotations: [], logprobs: [] }],
   });
-  const callItem = (call: ChatChoice['toolCalls'][number]) => ({ type: 'function_call', id: fcId(call.id), call_id: call.id, name: call.name, arguments: call.arguments, status: 'completed' });
+  /** A call as the client's tool kind has it: a function (in its namespace) or a custom tool's free text. */
+  const callItem = (call: ChatChoice['toolCalls'][number]) => {
+    const target = plan.targets.get(call.name) ?? { kind: 'function', name: call.name };
+    const namespace = target.namespace ? { namespace: target.namespace } : {};
+    if (target.kind === 'custom') {
+      return { type: 'custom_tool_call', id: call.id.replace(/^call_/, 'ctc_'), call_id: call.id, ...namespace, name: target.name, input: customInput(call.arguments), status: 'completed' };
+    }
+    return { type: 'function_call', id: fcId(call.id), call_id: call.id, ...namespace, name: target.name, arguments: call.arguments, status: 'completed' };
+  };
   const finalOutput = () => [
     ...(thinking && c.reasoning ? [reasoningItem(c.reasoning)] : []),
     ...(c.content !== '' || c.toolCalls.length === 0 ? [messageItem(c.content, 'completed')] : []),
@@ -152,8 +214,13 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
     const status = c.finish?.finishReason === 'length' ? 'incomplete' : 'completed';
     const response = snapshot(status, finalOutput());
     if (req.store ?? true) {
-      const assistant = { role: 'assistant', content: c.content, ...(c.toolCalls.length > 0 ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) } : {}) };
-      ctx.responses.put(id, { response, messages: [...history, ...toMessages(req.input), assistant] });
+      const assistant = {
+        role: 'assistant',
+        content: c.content,
+        ...(thinking && c.reasoning ? { reasoning_content: c.reasoning } : {}),
+        ...(c.toolCalls.length > 0 ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) } : {}),
+      };
+      ctx.responses.put(id, { response, messages: [...history, ...input, assistant] });
     }
     return response;
   };
@@ -161,11 +228,12 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
   if (!req.stream) {
     await session.runAll();
     if (signal.aborted) return { body: null };
-    return { body: finished() };
+    return { body: finished(), notes };
   }
 
   return {
     framing: 'responses',
+    notes,
     produce: async (send) => {
       let seq = 0;
       const emit = (type: string, fields: Record<string, unknown>) => send({ type, sequence_number: seq++, ...fields }, type);
@@ -212,9 +280,16 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           close();
           index++;
           const item = callItem(call);
-          emit('response.output_item.added', { output_index: index, item: { ...item, arguments: '', status: 'in_progress' } });
-          emit('response.function_call_arguments.delta', { item_id: item.id, output_index: index, delta: call.arguments });
-          emit('response.function_call_arguments.done', { item_id: item.id, output_index: index, name: call.name, arguments: call.arguments });
+          if (item.type === 'custom_tool_call') {
+            const input = (item as { input: string }).input;
+            emit('response.output_item.added', { output_index: index, item: { ...item, input: '', status: 'in_progress' } });
+            emit('response.custom_tool_call_input.delta', { item_id: item.id, output_index: index, delta: input });
+            emit('response.custom_tool_call_input.done', { item_id: item.id, output_index: index, input });
+          } else {
+            emit('response.output_item.added', { output_index: index, item: { ...item, arguments: '', status: 'in_progress' } });
+            emit('response.function_call_arguments.delta', { item_id: item.id, output_index: index, delta: call.arguments });
+            emit('response.function_call_arguments.done', { item_id: item.id, output_index: index, name: item.name, arguments: call.arguments });
+          }
           emit('response.output_item.done', { output_index: index, item });
         }
       };

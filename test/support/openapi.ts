@@ -28,3 +28,22 @@ export function assertOpenAI(name: string, value: unknown): void {
     throw new Error(`not a valid ${name}: ${e?.instancePath} ${e?.message} ${JSON.stringify(e?.params)}\n${JSON.stringify(value).slice(0, 600)}`);
   }
 }
+
+/** OpenAI's request schemas list overlapping alternatives under oneOf (a message is both an EasyInputMessage and an InputMessage); its API takes any that fits. */
+function anyOfAlternatives(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(anyOfAlternatives);
+  if (v === null || typeof v !== 'object') return v;
+  return Object.fromEntries(Object.entries(v as Record<string, unknown>).map(([k, x]) => [k === 'oneOf' ? 'anyOf' : k, anyOfAlternatives(x)]));
+}
+const requestAjv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
+requestAjv.addSchema({ ...(anyOfAlternatives(denull(doc)) as object), $id: 'openai.json' });
+
+/** Throws unless `value` is a valid request body `name` (`CreateResponse`, `CreateChatCompletionRequest`). */
+export function assertOpenAIRequest(name: string, value: unknown): void {
+  const validate = requestAjv.getSchema(`openai.json#/components/schemas/${name}`);
+  if (!validate) throw new Error(`no schema ${name}`);
+  if (!validate(value)) {
+    const e = validate.errors?.[0];
+    throw new Error(`not a valid ${name}: ${e?.instancePath} ${e?.message} ${JSON.stringify(e?.params)}\n${JSON.stringify(value).slice(0, 600)}`);
+  }
+}

@@ -1,4 +1,22 @@
+import { isDeepStrictEqual } from 'node:util';
 import { writeRandomCheckpoint } from '../../src/model/random_checkpoint.js';
+import { parseToolCallJson } from '../../src/text/output_parser.js';
+import type { QwenTokenizer } from '../../src/text/tokenizer.js';
+import { mulberry32 } from '../../src/util/random.js';
+
+const V = 151936;
+
+/** A context-dependent part of a script: what some tokens are followed by once `marker` has been seen. */
+export interface ScriptBranch {
+  /** The token whose presence anywhere earlier in the context sets the flag (e.g. `<tool_response>`). */
+  marker: number;
+  /** Successors that replace those of the plain transitions while the marker is in the context (tokens without a plain one take it always). */
+  whenMarked: Array<[number, number]>;
+}
+
+export interface ScriptedCheckpointOptions {
+  branch?: ScriptBranch;
+}
 
 /**
  * A real Qwen3 checkpoint whose weights encode a script: attention and MLP outputs are
@@ -6,15 +24,40 @@ import { writeRandomCheckpoint } from '../../src/model/random_checkpoint.js';
  * maps token a to the next token b for every pair (a → b) given. Greedy decoding then
  * follows the script exactly: an honest way to make the real engine emit tool calls or
  * thinking blocks. Each token may have one successor only.
+ *
+ * With `branch`, tokens listed in `whenMarked` with another successor than in
+ * `transitions` take that one when the marker occurs earlier in the context (for
+ * example, a tool call on the first request and the answer once a `<tool_response>` is
+ * in the history); see writeBranchingCheckpoint for how the real layer computes that.
  */
-export function writeScriptedCheckpoint(dir: string, transitions: Array<[number, number]>): void {
-  const H = 64;
-  const V = 151936;
+export function writeScriptedCheckpoint(dir: string, transitions: Array<[number, number]>, options: ScriptedCheckpointOptions = {}): void {
+  if (options.branch) writeBranchingCheckpoint(dir, planBranches(transitions, options.branch));
+  else writeBigramCheckpoint(dir, successors(transitions, ''));
+}
+
+/** The transitions that make `ids` follow `start` token by token. */
+export function chain(start: number, ids: number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  let prev = start;
+  for (const id of ids) {
+    out.push([prev, id]);
+    prev = id;
+  }
+  return out;
+}
+
+function successors(transitions: Array<[number, number]>, state: string): Map<number, number> {
   const successor = new Map<number, number>();
   for (const [a, b] of transitions) {
-    if (successor.has(a) && successor.get(a) !== b) throw new Error(`token ${a} has two successors`);
+    if (successor.has(a) && successor.get(a) !== b) throw new Error(`token ${a} has two successors${state} (${successor.get(a)} and ${b})`);
     successor.set(a, b);
   }
+  return successor;
+}
+
+/** The original construction, kept bit for bit: tests rely on what it does off script too. */
+function writeBigramCheckpoint(dir: string, successor: Map<number, number>): void {
+  const H = 64;
   // Embeddings: deterministic pseudo-random unit-scale vectors.
   const embed = new Float32Array(V * H);
   let x = 12345;
@@ -49,13 +92,360 @@ export function writeScriptedCheckpoint(dir: string, transitions: Array<[number,
   });
 }
 
-/** The transitions that make `ids` follow `start` token by token. */
-export function chain(start: number, ids: number[]): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  let prev = start;
-  for (const id of ids) {
-    out.push([prev, id]);
-    prev = id;
+interface BranchPlan {
+  /** Successors that hold with and without the marker. */
+  plain: Map<number, number>;
+  /** Branch tokens: their successor without (b0) and with (b1) the marker. */
+  branches: Map<number, { b0: number; b1: number }>;
+  marker: number;
+}
+
+function planBranches(transitions: Array<[number, number]>, branch: ScriptBranch): BranchPlan {
+  const unmarked = successors(transitions, ' without the marker');
+  const marked = successors(branch.whenMarked, ' with the marker');
+  const plain = new Map(unmarked);
+  const branches = new Map<number, { b0: number; b1: number }>();
+  for (const [a, b1] of marked) {
+    const b0 = unmarked.get(a);
+    if (b0 === undefined || b0 === b1) plain.set(a, b1);
+    else {
+      plain.delete(a);
+      branches.set(a, { b0, b1 });
+    }
+  }
+  if (branches.has(branch.marker)) throw new Error(`the marker ${branch.marker} cannot itself be a branch token`);
+  // One flag ranks every unmarked successor below every marked one: a token cannot be both.
+  const lows = new Set([...branches.values()].map((b) => b.b0));
+  for (const [a, { b1 }] of branches) {
+    if (lows.has(b1)) throw new Error(`token ${b1} follows branch token ${a} only with the marker and another branch token only without it; reword one of them`);
+  }
+  return { plain, branches, marker: branch.marker };
+}
+
+// The branching construction. Every embedding has norm 1: a token part (TOKEN_PART) in
+// the first D dimensions, then four reserved dimensions: B (ROLE_PART in branch tokens),
+// C (ROLE_PART in every other token), M (ROLE_PART in the marker) and F (the flag, zero in
+// every embedding, written by attention).
+const TOKEN_PART = Math.sqrt(3) / 2;
+const ROLE_PART = 0.5;
+/** Dimension F of a branch token's residual when it sees a marker. */
+const FLAG = 1;
+/** Attention score of a query on a marker: +SCORE from branch tokens, −SCORE from all others. */
+const SCORE = 40;
+/** The scripted successor's logit lead from the token part alone. */
+const SUCCESSOR_LOGIT = 400;
+/** How far a branch token's flag-free successor leads without a marker. */
+const BRANCH_LOGIT = 160;
+const HEAD_DIM = 32;
+
+/** `n` orthonormal vectors of length `d` (Gram–Schmidt on random ones), so scripted rows never interfere. */
+function orthonormal(n: number, d: number, rand: () => number): Float64Array[] {
+  const out: Float64Array[] = [];
+  while (out.length < n) {
+    const v = Float64Array.from({ length: d }, () => Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand()));
+    for (const u of out) {
+      let dot = 0;
+      for (let k = 0; k < d; k++) dot += v[k] * u[k];
+      for (let k = 0; k < d; k++) v[k] -= dot * u[k];
+    }
+    const norm = Math.hypot(...v);
+    if (norm < 1e-3) continue;
+    out.push(v.map((x) => x / norm));
   }
   return out;
+}
+
+/**
+ * Layer 0 attention computes the flag. q reads B and C only, so after q_norm it is
+ * ±sqrt(32)·w on one dimension: positive in branch tokens, negative in all others; k and
+ * v read M only, so they are exactly 0 except at markers. q and k sit on the head's
+ * lowest-frequency RoPE pair (it turns by under 0.1 rad over 40k positions), so a marker
+ * scores ≈ +SCORE from a branch token and ≈ −SCORE from any other, against 0 for the rest:
+ * a branch token puts weight ≈ 1 on the markers when there are any (and outputs exactly 0
+ * when there are none), other tokens ≈ e^−40 per marker. o_proj writes v into F.
+ *
+ * lm_head: successor rows read the (orthonormal) token parts of their predecessors, as
+ * in the plain script; a branch token's unmarked successor row also reads B, its marked
+ * successor row reads F, weighted so that the flag (F ≈ FLAG) overturns the B lead by as
+ * much as that lead (both after the final RMSNorm, which scales by 1/√2 when flagged).
+ */
+function writeBranchingCheckpoint(dir: string, plan: BranchPlan): void {
+  const sources = [...plan.plain.keys(), ...plan.branches.keys()];
+  // Room for one orthonormal token part per source: 64 unless the script is long.
+  const H = Math.max(64, HEAD_DIM * Math.ceil((sources.length + 4) / HEAD_DIM));
+  const D = H - 4;
+  const [B, C, M, F] = [D, D + 1, D + 2, D + 3];
+  const scale = Math.sqrt(H); // RMSNorm maps a norm-1 vector to norm √H
+  const rand = mulberry32(20240601);
+
+  const embed = new Float32Array(V * H);
+  const setTokenPart = (t: number, v: ArrayLike<number>, norm: number) => {
+    let n2 = 0;
+    for (let k = 0; k < D; k++) n2 += v[k] * v[k];
+    for (let k = 0; k < D; k++) embed[t * H + k] = (v[k] * norm) / Math.sqrt(n2);
+  };
+  const noise = new Float64Array(D);
+  for (let t = 0; t < V; t++) {
+    for (let k = 0; k < D; k++) noise[k] = rand() * 2 - 1;
+    setTokenPart(t, noise, TOKEN_PART);
+    embed[t * H + (plan.branches.has(t) ? B : C)] = ROLE_PART;
+  }
+  const basis = orthonormal(sources.length, D, rand);
+  const tokenPart = new Map<number, number>();
+  sources.forEach((a, i) => {
+    // The marker's M part comes out of its token part, so its norm stays 1.
+    const part = a === plan.marker ? Math.sqrt(TOKEN_PART ** 2 - ROLE_PART ** 2) : TOKEN_PART;
+    setTokenPart(a, basis[i], part);
+    tokenPart.set(a, part);
+  });
+  if (!tokenPart.has(plan.marker)) setTokenPart(plan.marker, embed.subarray(plan.marker * H, plan.marker * H + D), Math.sqrt(TOKEN_PART ** 2 - ROLE_PART ** 2));
+  embed[plan.marker * H + M] = ROLE_PART;
+
+  const head = new Float32Array(V * H);
+  // A row reading token a's part gains SUCCESSOR_LOGIT there (less by the 1/√2 when flagged).
+  const read = (b: number, a: number) => {
+    const w = SUCCESSOR_LOGIT / (scale * tokenPart.get(a)! ** 2);
+    for (let k = 0; k < D; k++) head[b * H + k] += w * embed[a * H + k];
+  };
+  for (const [a, b] of plan.plain) read(b, a);
+  const byRole = BRANCH_LOGIT / (scale * ROLE_PART);
+  const byFlag = (2 * BRANCH_LOGIT) / (scale * FLAG);
+  for (const [a, { b0, b1 }] of plan.branches) {
+    read(b0, a);
+    read(b1, a);
+    head[b0 * H + B] = byRole;
+    head[b1 * H + F] = byFlag;
+  }
+
+  // q_norm / k_norm set the score: q·k/√32 = √32·w² on the shared dimension.
+  const qkWeight = Math.sqrt(SCORE / Math.sqrt(HEAD_DIM));
+  const pair = HEAD_DIM / 2 - 1; // rotate_half pairs (i, i + 16): i = 15 turns slowest
+  writeRandomCheckpoint(dir, {
+    hiddenSize: H,
+    intermediateSize: 64,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: HEAD_DIM,
+    tieWordEmbeddings: false,
+    dtype: 'f32',
+    override: (name, shape) => {
+      if (name === 'model.embed_tokens.weight') return embed;
+      if (name === 'lm_head.weight') return head;
+      const n = shape.reduce((a, d) => a * d, 1);
+      const w = new Float32Array(n);
+      const cols = shape[1];
+      if (name.endsWith('q_proj.weight')) {
+        w[pair * cols + B] = 1;
+        w[pair * cols + C] = -1;
+        return w;
+      }
+      if (name.endsWith('k_proj.weight')) {
+        w[pair * cols + M] = 1;
+        return w;
+      }
+      if (name.endsWith('v_proj.weight')) {
+        w[M] = 1;
+        return w;
+      }
+      if (name.endsWith('o_proj.weight')) {
+        // A marker's v is √H·ROLE_PART after input_layernorm; F gets FLAG from full weight on markers.
+        w[F * cols] = FLAG / (scale * ROLE_PART);
+        return w;
+      }
+      if (name.endsWith('q_norm.weight') || name.endsWith('k_norm.weight')) {
+        w.fill(1);
+        w[pair] = qkWeight;
+        return w;
+      }
+      if (name.endsWith('down_proj.weight')) return w;
+      if (name.endsWith('norm.weight')) return w.fill(1);
+      return null;
+    },
+  });
+}
+
+/** The designed logit margins of a branching checkpoint (scripted successor over the runner-up). */
+export const BRANCHING_MARGINS = {
+  plain: SUCCESSOR_LOGIT,
+  branchUnmarked: BRANCH_LOGIT,
+  branchMarked: BRANCH_LOGIT / Math.sqrt(1 + FLAG ** 2),
+};
+
+export interface TwoTurnScript {
+  transitions: Array<[number, number]>;
+  branch: ScriptBranch;
+}
+
+/**
+ * A script for a two-request agent session: `first` is written while the context has no
+ * marker (`<tool_response>` by default), `second` once it has one, both after prompts
+ * that end in `assistant\n` (thinking on) or `</think>\n\n` (thinking off), each followed
+ * by `<|im_end|>`. With `thinking`, both turns open with `<think>{thinking}</think>\n\n`
+ * (without it a thinking-on response is all reasoning). Each turn needs distinct tokens.
+ * Use: `writeScriptedCheckpoint(dir, s.transitions, { branch: s.branch })`.
+ */
+export function twoTurnScript(tokenizer: QwenTokenizer, o: { first: string; second: string; thinking?: string; marker?: string }): TwoTurnScript {
+  const newline = tokenizer.encode('\n')[0];
+  const blank = tokenizer.encode('\n\n')[0];
+  const thinkEnd = tokenizer.tokenId('</think>');
+  const markerText = o.marker ?? '<tool_response>';
+  const marker = tokenizer.tokenId(markerText);
+  if (marker === undefined) throw new Error(`${markerText} is not a token`);
+  const turn = (text: string, which: string): Array<[number, number]> => {
+    const opening = o.thinking === undefined ? '' : `<think>${o.thinking}</think>\n\n`;
+    const ids = tokenizer.encode(opening + text + (text.endsWith('<|im_end|>') ? '' : '<|im_end|>'));
+    const seen = new Set<number>();
+    for (const id of ids) {
+      if (id === newline) throw new Error(`the ${which} turn has "\\n" (token ${id}), where thinking-on prompts end: it cannot lead anywhere else`);
+      if (seen.has(id)) throw new Error(`the ${which} turn repeats ${JSON.stringify(tokenizer.decode([id]))} (token ${id}): a bigram script needs distinct tokens`);
+      seen.add(id);
+    }
+    const at = ids.indexOf(blank);
+    if (at >= 0 && ids[at - 1] !== thinkEnd) throw new Error(`the ${which} turn has "\\n\\n" other than after </think>: thinking-off prompts end there`);
+    return [...chain(newline, ids), ...(at >= 0 ? [] : [[blank, ids[0]] as [number, number]])];
+  };
+  return { transitions: turn(o.first, 'first'), branch: { marker, whenMarked: turn(o.second, 'second') } };
+}
+
+export interface ScriptedToolCall {
+  name: string;
+  arguments: Record<string, unknown>;
+}
+
+/** Whitespace JSON allows between tokens. */
+const GAPS = ['', ' ', '  ', '\n', '\t'];
+const TAG_GAPS = ['\n', '', ' ', '\t'];
+
+/** A text made of fixed pieces and slots, each slot a list of interchangeable spellings. */
+class Spellings {
+  readonly parts: Array<string | number> = [];
+  readonly slots: string[][] = [];
+  /** The template's own choice per slot. */
+  readonly usual: number[] = [];
+
+  fixed(text: string): void {
+    this.parts.push(text);
+  }
+
+  choice(options: string[], usual = 0): void {
+    this.parts.push(this.slots.length);
+    this.slots.push(options);
+    this.usual.push(usual);
+  }
+
+  render(pick: number[]): string {
+    return this.parts.map((p) => (typeof p === 'string' ? p : this.slots[p][pick[p]])).join('');
+  }
+}
+
+function spellString(out: Spellings, s: string): void {
+  const chars = [...s];
+  const plain = chars.map((ch) => JSON.stringify(ch).slice(1, -1));
+  const options = [`"${plain.join('')}"`];
+  chars.forEach((ch, i) => {
+    const hex = Array.from({ length: ch.length }, (_, u) => ch.charCodeAt(u).toString(16).padStart(4, '0'));
+    // Qwen splits digits: an escape that repeats one (any \u00XX) can never help.
+    if (ch !== '/' && hex.some((h) => /(\d).*\1/.test(h))) return;
+    const escapes = ch === '/' ? ['\\/'] : [...new Set([hex.map((h) => `\\u${h}`).join(''), hex.map((h) => `\\u${h.toUpperCase()}`).join('')])];
+    for (const e of escapes) options.push(`"${[...plain.slice(0, i), e, ...plain.slice(i + 1)].join('')}"`);
+  });
+  out.choice(options);
+}
+
+function spellJson(out: Spellings, v: unknown): void {
+  if (typeof v === 'string') return spellString(out, v);
+  if (typeof v === 'number') {
+    const text = JSON.stringify(v);
+    const round = /^(-?[1-9]\d*?)(0+)$/.exec(text);
+    return out.choice(round ? [text, `${round[1]}e${round[2].length}`] : [text]);
+  }
+  if (v === null || typeof v !== 'object') return out.fixed(JSON.stringify(v));
+  const array = Array.isArray(v);
+  const entries: Array<[string | null, unknown]> = array ? v.map((x) => [null, x]) : Object.entries(v);
+  out.fixed(array ? '[' : '{');
+  if (entries.length > 0) out.choice(GAPS);
+  entries.forEach(([key, x], i) => {
+    if (i > 0) {
+      out.choice(GAPS);
+      out.fixed(',');
+      out.choice(GAPS, 1); // json.dumps / tojson write ", "
+    }
+    if (key !== null) {
+      spellString(out, key);
+      out.choice(GAPS);
+      out.fixed(':');
+      out.choice(GAPS, 1); // and ": "
+    }
+    spellJson(out, x);
+  });
+  if (entries.length > 0) out.choice(GAPS);
+  out.fixed(array ? ']' : '}');
+}
+
+/**
+ * A rendering of the Qwen3 tool call `<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`
+ * whose tokens are all distinct and none in `avoid`, as a bigram script needs. It starts
+ * from the template's spelling and walks through JSON-equivalent ones (whitespace between
+ * JSON tokens and inside the tags, `\/` and `\uXXXX` escapes, `1e2` for 100) until no
+ * token repeats. Qwen splits digits, so `\u00XX` always repeats its `0`: escapes help
+ * only for `/` and characters past U+00FF. The output parser reads it as the same call.
+ */
+export function distinctToolCallText(tokenizer: QwenTokenizer, call: ScriptedToolCall, avoid: Iterable<number> = []): string {
+  const banned = new Set(avoid);
+  const want = JSON.parse(JSON.stringify(call.arguments)) as unknown;
+  const out = new Spellings();
+  out.fixed('<tool_call>');
+  out.choice(TAG_GAPS);
+  spellJson(out, { name: call.name, arguments: want });
+  out.choice(TAG_GAPS);
+  out.fixed('</tool_call>');
+  // Repeated or banned tokens, then (a little) each departure from the template's spelling.
+  const cost = (pick: number[]) => {
+    const text = out.render(pick);
+    const ids = tokenizer.encode(text);
+    const repeats = ids.length - new Set(ids).size + ids.filter((id) => banned.has(id)).length;
+    const changes = pick.filter((p, i) => p !== out.usual[i]).length;
+    return (tokenizer.decode(ids) === text ? repeats : repeats + 1000) + changes * 1e-4;
+  };
+  // Hill climbing with sideways moves: change one slot at a time to whatever costs least.
+  const rand = mulberry32(7);
+  const compact = out.usual.map(() => 0);
+  let pick = [...out.usual];
+  let current = cost(pick);
+  let best = { pick, cost: current };
+  for (let step = 1; step <= 4000 && best.cost >= 1; step++) {
+    if (step % 400 === 0) {
+      // Restart from one of the two styles, shaken up a little.
+      pick = [...((step / 400) % 2 === 1 ? compact : out.usual)];
+      for (let k = 0; k < 3; k++) {
+        const s = Math.floor(rand() * pick.length);
+        pick[s] = Math.floor(rand() * out.slots[s].length);
+      }
+      current = cost(pick);
+    }
+    const s = Math.floor(rand() * pick.length);
+    const n = out.slots[s].length;
+    if (n < 2) continue;
+    const tries = n <= 8 ? Array.from({ length: n }, (_, i) => i) : Array.from({ length: 8 }, () => Math.floor(rand() * n));
+    let moves: number[] = [];
+    let low = Infinity;
+    for (const option of tries) {
+      if (option === pick[s]) continue;
+      const c = cost(pick.map((p, i) => (i === s ? option : p)));
+      if (c < low) [low, moves] = [c, [option]];
+      else if (c === low) moves.push(option);
+    }
+    if (low <= current) {
+      pick = pick.map((p, i) => (i === s ? moves[Math.floor(rand() * moves.length)] : p));
+      current = low;
+      if (current < best.cost) best = { pick, cost: current };
+    }
+  }
+  const text = out.render(best.pick);
+  const parsed = parseToolCallJson(text.slice('<tool_call>'.length, -'</tool_call>'.length));
+  if (best.cost >= 1 || !parsed || parsed.name !== call.name || !isDeepStrictEqual(JSON.parse(parsed.arguments), want)) {
+    throw new Error(`no rendering of the ${call.name} call with distinct tokens found (closest: ${JSON.stringify(text)}); shorten or reword its arguments`);
+  }
+  return text;
 }
