@@ -61,6 +61,8 @@ test('npm start with nothing configured serves the demo model: a streamed chat c
     }
     assert.ok(url, `the server started within 60 s:\n${log}`);
     assert.match(log, /demo model with random weights/);
+    // Qwen3's own context, so an agent's first request fits (README: "Use it with coding agents").
+    assert.match(log, /"max_model_len":40960/);
     assert.match(log, /--model/);
     const res = await fetch(`${url}/v1/chat/completions`, {
       method: 'POST',
