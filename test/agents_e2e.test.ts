@@ -1,6 +1,6 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
@@ -73,6 +73,13 @@ async function session(name: string, call: (folder: string) => ScriptedToolCall,
   assert.equal(report.exitCode, 0, context);
   assert.ok(report.stdout.includes(ANSWER), context);
   assertLoopbackOnly(report);
+  // The model requests, for scripts/agent_replay.ts (npm run bench:agents) to send to a real model.
+  const keep = process.env.QWEN3_SERVE_AGENT_SESSIONS;
+  if (keep) {
+    const requests = report.exchanges.filter((e) => e.method === 'POST' && /^\/v1\/(responses|messages|chat\/completions)/.test(e.path) && (e.requestBody as { tools?: unknown[] })?.tools?.length);
+    mkdirSync(keep, { recursive: true });
+    writeFileSync(join(keep, `${name}.json`), JSON.stringify(requests.map((e) => ({ path: e.path, headers: e.requestHeaders, body: e.requestBody }))));
+  }
   return report;
 }
 

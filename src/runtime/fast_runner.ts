@@ -1,3 +1,4 @@
+import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import { KvCache } from './kv_cache.js';

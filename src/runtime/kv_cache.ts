@@ -1,3 +1,4 @@
+import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { ConfigError } from '../errors.js';
 import { ioName, type Manifest } from '../export/manifest.js';

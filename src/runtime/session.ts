@@ -1,3 +1,4 @@
+import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';

@@ -1,3 +1,4 @@
+import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, kvArray, type KvArray, type ModelRunner } from './model_runner.js';
