@@ -4,12 +4,12 @@
 #   gpu  — CUDA 12 + cuDNN 9 runtime with onnxruntime-node's CUDA execution provider
 # No weights are baked in: mount models on /models; exports are cached on /cache.
 
-ARG NODE_VERSION=20
+ARG NODE_VERSION=24
 
 # ---- build: compile TypeScript, keep production dependencies only ----
 FROM node:${NODE_VERSION}-bookworm-slim AS build
 WORKDIR /app
-COPY package.json package-lock.json .npmrc tsconfig.json tsconfig.build.json ./
+COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
 # Scripts off: onnxruntime-node's installer would fetch CUDA binaries here.
 RUN npm ci --ignore-scripts
 COPY src ./src

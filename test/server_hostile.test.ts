@@ -85,7 +85,8 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   ]) {
     out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: m }) });
   }
-  out.push(chat({ max_tokens: 300 }), chat({ messages: [{ role: 'user', content: 'word '.repeat(2000) }] }));
+  // A max_tokens past the context is capped, not refused (test/agent_protocol.test.ts); a prompt past it alone is refused.
+  out.push(chat({ messages: [{ role: 'user', content: 'word '.repeat(2000) }] }));
   // Deep nesting and big bodies.
   out.push({ path: '/v1/chat/completions', body: '['.repeat(100_000) + ']'.repeat(100_000) });
   out.push({ path: '/v1/chat/completions', body: `{"model":"tiny","messages":[{"role":"user","content":${'['.repeat(5000)}${']'.repeat(5000)}}]}` });
