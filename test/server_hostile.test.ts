@@ -124,7 +124,7 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   const msgs = (o: Record<string, unknown>) => ({ path: '/v1/messages', body: JSON.stringify({ model: 'x', max_tokens: 2, messages: [{ role: 'user', content: 'hi' }], ...o }) });
   const msgsBad: Record<string, unknown[]> = {
     max_tokens: [undefined, 0, -1, 'x', 1.5],
-    messages: [[], 'x', [{ role: 'system', content: 'x' }], [{ role: 'user', content: [] }], [{ role: 'user', content: [{ type: 'image' }] }], [{ role: 'user', content: [{ type: 'tool_use', id: 'a', name: 'f', input: {} }] }], [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'a' }] }]],
+    messages: [[], 'x', [{ role: 'wizard', content: 'x' }], [{ role: 'user', content: [] }], [{ role: 'user', content: [{ type: 'image' }] }], [{ role: 'user', content: [{ type: 'tool_use', id: 'a', name: 'f', input: {} }] }], [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'a' }] }]],
     system: [5, [{ type: 'image' }]],
     tools: ['x', [{}], [{ name: 'f' }]],
     tool_choice: ['auto', { type: 'tool' }, { type: 'tool', name: 'missing' }, { type: 'maybe' }],
