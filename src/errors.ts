@@ -1,7 +1,9 @@
 /**
  * One error hierarchy for the whole project. Every failure a user can cause is an
  * `AppError` with an HTTP status and an OpenAI error `type`/`code`; the HTTP layer maps
- * them to the OpenAI envelope in one place, the CLI prints `message` and exits.
+ * them to the OpenAI envelope in one place, the CLI prints `message` and exits. Layers
+ * below serving throw codes, never request fields: `requestFieldOf` in
+ * src/serving/request.ts names the field a code is about.
  * Anything that is not an AppError is an internal fault (HTTP 500).
  */
 export interface ErrorDetails {
@@ -27,6 +29,11 @@ export class AppError extends Error {
     this.code = details.code ?? null;
     this.retryAfter = details.retryAfter;
   }
+
+  /** This error, naming the request field it is about (the serving layer maps codes to fields). */
+  withParam(param: string): this {
+    return Object.assign(Object.create(Object.getPrototypeOf(this) as object) as this, this, { param, message: this.message, stack: this.stack });
+  }
 }
 
 /** The request is malformed or asks for something impossible (HTTP 400). */
@@ -41,7 +48,7 @@ export class ContextLengthExceededError extends InvalidRequestError {
   constructor(limit: number, promptTokens: number, completionTokens: number) {
     super(
       `This model's maximum context length is ${limit} tokens. However, you requested ${promptTokens + completionTokens} tokens (${promptTokens} in the prompt, ${completionTokens} for the completion). Please reduce the length of the prompt or of the completion.`,
-      { param: 'max_tokens', code: 'context_length_exceeded' },
+      { code: 'context_length_exceeded' },
     );
   }
 }

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import Anthropic from '@anthropic-ai/sdk';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { THINKING_TRANSITION } from '../src/openai/chat_prompt.js';
+import { THINKING_TRANSITION } from '../src/serving/chat_prompt.js';
 import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { tempDir } from './support/runner.js';
 import { startTestServer, type TestServer } from './support/server.js';

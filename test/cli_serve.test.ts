@@ -121,7 +121,12 @@ test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly a
           body: JSON.stringify({ prompt: Array.from({ length: 3000 }, (_, j) => 1000 + ((i * 7 + j) % 5000)), max_tokens: 4000, ignore_eos: true, stream: true }),
         }).then((r) => r.text()),
       );
-      await sleep(300);
+      // SIGTERM once the engine holds all six (a busy machine may take a while to get them there).
+      for (;;) {
+        const health = (await (await fetch(`${url}/health`)).json()) as { running: number; waiting: number };
+        if (health.running + health.waiting === streams.length) break;
+        await sleep(20);
+      }
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       child.kill('SIGTERM');
       const bodies = await Promise.all(streams);

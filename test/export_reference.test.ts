@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { exportModel } from '../src/export/exporter.js';
 import { readManifest } from '../src/export/manifest.js';
 import type { ExportDtype } from '../src/export/weights.js';
-import type { Layout } from '../src/export/qwen3_graph.js';
+import type { Layout } from '../src/export/graph_io.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js';
 import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, tempDir, type ReferenceCase } from './support/runner.js';

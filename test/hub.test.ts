@@ -5,7 +5,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { downloadFromHub } from '../src/model/hub.js';
-import { resolveModel } from '../src/engine/model_source.js';
+import { resolveModel } from '../src/export/model_source.js';
 import { silentProgress } from '../src/util/progress.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 

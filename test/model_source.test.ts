@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolveModel } from '../src/engine/model_source.js';
+import { resolveModel } from '../src/export/model_source.js';
 import { GRAPH_REVISION, MANIFEST_FILE, readManifest } from '../src/export/manifest.js';
 import { silentProgress } from '../src/util/progress.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
@@ -43,7 +43,7 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
 });
 
 test('--device auto exports for the GPU (fp16) when CUDA can run, for the CPU (fp32) otherwise; an explicit device or dtype wins', async () => {
-  const { resolveExportTarget } = await import('../src/engine/model_source.js');
+  const { resolveExportTarget } = await import('../src/export/model_source.js');
   const { cudaUsable } = await import('../src/runtime/session.js');
   const withCuda = [{ name: 'cpu' }, { name: 'cuda' }];
   assert.equal(cudaUsable(withCuda, true), true);

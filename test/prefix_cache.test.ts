@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { exportModel } from '../src/export/exporter.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { EngineCore } from '../src/engine/engine_core.js';
-import { PrefixCache } from '../src/engine/prefix_cache.js';
 import { KvBlockPool, bytesPerBlock } from '../src/runtime/kv_block_pool.js';
 import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
 import type { ModelRunner } from '../src/runtime/model_runner.js';
@@ -36,8 +35,8 @@ async function run(
   let core = o.core;
   if (!core) {
     const runner = await openRunner(dir);
-    const prefixCache = o.cacheBlocks ? new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), o.cacheBlocks)) : null;
-    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCache, warmAfterIdleMs: 0 });
+    const prefixCachePool = o.cacheBlocks ? new KvBlockPool(runner.blockLayout(CHUNK), o.cacheBlocks) : null;
+    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCachePool, warmAfterIdleMs: 0 });
   }
   const events: EngineEvent[] = [];
   let step = 0;
@@ -293,8 +292,8 @@ async function messageConversation(dir: string, cacheBlocks: number): Promise<{ 
   let turnRuns: number[] | null = null; // null while a warm-up runs
   const { prefill } = runner;
   runner.prefill = (id, tokens, every) => (turnRuns?.push(tokens.length), prefill.call(runner, id, tokens, every));
-  const prefixCache = cacheBlocks > 0 ? new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), cacheBlocks)) : null;
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache, warmAfterIdleMs: 0 });
+  const prefixCachePool = cacheBlocks > 0 ? new KvBlockPool(runner.blockLayout(CHUNK), cacheBlocks) : null;
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool, warmAfterIdleMs: 0 });
   const prompts: number[][] = [];
   const prefixes: number[][] = [];
   const outcomes: Outcome[] = [];
@@ -345,7 +344,7 @@ test('a request arriving during a warm-up takes its place at the next step, with
   const other = greedy(ids(50, 22), 8);
   const next = greedy([...history, ...ids(15, 23)], 8);
   const runner = await openRunner(dir);
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)) });
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64) });
   assert.equal(core.warm(history), true);
   assert.equal(core.warm(ids(20, 24)), false, 'less than a block: nothing to warm');
   await core.step();
@@ -386,7 +385,7 @@ for (const layout of ['fast', 'standard'] as const) {
     const dir = await fixtureExport(layout);
     const runner = await openRunner(dir);
     const w = watch(runner);
-    const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)), warmAfterIdleMs: 0 });
+    const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 0 });
     const warmUp = async (tokens: number[]) => {
       assert.equal(core.warm(tokens), true);
       while (core.hasWork()) await core.step();
@@ -429,7 +428,7 @@ test('a warm-up waits until no request has run or arrived for warmAfterIdleMs', 
   const dir = await fixtureExport('fast');
   const runner = await openRunner(dir);
   let clock = 0;
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCache: new PrefixCache(CHUNK, new KvBlockPool(runner.blockLayout(CHUNK), 64)), warmAfterIdleMs: 250, now: () => clock });
+  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 250, now: () => clock });
   await run(dir, [{ req: greedy(ids(40, 40), 4) }], { core });
   assert.equal(core.warm(ids(100, 41)), true);
   clock = 249;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { THINKING_TRANSITION } from '../src/openai/chat_prompt.js';
+import { THINKING_TRANSITION } from '../src/serving/chat_prompt.js';
 import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { tempDir } from './support/runner.js';
 import { startTestServer, type TestServer } from './support/server.js';

@@ -1,11 +1,11 @@
 import { InvalidRequestError } from '../errors.js';
-import type { ChatChoice, ChatToolCall } from '../openai/chat_choice.js';
-import { prepareChat } from '../openai/chat_prompt.js';
-import { startChat } from '../openai/chat_session.js';
-import type { ServingContext } from '../openai/context.js';
-import { newId, parseBody } from '../openai/request.js';
-import { chatRequestSchema, type ChatRequest } from '../openai/schemas.js';
-import type { Served } from '../openai/serving.js';
+import type { ChatChoice, ChatToolCall } from '../serving/chat_choice.js';
+import { prepareChat } from '../serving/chat_prompt.js';
+import { chatRequestSchema, type ChatRequest } from '../serving/chat_request.js';
+import { startChat } from '../serving/chat_session.js';
+import type { ServingContext } from '../serving/context.js';
+import { newId, parseBody } from '../serving/request.js';
+import type { Served } from '../serving/served.js';
 import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type ContentBlock, type CountTokensRequest, type CustomTool, type MessagesRequest } from './schemas.js';
 
 /**

@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 import { Engine } from '../engine/engine.js';
-import { defaultCacheDir, resolveExportTarget, resolveModel } from '../engine/model_source.js';
+import { defaultCacheDir, resolveExportTarget, resolveModel } from '../export/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { samplingDefaults } from '../runtime/sampler.js';
 import { ChatTemplate } from '../text/chat_template.js';

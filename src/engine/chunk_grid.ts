@@ -40,3 +40,15 @@ export class ChunkGrid {
     return end - start === this.size || end < tokens.length || boundaryAtEnd;
   }
 }
+
+/** The chat template's message start: prefill chunks end before it... */
+const MESSAGE_START = '<|im_start|>';
+/** ...unless it opens an assistant message, which joins the new tokens before it. */
+const ASSISTANT = 'assistant';
+
+/** The engine's grid for `tokenizer`'s chat template: chunks of at most `size` tokens, cut where a message but an assistant's starts. */
+export function messageGrid(tokenizer: { tokenId(token: string): number | undefined }, size: number): ChunkGrid {
+  const messageStart = tokenizer.tokenId(MESSAGE_START);
+  const assistant = tokenizer.tokenId(ASSISTANT);
+  return new ChunkGrid(size, new Set(messageStart === undefined ? [] : [messageStart]), new Set(assistant === undefined ? [] : [assistant]));
+}

@@ -20,7 +20,7 @@ function publish(cache: PrefixCache, tokens: number[]): number[] {
 const seq = (n: number, from = 0) => Array.from({ length: n }, (_, i) => from + i);
 
 test('a prompt finds the whole blocks of earlier prompts it begins with, and only those', () => {
-  const cache = new PrefixCache(B, pool(16));
+  const cache = new PrefixCache(new ChunkGrid(B), pool(16));
   publish(cache, seq(10));
   assert.equal(cache.stats().blocks, 2, 'two whole blocks of 10 tokens');
   assert.equal(cache.match(seq(20), 20, 20, keys()).length, 2);
@@ -39,7 +39,7 @@ test('a prompt finds the whole blocks of earlier prompts it begins with, and onl
 });
 
 test('a full pool evicts the least recently used block and every block after it', () => {
-  const cache = new PrefixCache(B, pool(4));
+  const cache = new PrefixCache(new ChunkGrid(B), pool(4));
   publish(cache, seq(8, 0)); // a0 a1
   publish(cache, seq(8, 100)); // b0 b1
   cache.match(seq(8, 0), 8, 8, keys()); // a is now the more recent
@@ -52,7 +52,7 @@ test('a full pool evicts the least recently used block and every block after it'
 });
 
 test('a prompt longer than the pool keeps its first blocks', () => {
-  const cache = new PrefixCache(B, pool(3));
+  const cache = new PrefixCache(new ChunkGrid(B), pool(3));
   const slots = publish(cache, seq(40));
   assert.equal(new Set(slots).size, 3);
   assert.deepEqual(cache.match(seq(40), 40, 40, keys()), slots);
@@ -62,7 +62,7 @@ test('a prompt longer than the pool keeps its first blocks', () => {
 });
 
 test('a pool of one block still works', () => {
-  const cache = new PrefixCache(B, pool(1));
+  const cache = new PrefixCache(new ChunkGrid(B), pool(1));
   publish(cache, seq(12));
   assert.equal(cache.match(seq(12), 12, 12, keys()).length, 1);
   publish(cache, seq(4, 50));
@@ -72,8 +72,7 @@ test('a pool of one block still works', () => {
 
 test('with message starts marked, blocks end where a message starts: a shared opening message is cached whole, whatever its length', () => {
   const M = 500;
-  const cache = new PrefixCache(B, pool(16));
-  cache.grid = new ChunkGrid(B, new Set([M]));
+  const cache = new PrefixCache(new ChunkGrid(B, new Set([M])), pool(16));
   // A 6-token system message, then a user message: chunks [0, 4), [4, 6), [6, 10), [10, 11).
   const first = [M, 1, 2, 3, 4, 5, M, 7, 8, 9, 10];
   const k = keys();

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { KvBlockPool, KvBlockRef } from '../runtime/kv_block_pool.js';
-import { ChunkGrid } from './chunk_grid.js';
+import type { ChunkGrid } from './chunk_grid.js';
 
 /** One cached block: the keys and values of one prefill chunk's positions, in a pool slot. */
 interface Block {
@@ -50,7 +50,7 @@ export interface PrefixCacheStats {
  * most `blockTokens`, cut at message starts): a cached block is then exactly what a cold
  * run's chunk computes there, and what a request still computes after its cached blocks
  * runs at the same positions in the same chunks as without the cache, so results are
- * bit-identical (engine_core.ts publishes only blocks a whole prefill chunk computed).
+ * bit-identical (kv_cache_manager.ts saves only blocks a whole prefill chunk computed).
  *
  * Blocks are copies in a pool of their own: running sequences never share or wait for
  * them, and when the pool is full the least recently used block goes (a chain is used
@@ -63,15 +63,17 @@ export class PrefixCache {
   private readonly freeSlots: number[];
   private queried = 0;
   private hits = 0;
-  /** The engine's prefill grid (EngineCore sets its own): blocks are its whole chunks. */
-  grid: ChunkGrid;
-
   constructor(
-    readonly blockTokens: number,
+    /** The engine's prefill grid: blocks are its whole chunks. */
+    private readonly grid: ChunkGrid,
     readonly pool: KvBlockPool,
   ) {
     this.freeSlots = Array.from({ length: pool.slots }, (_, i) => pool.slots - 1 - i);
-    this.grid = new ChunkGrid(blockTokens);
+  }
+
+  /** Tokens of a whole chunk at most: the prefill chunk. */
+  get blockTokens(): number {
+    return this.grid.size;
   }
 
   /**

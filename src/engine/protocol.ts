@@ -40,7 +40,7 @@ export interface WireError {
 export type MainMessage =
   | { type: 'submit'; request: GenerateRequest }
   | { type: 'abort'; requestId: string }
-  /** A speculative prefill for the prefix cache (EngineCore.warm); no answer. */
+  /** A warm-up for the prefix cache (EngineCore.warm); no answer. */
   | { type: 'warm'; promptIds: number[] }
   | { type: 'stats'; token: number }
   | { type: 'shutdown' }

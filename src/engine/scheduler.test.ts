@@ -1,27 +1,36 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { QueueFullError } from '../errors.js';
-import { Scheduler, type KvCostModel, type ScheduledSequence, type StepPlan } from './scheduler.js';
+import type { KvCostModel } from '../runtime/kv_cost.js';
+import { Scheduler, type StepPlan } from './scheduler.js';
 import { ChunkGrid } from './chunk_grid.js';
+import { KvCacheManager, type Lookup } from './kv_cache_manager.js';
+import type { CacheableSequence } from './sequence.js';
+import { prefixKeys } from './prefix_cache.js';
 
 // The scheduler alone, with no model: sequences are token counts, the KV cost is slots.
 const perToken: KvCostModel = { slotsFor: (lengths) => lengths.reduce((a, b) => a + b, 0) };
 let nextId = 0;
-const seq = (promptLength: number): ScheduledSequence => ({
+const seq = (promptLength: number, warmUp = false): CacheableSequence => ({
   id: nextId++,
   tokens: Array.from({ length: promptLength }, (_, i) => i),
   promptLength,
   numComputed: 0,
   state: 'waiting',
   preemptions: 0,
+  cachedTokens: null,
+  warmUp,
+  prefixKeys: prefixKeys(),
+  prompt: null,
 });
+const warmUp = (promptLength: number) => seq(promptLength, true);
 
 function scheduler(o: Partial<{ maxNumSeqs: number; maxNumBatchedTokens: number; maxQueue: number; kvBudgetTokens: number }> = {}) {
-  return new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000, ...o }, perToken);
+  return new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000, ...o }, new KvCacheManager(perToken));
 }
 
 /** Runs a planned step as the engine would: the model "runs", then each decoded sequence takes a token. */
-function step(s: Scheduler, plan: StepPlan = s.schedule()): StepPlan {
+function step(s: Scheduler, plan: StepPlan<CacheableSequence> = s.schedule()): StepPlan<CacheableSequence> {
   const { promptDone } = s.update(plan);
   for (const d of plan.decode) d.tokens.push(0);
   if (promptDone) promptDone.tokens.push(0);
@@ -51,7 +60,7 @@ test('prompts prefill in fixed chunks at fixed positions, one prompt per step, F
 
 test('with message starts marked, a prompt\'s chunks end where each message starts but an assistant\'s, and at most a chunk apart', () => {
   const [M, A] = [999, 998];
-  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, perToken, null, new ChunkGrid(32, new Set([M]), new Set([A])));
+  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, new KvCacheManager(perToken), new ChunkGrid(32, new Set([M]), new Set([A])));
   const a = seq(90);
   for (const at of [0, 40, 45, 60]) a.tokens[at] = M;
   a.tokens[61] = A;
@@ -84,7 +93,7 @@ test('a batch outgrowing the KV budget preempts its youngest sequence, which is 
   const young = seq(16);
   s.add(old);
   s.add(young);
-  let plan: StepPlan | null = null;
+  let plan: StepPlan<CacheableSequence> | null = null;
   let generated = 0;
   for (let i = 0; i < 20; i++) {
     const next = s.schedule();
@@ -123,13 +132,13 @@ test('a sequence the caller holds back keeps its place and cache but sits out de
   assert.deepEqual(step(s).decode, [a, b]);
 });
 
-test('a speculative prefill runs only while nothing else runs or waits, and is given up at the first step a request waits', () => {
+test('a warm-up runs only while nothing else runs or waits, and is given up at the first step a request waits', () => {
   const s = scheduler();
   const a = seq(8);
-  const warm = seq(96);
+  const warm = warmUp(96);
   s.add(a);
-  s.addSpeculative(warm);
-  // A request runs: the speculative prefill waits, though there is room beside it.
+  s.addWarmUp(warm);
+  // A request runs: the warm-up waits, though there is room beside it.
   for (let i = 0; i < 3; i++) assert.equal(step(s).prefill?.seq === warm, false);
   assert.equal(warm.state, 'waiting');
   s.remove(a);
@@ -138,34 +147,35 @@ test('a speculative prefill runs only while nothing else runs or waits, and is g
   assert.deepEqual([first.prefill?.seq, first.prefill?.start, first.prefill?.end], [warm, 0, 32]);
   assert.equal(s.numRunning, 0, 'it is not a request');
   assert.equal(s.numWaiting, 0);
-  // A request arrives: the next step gives the speculative prefill up and admits the request.
+  // A request arrives: the next step gives the warm-up up and admits the request.
   const b = seq(8);
   s.add(b);
   const next = s.schedule();
   assert.deepEqual(next.dropped, [warm]);
+  assert.deepEqual(next.kv.free, [warm.id], 'its row is freed');
   assert.equal(warm.state, 'finished');
   assert.deepEqual(next.admitted, [b]);
   assert.equal(next.prefill?.seq, b);
   step(s, next);
   for (let i = 0; i < 3; i++) step(s);
   s.remove(b);
-  assert.equal(s.hasWork(), false, 'a dropped speculative prefill does not come back');
+  assert.equal(s.hasWork(), false, 'a dropped warm-up does not come back');
 });
 
-test('a speculative prefill that completes leaves the scheduler and samples nothing; beyond max-num-seqs the oldest queued is forgotten', () => {
+test('a warm-up that completes leaves the scheduler and samples nothing; beyond max-num-seqs the oldest queued is forgotten', () => {
   const s = scheduler({ maxNumSeqs: 2 });
-  const [w1, w2, w3] = [seq(64), seq(40), seq(32)];
-  assert.equal(s.addSpeculative(w1), null);
-  assert.equal(s.addSpeculative(w2), null);
-  assert.equal(s.addSpeculative(w3), w1, 'the oldest queued is forgotten');
-  const done: ScheduledSequence[] = [];
+  const [w1, w2, w3] = [warmUp(64), warmUp(40), warmUp(32)];
+  assert.equal(s.addWarmUp(w1), null);
+  assert.equal(s.addWarmUp(w2), null);
+  assert.equal(s.addWarmUp(w3), w1, 'the oldest queued is forgotten');
+  const done: CacheableSequence[] = [];
   const chunks: Array<[number, number, number]> = [];
   for (let i = 0; i < 4; i++) {
     const plan = s.schedule();
     if (plan.prefill) chunks.push([plan.prefill.seq.id, plan.prefill.start, plan.prefill.end]);
     const outcome = s.update(plan);
     assert.equal(outcome.promptDone, null);
-    if (outcome.speculativeDone) done.push(outcome.speculativeDone);
+    if (outcome.warmUpDone) done.push(outcome.warmUpDone);
   }
   assert.deepEqual(chunks, [
     [w2.id, 0, 32],
@@ -177,12 +187,17 @@ test('a speculative prefill that completes leaves the scheduler and samples noth
   assert.equal(s.hasWork(), false);
 });
 
-test('a speculative prefill whose prompt is all cached already is not admitted', () => {
-  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, perToken, { cachedTokens: (x, target) => (x.promptLength === 64 ? target : 0) });
-  const cached = seq(64);
-  const fresh = seq(32);
-  s.addSpeculative(cached);
-  s.addSpeculative(fresh);
+test('a warm-up whose prompt is all cached already is not admitted', () => {
+  class AllCached extends KvCacheManager {
+    override lookUp(x: CacheableSequence, target: number): Lookup {
+      return { cached: x.promptLength === 64 ? target : 0, slots: [] };
+    }
+  }
+  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, new AllCached(perToken));
+  const cached = warmUp(64);
+  const fresh = warmUp(32);
+  s.addWarmUp(cached);
+  s.addWarmUp(fresh);
   const plan = s.schedule();
   assert.deepEqual(plan.admitted, [fresh]);
   assert.equal(plan.prefill?.seq, fresh);

@@ -1,21 +1,7 @@
 import { QueueFullError } from '../errors.js';
 import { ChunkGrid } from './chunk_grid.js';
-
-export type SequenceState = 'waiting' | 'prefill' | 'decode' | 'finished';
-
-/** What the scheduler knows of a request: token counts and state, nothing about sampling. */
-export interface ScheduledSequence {
-  /** Small integer id, also the KV cache's key. */
-  readonly id: number;
-  /** Prompt followed by generated tokens. */
-  readonly tokens: number[];
-  readonly promptLength: number;
-  /** Tokens whose keys/values are cached. */
-  numComputed: number;
-  state: SequenceState;
-  /** Times this sequence was preempted (its cache dropped, to be recomputed). */
-  preemptions: number;
-}
+import type { KvCacheManager, KvSteps, Lookup } from './kv_cache_manager.js';
+import type { CacheableSequence, ScheduledSequence } from './sequence.js';
 
 export interface SchedulerConfig {
   maxNumSeqs: number;
@@ -24,20 +10,6 @@ export interface SchedulerConfig {
   maxQueue: number;
   /** KV cache budget in token slots. */
   kvBudgetTokens: number;
-}
-
-/**
- * Prefix caching, asked once per admission: how many of the sequence's first `target`
- * tokens already have their keys and values cached (and will be loaded), so its prefill
- * starts after them.
- */
-export interface PrefixLookup<S> {
-  cachedTokens(seq: S, target: number): number;
-}
-
-/** The cache's cost model, from the model runner. */
-export interface KvCostModel {
-  slotsFor(lengths: number[]): number;
 }
 
 export interface StepPlan<S extends ScheduledSequence = ScheduledSequence> {
@@ -49,16 +21,18 @@ export interface StepPlan<S extends ScheduledSequence = ScheduledSequence> {
   decode: S[];
   /** At most one prompt chunk: tokens[start, end) of `seq`. */
   prefill: { seq: S; start: number; end: number } | null;
-  /** Speculative prefills given up this step (a request came): their cache must be freed. */
+  /** Warm-ups given up this step (a request came). */
   dropped: S[];
+  /** The KV work around the model runs: rows freed and set up, prefix blocks loaded and saved. */
+  kv: KvSteps;
 }
 
 /** What a step's run means for sampling, once `update` has moved the sequences on. */
 export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
   /** The prefilled sequence, when this chunk completed a fresh prompt: its next token is sampled from the chunk's last logits. */
   promptDone: S | null;
-  /** A speculative prefill this chunk completed: it has left the scheduler, its cache must be freed. */
-  speculativeDone: S | null;
+  /** A warm-up this chunk completed: it has left the scheduler, its row kept for the turn it warmed. */
+  warmUpDone: S | null;
 }
 
 /**
@@ -71,48 +45,50 @@ export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
  * starts, chunk_grid.ts), never on what else runs, so a request's numbers do not depend
  * on its neighbours.
  *
- * Speculative prefills (a conversation's likely next turn, computed for the prefix cache)
- * use only idle time: one is admitted when nothing else runs or waits, and given up at
- * the first step a request waits, so a request waits at most for the chunk in flight.
+ * Warm-ups (a conversation's likely next turn, prefilled for the prefix cache) use only
+ * idle time: one is admitted when nothing else runs or waits, and given up at the first
+ * step a request waits, so a request waits at most for the chunk in flight.
+ *
+ * It owns the KV cache manager: the plan names each step's KV work, which the step
+ * executor does as named.
  */
-export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
+export class Scheduler<S extends CacheableSequence = CacheableSequence> {
   private readonly waiting: S[] = [];
   /** In admission order (the last is the first to be preempted). */
   private readonly running: S[] = [];
-  /** Speculative prefills not yet admitted, oldest first. */
-  private readonly speculative: S[] = [];
-  /** The speculative prefill admitted, if any (it runs alone). */
-  private warming: S | null = null;
+  /** Warm-ups not yet admitted, oldest first. */
+  private readonly warmUps: S[] = [];
+  /** The warm-up admitted, if any (it runs alone). */
+  private warmUp: S | null = null;
 
   constructor(
     readonly config: SchedulerConfig,
-    private readonly kv: KvCostModel,
-    private readonly prefix: PrefixLookup<S> | null = null,
+    readonly kv: KvCacheManager<S>,
     /** Where prompt chunks end (chunk_grid.ts); by default every maxNumBatchedTokens. */
     private readonly grid: ChunkGrid = new ChunkGrid(config.maxNumBatchedTokens),
   ) {}
 
-  /** Requests waiting (speculative prefills are not requests). */
+  /** Requests waiting (warm-ups are not requests). */
   get numWaiting(): number {
     return this.waiting.length;
   }
 
   get numRunning(): number {
-    return this.running.length - (this.warming ? 1 : 0);
+    return this.running.length - (this.warmUp ? 1 : 0);
   }
 
   hasWork(): boolean {
-    return this.waiting.length > 0 || this.running.length > 0 || this.speculative.length > 0;
+    return this.waiting.length > 0 || this.running.length > 0 || this.warmUps.length > 0;
   }
 
   /**
-   * Queues a speculative prefill, to run when the engine is idle; beyond `maxNumSeqs` of
-   * them the oldest is forgotten (it never ran, so it holds nothing). Returns that one.
+   * Queues a warm-up, to run when the engine is idle; beyond `maxNumSeqs` of them the
+   * oldest is forgotten (it never ran, so it holds nothing). Returns that one.
    */
-  addSpeculative(seq: S): S | null {
+  addWarmUp(seq: S): S | null {
     seq.state = 'waiting';
-    this.speculative.push(seq);
-    return this.speculative.length > this.config.maxNumSeqs ? this.speculative.shift()! : null;
+    this.warmUps.push(seq);
+    return this.warmUps.length > this.config.maxNumSeqs ? this.warmUps.shift()! : null;
   }
 
   add(seq: S): void {
@@ -158,15 +134,17 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
   /**
    * Decides the next step. `canDecode` leaves out running sequences that cannot take a
    * token this step (waiting for their grammar's mask); they keep their cache.
-   * `speculate` false holds speculative prefills back even when idle.
+   * `warmUpNow` false holds warm-ups back even when idle.
    */
-  schedule(canDecode: (seq: S) => boolean = () => true, speculate = true): StepPlan<S> {
-    const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null, dropped: [] };
-    if (this.warming && this.waiting.length > 0) {
-      this.running.splice(this.running.indexOf(this.warming), 1);
-      this.warming.state = 'finished';
-      plan.dropped.push(this.warming);
-      this.warming = null;
+  schedule(canDecode: (seq: S) => boolean = () => true, warmUpNow = true): StepPlan<S> {
+    const kv: KvSteps = { free: this.kv.takeOrphans(), rows: [], save: null };
+    const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null, dropped: [], kv };
+    if (this.warmUp && this.waiting.length > 0) {
+      this.running.splice(this.running.indexOf(this.warmUp), 1);
+      this.warmUp.state = 'finished';
+      plan.dropped.push(this.warmUp);
+      kv.free.push(this.warmUp.id);
+      this.warmUp = null;
     }
     // Make room for this step's decode tokens, preempting the youngest first.
     while (this.running.length > 1 && !this.fits()) {
@@ -176,6 +154,7 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
       victim.preemptions++;
       this.waiting.unshift(victim);
       plan.preempted.push(victim);
+      kv.free.push(victim.id);
     }
     plan.decode = this.running.filter((s) => s.state === 'decode' && canDecode(s));
 
@@ -185,46 +164,56 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
       // Admit only if the whole prefill fits next to what runs now.
       if (this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0) {
         this.waiting.shift();
-        next.state = 'prefill';
-        next.numComputed = this.prefix?.cachedTokens(next, Scheduler.prefillTarget(next)) ?? 0;
-        this.running.push(next);
-        plan.admitted.push(next);
+        this.admit(next, this.kv.lookUp(next, Scheduler.prefillTarget(next)), plan);
         candidate = next;
       }
     }
-    if (!candidate && speculate && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitSpeculative(plan);
+    if (!candidate && warmUpNow && this.running.length === 0 && this.waiting.length === 0) candidate = this.admitWarmUp(plan);
     if (candidate) {
       const start = candidate.numComputed;
       const end = Math.min(Scheduler.prefillTarget(candidate), this.grid.end(candidate.tokens, start));
-      if (this.fits({ seq: candidate, length: end })) plan.prefill = { seq: candidate, start, end };
+      if (this.fits({ seq: candidate, length: end })) {
+        plan.prefill = { seq: candidate, start, end };
+        kv.save = this.kv.save(candidate, start, end);
+      }
     }
     return plan;
   }
 
-  /** Forgets every speculative prefill; returns the admitted one, if any, whose cache must be freed. */
-  dropSpeculative(): S[] {
-    this.speculative.length = 0;
-    const running = this.warming;
-    if (!running) return [];
-    this.running.splice(this.running.indexOf(running), 1);
-    running.state = 'finished';
-    this.warming = null;
-    return [running];
+  /** Gives `seq` a row, starting after the cached blocks `found`. */
+  private admit(seq: S, found: Lookup, plan: StepPlan<S>): void {
+    seq.state = 'prefill';
+    seq.numComputed = found.cached;
+    seq.cachedTokens ??= found.cached;
+    this.running.push(seq);
+    plan.admitted.push(seq);
+    plan.kv.rows.push(this.kv.admit(seq, found, this.config.maxNumBatchedTokens));
   }
 
-  /** Admits the oldest speculative prefill that still has blocks to compute and fits. */
-  private admitSpeculative(plan: StepPlan<S>): S | undefined {
-    while (this.speculative.length > 0) {
-      const next = this.speculative.shift()!;
+  /** Forgets every warm-up; returns the rows to free (the running one's, a finished one's). */
+  dropWarmUps(): number[] {
+    this.warmUps.length = 0;
+    const rows = this.kv.takeOrphans();
+    const kept = this.kv.dropWarmUpRow();
+    if (kept !== null) rows.push(kept);
+    const running = this.warmUp;
+    if (!running) return rows;
+    this.running.splice(this.running.indexOf(running), 1);
+    running.state = 'finished';
+    this.warmUp = null;
+    return [running.id, ...rows];
+  }
+
+  /** Admits the oldest warm-up that still has blocks to compute and fits. */
+  private admitWarmUp(plan: StepPlan<S>): S | undefined {
+    while (this.warmUps.length > 0) {
+      const next = this.warmUps.shift()!;
       const target = Scheduler.prefillTarget(next);
       if (!this.fits({ seq: next, length: target })) continue;
-      const cached = this.prefix?.cachedTokens(next, target) ?? 0;
-      if (cached >= target) continue;
-      next.state = 'prefill';
-      next.numComputed = cached;
-      this.running.push(next);
-      this.warming = next;
-      plan.admitted.push(next);
+      const found = this.kv.lookUp(next, target);
+      if (found.cached >= target) continue;
+      this.admit(next, found, plan);
+      this.warmUp = next;
       return next;
     }
     return undefined;
@@ -236,19 +225,20 @@ export class Scheduler<S extends ScheduledSequence = ScheduledSequence> {
    */
   update(plan: StepPlan<S>): StepOutcome<S> {
     for (const seq of plan.decode) seq.numComputed += 1;
-    if (!plan.prefill) return { promptDone: null, speculativeDone: null };
+    if (!plan.prefill) return { promptDone: null, warmUpDone: null };
     const { seq, end } = plan.prefill;
     const fresh = seq.tokens.length === seq.promptLength;
     seq.numComputed = end;
-    if (end < Scheduler.prefillTarget(seq)) return { promptDone: null, speculativeDone: null };
-    if (seq === this.warming) {
+    if (end < Scheduler.prefillTarget(seq)) return { promptDone: null, warmUpDone: null };
+    if (seq === this.warmUp) {
       this.running.splice(this.running.indexOf(seq), 1);
       seq.state = 'finished';
-      this.warming = null;
-      return { promptDone: null, speculativeDone: seq };
+      this.warmUp = null;
+      this.kv.keepWarmUpRow(seq);
+      return { promptDone: null, warmUpDone: seq };
     }
     seq.state = 'decode';
     // A recomputed sequence (after preemption) decodes its last token next instead.
-    return { promptDone: fresh ? seq : null, speculativeDone: null };
+    return { promptDone: fresh ? seq : null, warmUpDone: null };
   }
 }

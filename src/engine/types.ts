@@ -3,6 +3,10 @@ import type { GrammarStats } from './grammar_service.js';
 import type { PrefixCacheStats } from './prefix_cache.js';
 import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 
+// The serving layer takes these through the engine's public types, never from runtime/ itself.
+export type { GrammarRequest, GrammarSpec } from '../runtime/grammar.js';
+export { samplingDefaults, type SamplingParams, type TokenLogprob } from '../runtime/sampler.js';
+
 /** A generation request as the engine takes it: plain data, sent to the worker. */
 export interface GenerateRequest {
   /** Unique per request; events and aborts refer to it. */
@@ -75,7 +79,7 @@ export interface EngineStats {
   kvBytes: number;
   promptTokensTotal: number;
   generationTokensTotal: number;
-  /** Prompt tokens computed by speculative prefills of conversations' next turns (EngineCore.warm). */
+  /** Prompt tokens computed by warm-ups of conversations' next turns (EngineCore.warm). */
   warmedTokensTotal: number;
   requestsFinished: number;
   steps: number;

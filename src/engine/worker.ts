@@ -9,12 +9,12 @@ import { AppError, ConfigError } from '../errors.js';
 import { readManifest } from '../export/manifest.js';
 import { createSession } from '../runtime/session.js';
 import { FastRunner } from '../runtime/fast_runner.js';
-import { KvCache, kvBudget, memoryBytes } from '../runtime/kv_cache.js';
+import { slotsForOne } from '../runtime/kv_cost.js';
+import { kvBudget, memoryBytes } from '../runtime/kv_budget.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import { GrammarService } from './grammar_service.js';
-import { PrefixCache } from './prefix_cache.js';
 import { KvBlockPool, bytesPerBlock } from '../runtime/kv_block_pool.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { readGenerationConfig } from '../model/generation_config.js';
@@ -47,8 +47,7 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
   }
   const longest = options.maxModelLen ?? positions;
   // Each layout's own cost of one sequence: the fast layout's capacity steps, the standard one's growth.
-  const slotsForOne = (length: number) => (manifest.layout === 'fast' ? KvCache.bucket(length) : StandardRunner.slotsForOne(length));
-  const budget = kvBudget(manifest, options.kvCacheMemory, freemem(), longest, slotsForOne);
+  const budget = kvBudget(manifest, options.kvCacheMemory, freemem(), longest, slotsForOne(manifest.layout));
   const note =
     budget.maxModelLen < longest
       ? `max_model_len lowered from ${longest} to ${budget.maxModelLen} tokens: the KV cache budget (--kv-cache-memory, ${Math.round(budget.bytes / 2 ** 20)} MiB) holds no longer sequence; raise it for the full context`
@@ -65,15 +64,15 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
   };
 }
 
-/** The prefix cache the options ask for: blocks of one prefill chunk, in a pool bounded by --prefix-cache-memory. */
-function createPrefixCache(runner: ModelRunner, chunk: number): { prefixCache: PrefixCache | null; note: string | null } {
+/** The prefix cache's pool the options ask for: blocks of one prefill chunk, bounded by --prefix-cache-memory. */
+function createPrefixCachePool(runner: ModelRunner, chunk: number): { pool: KvBlockPool | null; note: string | null } {
   const memory = options.prefixCacheMemory ?? 0;
-  if (memory <= 0) return { prefixCache: null, note: 'off' };
+  if (memory <= 0) return { pool: null, note: 'off' };
   const layout = runner.blockLayout(chunk);
   const bytes = memoryBytes(memory, freemem());
   const slots = Math.floor(bytes / bytesPerBlock(layout));
-  if (slots < 1) return { prefixCache: null, note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)` };
-  return { prefixCache: new PrefixCache(chunk, new KvBlockPool(layout, slots)), note: null };
+  if (slots < 1) return { pool: null, note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)` };
+  return { pool: new KvBlockPool(layout, slots), note: null };
 }
 
 async function start(wake: () => void): Promise<EngineCore> {
@@ -90,11 +89,11 @@ async function start(wake: () => void): Promise<EngineCore> {
   const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;
   const tokenizer = QwenTokenizer.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
-  const { prefixCache, note: prefixCacheNote } = createPrefixCache(runner, limits.maxNumBatchedTokens);
+  const { pool, note: prefixCacheNote } = createPrefixCachePool(runner, limits.maxNumBatchedTokens);
   // With --kv-cache-prefault the prefix cache's pool is written too, for the same reason.
-  const poolPrefaultedBytes = options.kvCachePrefault && prefixCache ? prefixCache.pool.prefault() : 0;
+  const poolPrefaultedBytes = options.kvCachePrefault && pool ? pool.prefault() : 0;
   const core = new EngineCore(runner, tokenizer, limits, {
-    prefixCache,
+    prefixCachePool: pool,
     eosTokenIds: generation.eosTokenIds,
     grammars: () =>
       new GrammarService({
@@ -117,7 +116,7 @@ async function start(wake: () => void): Promise<EngineCore> {
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,
-    prefixCache: prefixCache ? { blockTokens: prefixCache.blockTokens, capacityBytes: prefixCache.stats().capacityBytes } : null,
+    prefixCache: pool ? { blockTokens: limits.maxNumBatchedTokens, capacityBytes: pool.slots * pool.bytesPerBlock } : null,
     prefixCacheNote,
     limitsNote,
   };

@@ -7,7 +7,8 @@ import { SafetensorsCheckpoint } from '../model/safetensors.js';
 import { silentProgress, type Progress } from '../util/progress.js';
 import { GRAPH_REVISION, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
 import { DataType, ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
-import { buildFastGraph, buildStandardGraph, type AttentionKind, type GraphIo, type Layout } from './qwen3_graph.js';
+import { buildFastGraph, buildStandardGraph, type AttentionKind } from './qwen3_graph.js';
+import type { GraphIo, Layout } from './graph_io.js';
 import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
 import { PACKAGE_VERSION } from '../version.js';
 

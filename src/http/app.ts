@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import cors from '@fastify/cors';
 import { NotFoundError } from '../errors.js';
-import type { ServingContext } from '../openai/context.js';
+import type { ServingContext } from '../serving/context.js';
 import { requireApiKey } from './auth.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';

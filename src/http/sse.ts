@@ -1,6 +1,6 @@
 import { PassThrough } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { Served } from '../openai/serving.js';
+import type { Served } from '../serving/served.js';
 import { toAnthropicError, toOpenAIError } from './error_envelope.js';
 import type { HttpOptions } from './options.js';
 

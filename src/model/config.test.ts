@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ModelFormatError } from '../errors.js';
 import { parseQwen3Config } from './config.js';
-import { ropeInverseFrequencies } from '../export/qwen3_graph.js';
+import { ropeInverseFrequencies } from '../export/rope.js';
 
 // Qwen3-0.6B's config.json, abridged to what the parser reads.
 const qwen3 = {

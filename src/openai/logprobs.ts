@@ -1,6 +1,5 @@
-import type { EngineEvent } from '../engine/types.js';
-import type { TokenLogprob } from '../runtime/sampler.js';
-import type { ServingContext } from './context.js';
+import type { EngineEvent, TokenLogprob } from '../engine/types.js';
+import type { ServingContext } from '../serving/context.js';
 
 // One decoder for all logprob token names: this runs up to 21 times per generated token.
 const utf8 = new TextDecoder();

@@ -1,5 +1,4 @@
 import { z } from 'zod';
-import { UNSERVED_TOOL_TYPES } from './responses_tools.js';
 
 /** OpenAI's Responses API request (the parts a local model can honour). */
 const textPart = z.object({ type: z.enum(['input_text', 'output_text']), text: z.string() }).passthrough();
@@ -52,6 +51,26 @@ const customTool = z
 const namespaceTool = z
   .object({ type: z.literal('namespace'), name: z.string().min(1).max(64), description: z.string().nullable().optional(), tools: z.array(z.union([functionTool, customTool])).min(1).max(128) })
   .passthrough();
+/** OpenAI's tool types this server cannot run: left out, never refused. */
+export const UNSERVED_TOOL_TYPES: ReadonlySet<string> = new Set([
+  'web_search',
+  'web_search_2025_08_26',
+  'web_search_preview',
+  'web_search_preview_2025_03_11',
+  'file_search',
+  'code_interpreter',
+  'computer',
+  'computer_use',
+  'computer_use_preview',
+  'image_generation',
+  'mcp',
+  'local_shell',
+  'shell',
+  'apply_patch',
+  'tool_search',
+  'programmatic_tool_calling',
+]);
+
 /** A tool of a type only OpenAI can run: accepted, and left out of the prompt. */
 const unservedTool = z
   .object({ type: z.string() })

@@ -9,26 +9,6 @@ import type { CustomToolSpec, FunctionToolSpec, NamespaceToolSpec, ResponsesRequ
  * the prompt and named in `ignored`, so an agent that always sends them still works.
  */
 
-/** OpenAI's tool types this server cannot run: left out, never refused. */
-export const UNSERVED_TOOL_TYPES: ReadonlySet<string> = new Set([
-  'web_search',
-  'web_search_2025_08_26',
-  'web_search_preview',
-  'web_search_preview_2025_03_11',
-  'file_search',
-  'code_interpreter',
-  'computer',
-  'computer_use',
-  'computer_use_preview',
-  'image_generation',
-  'mcp',
-  'local_shell',
-  'shell',
-  'apply_patch',
-  'tool_search',
-  'programmatic_tool_calling',
-]);
-
 /** How a call the model makes goes back to the client. */
 export interface CallTarget {
   kind: 'function' | 'custom';

@@ -1,10 +1,10 @@
-import type { ServingContext } from './context.js';
-import type { ChatChoice } from './chat_choice.js';
-import { startChat } from './chat_session.js';
+import type { ChatChoice } from '../serving/chat_choice.js';
+import { chatRequestSchema } from '../serving/chat_request.js';
+import { startChat } from '../serving/chat_session.js';
+import type { ServingContext } from '../serving/context.js';
+import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
+import type { Served } from '../serving/served.js';
 import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
-import { checkModel, newId, parseBody, unixNow } from './request.js';
-import { chatRequestSchema } from './schemas.js';
-import type { Served } from './serving.js';
 
 /**
  * POST /v1/chat/completions: a validated request becomes `n` engine requests (one per

@@ -1,11 +1,11 @@
 import { InvalidRequestError } from '../errors.js';
 import type { EngineEvent } from '../engine/types.js';
-import type { ServingContext } from './context.js';
+import type { ServingContext } from '../serving/context.js';
+import { checkModel, checkTokenIds, engineRequest, newId, parseBody, resolveMaxTokens, samplingParams, submitAll, unixNow } from '../serving/request.js';
+import type { Served } from '../serving/served.js';
+import { grammarRequest } from '../serving/structured_output.js';
 import { generated, legacyLogprobs, promptScores, vllmPromptLogprobs, type ScoredToken } from './logprobs.js';
-import { checkModel, checkTokenIds, engineRequest, newId, parseBody, resolveMaxTokens, samplingParams, submitAll, unixNow } from './request.js';
 import { completionRequestSchema, type CompletionRequest } from './schemas.js';
-import type { Served } from './serving.js';
-import { grammarRequest } from './structured_output.js';
 
 /** Every form of `prompt` as token-id lists. */
 async function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): Promise<number[][]> {

@@ -1,8 +1,9 @@
 import { InvalidRequestError, NotFoundError } from '../errors.js';
-import type { ServingContext } from './context.js';
-import { prepareChat } from './chat_prompt.js';
-import { checkModel, checkTokenIds, parseBody } from './request.js';
-import { detokenizeRequestSchema, tokenizeRequestSchema, type ChatRequest } from './schemas.js';
+import { prepareChat } from '../serving/chat_prompt.js';
+import type { ChatRequest } from '../serving/chat_request.js';
+import type { ServingContext } from '../serving/context.js';
+import { checkModel, checkTokenIds, parseBody } from '../serving/request.js';
+import { detokenizeRequestSchema, tokenizeRequestSchema } from './schemas.js';
 
 /** The one model this server serves, as /v1/models lists it. */
 export function modelCard(ctx: ServingContext) {

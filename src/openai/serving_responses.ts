@@ -1,12 +1,12 @@
 import { NotFoundError } from '../errors.js';
-import type { ChatChoice, ChatDelta } from './chat_choice.js';
-import { startChat } from './chat_session.js';
-import type { ServingContext } from './context.js';
-import { checkModel, newId, parseBody, unixNow } from './request.js';
+import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
+import { chatRequestSchema, type ChatRequest } from '../serving/chat_request.js';
+import { startChat } from '../serving/chat_session.js';
+import type { ServingContext } from '../serving/context.js';
+import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
+import type { Served } from '../serving/served.js';
 import { responsesRequestSchema, type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest } from './responses_schemas.js';
-import { chatRequestSchema, type ChatRequest } from './schemas.js';
 import { allowedTools, planTools, qualifiedName, type ToolPlan } from './responses_tools.js';
-import type { Served } from './serving.js';
 
 /**
  * OpenAI's Responses API (POST/GET/DELETE /v1/responses) as a translation: input items

@@ -41,10 +41,6 @@ export class FastRunner implements ModelRunner {
     return this.cache.prefault();
   }
 
-  slotsFor(lengths: number[]): number {
-    return this.cache.slotsFor(lengths);
-  }
-
   addSequence(id: number): void {
     this.cache.add(id);
   }

@@ -1,4 +1,4 @@
-import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
+import { BYTES, kvArray, type KvArray, type KvElementType } from './kv_array.js';
 
 /**
  * The shape of one block of cached KV as a runner lays it out: per layer and plane
@@ -58,25 +58,5 @@ export class KvBlockPool {
 
   get bytesPerBlock(): number {
     return bytesPerBlock(this.layout);
-  }
-}
-
-/**
- * Copies `runs` runs of `length` elements from `src` (runs `srcStride` apart, from
- * `srcAt`) to `dst` (`dstStride` apart, from `dstAt`). Short runs are copied element by
- * element: a subarray per run would cost more than the copy.
- */
-export function copyRuns(src: KvArray, srcAt: number, srcStride: number, dst: KvArray, dstAt: number, dstStride: number, runs: number, length: number): void {
-  if (length >= 64) {
-    for (let j = 0; j < runs; j++) {
-      const a = srcAt + j * srcStride;
-      dst.set(src.subarray(a, a + length), dstAt + j * dstStride);
-    }
-    return;
-  }
-  for (let j = 0; j < runs; j++) {
-    const a = srcAt + j * srcStride;
-    const b = dstAt + j * dstStride;
-    for (let i = 0; i < length; i++) dst[b + i] = src[a + i];
   }
 }

@@ -1,12 +1,9 @@
 import './telemetry_off.js';
 import ort from 'onnxruntime-node';
-import { ConfigError } from '../errors.js';
 import { ioName, type Manifest } from '../export/manifest.js';
-import { BYTES, kvArray, type KvArray, type KvElementType } from './model_runner.js';
-import { copyRuns, type KvBlockLayout, type KvBlockPool, type KvBlockRef } from './kv_block_pool.js';
-
-/** Capacity grows and shrinks in these steps: attention's cost grows with capacity (docs/architecture.md, KV cache). */
-export const CAPACITY_STEP = 64;
+import { BYTES, copyRuns, kvArray, type KvArray, type KvElementType } from './kv_array.js';
+import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
+import { CAPACITY_STEP, capacityBucket } from './kv_cost.js';
 
 /**
  * How far past what a step needs capacity may grow at once toward a row's expected
@@ -14,51 +11,6 @@ export const CAPACITY_STEP = 64;
  * contexts), each unused step costs every later step a little attention (docs/performance.md).
  */
 export const GROW_AHEAD = 4 * CAPACITY_STEP;
-
-/** Bytes of KV per token: keys and values, every layer (int8 entries carry one float32 scale per token and head). */
-export function kvBytesPerToken(m: Manifest): number {
-  const c = m.config;
-  const perHead = c.headDim * BYTES[m.kvDtype] + (m.kvDtype === 'int8' ? BYTES.float32 : 0);
-  return 2 * c.numLayers * c.numKvHeads * perHead;
-}
-
-/** A memory setting in bytes: bytes as given, or a fraction (≤ 1) of `freeBytes`. */
-export function memoryBytes(setting: number, freeBytes: number): number {
-  return setting <= 1 ? Math.floor(freeBytes * setting) : Math.floor(setting);
-}
-
-export interface KvBudget {
-  /** The KV budget in token slots: the one name the scheduler, the runners and the stats use. */
-  kvBudgetTokens: number;
-  bytes: number;
-  /** The longest sequence allowed, lowered to what the budget can hold. */
-  maxModelLen: number;
-}
-
-/**
- * The KV budget for a memory setting: `memory` bytes, or a fraction (≤ 1) of `freeBytes`.
- * `slotsForOne` is the layout's cost of one sequence of a given length (the runner's
- * `slotsFor`, capacity steps or growth included): the longest allowed sequence is lowered
- * until one fits, and a budget too small for a single token is a configuration error.
- */
-export function kvBudget(manifest: Manifest, memory: number, freeBytes: number, maxModelLen: number, slotsForOne: (length: number) => number): KvBudget {
-  const perToken = kvBytesPerToken(manifest);
-  const bytes = memoryBytes(memory, freeBytes);
-  const kvBudgetTokens = Math.floor(bytes / perToken);
-  const smallest = slotsForOne(1);
-  if (kvBudgetTokens < smallest) {
-    throw new ConfigError(`--kv-cache-memory gives ${bytes} bytes, less than one ${smallest}-token block (${perToken * smallest} bytes) of this model's KV cache.`);
-  }
-  // The cost only grows with the length: the longest that fits, by bisection.
-  let lo = 1;
-  let hi = maxModelLen;
-  while (lo < hi) {
-    const mid = Math.ceil((lo + hi) / 2);
-    if (slotsForOne(mid) <= kvBudgetTokens) lo = mid;
-    else hi = mid - 1;
-  }
-  return { kvBudgetTokens, bytes, maxModelLen: lo };
-}
 
 /**
  * One cached tensor per layer: keys, values, or (int8 caches) their per-token scales.
@@ -80,7 +32,7 @@ interface Plane {
  * in-place attention exports, manifest keyLayout 'bhdt'), fed to every step without a
  * copy. Each sequence owns a row and rows stay compact: when a sequence leaves, the last
  * row moves into its place. Rows × capacity both resize in steps, so memory follows the
- * work; `slotsFor` tells the scheduler what a set of sequences would take.
+ * work; `kvCostModel` (kv_cost.ts) tells the scheduler what a set of sequences would take.
  */
 export class KvCache {
   private readonly kvHeads: number;
@@ -229,17 +181,6 @@ export class KvCache {
     copyRuns(src, from * perRow * srcCap * unit, srcCap * unit, p.data[l], to * perRow * this.capacity * unit, this.capacity * unit, perRow, length * unit);
   }
 
-  /** Slots a row of `length` tokens takes: its capacity step. */
-  static bucket(length: number): number {
-    return Math.max(CAPACITY_STEP, Math.ceil(length / CAPACITY_STEP) * CAPACITY_STEP);
-  }
-
-  /** Token slots the cache occupies for these sequences: rows × the longest one's bucket. */
-  slotsFor(lengths: number[]): number {
-    if (lengths.length === 0) return 0;
-    return lengths.length * KvCache.bucket(Math.max(...lengths));
-  }
-
   /**
    * Resizes to the rows in use and the capacity bucket `needed` tokens require. Growing,
    * capacity goes on toward the longest row's expected length (`expect`), at most
@@ -254,8 +195,8 @@ export class KvCache {
       reach = Math.max(reach, this.rowReach[r]);
     }
     // What this step needs, and what to take when the capacity moves anyway.
-    const needCap = KvCache.bucket(longest);
-    const cap = KvCache.bucket(Math.min(this.maxLength, Math.max(longest, Math.min(reach, longest + GROW_AHEAD))));
+    const needCap = capacityBucket(longest);
+    const cap = capacityBucket(Math.min(this.maxLength, Math.max(longest, Math.min(reach, longest + GROW_AHEAD))));
     const rows = Math.max(1, this.idOfRow.length);
     // Grow at once; shrink only when a size halves, so allocations do not flap.
     const growCap = needCap > this.capacity;

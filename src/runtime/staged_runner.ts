@@ -92,10 +92,6 @@ export class StagedFastRunner implements ModelRunner {
     return this.decoding.kvBytes() + this.staging.kvBytes();
   }
 
-  slotsFor(lengths: number[]): number {
-    return this.decoding.slotsFor(lengths);
-  }
-
   /** Writes the decoding buffers (staging pages are written by the first prompts instead). */
   prefault(): number {
     return this.decoding.prefault();

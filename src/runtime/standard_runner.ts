@@ -1,8 +1,9 @@
 import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
-import { BYTES, kvArray, type KvArray, type ModelRunner } from './model_runner.js';
-import { copyRuns, type KvBlockLayout, type KvBlockPool, type KvBlockRef } from './kv_block_pool.js';
+import type { ModelRunner } from './model_runner.js';
+import { BYTES, copyRuns, kvArray, type KvArray } from './kv_array.js';
+import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 
 interface SequenceKv {
   length: number;
@@ -110,15 +111,6 @@ export class StandardRunner implements ModelRunner {
     let n = 0;
     for (const s of this.seqs.values()) n += 2 * this.layers * this.kvHeads * s.capacity * this.headDim * bytesPer;
     return n;
-  }
-
-  /** Slots one sequence of `length` tokens may take: its buffers grow by doubling, so that worst case. */
-  static slotsForOne(length: number): number {
-    return Math.max(64, 2 ** Math.ceil(Math.log2(Math.max(length, 1))));
-  }
-
-  slotsFor(lengths: number[]): number {
-    return lengths.reduce((n, l) => n + StandardRunner.slotsForOne(l), 0);
   }
 
   private seq(id: number): SequenceKv {

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { serveCountTokens, serveMessages } from '../../anthropic/serving_messages.js';
-import type { ServingContext } from '../../openai/context.js';
+import type { ServingContext } from '../../serving/context.js';
 import { clientAbortSignal } from '../disconnect.js';
 import type { HttpOptions } from '../options.js';
 import { respond } from '../sse.js';

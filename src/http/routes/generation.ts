@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync } from 'fastify';
-import type { ServingContext } from '../../openai/context.js';
+import type { ServingContext } from '../../serving/context.js';
 import { serveChat } from '../../openai/serving_chat.js';
 import { serveCompletions } from '../../openai/serving_completions.js';
 import { deleteResponse, retrieveResponse, serveResponses } from '../../openai/serving_responses.js';

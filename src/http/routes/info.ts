@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { ServiceUnavailableError } from '../../errors.js';
-import type { ServingContext } from '../../openai/context.js';
+import type { ServingContext } from '../../serving/context.js';
 import { modelCard, serveDetokenize, serveModel, serveTokenize } from '../../openai/serving_info.js';
 import type { ServerMetrics } from '../metrics.js';
 

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidRequestError } from '../errors.js';
-import type { GrammarRequest } from '../runtime/grammar.js';
+import type { GrammarRequest } from '../engine/types.js';
 import type { ChatMessage, RenderOptions, ToolDefinition } from '../text/chat_template.js';
 import type { ServingContext } from './context.js';
-import type { ChatRequest, MessageInput } from './schemas.js';
+import type { ChatRequest, MessageInput } from './chat_request.js';
 import { grammarRequest } from './structured_output.js';
 
 export const THINK_END_TOKEN = '</think>';

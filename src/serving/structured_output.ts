@@ -1,6 +1,6 @@
 import { InvalidRequestError } from '../errors.js';
-import type { GrammarRequest, GrammarSpec } from '../runtime/grammar.js';
-import type { StructuredFields } from './schemas.js';
+import type { GrammarRequest, GrammarSpec } from '../engine/types.js';
+import type { StructuredFields } from './chat_request.js';
 
 /** A JSON schema given as an object or as JSON text. */
 function schemaText(value: string | Record<string, unknown>, param: string): string {

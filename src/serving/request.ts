@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
-import { ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
-import type { EngineEvent, GenerateRequest } from '../engine/types.js';
-import { samplingDefaults, type SamplingParams } from '../runtime/sampler.js';
+import { AppError, ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
+import { samplingDefaults, type EngineEvent, type GenerateRequest, type SamplingParams } from '../engine/types.js';
 import type { ServingContext } from './context.js';
-import { paramName } from './schemas.js';
+import { paramName } from './chat_request.js';
 
 /** Validates a body against a zod schema; the first problem becomes a 400 naming its param. */
 export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
@@ -79,7 +78,7 @@ export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requ
   const limit = ctx.engine.info!.limits.maxModelLen;
   const room = limit - promptTokens;
   const asked = requested ?? null;
-  if (room < 1 || (asked !== null && asked > room && ctx.options.strictMaxTokens)) throw new ContextLengthExceededError(limit, promptTokens, asked ?? 1);
+  if (room < 1 || (asked !== null && asked > room && ctx.options.strictMaxTokens)) throw requestFieldOf(new ContextLengthExceededError(limit, promptTokens, asked ?? 1));
   return asked === null ? room : Math.min(asked, room);
 }
 
@@ -126,9 +125,23 @@ export async function submitAll(ctx: ServingContext, requests: GenerateRequest[]
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) {
     requests.forEach((r) => ctx.engine.abort(r.requestId));
-    throw failed.reason;
+    throw requestFieldOf(failed.reason);
   }
   return results.map((r) => (r as PromiseFulfilledResult<AsyncGenerator<EngineEvent>>).value);
+}
+
+/** The request field each coded error from the engine is about: the one place codes meet the protocols' field names. */
+const FIELD_OF_CODE: Readonly<Record<string, string>> = {
+  context_length_exceeded: 'max_tokens',
+  empty_prompt: 'prompt',
+  prompt_logprobs_unavailable: 'echo',
+};
+
+/** `err`, naming the request field its code is about when it names none. */
+export function requestFieldOf(err: unknown): unknown {
+  if (!(err instanceof AppError) || err.param !== null || err.code === null) return err;
+  const field = FIELD_OF_CODE[err.code];
+  return field ? err.withParam(field) : err;
 }
 
 /** OpenAI's ids: a prefix and 32 hex digits (tool calls: 24). */

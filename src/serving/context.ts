@@ -10,7 +10,7 @@ import type { ResponseStore } from './response_store.js';
 export type ReasoningField = 'reasoning_content' | 'reasoning' | 'both';
 export type ReasoningEffortBudgets = Record<'minimal' | 'low' | 'medium' | 'high', number>;
 
-/** What the OpenAI layer needs to know of the server's settings. */
+/** What the serving and protocol modules need to know of the server's settings. */
 export interface ServingOptions {
   /** The model id clients name in requests and see in /v1/models. */
   modelName: string;

@@ -1,5 +1,4 @@
-import type { EngineEvent } from '../engine/types.js';
-import type { TokenLogprob } from '../runtime/sampler.js';
+import type { EngineEvent, TokenLogprob } from '../engine/types.js';
 import { OutputParser } from '../text/output_parser.js';
 import type { PreparedChat } from './chat_prompt.js';
 import { newId } from './request.js';
