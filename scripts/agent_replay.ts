@@ -18,7 +18,10 @@ interface Recorded {
   body: Record<string, unknown>;
 }
 
-const { values, positionals } = parseArgs({ options: { url: { type: 'string', default: 'http://127.0.0.1:8000' }, model: { type: 'string' } }, allowPositionals: true });
+const { values, positionals } = parseArgs({
+  options: { url: { type: 'string', default: 'http://127.0.0.1:8000' }, model: { type: 'string' } },
+  allowPositionals: true,
+});
 if (positionals.length === 0) {
   process.stderr.write('usage: agent_replay --url <server> [--model <name>] <session.json>...\n');
   process.exit(2);
@@ -42,11 +45,13 @@ function usageOf(text: string): { prompt: number; cached: number } {
   let out = { prompt: 0, cached: 0 };
   for (const line of text.split('\n')) {
     if (!line.startsWith('data: ') || line === 'data: [DONE]') continue;
+    // biome-ignore lint/suspicious/noExplicitAny: three APIs' usage objects, read field by field below
     const ev = JSON.parse(line.slice(6)) as Record<string, any>;
     const u = ev.response?.usage ?? ev.usage ?? ev.message?.usage;
     if (!u) continue;
     if ('input_tokens_details' in u) out = { prompt: u.input_tokens, cached: u.input_tokens_details.cached_tokens };
-    else if ('cache_read_input_tokens' in u && 'input_tokens' in u) out = { prompt: u.input_tokens + u.cache_read_input_tokens, cached: u.cache_read_input_tokens };
+    else if ('cache_read_input_tokens' in u && 'input_tokens' in u)
+      out = { prompt: u.input_tokens + u.cache_read_input_tokens, cached: u.cache_read_input_tokens };
     else if ('prompt_tokens' in u) out = { prompt: u.prompt_tokens, cached: u.prompt_tokens_details?.cached_tokens ?? 0 };
   }
   return out;
@@ -65,6 +70,8 @@ for (const file of positionals) {
     const seconds = (performance.now() - started) / 1000;
     const u = usageOf(text);
     const api = r.path.replace(/\?.*$/, '');
-    process.stdout.write(`${basename(file)} #${i + 1} ${api} ${res.status}: prompt ${u.prompt}, cached ${u.cached}, first token after ${seconds.toFixed(2)} s\n`);
+    process.stdout.write(
+      `${basename(file)} #${i + 1} ${api} ${res.status}: prompt ${u.prompt}, cached ${u.cached}, first token after ${seconds.toFixed(2)} s\n`,
+    );
   }
 }

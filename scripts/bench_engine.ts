@@ -10,32 +10,38 @@ import { runEngineBench } from '../src/bench/engine_bench.js';
 
 const USAGE =
   'usage: bench_engine --model <export dir> [--batch 1,2,4,8,16] [--context 128,1024] [--steps 16] [--chunk 512] [--threads 2] [--device cpu|cuda] [--json out.json]\n';
-let parsed;
-try {
-  parsed = parseArgs({
-    options: {
-      help: { type: 'boolean' },
-      model: { type: 'string' },
-      batch: { type: 'string', default: '1,2,4,8,16' },
-      context: { type: 'string', default: '128,1024' },
-      steps: { type: 'string', default: '16' },
-      chunk: { type: 'string', default: '512' },
-      threads: { type: 'string', default: '2' },
-      device: { type: 'string', default: 'cpu' },
-      json: { type: 'string' },
-    },
-  });
-} catch (err) {
-  // Unknown or malformed flags: say which, then how to call it (not a stack trace).
-  process.stderr.write(`${(err as Error).message}\n${USAGE}`);
-  process.exit(2);
+function parseFlags() {
+  try {
+    return parseArgs({
+      options: {
+        help: { type: 'boolean' },
+        model: { type: 'string' },
+        batch: { type: 'string', default: '1,2,4,8,16' },
+        context: { type: 'string', default: '128,1024' },
+        steps: { type: 'string', default: '16' },
+        chunk: { type: 'string', default: '512' },
+        threads: { type: 'string', default: '2' },
+        device: { type: 'string', default: 'cpu' },
+        json: { type: 'string' },
+      },
+    });
+  } catch (err) {
+    // Unknown or malformed flags: say which, then how to call it (not a stack trace).
+    process.stderr.write(`${(err as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
 }
+const parsed = parseFlags();
 const { values } = parsed;
 if (values.help) {
   process.stdout.write(USAGE);
   process.exit(0);
 }
-const list = (s: string | undefined) => (s ?? '').split(',').map(Number).filter((n) => Number.isInteger(n) && n > 0);
+const list = (s: string | undefined) =>
+  (s ?? '')
+    .split(',')
+    .map(Number)
+    .filter((n) => Number.isInteger(n) && n > 0);
 if (!values.model) {
   process.stderr.write(USAGE);
   process.exit(2);

@@ -12,9 +12,9 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { runEngineBench, type EngineBenchRow } from '../src/bench/engine_bench.js';
-import { markdownTable, runLoadBench, type LevelResult } from '../src/bench/load_bench.js';
 import { renderChart } from '../src/bench/chart.js';
+import { type EngineBenchRow, runEngineBench } from '../src/bench/engine_bench.js';
+import { type LevelResult, markdownTable, runLoadBench } from '../src/bench/load_bench.js';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
 import { exportModel } from '../src/export/exporter.js';
 import { GRAPH_REVISION, MANIFEST_FILE, readManifest } from '../src/export/manifest.js';
@@ -75,7 +75,10 @@ for (const v of variants) {
 
 // 2. HTTP load benchmark and targets against our server, per int4 layout.
 async function serve(dir: string, extra: string[] = []) {
-  const config = parseServeConfig(['--model', dir, '--port', '0', '--threads', String(THREADS), '--max-num-seqs', '16', '--kv-cache-memory', '4GiB', ...extra], {})!;
+  const config = parseServeConfig(
+    ['--model', dir, '--port', '0', '--threads', String(THREADS), '--max-num-seqs', '16', '--kv-cache-memory', '4GiB', ...extra],
+    {},
+  )!;
   return startServer(config, { logger: pino({ level: 'warn' }) });
 }
 const serverRows: Record<string, LevelResult[]> = {};
@@ -121,7 +124,8 @@ for (const layout of Object.keys(served) as Array<keyof typeof served>) {
     'p99 gap between tokens of those 8 streams (ms)': eightRes.itlMs.p99.toFixed(0),
     'TTFT of that prompt meanwhile (s)': (intruder.levels[0].ttftMs.median / 1000).toFixed(2),
   };
-  if (layout === 'fast') writeFileSync('bench-results/server-fast-int4.png', await renderChart(serverRows.fast, 'qwen3-serve, 0.6B-shaped int4, fast layout'));
+  if (layout === 'fast')
+    writeFileSync('bench-results/server-fast-int4.png', await renderChart(serverRows.fast, 'qwen3-serve, 0.6B-shaped int4, fast layout'));
   await server.close();
 }
 
@@ -133,7 +137,19 @@ if (!quick) {
   const server = await serve(dirs['fast-int4'], ['--max-num-batched-tokens', '512']);
   let peak = 0;
   const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 200);
-  await runLoadBench({ baseUrl: `${server.url}/v1`, model: null, apiKey: null, endpoint: 'completions', requestRate: null, seed: 1, timeout: 3600, inputLen: 1984, outputLen: 64, numPrompts: 8, concurrency: [8] });
+  await runLoadBench({
+    baseUrl: `${server.url}/v1`,
+    model: null,
+    apiKey: null,
+    endpoint: 'completions',
+    requestRate: null,
+    seed: 1,
+    timeout: 3600,
+    inputLen: 1984,
+    outputLen: 64,
+    numPrompts: 8,
+    concurrency: [8],
+  });
   clearInterval(timer);
   memory = `${(peak / 2 ** 20).toFixed(0)} MiB`;
   await server.close();
@@ -145,11 +161,23 @@ try {
   const tjs = await import('@huggingface/transformers');
   tjs.env.allowRemoteModels = false;
   tjs.env.localModelPath = `${work}/`;
-  const model = await tjs.AutoModelForCausalLM.from_pretrained('standard-int4', { dtype: 'fp32', use_external_data_format: true, device: 'cpu', session_options: { intraOpNumThreads: THREADS } } as never);
+  const model = await tjs.AutoModelForCausalLM.from_pretrained('standard-int4', {
+    dtype: 'fp32',
+    use_external_data_format: true,
+    device: 'cpu',
+    session_options: { intraOpNumThreads: THREADS },
+  } as never);
   const ids = Array.from({ length: 128 }, (_, i) => 1000 + ((i * 104729) % 100000));
   const input = new tjs.Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
   const mask = new tjs.Tensor('int64', new BigInt64Array(ids.length).fill(1n), [1, ids.length]);
-  const gen = (n: number) => (model as unknown as { generate(o: object): Promise<unknown> }).generate({ input_ids: input, attention_mask: mask, max_new_tokens: n, min_new_tokens: n, do_sample: false });
+  const gen = (n: number) =>
+    (model as unknown as { generate(o: object): Promise<unknown> }).generate({
+      input_ids: input,
+      attention_mask: mask,
+      max_new_tokens: n,
+      min_new_tokens: n,
+      do_sample: false,
+    });
   await gen(2);
   const t1 = performance.now();
   await gen(1);
@@ -157,7 +185,10 @@ try {
   const t2 = performance.now();
   await gen(64);
   const total = performance.now() - t2;
-  peer = { tokensPerSecond: 63 / ((total - prefill) / 1000), note: 'transformers.js 4.3.1, same standard-layout int4 export, 128-token prompt, 64 tokens greedy' };
+  peer = {
+    tokensPerSecond: 63 / ((total - prefill) / 1000),
+    note: 'transformers.js 4.3.1, same standard-layout int4 export, 128-token prompt, 64 tokens greedy',
+  };
 } catch (err) {
   peer.note = `transformers.js failed: ${(err as Error).message}`;
 }
@@ -169,7 +200,10 @@ const f = (x: number) => x.toFixed(1);
 const engineTable = [
   '| export | batch | context | prefill tok/s | decode ms/step | decode tok/s | peak RSS MiB |',
   '|---|---|---|---|---|---|---|',
-  ...engineRows.map((r) => `| ${r.layout} ${r.dtype} | ${r.batch} | ${r.context} | ${r.prefillTokensPerSecond.toFixed(0)} | ${f(r.decodeMsPerStep)} | ${f(r.decodeTokensPerSecond)} | ${r.peakRssMiB.toFixed(0)} |`),
+  ...engineRows.map(
+    (r) =>
+      `| ${r.layout} ${r.dtype} | ${r.batch} | ${r.context} | ${r.prefillTokensPerSecond.toFixed(0)} | ${f(r.decodeMsPerStep)} | ${f(r.decodeTokensPerSecond)} | ${r.peakRssMiB.toFixed(0)} |`,
+  ),
 ].join('\n');
 const targetNames = Object.keys(targets.fast);
 const targetTable = [

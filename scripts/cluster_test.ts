@@ -10,7 +10,7 @@
  * request hung or failed in a way a client could not retry, or if the balancer still
  * routed to the replica when it stopped answering.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -40,7 +40,7 @@ const names = ['r1', 'r2', 'r3'];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 if (spawnSync('haproxy', ['-v']).error) {
-  log('cluster:test needs HAProxy: install Debian\'s package (apt-get install haproxy) and run it again.');
+  log("cluster:test needs HAProxy: install Debian's package (apt-get install haproxy) and run it again.");
   process.exit(2);
 }
 
@@ -55,14 +55,30 @@ process.on('SIGINT', () => process.exit(130));
 
 /** Starts replica i; resolves with its process once /health answers 200. */
 async function startReplica(i: number): Promise<ChildProcess> {
-  const args = [CLI, 'serve', '--port', String(replicaPorts[i]), '--threads', values.threads!, '--shutdown-timeout', '10', '--cache-dir', join(work, 'cache'), '--log-level', 'warn'];
+  const args = [
+    CLI,
+    'serve',
+    '--port',
+    String(replicaPorts[i]),
+    '--threads',
+    values.threads!,
+    '--shutdown-timeout',
+    '10',
+    '--cache-dir',
+    join(work, 'cache'),
+    '--log-level',
+    'warn',
+  ];
   if (values.model) args.push('--model', values.model);
   const p = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   processes.add(p);
   p.once('exit', () => processes.delete(p));
   for (let t = 0; t < 1200; t++) {
     if (p.exitCode !== null) throw new Error(`replica ${names[i]} exited with ${p.exitCode} while starting`);
-    const ok = await fetch(`http://127.0.0.1:${replicaPorts[i]}/health`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://127.0.0.1:${replicaPorts[i]}/health`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) return p;
     await sleep(250);
   }
@@ -108,7 +124,8 @@ async function haproxyStats(): Promise<Map<string, { status: string; sessions: n
   const out = new Map<string, { status: string; sessions: number }>();
   for (const row of rows) {
     const f = row.split(',');
-    if (f[at('pxname')] === 'replicas' && names.includes(f[at('svname')])) out.set(f[at('svname')], { status: f[at('status')], sessions: Number(f[at('stot')]) });
+    if (f[at('pxname')] === 'replicas' && names.includes(f[at('svname')]))
+      out.set(f[at('svname')], { status: f[at('status')], sessions: Number(f[at('stot')]) });
   }
   return out;
 }
@@ -137,7 +154,24 @@ log(`HAProxy on 127.0.0.1:${lbPort}: all replicas UP`);
 // The load: qwen3-serve bench through the balancer.
 const out = values.out!;
 mkdirSync(dirname(out) || '.', { recursive: true });
-const benchArgs = [CLI, 'bench', '--base-url', `http://127.0.0.1:${lbPort}/v1`, '--num-prompts', values.requests!, '--concurrency', values.concurrency!, '--input-len', values['input-len']!, '--output-len', values['output-len']!, '--timeout', '120', '--out', `${out}-load`];
+const benchArgs = [
+  CLI,
+  'bench',
+  '--base-url',
+  `http://127.0.0.1:${lbPort}/v1`,
+  '--num-prompts',
+  values.requests!,
+  '--concurrency',
+  values.concurrency!,
+  '--input-len',
+  values['input-len']!,
+  '--output-len',
+  values['output-len']!,
+  '--timeout',
+  '120',
+  '--out',
+  `${out}-load`,
+];
 const bench = spawn(process.execPath, benchArgs, { stdio: ['ignore', 'ignore', 'inherit'] });
 processes.add(bench);
 const benchDone = new Promise<number>((resolve) => bench.once('exit', (code) => resolve(code ?? 1)));
@@ -187,7 +221,13 @@ const unclean = Object.entries(level.failures).filter(([k]) => !retryable.has(k)
 const summary = [
   `| requests sent | completed | failed (by kind) | hung |`,
   `|---|---|---|---|`,
-  `| ${reqs.length} | ${level.completed} | ${level.failed === 0 ? 0 : Object.entries(level.failures).map(([k, n]) => `${n} ${k}`).join(', ')} | ${level.failures.timeout ?? 0} |`,
+  `| ${reqs.length} | ${level.completed} | ${
+    level.failed === 0
+      ? 0
+      : Object.entries(level.failures)
+          .map(([k, n]) => `${n} ${k}`)
+          .join(', ')
+  } | ${level.failures.timeout ?? 0} |`,
   '',
   `| when | requests | TTFT | E2E |`,
   `|---|---|---|---|`,
@@ -199,7 +239,20 @@ const summary = [
 ].join('\n');
 process.stdout.write(`\n${summary}\n`);
 writeFileSync(`${out}.md`, `${summary}\n`);
-writeFileSync(`${out}.json`, JSON.stringify({ events, failures: level.failures, sent: reqs.length, completed: level.completed, sessions: { beforeSignal: r1Sessions, atDown: sessionsAtDown, atExit: sessionsAtExit } }, null, 2));
+writeFileSync(
+  `${out}.json`,
+  JSON.stringify(
+    {
+      events,
+      failures: level.failures,
+      sent: reqs.length,
+      completed: level.completed,
+      sessions: { beforeSignal: r1Sessions, atDown: sessionsAtDown, atExit: sessionsAtExit },
+    },
+    null,
+    2,
+  ),
+);
 
 const problems: string[] = [];
 if (benchCode !== 0) problems.push(`qwen3-serve bench exited with ${benchCode}`);

@@ -9,11 +9,20 @@ interface Command {
 
 // Commands load their modules on use: `--help` and small commands start fast.
 const COMMANDS: Record<string, Command> = {
-  serve: { run: async (a) => (await import('./cli/serve_command.js')).serveCommand(a), summary: 'Serve a model over the OpenAI API (the default command)' },
+  serve: {
+    run: async (a) => (await import('./cli/serve_command.js')).serveCommand(a),
+    summary: 'Serve a model over the OpenAI API (the default command)',
+  },
   export: { run: async (a) => (await import('./cli/export_command.js')).exportCommand(a), summary: 'Export a Hugging Face Qwen3 checkpoint to ONNX' },
   generate: { run: async (a) => (await import('./cli/generate_command.js')).generateCommand(a), summary: 'Generate from a prompt in the terminal' },
-  bench: { run: async (a) => (await import('./cli/bench_command.js')).benchCommand(a), summary: 'Benchmark an OpenAI-compatible server (TTFT, TPOT, ITL, throughput)' },
-  compare: { run: async (a) => (await import('./cli/compare_command.js')).compareCommand(a), summary: 'Benchmark our server and another one alternately; print the ratios' },
+  bench: {
+    run: async (a) => (await import('./cli/bench_command.js')).benchCommand(a),
+    summary: 'Benchmark an OpenAI-compatible server (TTFT, TPOT, ITL, throughput)',
+  },
+  compare: {
+    run: async (a) => (await import('./cli/compare_command.js')).compareCommand(a),
+    summary: 'Benchmark our server and another one alternately; print the ratios',
+  },
 };
 
 function mainHelp(): string {

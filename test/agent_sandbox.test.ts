@@ -1,9 +1,9 @@
-import { test } from 'node:test';
-import assert from 'node:assert/strict';
 import { AssertionError } from 'node:assert';
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type AgentSessionReport, assertLoopbackOnly, runAgentSession } from './support/agent_sandbox.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
-import { assertLoopbackOnly, runAgentSession, type AgentSessionReport } from './support/agent_sandbox.js';
 
 /** A client is a `node -e` script: the sandbox runs any argv, and node is always here. */
 const node = (script: string, ...args: string[]) => [process.execPath, '--input-type=module', '-e', script, ...args];
@@ -21,12 +21,17 @@ function loopbackFailure(report: AgentSessionReport): string {
 
 test('a client fetching https://example.com/ is seen asking DNS for example.com and fails assertLoopbackOnly', async () => {
   const r = await runAgentSession({
-    command: node(`try { await fetch('https://example.com/'); console.log('reached'); } catch (e) { console.log('failed', e.cause?.code ?? e.message); }`),
+    command: node(
+      `try { await fetch('https://example.com/'); console.log('reached'); } catch (e) { console.log('failed', e.cause?.code ?? e.message); }`,
+    ),
     timeoutMs: 20_000,
   });
   assert.equal(r.exitCode, 0, r.stderr);
   assert.match(r.stdout, /failed ENOTFOUND/);
-  assert.ok(r.dnsQueries.some((q) => q.name === 'example.com' && (q.type === 'A' || q.type === 'AAAA')), JSON.stringify(r.dnsQueries));
+  assert.ok(
+    r.dnsQueries.some((q) => q.name === 'example.com' && (q.type === 'A' || q.type === 'AAAA')),
+    JSON.stringify(r.dnsQueries),
+  );
   assert.match(loopbackFailure(r), /DNS query (A|AAAA) example\.com/);
 });
 
@@ -64,7 +69,8 @@ test('connections by IP address are recorded with their TLS SNI or HTTP Host; lo
 
 test('a client that only talks to {BASE} passes; its exchanges are recorded with bodies and timings, SSE passed through as it streams', async () => {
   const r = await runAgentSession({
-    command: node(`
+    command: node(
+      `
       import { readFileSync } from 'node:fs';
       const base = JSON.parse(readFileSync('config.json', 'utf8')).base;
       if (base !== process.env.BASE_URL || base !== process.argv[1]) throw new Error('{BASE} not filled in everywhere');
@@ -74,7 +80,9 @@ test('a client that only talks to {BASE} passes; its exchanges are recorded with
       const sse = await fetch(base + '/sse?n=3&delay=150');
       for await (const chunk of sse.body) arrivals.push(Date.now() - started);
       console.log('arrivals', JSON.stringify(arrivals));
-    `, '{BASE}'),
+    `,
+      '{BASE}',
+    ),
     env: { BASE_URL: '{BASE}' },
     files: { 'config.json': '{"base": "{BASE}"}' },
     timeoutMs: 20_000,
@@ -127,9 +135,29 @@ test('a client over its time limit is killed with its whole process group', asyn
 });
 
 test('assertLoopbackOnly passes a clean report and ignores loopback names only', () => {
-  const base: AgentSessionReport = { exitCode: 0, signal: null, timedOut: false, stdout: '', stderr: '', baseUrl: '', exchanges: [], dnsQueries: [], outboundConnections: [], serverLog: '', serverExitCode: null, timings: { setupMs: 0, serverStartMs: null, agentMs: 0, totalMs: 0 } };
+  const base: AgentSessionReport = {
+    exitCode: 0,
+    signal: null,
+    timedOut: false,
+    stdout: '',
+    stderr: '',
+    baseUrl: '',
+    exchanges: [],
+    dnsQueries: [],
+    outboundConnections: [],
+    serverLog: '',
+    serverExitCode: null,
+    timings: { setupMs: 0, serverStartMs: null, agentMs: 0, totalMs: 0 },
+  };
   assertLoopbackOnly(base);
-  assertLoopbackOnly({ ...base, dnsQueries: [{ name: 'localhost', type: 'AAAA' }, { name: 'api.localhost', type: 'A' }, { name: '1.0.0.127.in-addr.arpa', type: 'PTR' }] });
+  assertLoopbackOnly({
+    ...base,
+    dnsQueries: [
+      { name: 'localhost', type: 'AAAA' },
+      { name: 'api.localhost', type: 'A' },
+      { name: '1.0.0.127.in-addr.arpa', type: 'PTR' },
+    ],
+  });
   assert.throws(() => assertLoopbackOnly({ ...base, dnsQueries: [{ name: 'localhost.example.com', type: 'A' }] }), /localhost\.example\.com/);
   assertLoopbackOnly({ ...base, dnsQueries: [{ name: 'statsig.anthropic.com', type: 'A' }] }, { dnsNames: [/\.anthropic\.com$/] });
 });
@@ -138,7 +166,17 @@ test('an agent against the real server: a streamed chat completion is recorded i
   const model = await fixtureExport('fast');
   const r = await runAgentSession({
     model,
-    serverFlags: ['--threads', '1', '--cache-dir', tempDir('agent-sandbox-cache-'), '--kv-cache-memory', '256MiB', '--served-model-name', 'tiny', '--no-ui'],
+    serverFlags: [
+      '--threads',
+      '1',
+      '--cache-dir',
+      tempDir('agent-sandbox-cache-'),
+      '--kv-cache-memory',
+      '256MiB',
+      '--served-model-name',
+      'tiny',
+      '--no-ui',
+    ],
     serverStartTimeoutMs: 120_000,
     command: node(`
       const res = await fetch(process.env.OPENAI_BASE_URL + '/chat/completions', {

@@ -1,14 +1,21 @@
-import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
+import { before, test } from 'node:test';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
+import {
+  type AgentSessionReport,
+  type AgentSessionSpec,
+  assertLoopbackOnly,
+  type Exchange,
+  probeSandbox,
+  runAgentSession,
+} from './support/agent_sandbox.js';
 import { assertOpenAIRequest } from './support/openapi.js';
-import { assertLoopbackOnly, probeSandbox, runAgentSession, type AgentSessionReport, type AgentSessionSpec, type Exchange } from './support/agent_sandbox.js';
-import { distinctToolCallText, twoTurnScript, writeScriptedCheckpoint, type ScriptedToolCall } from './support/scripted_checkpoint.js';
 import { tempDir } from './support/runner.js';
+import { distinctToolCallText, type ScriptedToolCall, twoTurnScript, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 
 /**
  * The coding agents people point at a local Qwen3, unmodified and pinned in package.json,
@@ -58,7 +65,11 @@ function checkpoint(name: string, call: string): string {
   return dir;
 }
 
-async function session(name: string, call: (folder: string) => ScriptedToolCall, spec: (folder: string, home: string) => Omit<AgentSessionSpec, 'model'>): Promise<AgentSessionReport> {
+async function session(
+  name: string,
+  call: (folder: string) => ScriptedToolCall,
+  spec: (folder: string, home: string) => Omit<AgentSessionSpec, 'model'>,
+): Promise<AgentSessionReport> {
   const { folder, script } = scratch(call);
   const home = tempDir('agent-home-');
   const report = await runAgentSession({
@@ -67,7 +78,19 @@ async function session(name: string, call: (folder: string) => ScriptedToolCall,
     home,
     ...spec(folder, home),
     model: checkpoint(name, script),
-    serverFlags: ['--served-model-name', 'qwen3', '--threads', '1', '--cache-dir', cacheDir, '--kv-cache-memory', '512MiB', '--prefix-cache-memory', '256MiB', '--no-ui'],
+    serverFlags: [
+      '--served-model-name',
+      'qwen3',
+      '--threads',
+      '1',
+      '--cache-dir',
+      cacheDir,
+      '--kv-cache-memory',
+      '512MiB',
+      '--prefix-cache-memory',
+      '256MiB',
+      '--no-ui',
+    ],
   });
   const context = `${name}: exit ${report.exitCode}${report.timedOut ? ' (timed out)' : ''}\nstdout: ${report.stdout.slice(-2000)}\nstderr: ${report.stderr.slice(-3000)}\nserver: ${report.serverLog.slice(-2000)}`;
   assert.equal(report.exitCode, 0, context);
@@ -76,15 +99,24 @@ async function session(name: string, call: (folder: string) => ScriptedToolCall,
   // The model requests, for scripts/agent_replay.ts (npm run bench:agents) to send to a real model.
   const keep = process.env.QWEN3_SERVE_AGENT_SESSIONS;
   if (keep) {
-    const requests = report.exchanges.filter((e) => e.method === 'POST' && /^\/v1\/(responses|messages|chat\/completions)/.test(e.path) && (e.requestBody as { tools?: unknown[] })?.tools?.length);
+    const requests = report.exchanges.filter(
+      (e) =>
+        e.method === 'POST' &&
+        /^\/v1\/(responses|messages|chat\/completions)/.test(e.path) &&
+        (e.requestBody as { tools?: unknown[] })?.tools?.length,
+    );
     mkdirSync(keep, { recursive: true });
-    writeFileSync(join(keep, `${name}.json`), JSON.stringify(requests.map((e) => ({ path: e.path, headers: e.requestHeaders, body: e.requestBody }))));
+    writeFileSync(
+      join(keep, `${name}.json`),
+      JSON.stringify(requests.map((e) => ({ path: e.path, headers: e.requestHeaders, body: e.requestBody }))),
+    );
   }
   return report;
 }
 
 /** The model requests of a session (not HEAD probes or side requests without tools). */
-const modelCalls = (r: AgentSessionReport, path: string) => r.exchanges.filter((e) => e.method === 'POST' && e.path.startsWith(path) && (e.requestBody as { tools?: unknown[] })?.tools?.length);
+const modelCalls = (r: AgentSessionReport, path: string) =>
+  r.exchanges.filter((e) => e.method === 'POST' && e.path.startsWith(path) && (e.requestBody as { tools?: unknown[] })?.tools?.length);
 
 /** Server-sent events' JSON payloads. */
 function events(e: Exchange): Array<Record<string, unknown>> {
@@ -125,7 +157,9 @@ function checkTurns(name: string, calls: Exchange[], toolOutput: RegExp): void {
     assert.ok(u.cached >= 0.9 * u.prompt, `${name}: ${u.cached} of ${u.prompt} prompt tokens came from the cache`);
   }
   const [first, second] = calls.map(usage);
-  console.log(`# ${name}: prompt ${first.prompt} then ${second.prompt} tokens, ${second.cached} cached; first bytes after ${calls[0].firstByteMs} and ${calls[1].firstByteMs} ms`);
+  console.log(
+    `# ${name}: prompt ${first.prompt} then ${second.prompt} tokens, ${second.cached} cached; first bytes after ${calls[0].firstByteMs} and ${calls[1].firstByteMs} ms`,
+  );
 }
 
 test('Codex CLI (Responses API, streamed): exec_command runs ls, the answer comes back', { skip, timeout: 600_000 }, async () => {
@@ -143,11 +177,15 @@ test('Codex CLI (Responses API, streamed): exec_command runs ls, the answer come
     '[features]',
     'plugins = false',
   ].join('\n');
-  const r = await session('codex', () => ({ name: 'exec_command', arguments: { cmd: 'ls' } }), (_, home) => ({
-    command: [`${BIN}codex`, 'exec', '--skip-git-repo-check', 'List the files in this folder.'],
-    env: { CODEX_HOME: join(home, '.codex'), QWEN3_SERVE_API_KEY: 'unused' },
-    files: { '~/.codex/config.toml': config },
-  }));
+  const r = await session(
+    'codex',
+    () => ({ name: 'exec_command', arguments: { cmd: 'ls' } }),
+    (_, home) => ({
+      command: [`${BIN}codex`, 'exec', '--skip-git-repo-check', 'List the files in this folder.'],
+      env: { CODEX_HOME: join(home, '.codex'), QWEN3_SERVE_API_KEY: 'unused' },
+      files: { '~/.codex/config.toml': config },
+    }),
+  );
   const calls = modelCalls(r, '/v1/responses');
   for (const c of calls) assertOpenAIRequest('CreateResponse', c.requestBody);
   const body = calls[0].requestBody as { tools: Array<{ type: string }>; include?: string[] };
@@ -162,10 +200,14 @@ test('Codex CLI (Responses API, streamed): exec_command runs ls, the answer come
 });
 
 test('Claude Code (Messages API, streamed): Bash runs ls, the answer comes back', { skip, timeout: 600_000 }, async () => {
-  const r = await session('claude', () => ({ name: 'Bash', arguments: { command: 'ls' } }), () => ({
-    command: [`${BIN}claude`, '-p', 'List the files in this folder.', '--model', 'qwen3'],
-    env: { ANTHROPIC_BASE_URL: '{BASE}', ANTHROPIC_API_KEY: 'unused', CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1' },
-  }));
+  const r = await session(
+    'claude',
+    () => ({ name: 'Bash', arguments: { command: 'ls' } }),
+    () => ({
+      command: [`${BIN}claude`, '-p', 'List the files in this folder.', '--model', 'qwen3'],
+      env: { ANTHROPIC_BASE_URL: '{BASE}', ANTHROPIC_API_KEY: 'unused', CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1' },
+    }),
+  );
   const calls = modelCalls(r, '/v1/messages');
   const body = calls[0].requestBody as { messages: Array<{ role: string }>; thinking?: { type: string }; max_tokens: number };
   // What failed before: system turns among the messages, adaptive thinking, and max_tokens past the context.
@@ -176,10 +218,14 @@ test('Claude Code (Messages API, streamed): Bash runs ls, the answer comes back'
 });
 
 test('Qwen Code (chat completions, streamed): read_file reads notes.txt, the answer comes back', { skip, timeout: 600_000 }, async () => {
-  const r = await session('qwen', (folder) => ({ name: 'read_file', arguments: { file_path: join(folder, 'notes.txt') } }), () => ({
-    command: [`${BIN}qwen`, '-p', 'What does notes.txt say?'],
-    env: { OPENAI_BASE_URL: '{BASE}/v1', OPENAI_API_KEY: 'unused', OPENAI_MODEL: 'qwen3', QWEN_USAGE_STATISTICS_ENABLED: '0' },
-  }));
+  const r = await session(
+    'qwen',
+    (folder) => ({ name: 'read_file', arguments: { file_path: join(folder, 'notes.txt') } }),
+    () => ({
+      command: [`${BIN}qwen`, '-p', 'What does notes.txt say?'],
+      env: { OPENAI_BASE_URL: '{BASE}/v1', OPENAI_API_KEY: 'unused', OPENAI_MODEL: 'qwen3', QWEN_USAGE_STATISTICS_ENABLED: '0' },
+    }),
+  );
   const calls = modelCalls(r, '/v1/chat/completions');
   for (const c of calls) assertOpenAIRequest('CreateChatCompletionRequest', c.requestBody);
   checkTurns('qwen', calls, /Meeting at noon/);
@@ -189,34 +235,48 @@ test('opencode (chat completions through @ai-sdk/openai-compatible): bash runs l
   const config = {
     $schema: 'https://opencode.ai/config.json',
     model: 'qwen3-serve/qwen3',
-    provider: { 'qwen3-serve': { npm: '@ai-sdk/openai-compatible', name: 'qwen3-serve', options: { baseURL: '{BASE}/v1', apiKey: 'unused' }, models: { qwen3: { name: 'Qwen3' } } } },
+    provider: {
+      'qwen3-serve': {
+        npm: '@ai-sdk/openai-compatible',
+        name: 'qwen3-serve',
+        options: { baseURL: '{BASE}/v1', apiKey: 'unused' },
+        models: { qwen3: { name: 'Qwen3' } },
+      },
+    },
   };
-  const r = await session('opencode', () => ({ name: 'bash', arguments: { command: 'ls' } }), (_, home) => ({
-    command: [`${BIN}opencode`, 'run', 'List the files in this folder.'],
-    env: {
-      OPENCODE_CONFIG: join(home, 'opencode.json'),
-      OPENCODE_DISABLE_MODELS_FETCH: '1',
-      OPENCODE_DISABLE_AUTOUPDATE: '1',
-      XDG_CONFIG_HOME: join(home, '.config'),
-      XDG_DATA_HOME: join(home, '.local/share'),
-      XDG_CACHE_HOME: join(home, '.cache'),
-      XDG_STATE_HOME: join(home, '.local/state'),
-    },
-    files: {
-      '~/opencode.json': JSON.stringify(config),
-      // opencode installs its plugin package from npm in the background unless its config folder already lists it.
-      '~/.config/opencode/package.json': '{"dependencies":{"@opencode-ai/plugin":"*"}}',
-      '~/.config/opencode/package-lock.json': '{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}',
-      '~/.config/opencode/node_modules/.keep': '',
-    },
-  }));
+  const r = await session(
+    'opencode',
+    () => ({ name: 'bash', arguments: { command: 'ls' } }),
+    (_, home) => ({
+      command: [`${BIN}opencode`, 'run', 'List the files in this folder.'],
+      env: {
+        OPENCODE_CONFIG: join(home, 'opencode.json'),
+        OPENCODE_DISABLE_MODELS_FETCH: '1',
+        OPENCODE_DISABLE_AUTOUPDATE: '1',
+        XDG_CONFIG_HOME: join(home, '.config'),
+        XDG_DATA_HOME: join(home, '.local/share'),
+        XDG_CACHE_HOME: join(home, '.cache'),
+        XDG_STATE_HOME: join(home, '.local/state'),
+      },
+      files: {
+        '~/opencode.json': JSON.stringify(config),
+        // opencode installs its plugin package from npm in the background unless its config folder already lists it.
+        '~/.config/opencode/package.json': '{"dependencies":{"@opencode-ai/plugin":"*"}}',
+        '~/.config/opencode/package-lock.json': '{"lockfileVersion":3,"packages":{"":{"dependencies":{"@opencode-ai/plugin":"*"}}}}',
+        '~/.config/opencode/node_modules/.keep': '',
+      },
+    }),
+  );
   const calls = modelCalls(r, '/v1/chat/completions');
   for (const c of calls) assertOpenAIRequest('CreateChatCompletionRequest', c.requestBody);
   checkTurns('opencode', calls, /notes\.txt/);
 });
 
 for (const api of ['responses', 'chat'] as const) {
-  test(`the OpenAI Agents SDK (${api === 'responses' ? 'Responses' : 'chat completions'} model, streamed): a function tool round trip`, { skip, timeout: 600_000 }, async () => {
+  test(`the OpenAI Agents SDK (${api === 'responses' ? 'Responses' : 'chat completions'} model, streamed): a function tool round trip`, {
+    skip,
+    timeout: 600_000,
+  }, async () => {
     // The SDK's own openai client (a dependency of @openai/agents), as an application would have it.
     const script = `
       const { createRequire } = require('node:module');
@@ -237,10 +297,14 @@ ${'Answer briefly and use the tools. '.repeat(60)}`)}, model, tools: [listFiles]
         console.log(result.finalOutput);
       })().catch((err) => { console.error(err); process.exit(1); });
     `;
-    const r = await session(`agents-${api}`, () => ({ name: 'list_files', arguments: { folder: '.' } }), () => ({
-      command: [process.execPath, '-e', script],
-      env: { OPENAI_BASE_URL: '{BASE}/v1', OPENAI_AGENTS_DISABLE_TRACING: '1' },
-    }));
+    const r = await session(
+      `agents-${api}`,
+      () => ({ name: 'list_files', arguments: { folder: '.' } }),
+      () => ({
+        command: [process.execPath, '-e', script],
+        env: { OPENAI_BASE_URL: '{BASE}/v1', OPENAI_AGENTS_DISABLE_TRACING: '1' },
+      }),
+    );
     const calls = modelCalls(r, api === 'chat' ? '/v1/chat/completions' : '/v1/responses');
     for (const c of calls) assertOpenAIRequest(api === 'chat' ? 'CreateChatCompletionRequest' : 'CreateResponse', c.requestBody);
     checkTurns(`agents-${api}`, calls, /notes\.txt/);

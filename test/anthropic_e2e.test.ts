@@ -1,12 +1,12 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { after, before, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { THINKING_TRANSITION } from '../src/serving/chat_prompt.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { tempDir } from './support/runner.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // The real @anthropic-ai/sdk against real servers: a scripted model that thinks, then
@@ -37,9 +37,16 @@ after(async () => {
   await thinker.close();
 });
 
-const weather: Anthropic.Tool[] = [{ name: 'get_weather', description: 'Weather forecast', input_schema: { type: 'object', properties: { days: { type: 'integer' } } } }];
+const weather: Anthropic.Tool[] = [
+  { name: 'get_weather', description: 'Weather forecast', input_schema: { type: 'object', properties: { days: { type: 'integer' } } } },
+];
 // Greedy (temperature 0) in every request; the scripted models are deterministic anyway.
-const ask = { model: 'claude-any-name', max_tokens: 60, messages: [{ role: 'user', content: 'Weather?' }], temperature: 0 } as Anthropic.MessageCreateParamsNonStreaming;
+const ask = {
+  model: 'claude-any-name',
+  max_tokens: 60,
+  messages: [{ role: 'user', content: 'Weather?' }],
+  temperature: 0,
+} as Anthropic.MessageCreateParamsNonStreaming;
 
 test('messages.create: text, usage and end_turn; any model name is served', async () => {
   const r = await client.messages.create(ask);
@@ -126,15 +133,22 @@ test("errors come as the SDK's typed errors in Anthropic's envelope; x-api-key a
     new Anthropic({ baseURL: thinker.url, apiKey: 'wrong', maxRetries: 0 }).messages.create(ask),
     (err: unknown) => err instanceof Anthropic.AuthenticationError && err.status === 401,
   );
-  await assert.rejects(thinkerClient.messages.create({ ...ask, max_tokens: undefined } as unknown as Anthropic.MessageCreateParamsNonStreaming), (err: unknown) => {
-    assert.ok(err instanceof Anthropic.BadRequestError);
-    const body = err.error as { type: string; error: { type: string; message: string } };
-    assert.equal(body.type, 'error');
-    assert.equal(body.error.type, 'invalid_request_error');
-    assert.match(body.error.message, /max_tokens/);
-    return true;
+  await assert.rejects(
+    thinkerClient.messages.create({ ...ask, max_tokens: undefined } as unknown as Anthropic.MessageCreateParamsNonStreaming),
+    (err: unknown) => {
+      assert.ok(err instanceof Anthropic.BadRequestError);
+      const body = err.error as { type: string; error: { type: string; message: string } };
+      assert.equal(body.type, 'error');
+      assert.equal(body.error.type, 'invalid_request_error');
+      assert.match(body.error.message, /max_tokens/);
+      return true;
+    },
+  );
+  const raw = await fetch(`${thinker.url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'x-api-key': 'sekret', 'anthropic-version': '2023-06-01', 'content-type': 'application/json' },
+    body: '{"model": "x", "messages": []}',
   });
-  const raw = await fetch(`${thinker.url}/v1/messages`, { method: 'POST', headers: { 'x-api-key': 'sekret', 'anthropic-version': '2023-06-01', 'content-type': 'application/json' }, body: '{"model": "x", "messages": []}' });
   assert.equal(raw.status, 400);
   const body = (await raw.json()) as { type: string; error: { type: string } };
   assert.equal(body.type, 'error');

@@ -1,8 +1,8 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { after, before, test } from 'node:test';
 import { renderChart } from '../src/bench/chart.js';
 import { comparisonTable, parseScenarios, runComparison } from '../src/bench/compare.js';
 import { markdownTable, randomPrompts, runLoadBench, sharedPrefixPrompts, summarize } from '../src/bench/load_bench.js';
@@ -69,9 +69,31 @@ test('the engine microbenchmark script: usage on --help, named bad flags, and ro
   assert.equal(bogus.status, 2);
   assert.match(bogus.stderr, /--bogus[\s\S]*usage:/);
   const json = join(tempDir(), 'rows.json');
-  const ok = run(['--model', await fixtureExport('fast'), '--batch', '1,2', '--context', '16,40', '--steps', '2', '--chunk', '8', '--threads', '1', '--json', json]);
+  const ok = run([
+    '--model',
+    await fixtureExport('fast'),
+    '--batch',
+    '1,2',
+    '--context',
+    '16,40',
+    '--steps',
+    '2',
+    '--chunk',
+    '8',
+    '--threads',
+    '1',
+    '--json',
+    json,
+  ]);
   assert.equal(ok.status, 0, ok.stderr);
-  const rows = JSON.parse(readFileSync(json, 'utf8')) as Array<{ layout: string; dtype: string; batch: number; context: number; decodeMsPerStep: number; prefillTokensPerSecond: number }>;
+  const rows = JSON.parse(readFileSync(json, 'utf8')) as Array<{
+    layout: string;
+    dtype: string;
+    batch: number;
+    context: number;
+    decodeMsPerStep: number;
+    prefillTokensPerSecond: number;
+  }>;
   assert.deepEqual(
     rows.map((r) => [r.layout, r.dtype, r.batch, r.context]),
     [
@@ -84,33 +106,72 @@ test('the engine microbenchmark script: usage on --help, named bad flags, and ro
   for (const r of rows) assert.ok(r.decodeMsPerStep > 0 && r.prefillTokensPerSecond > 0);
 });
 
-test('the shared-prefix and multi-turn datasets: prompts share their prefix, conversations grow turn by turn, and the server\'s cache shows in the results', async () => {
+test("the shared-prefix and multi-turn datasets: prompts share their prefix, conversations grow turn by turn, and the server's cache shows in the results", async () => {
   const base = { baseUrl: `${s.url}/v1`, model: null, apiKey: null, outputLen: 4, requestRate: null, seed: 2, timeout: 60 };
   const shared = sharedPrefixPrompts(3, 40, 5, 9, 'completions') as number[][];
   assert.deepEqual(shared[1].slice(0, 40), shared[0].slice(0, 40));
   assert.notDeepEqual(shared[1].slice(40), shared[0].slice(40));
-  const prefix = await runLoadBench({ ...base, endpoint: 'completions', dataset: 'shared-prefix', prefixLen: 128, inputLen: 8, numPrompts: 4, concurrency: [1] });
+  const prefix = await runLoadBench({
+    ...base,
+    endpoint: 'completions',
+    dataset: 'shared-prefix',
+    prefixLen: 128,
+    inputLen: 8,
+    numPrompts: 4,
+    concurrency: [1],
+  });
   assert.equal(prefix.levels[0].completed, 4);
   assert.equal(prefix.levels[0].meanInputTokens, 136);
   // The first computes the prefix; the other three take its 128 tokens (two 64-token blocks).
   assert.equal(prefix.levels[0].meanCachedTokens, (3 * 128) / 4);
-  const talk = await runLoadBench({ ...base, endpoint: 'chat', dataset: 'multi-turn', turns: 3, inputLen: 30, numPrompts: 2, concurrency: [2], thinking: false });
+  const talk = await runLoadBench({
+    ...base,
+    endpoint: 'chat',
+    dataset: 'multi-turn',
+    turns: 3,
+    inputLen: 30,
+    numPrompts: 2,
+    concurrency: [2],
+    thinking: false,
+  });
   const turns = talk.levels[0].turns!;
   assert.equal(talk.levels[0].completed, 6);
-  assert.deepEqual(turns.map((t) => t.turn), [1, 2, 3]);
+  assert.deepEqual(
+    turns.map((t) => t.turn),
+    [1, 2, 3],
+  );
   assert.ok(turns[1].promptTokens > turns[0].promptTokens && turns[2].promptTokens > turns[1].promptTokens, 'each turn sends the history');
   assert.equal(turns[0].cachedTokens, 0);
   // At least the first user message and answer: chunks end where the next user message starts.
-  assert.ok(turns[2].cachedTokens > 0 && turns[2].cachedTokens >= turns[1].cachedTokens, `later turns hit the cache: ${turns.map((t) => t.cachedTokens)}`);
+  assert.ok(
+    turns[2].cachedTokens > 0 && turns[2].cachedTokens >= turns[1].cachedTokens,
+    `later turns hit the cache: ${turns.map((t) => t.cachedTokens)}`,
+  );
   assert.match(markdownTable(talk.levels), /\| turn \| TTFT mean/);
-  await assert.rejects(runLoadBench({ ...base, endpoint: 'completions', dataset: 'multi-turn', inputLen: 4, numPrompts: 1, concurrency: [1] }), /needs --endpoint chat/);
+  await assert.rejects(
+    runLoadBench({ ...base, endpoint: 'completions', dataset: 'multi-turn', inputLen: 4, numPrompts: 1, concurrency: [1] }),
+    /needs --endpoint chat/,
+  );
   // --think-time: the user reads each answer before the next turn goes out.
-  const reading = await runLoadBench({ ...base, endpoint: 'chat', dataset: 'multi-turn', turns: 2, inputLen: 8, numPrompts: 1, concurrency: [1], thinking: false, thinkTime: 0.3 });
+  const reading = await runLoadBench({
+    ...base,
+    endpoint: 'chat',
+    dataset: 'multi-turn',
+    turns: 2,
+    inputLen: 8,
+    numPrompts: 1,
+    concurrency: [1],
+    thinking: false,
+    thinkTime: 0.3,
+  });
   const [first, second] = [...reading.levels[0].requests].sort((a, b) => a.sentAt - b.sentAt);
-  assert.ok(second.sentAt - (first.sentAt + first.e2eMs) >= 280, `the second turn went out ${second.sentAt - first.sentAt - first.e2eMs} ms after the first answer ended`);
+  assert.ok(
+    second.sentAt - (first.sentAt + first.e2eMs) >= 280,
+    `the second turn went out ${second.sentAt - first.sentAt - first.e2eMs} ms after the first answer ended`,
+  );
 });
 
-test('bench:compare runs both servers in turn with the same prompts, and reports each one\'s median and the ratio', async () => {
+test("bench:compare runs both servers in turn with the same prompts, and reports each one's median and the ratio", async () => {
   const peer = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'their-model', '--no-prefix-caching']);
   try {
     const lines: string[] = [];
@@ -145,7 +206,15 @@ test('bench:compare runs both servers in turn with the same prompts, and reports
     assert.match(table[2], /^\| 12 \/ 4, 1 \| output tok\/s \| [\d.]+ \| [\d.]+ \| \d+\.\d\d \| (ours|theirs|even) \|$/);
     // A peer whose requests fail is an error, never a ratio over different work.
     await assert.rejects(
-      runComparison({ ours, peer: { ...theirs, model: 'no-such-model' }, scenarios: scenarios.slice(0, 1), rounds: 1, numPrompts: 1, seed: 1, timeout: 60 }),
+      runComparison({
+        ours,
+        peer: { ...theirs, model: 'no-such-model' },
+        scenarios: scenarios.slice(0, 1),
+        rounds: 1,
+        numPrompts: 1,
+        seed: 1,
+        timeout: 60,
+      }),
       /theirs: 2 of 2 requests failed .*HTTP 404/,
     );
   } finally {
@@ -153,7 +222,7 @@ test('bench:compare runs both servers in turn with the same prompts, and reports
   }
 });
 
-test('bench:compare\'s command: --peer-url is required and scenarios are checked (exit 2)', () => {
+test("bench:compare's command: --peer-url is required and scenarios are checked (exit 2)", () => {
   const cli = new URL('../src/cli.js', import.meta.url).pathname;
   const none = spawnSync(process.execPath, [cli, 'compare'], { encoding: 'utf8' });
   assert.equal(none.status, 2);

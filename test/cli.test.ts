@@ -1,8 +1,8 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 
 const CLI = new URL('../src/cli.js', import.meta.url).pathname;
@@ -74,7 +74,23 @@ test('qwen3-serve generate and the server give the same tokens for the same prom
   cpSync(await fixtureExport('fast'), dir, { recursive: true });
   const generation = JSON.parse(readFileSync(join(dir, 'generation_config.json'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(dir, 'generation_config.json'), JSON.stringify({ ...generation, min_p: 0.05, repetition_penalty: 1.8 }));
-  const cli = run([CLI, 'generate', '--model', dir, '--raw', '--prompt', 'Hello there, how', '--max-tokens', '24', '--seed', '3', '--device', 'cpu', '--threads', '1']);
+  const cli = run([
+    CLI,
+    'generate',
+    '--model',
+    dir,
+    '--raw',
+    '--prompt',
+    'Hello there, how',
+    '--max-tokens',
+    '24',
+    '--seed',
+    '3',
+    '--device',
+    'cpu',
+    '--threads',
+    '1',
+  ]);
   assert.equal(cli.status, 0, cli.stderr);
   const server = await startTestServer(dir);
   try {

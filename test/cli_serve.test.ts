@@ -1,6 +1,6 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tempDir } from './support/runner.js';
 
@@ -93,7 +93,9 @@ test('npm start with nothing configured serves the demo model: a streamed chat c
 
 /** Starts `qwen3-serve serve` on a free port; resolves with its URL, the child and its log. */
 async function spawnServer(args: string[]) {
-  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const out = { log: '' };
   child.stdout.on('data', (d: Buffer) => (out.log += d.toString()));
   child.stderr.on('data', (d: Buffer) => (out.log += d.toString()));
@@ -111,14 +113,28 @@ test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly a
   const { fixtureExport } = await import('./support/engine.js');
   const dir = await fixtureExport('fast');
   for (let round = 0; round < 3; round++) {
-    const { url, child, out } = await spawnServer(['--model', dir, '--shutdown-timeout', '3', '--max-model-len', '8192', '--max-num-batched-tokens', '32']);
+    const { url, child, out } = await spawnServer([
+      '--model',
+      dir,
+      '--shutdown-timeout',
+      '3',
+      '--max-model-len',
+      '8192',
+      '--max-num-batched-tokens',
+      '32',
+    ]);
     try {
       // Long prompts keep the engine prefilling (in 32-token chunks) past the deadline.
       const streams = Array.from({ length: 6 }, (_, i) =>
         fetch(`${url}/v1/completions`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ prompt: Array.from({ length: 3000 }, (_, j) => 1000 + ((i * 7 + j) % 5000)), max_tokens: 4000, ignore_eos: true, stream: true }),
+          body: JSON.stringify({
+            prompt: Array.from({ length: 3000 }, (_, j) => 1000 + ((i * 7 + j) % 5000)),
+            max_tokens: 4000,
+            ignore_eos: true,
+            stream: true,
+          }),
         }).then((r) => r.text()),
       );
       // SIGTERM once the engine holds all six (a busy machine may take a while to get them there).
@@ -172,7 +188,11 @@ test('SIGTERM drains: /health and new requests get 503 with Retry-After at once,
     await sleep(100);
     const health = await fetch(`${url}/health`);
     assert.equal(health.status, 503);
-    const late = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 1 }) });
+    const late = await fetch(`${url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'x', max_tokens: 1 }),
+    });
     assert.equal(late.status, 503);
     assert.ok(Number(late.headers.get('retry-after')) > 0);
     assert.equal(((await late.json()) as { error: { code: string } }).error.code, 'service_unavailable');

@@ -1,15 +1,25 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pino } from 'pino';
 import { Writable } from 'node:stream';
-import { readManifest } from '../src/export/manifest.js';
+import { test } from 'node:test';
+import { pino } from 'pino';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
+import { readManifest } from '../src/export/manifest.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
 
 // The context a server announces is the one it serves: asked for more than the checkpoint
 // has, it refuses to start; cut by the KV budget, it says so with both numbers.
-const flags = (model: string, extra: string[]) => ['--model', model, '--port', '0', '--threads', '1', '--cache-dir', tempDir('qwen3-serve-cache-'), ...extra];
+const flags = (model: string, extra: string[]) => [
+  '--model',
+  model,
+  '--port',
+  '0',
+  '--threads',
+  '1',
+  '--cache-dir',
+  tempDir('qwen3-serve-cache-'),
+  ...extra,
+];
 
 test('--max-model-len above the checkpoint positions is an error naming both numbers', async () => {
   const model = await fixtureExport('fast');
@@ -30,7 +40,9 @@ test('a KV budget too small for the whole context lowers max_model_len with a wa
   try {
     const served = server.engine.info!.limits.maxModelLen;
     assert.ok(served < positions, `${served} < ${positions}`);
-    const warning = lines.map((l) => JSON.parse(l) as { level: number; msg: string }).find((l) => l.level === 40 && /max_model_len lowered/.test(l.msg));
+    const warning = lines
+      .map((l) => JSON.parse(l) as { level: number; msg: string })
+      .find((l) => l.level === 40 && /max_model_len lowered/.test(l.msg));
     assert.ok(warning, lines.join(''));
     assert.match(warning.msg, new RegExp(`from ${positions} to ${served} tokens.*--kv-cache-memory`));
   } finally {

@@ -1,24 +1,24 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { parse } from 'yaml';
-import { pino } from 'pino';
+import { test } from 'node:test';
+import { LabelSelector } from '@kubernetes-models/apimachinery/apis/meta/v1/LabelSelector';
+import { ObjectMeta } from '@kubernetes-models/apimachinery/apis/meta/v1/ObjectMeta';
+import { HTTPRoute } from '@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute';
+import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';
 import { Deployment } from 'kubernetes-models/apps/v1/Deployment';
-import { Service } from 'kubernetes-models/v1/Service';
-import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
-import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/HorizontalPodAutoscaler';
+import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { Role } from 'kubernetes-models/rbac.authorization.k8s.io/v1/Role';
 import { RoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1/RoleBinding';
-import { ObjectMeta } from '@kubernetes-models/apimachinery/apis/meta/v1/ObjectMeta';
-import { LabelSelector } from '@kubernetes-models/apimachinery/apis/meta/v1/LabelSelector';
-import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1/ServiceMonitor';
-import { HTTPRoute } from '@kubernetes-models/gateway-api/gateway.networking.k8s.io/v1/HTTPRoute';
-import { SERVE_FLAGS, parseServeConfig, startServer } from '../src/cli/serve_command.js';
-import { Drain } from '../src/http/drain.js';
+import { Service } from 'kubernetes-models/v1/Service';
+import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
+import { pino } from 'pino';
+import { parse } from 'yaml';
+import { parseServeConfig, SERVE_FLAGS, startServer } from '../src/cli/serve_command.js';
 import { requireApiKey } from '../src/http/auth.js';
+import { Drain } from '../src/http/drain.js';
 import { fixtureExport } from './support/engine.js';
-import { containersOf, manifestDir, podSpecOf, renderKustomization, type K8sObject } from './support/kustomize.js';
+import { containersOf, type K8sObject, manifestDir, podSpecOf, renderKustomization } from './support/kustomize.js';
 
 // deploy/kubernetes, checked as a cluster would: rendered like `kubectl apply -k`,
 // validated against Kubernetes' own schemas (kubernetes-models and its CRD packages),
@@ -65,9 +65,10 @@ const find = (objects: K8sObject[], kind: string, name = 'qwen3-serve') => {
   return o;
 };
 const server = (objects: K8sObject[]) => containersOf(find(objects, 'Deployment')).find((c) => c.name === 'qwen3-serve')!;
-const envOf = (objects: K8sObject[]) => Object.fromEntries((server(objects).env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
+const envOf = (objects: K8sObject[]) =>
+  Object.fromEntries((server(objects).env ?? []).filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
 
-test('every manifest renders and validates against Kubernetes\' schemas, and the validator catches a broken one', () => {
+test("every manifest renders and validates against Kubernetes' schemas, and the validator catches a broken one", () => {
   for (const [name, objects] of Object.entries(rendered)) {
     assert.ok(objects.length >= 3, name);
     for (const o of objects) assert.doesNotThrow(() => validate(o), `${name}: ${o.kind} ${o.metadata.name}`);
@@ -137,16 +138,30 @@ test('probes, ports and every metric the manifests and the InferencePool example
   const podLabels = (find(objects, 'Deployment').spec as { template: { metadata: { labels: Record<string, string> } } }).template.metadata.labels;
   assert.deepEqual(svc.selector, podLabels);
   // The InferencePool selects the server's pods on its port; its endpoint picker and route exist.
-  const pool = find(objects, 'InferencePool').spec as { selector: { matchLabels: Record<string, string> }; targetPorts: Array<{ number: number }>; extensionRef: { name: string; portNumber: number } };
+  const pool = find(objects, 'InferencePool').spec as {
+    selector: { matchLabels: Record<string, string> };
+    targetPorts: Array<{ number: number }>;
+    extensionRef: { name: string; portNumber: number };
+  };
   assert.deepEqual(pool.selector.matchLabels, podLabels);
   assert.equal(pool.targetPorts[0].number, port.containerPort);
   const epp = find(objects, 'Service', pool.extensionRef.name).spec as { ports: Array<{ port: number }> };
   assert.ok(epp.ports.some((p) => p.port === pool.extensionRef.portNumber));
   const route = find(objects, 'HTTPRoute').spec as { rules: Array<{ backendRefs: Array<{ kind: string; name: string }> }> };
-  assert.deepEqual(route.rules[0].backendRefs.map((b) => [b.kind, b.name]), [['InferencePool', 'qwen3-serve']]);
+  assert.deepEqual(
+    route.rules[0].backendRefs.map((b) => [b.kind, b.name]),
+    [['InferencePool', 'qwen3-serve']],
+  );
 
   // A real server, configured by the manifest's own environment (model, device and port made local).
-  const env: Record<string, string> = { ...envOf(objects), QWEN3_SERVE_MODEL: await fixtureExport('fast'), QWEN3_SERVE_DEVICE: 'cpu', QWEN3_SERVE_THREADS: '1', QWEN3_SERVE_KV_CACHE_MEMORY: '64MiB', QWEN3_SERVE_PREFIX_CACHE_MEMORY: '16MiB' };
+  const env: Record<string, string> = {
+    ...envOf(objects),
+    QWEN3_SERVE_MODEL: await fixtureExport('fast'),
+    QWEN3_SERVE_DEVICE: 'cpu',
+    QWEN3_SERVE_THREADS: '1',
+    QWEN3_SERVE_KV_CACHE_MEMORY: '64MiB',
+    QWEN3_SERVE_PREFIX_CACHE_MEMORY: '16MiB',
+  };
   delete env.QWEN3_SERVE_CACHE;
   delete env.QWEN3_SERVE_DTYPE;
   const s = await startServer(parseServeConfig(['--port', '0'], env)!, { logger: pino({ level: 'silent' }) });
@@ -167,7 +182,9 @@ test('probes, ports and every metric the manifests and the InferencePool example
     // The HPA's metric, through the Prometheus adapter's rule.
     const hpa = find(objects, 'HorizontalPodAutoscaler').spec as { metrics: Array<{ pods: { metric: { name: string } } }> };
     gauges.push(hpa.metrics[0].pods.metric.name);
-    const adapter = parse(readFileSync(manifestDir('prometheus-adapter/values.yaml'), 'utf8')) as { rules: { custom: Array<{ seriesQuery: string; name: { as: string } }> } };
+    const adapter = parse(readFileSync(manifestDir('prometheus-adapter/values.yaml'), 'utf8')) as {
+      rules: { custom: Array<{ seriesQuery: string; name: { as: string } }> };
+    };
     for (const rule of adapter.rules.custom) {
       gauges.push(/^(\w+)\{/.exec(rule.seriesQuery)![1]);
       assert.equal(rule.name.as, hpa.metrics[0].pods.metric.name);
@@ -175,10 +192,17 @@ test('probes, ports and every metric the manifests and the InferencePool example
     // The endpoint picker's metric flags (the model-server protocol's metrics).
     const args = containersOf(find(objects, 'Deployment', 'qwen3-serve-epp'))[0].args!;
     const flag = (name: string) => args[args.indexOf(name) + 1];
-    for (const f of ['--total-queued-requests-metric', '--total-running-requests-metric', '--kv-cache-usage-percentage-metric', '--cache-info-metric']) gauges.push(flag(f));
+    for (const f of [
+      '--total-queued-requests-metric',
+      '--total-running-requests-metric',
+      '--kv-cache-usage-percentage-metric',
+      '--cache-info-metric',
+    ])
+      gauges.push(flag(f));
     for (const name of gauges) assert.equal(types.get(name), 'gauge', name);
     // The vLLM names the picker reads by default exist too (QWEN3_SERVE_METRICS_COMPAT=vllm).
-    for (const name of ['vllm:num_requests_waiting', 'vllm:num_requests_running', 'vllm:kv_cache_usage_perc', 'vllm:cache_config_info']) assert.equal(types.get(name), 'gauge', name);
+    for (const name of ['vllm:num_requests_waiting', 'vllm:num_requests_running', 'vllm:kv_cache_usage_perc', 'vllm:cache_config_info'])
+      assert.equal(types.get(name), 'gauge', name);
     assert.match(text, new RegExp(`^${flag('--cache-info-metric')}\\{[^}]*block_size="64"[^}]*num_gpu_blocks="\\d+"`, 'm'));
   } finally {
     await s.close();

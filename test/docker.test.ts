@@ -1,6 +1,6 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { DockerfileParser } from 'dockerfile-ast';
 import { validate } from 'dockerfile-utils';
 import { parse } from 'yaml';
@@ -17,12 +17,18 @@ function stage(name: string) {
   assert.ok(i >= 0, `stage ${name} exists`);
   const start = froms[i].getRange().start.line;
   const end = i + 1 < froms.length ? froms[i + 1].getRange().start.line : Infinity;
-  return { from: froms[i], instructions: dockerfile.getInstructions().filter((ins) => ins.getRange().start.line >= start && ins.getRange().start.line < end) };
+  return {
+    from: froms[i],
+    instructions: dockerfile.getInstructions().filter((ins) => ins.getRange().start.line >= start && ins.getRange().start.line < end),
+  };
 }
 
 test('the Dockerfile lints clean', () => {
   const problems = validate(dockerfileText).filter((d) => d.severity === 1);
-  assert.deepEqual(problems.map((p) => `${p.range.start.line + 1}: ${p.message}`), []);
+  assert.deepEqual(
+    problems.map((p) => `${p.range.start.line + 1}: ${p.message}`),
+    [],
+  );
 });
 
 test('cpu and gpu targets: non-root, health-checked, port 8000, no weights inside', () => {
@@ -39,7 +45,10 @@ test('cpu and gpu targets: non-root, health-checked, port 8000, no weights insid
   const gpu = stage('gpu');
   assert.match(gpu.from.getImage() ?? '', /^nvidia\/cuda:12\.[\d.]+-cudnn-runtime/, 'CUDA 12 + cuDNN runtime base');
   const ep = stage('cuda-ep');
-  assert.ok(ep.instructions.some((i) => i.getKeyword() === 'RUN' && /ONNXRUNTIME_NODE_INSTALL=cuda12/.test(i.getArgumentsContent() ?? '')), 'the CUDA EP is installed at build time');
+  assert.ok(
+    ep.instructions.some((i) => i.getKeyword() === 'RUN' && /ONNXRUNTIME_NODE_INSTALL=cuda12/.test(i.getArgumentsContent() ?? '')),
+    'the CUDA EP is installed at build time',
+  );
   const build = stage('build');
   assert.ok(build.instructions.some((i) => i.getKeyword() === 'RUN' && /npm ci --ignore-scripts/.test(i.getArgumentsContent() ?? '')));
   const ignore = readFileSync(new URL('.dockerignore', root), 'utf8');
@@ -67,8 +76,14 @@ test('docker-compose.yml: GPU service with a device reservation, a CPU profile, 
   assert.deepEqual(cpu.profiles, ['cpu']);
   assert.equal(cpu.build.target, 'cpu');
   for (const svc of [gpu, cpu]) {
-    assert.ok(svc.volumes.some((v) => v.endsWith(':/cache')), 'export cache on a volume');
-    assert.ok(svc.volumes.some((v) => v.includes(':/models')), 'models on a volume');
+    assert.ok(
+      svc.volumes.some((v) => v.endsWith(':/cache')),
+      'export cache on a volume',
+    );
+    assert.ok(
+      svc.volumes.some((v) => v.includes(':/models')),
+      'models on a volume',
+    );
     assert.match(svc.healthcheck.test.join(' '), /\/health/);
     assert.equal(svc.restart, 'unless-stopped');
     // Every QWEN3_SERVE_* variable it sets is one the server reads.

@@ -1,13 +1,13 @@
-import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { QueueFullError } from '../src/errors.js';
 import { exportModel } from '../src/export/exporter.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
-import { QueueFullError } from '../src/errors.js';
-import { collect, Engine, engineOptions, fixtureExport, request, type Collected } from './support/engine.js';
-import { FIXTURE_REFERENCE, tempDir, type ReferenceCase } from './support/runner.js';
+import { type Collected, collect, Engine, engineOptions, fixtureExport, request } from './support/engine.js';
+import { FIXTURE_REFERENCE, type ReferenceCase, tempDir } from './support/runner.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
 const engines: Engine[] = [];
@@ -105,7 +105,10 @@ test('abort frees the sequence within a step; a full queue and an over-long requ
   await sleep(5);
   const waiting = collect(engine, request([4, 5, 6], { maxTokens: 4, ignoreEos: true }));
   await sleep(5);
-  await assert.rejects(collect(engine, request([7], { maxTokens: 4 })), (err: Error) => err instanceof Error && (err as QueueFullError).status === 429);
+  await assert.rejects(
+    collect(engine, request([7], { maxTokens: 4 })),
+    (err: Error) => err instanceof Error && (err as QueueFullError).status === 429,
+  );
   const aborted = await long;
   assert.equal(aborted.finish?.finishReason, 'abort');
   assert.ok(aborted.tokens.length < 400);
@@ -113,7 +116,10 @@ test('abort frees the sequence within a step; a full queue and an over-long requ
   const stats = await engine.stats();
   assert.equal(stats.running, 0);
   assert.equal(stats.waiting, 0);
-  await assert.rejects(collect(engine, request(new Array(500).fill(9), { maxTokens: 100 })), /maximum context length is 512 tokens.*600 tokens \(500 in the prompt, 100 for the completion\)/);
+  await assert.rejects(
+    collect(engine, request(new Array(500).fill(9), { maxTokens: 100 })),
+    /maximum context length is 512 tokens.*600 tokens \(500 in the prompt, 100 for the completion\)/,
+  );
 });
 
 test('the main thread keeps running timers during a long prefill in the worker', async () => {
@@ -125,7 +131,13 @@ test('the main thread keeps running timers during a long prefill in the worker',
   let ticks = 0;
   const timer = setInterval(() => ticks++, 5);
   const started = performance.now();
-  const r = await collect(engine, request(Array.from({ length: 3000 }, (_, i) => 100 + i), { maxTokens: 1 }));
+  const r = await collect(
+    engine,
+    request(
+      Array.from({ length: 3000 }, (_, i) => 100 + i),
+      { maxTokens: 1 },
+    ),
+  );
   const elapsed = performance.now() - started;
   clearInterval(timer);
   assert.equal(r.tokens.length, 1);
@@ -191,5 +203,8 @@ test('the worker is restarted after a death until it dies 3 times within a minut
   for (let i = 0; i < 1200 && engine.state !== 'down'; i++) await sleep(25);
   assert.equal(engine.state, 'down');
   assert.equal(restarts(), 2);
-  assert.ok(errors.some((e) => /died 3 times within a minute; not restarting/.test(e)), errors.join('\n'));
+  assert.ok(
+    errors.some((e) => /died 3 times within a minute; not restarting/.test(e)),
+    errors.join('\n'),
+  );
 });

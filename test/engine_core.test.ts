@@ -1,6 +1,6 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { EngineCore } from '../src/engine/engine_core.js';
 import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
@@ -87,7 +87,10 @@ test('prompt scores survive a preemption mid-prompt: computed once, equal to an 
     const want = alone.promptLogprobs![p + 1]!;
     assert.equal(lp!.token, want.token);
     assert.ok(Math.abs(lp!.logprob - want.logprob) < 1e-4, `position ${p + 1}: ${lp!.logprob} vs ${want.logprob}`);
-    assert.deepEqual(lp!.top.map((t) => t.token), want.top.map((t) => t.token));
+    assert.deepEqual(
+      lp!.top.map((t) => t.token),
+      want.top.map((t) => t.token),
+    );
   });
   // Its generated tokens are those of the undisturbed run too.
   const tokens = (evs: EngineEvent[], id: string) => evs.filter((e) => e.requestId === id).flatMap((e) => e.tokenIds);

@@ -1,9 +1,9 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, readdirSync, readFileSync, truncateSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { exportModel } from '../src/export/exporter.js';
+import { test } from 'node:test';
 import { ConfigError, ModelFormatError } from '../src/errors.js';
+import { exportModel } from '../src/export/exporter.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { tempDir } from './support/runner.js';
 
@@ -26,18 +26,20 @@ function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): vo
 }
 
 /** Exports into a fresh folder, expects `errorType` matching `pattern`, and no output left behind. */
-async function expectFailure(modelDir: string, pattern: RegExp, errorType: new (...args: never[]) => Error, extra: { dtype?: string; outDir?: string } = {}) {
+async function expectFailure(
+  modelDir: string,
+  pattern: RegExp,
+  errorType: new (...args: never[]) => Error,
+  extra: { dtype?: string; outDir?: string } = {},
+) {
   const parent = join(work, `out-${n++}`);
   mkdirSync(parent);
   const outDir = extra.outDir ?? join(parent, 'export');
-  await assert.rejects(
-    exportModel({ modelDir, outDir, dtype: extra.dtype as 'fp32' | undefined }),
-    (err: Error) => {
-      assert.ok(err instanceof errorType, `${err.name}: ${err.message}`);
-      assert.match(err.message, pattern);
-      return true;
-    },
-  );
+  await assert.rejects(exportModel({ modelDir, outDir, dtype: extra.dtype as 'fp32' | undefined }), (err: Error) => {
+    assert.ok(err instanceof errorType, `${err.name}: ${err.message}`);
+    assert.match(err.message, pattern);
+    return true;
+  });
   if (!extra.outDir) assert.deepEqual(readdirSync(parent), [], 'no output or partial directory is left behind');
 }
 
@@ -74,7 +76,11 @@ test('a missing tensor is named', async () => {
 test('a shape mismatch names the tensor and both shapes', async () => {
   const dir = copyOfGood();
   editConfig(dir, (c) => (c.intermediate_size = 80));
-  await expectFailure(dir, /tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape \[\d+,\d+\] but config\.json implies \[\d+,\d+\]/, ModelFormatError);
+  await expectFailure(
+    dir,
+    /tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape \[\d+,\d+\] but config\.json implies \[\d+,\d+\]/,
+    ModelFormatError,
+  );
 });
 
 test('a truncated safetensors file is reported as truncated', async () => {

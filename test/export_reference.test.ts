@@ -1,19 +1,18 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { exportModel } from '../src/export/exporter.js';
-import { readManifest } from '../src/export/manifest.js';
-import type { ExportDtype } from '../src/export/weights.js';
 import type { Layout } from '../src/export/graph_io.js';
+import { ioName, readManifest } from '../src/export/manifest.js';
+import type { ExportDtype } from '../src/export/weights.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
-import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js';
-import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, tempDir, type ReferenceCase } from './support/runner.js';
-import { createSession } from '../src/runtime/session.js';
 import { FastRunner } from '../src/runtime/fast_runner.js';
-import { StagedFastRunner } from '../src/runtime/staged_runner.js';
 import { GROW_AHEAD } from '../src/runtime/kv_cache.js';
-import { ioName } from '../src/export/manifest.js';
+import { createSession } from '../src/runtime/session.js';
+import { StagedFastRunner } from '../src/runtime/staged_runner.js';
+import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js';
+import { FIXTURE_DIR, FIXTURE_REFERENCE, openRunner, type ReferenceCase, tempDir } from './support/runner.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
 const work = tempDir();
@@ -23,7 +22,10 @@ function exportFixture(layout: Layout, dtype: ExportDtype): Promise<string> {
   const key = `${layout}-${dtype}`;
   if (!exported.has(key)) {
     const out = join(work, key);
-    exported.set(key, exportModel({ modelDir: FIXTURE_DIR, outDir: out, layout, dtype }).then(() => out));
+    exported.set(
+      key,
+      exportModel({ modelDir: FIXTURE_DIR, outDir: out, layout, dtype }).then(() => out),
+    );
   }
   return exported.get(key)!;
 }
@@ -80,7 +82,12 @@ for (const layout of ['fast', 'standard'] as const) {
   test(`fp32 ${layout} export matches the reference log-probabilities and greedy ids`, async () => {
     const all = await runAlone(await exportFixture(layout, 'fp32'), false);
     assert.ok(maxError(all) < 1e-3, `max error ${maxError(all)}`);
-    all.forEach((steps, i) => assert.deepEqual(steps.map((l) => argmax(l)), cases[i].greedy_ids));
+    all.forEach((steps, i) =>
+      assert.deepEqual(
+        steps.map((l) => argmax(l)),
+        cases[i].greedy_ids,
+      ),
+    );
   });
 
   test(`fp32 ${layout}: the three prompts decoded as one batch equal each alone`, async () => {
@@ -135,14 +142,17 @@ for (const layout of ['fast', 'standard'] as const) {
  */
 async function runEveryPosition(dir: string): Promise<Float32Array[][]> {
   const runner = await openRunner(dir);
-  assert.ok(runner.promptLogits, 'the export returns every position\'s logits');
+  assert.ok(runner.promptLogits, "the export returns every position's logits");
   const v = runner.vocabSize;
   const all: Float32Array[][] = [];
   for (const [id, c] of cases.entries()) {
     runner.addSequence(id);
     const tokens = [...c.prompt_ids, ...c.greedy_ids.slice(0, c.steps.length - 1)];
     const cut = Math.ceil(c.prompt_ids.length / 2);
-    const rows = [...chunkRows(await runner.prefill(id, tokens.slice(0, cut), true), v), ...chunkRows(await runner.prefill(id, tokens.slice(cut), true), v)];
+    const rows = [
+      ...chunkRows(await runner.prefill(id, tokens.slice(0, cut), true), v),
+      ...chunkRows(await runner.prefill(id, tokens.slice(cut), true), v),
+    ];
     assert.equal(rows.length, tokens.length, 'one row of logits per token');
     runner.removeSequence(id);
     all.push(rows.slice(c.prompt_ids.length - 1));
@@ -154,7 +164,7 @@ function chunkRows(logits: Float32Array, v: number): Float32Array[] {
   return Array.from({ length: logits.length / v }, (_, i) => logits.subarray(i * v, (i + 1) * v));
 }
 
-test('prefill with every position\'s logits (echo + logprobs): each row is the reference\'s step', async (t) => {
+test("prefill with every position's logits (echo + logprobs): each row is the reference's step", async (t) => {
   for (const layout of ['fast', 'standard'] as const) {
     const all = await runEveryPosition(await exportFixture(layout, 'fp32'));
     assert.ok(maxError(all) < 1e-3, `fp32 ${layout}: max error ${maxError(all)}`);
@@ -195,7 +205,10 @@ test('fp32 weights with an int8 KV cache: close to the reference, batched = alon
   const ids = cases.map((_, i) => i + 10);
   const batched: Float32Array[][] = cases.map(() => []);
   runner.addSequence(99);
-  await runner.prefill(99, Array.from({ length: 70 }, (_, i) => 500 + i));
+  await runner.prefill(
+    99,
+    Array.from({ length: 70 }, (_, i) => 500 + i),
+  );
   for (const [i, c] of cases.entries()) {
     runner.addSequence(ids[i]);
     batched[i].push(await runner.prefill(ids[i], c.prompt_ids));
@@ -220,7 +233,12 @@ test('fp32 fast export with GroupQueryAttention (the CUDA default) matches the r
   await exportModel({ modelDir: FIXTURE_DIR, outDir: out, dtype: 'fp32', attention: 'gqa' });
   const all = await runAlone(out, false);
   assert.ok(maxError(all) < 1e-3, `max error ${maxError(all)}`);
-  all.forEach((steps, i) => assert.deepEqual(steps.map((l) => argmax(l)), cases[i].greedy_ids));
+  all.forEach((steps, i) =>
+    assert.deepEqual(
+      steps.map((l) => argmax(l)),
+      cases[i].greedy_ids,
+    ),
+  );
 });
 
 test('the CUDA export (fp16, GroupQueryAttention) runs on the CPU provider close to the reference', async (t) => {
@@ -357,7 +375,11 @@ test('fast runner: caches re-laid out in place (growth, shrink, compaction) keep
 });
 
 /** A real CPU session on `dir` whose every run shows its feeds to `see` first. */
-async function watchedSession(dir: string, manifest: ReturnType<typeof readManifest>, see: (feeds: Record<string, { dims: readonly number[] }>) => void) {
+async function watchedSession(
+  dir: string,
+  manifest: ReturnType<typeof readManifest>,
+  see: (feeds: Record<string, { dims: readonly number[] }>) => void,
+) {
   const { session } = await createSession(dir, manifest, { device: 'cpu', threads: 1 });
   const run = session.run.bind(session);
   (session as { run: typeof session.run }).run = ((feeds: Record<string, { dims: readonly number[] }>) => {
@@ -442,7 +464,7 @@ test('a prompt whose end is expected grows the cache at most every few chunks, t
     const moves = (c: number[]) => c.filter((x, i) => i > 0 && x !== c[i - 1]).length;
     assert.equal(moves(stepwise.capacities), 10, 'without an expected end, capacity moves every 64 tokens');
     assert.ok(moves(ahead.capacities) <= 3, `capacities ${ahead.capacities}: a move at most every ${GROW_AHEAD} tokens`);
-    assert.equal(Math.max(...ahead.capacities), 704, 'never past the expected end\'s capacity step');
+    assert.equal(Math.max(...ahead.capacities), 704, "never past the expected end's capacity step");
     ahead.capacities.forEach((c, i) => assert.ok(c <= (i + 1) * 32 + GROW_AHEAD + 64, `chunk ${i}: capacity ${c} runs at most GROW_AHEAD ahead`));
   }
 });
@@ -477,7 +499,10 @@ test('staged runner: a prompt prefills apart, so decode steps beside it read onl
       short.push(4000 + at);
       await expectClose(1, short, await runner.decode([1], [short[short.length - 1]]));
     }
-    assert.ok(fedCapacity.every((c) => c <= 64), `decode steps fed capacities ${fedCapacity}: the prompt's 300 tokens stayed out`);
+    assert.ok(
+      fedCapacity.every((c) => c <= 64),
+      `decode steps fed capacities ${fedCapacity}: the prompt's 300 tokens stayed out`,
+    );
     assert.equal(runner.cachedLength(2), 300);
     // Its first decode moves it over (cache copied) and both decode together.
     fedCapacity.length = 0;

@@ -1,8 +1,8 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { test } from 'node:test';
 import { exportModel } from '../src/export/exporter.js';
-import { writeRandomCheckpoint, type RandomCheckpointOptions } from '../src/model/random_checkpoint.js';
+import { type RandomCheckpointOptions, writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { argmax, ReferenceQwen3 } from './support/reference_qwen3.js';
 import { openRunner, tempDir } from './support/runner.js';
 
@@ -16,12 +16,18 @@ const shapes: Array<[string, RandomCheckpointOptions]> = [
   ['separate lm_head (untied)', { ...small, tieWordEmbeddings: false, seed: 2 }],
   ['kv_heads == heads', { ...small, numKvHeads: 4, seed: 3 }],
   ['f16 source', { ...small, dtype: 'f16', seed: 4 }],
-  ['f32 source, heads × head_dim ≠ hidden, 3 layers', { ...small, dtype: 'f32', numHeads: 8, numKvHeads: 2, headDim: 8, hiddenSize: 40, numLayers: 3, seed: 5 }],
+  [
+    'f32 source, heads × head_dim ≠ hidden, 3 layers',
+    { ...small, dtype: 'f32', numHeads: 8, numKvHeads: 2, headDim: 8, hiddenSize: 40, numLayers: 3, seed: 5 },
+  ],
   ['rope_theta 10000, head_dim 32', { ...small, headDim: 32, ropeTheta: 10000, seed: 6 }],
   ['attention_bias (q/k/v projection biases)', { ...small, attentionBias: true, std: 0.3, seed: 7 }],
   // Qwen3's documented long-context setting, scaled down: the rotary tables change and
   // cos/sin carry YaRN's attention factor. The reference reads config.json itself.
-  ['YaRN rope_scaling (factor 4 over an original context of 64)', { ...small, ropeScaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 }, seed: 8 }],
+  [
+    'YaRN rope_scaling (factor 4 over an original context of 64)',
+    { ...small, ropeScaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 }, seed: 8 },
+  ],
   ['linear rope_scaling (factor 2, the older "type" key)', { ...small, ropeScaling: { type: 'linear', factor: 2 }, seed: 9 }],
 ];
 

@@ -1,11 +1,11 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
-import { downloadFromHub } from '../src/model/hub.js';
+import { join } from 'node:path';
+import { test } from 'node:test';
 import { resolveModel } from '../src/export/model_source.js';
+import { downloadFromHub } from '../src/model/hub.js';
 import { silentProgress } from '../src/util/progress.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 
@@ -23,7 +23,15 @@ async function fakeHub(opts: { token?: string; cutOnce?: string } = {}) {
     const info = /^\/api\/models\/test-org\/tiny\/revision\/main$/.exec(req.url ?? '');
     if (info) {
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ id: 'test-org/tiny', siblings: [...files, 'README.md', 'pytorch_model.bin'].map((f) => ({ rfilename: f, size: files.includes(f) ? statSync(join(FIXTURE_DIR, f)).size : 10 })) }));
+      res.end(
+        JSON.stringify({
+          id: 'test-org/tiny',
+          siblings: [...files, 'README.md', 'pytorch_model.bin'].map((f) => ({
+            rfilename: f,
+            size: files.includes(f) ? statSync(join(FIXTURE_DIR, f)).size : 10,
+          })),
+        }),
+      );
       return;
     }
     const m = /^\/test-org\/tiny\/resolve\/main\/(.+)$/.exec(req.url ?? '');
@@ -35,7 +43,10 @@ async function fakeHub(opts: { token?: string; cutOnce?: string } = {}) {
     const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
     const start = range ? Number(range[1]) : 0;
     const body = data.subarray(start);
-    res.writeHead(range ? 206 : 200, { 'content-length': body.length, ...(range ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}) });
+    res.writeHead(range ? 206 : 200, {
+      'content-length': body.length,
+      ...(range ? { 'content-range': `bytes ${start}-${data.length - 1}/${data.length}` } : {}),
+    });
     if (cut === m[1]) {
       // Send half, then drop the connection: the client must resume with a Range request.
       cut = undefined;
@@ -52,7 +63,15 @@ test('a Hub download fetches only checkpoint files, sends HF_TOKEN, and resumes 
   const hub = await fakeHub({ token: 'hf_secret', cutOnce: 'model.safetensors' });
   try {
     const cacheDir = tempDir();
-    const dir = await downloadFromHub({ repo: 'test-org/tiny', cacheDir, endpoint: hub.url, token: 'hf_secret', progress: silentProgress, log: () => {}, attempts: 3 });
+    const dir = await downloadFromHub({
+      repo: 'test-org/tiny',
+      cacheDir,
+      endpoint: hub.url,
+      token: 'hf_secret',
+      progress: silentProgress,
+      log: () => {},
+      attempts: 3,
+    });
     for (const f of readdirSync(FIXTURE_DIR)) assert.deepEqual(readFileSync(join(dir, f)), readFileSync(join(FIXTURE_DIR, f)), f);
     assert.ok(!readdirSync(dir).includes('README.md') && !readdirSync(dir).includes('pytorch_model.bin'));
     const resumed = hub.seen.filter((r) => r.url.endsWith('/model.safetensors'));
@@ -62,7 +81,14 @@ test('a Hub download fetches only checkpoint files, sends HF_TOKEN, and resumes 
     assert.ok(hub.seen.every((r) => r.auth === 'Bearer hf_secret'));
     // A second call reuses the complete download without asking the Hub.
     const before = hub.seen.length;
-    const again = await downloadFromHub({ repo: 'test-org/tiny', cacheDir, endpoint: hub.url, token: 'hf_secret', progress: silentProgress, log: () => {} });
+    const again = await downloadFromHub({
+      repo: 'test-org/tiny',
+      cacheDir,
+      endpoint: hub.url,
+      token: 'hf_secret',
+      progress: silentProgress,
+      log: () => {},
+    });
     assert.equal(again, dir);
     assert.equal(hub.seen.length, before);
   } finally {
@@ -77,17 +103,41 @@ test('--model org/name goes through HF_ENDPOINT, then exports; bad tokens and mi
     process.env.HF_ENDPOINT = hub.url;
     process.env.HF_TOKEN = 'tok';
     const cacheDir = tempDir();
-    const r = await resolveModel({ model: 'test-org/tiny', cacheDir, dtype: 'fp32', layout: 'fast', device: 'cpu', progress: silentProgress, log: () => {} });
+    const r = await resolveModel({
+      model: 'test-org/tiny',
+      cacheDir,
+      dtype: 'fp32',
+      layout: 'fast',
+      device: 'cpu',
+      progress: silentProgress,
+      log: () => {},
+    });
     assert.equal(r.name, 'test-org/tiny');
     assert.ok(readdirSync(r.exportDir).includes('model.onnx'));
     process.env.HF_TOKEN = 'wrong';
     await assert.rejects(
-      resolveModel({ model: 'test-org/tiny', cacheDir: tempDir(), dtype: 'fp32', layout: 'fast', device: 'cpu', progress: silentProgress, log: () => {} }),
+      resolveModel({
+        model: 'test-org/tiny',
+        cacheDir: tempDir(),
+        dtype: 'fp32',
+        layout: 'fast',
+        device: 'cpu',
+        progress: silentProgress,
+        log: () => {},
+      }),
       /refused test-org\/tiny \(401\): set HF_TOKEN/,
     );
     process.env.HF_TOKEN = 'tok';
     await assert.rejects(
-      resolveModel({ model: 'test-org/absent', cacheDir: tempDir(), dtype: 'fp32', layout: 'fast', device: 'cpu', progress: silentProgress, log: () => {} }),
+      resolveModel({
+        model: 'test-org/absent',
+        cacheDir: tempDir(),
+        dtype: 'fp32',
+        layout: 'fast',
+        device: 'cpu',
+        progress: silentProgress,
+        log: () => {},
+      }),
       /has no model test-org\/absent/,
     );
   } finally {

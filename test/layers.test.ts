@@ -53,7 +53,10 @@ const DYNAMIC_IMPORT = /(\bawait\s+)?\bimport\(\s*['"]([^'"]+)['"]\s*\)(\s*\.\s*
 function namesAreTypes(clause: string): boolean {
   const m = /^\{([^}]*)\}$/.exec(clause.trim());
   if (!m) return false;
-  const names = m[1].split(',').map((s) => s.trim()).filter(Boolean);
+  const names = m[1]
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   return names.length > 0 && names.every((n) => /^type\s/.test(n));
 }
 
@@ -219,7 +222,10 @@ test('the checker finds forbidden imports and cycles in a made-up tree', () => {
   ]);
   const cycles = importCycles(edges);
   // openai/x.ts ⇄ anthropic/m.ts crosses folders (one way by a type only); engine/core.ts ⇄ engine/a.ts loads modules.
-  assert.ok(cycles.some((c) => c.includes('src/openai/x.ts') && c.includes('src/anthropic/m.ts')), cycles.join('\n'));
+  assert.ok(
+    cycles.some((c) => c.includes('src/openai/x.ts') && c.includes('src/anthropic/m.ts')),
+    cycles.join('\n'),
+  );
   assert.ok(cycles.includes('cycle: src/engine/a.ts → src/engine/core.ts → src/engine/a.ts'), cycles.join('\n'));
   assert.equal(cycles.length, 2, cycles.join('\n'));
 });
@@ -241,7 +247,10 @@ test('src/ keeps its layers: nothing imports upward, the protocols stay apart, n
   const edges = importGraph(sources);
   // Guards against a checker that reads nothing: the HTTP routes hand bodies to serving modules.
   assert.ok(sources.size > 50, `only ${sources.size} files under ${SRC}`);
-  assert.ok(edges.some((e) => folderOf(e.from) === 'http' && folderOf(e.to) === 'serving'), 'found no import of src/serving from src/http');
+  assert.ok(
+    edges.some((e) => folderOf(e.from) === 'http' && folderOf(e.to) === 'serving'),
+    'found no import of src/serving from src/http',
+  );
   const problems = [...layerViolations(edges), ...importCycles(edges)];
   assert.deepEqual(problems, [], `\n${problems.join('\n')}`);
 });

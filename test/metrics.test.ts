@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer } from './support/server.js';
 

@@ -1,9 +1,9 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { cpSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolveModel } from '../src/export/model_source.js';
+import { test } from 'node:test';
 import { GRAPH_REVISION, MANIFEST_FILE, readManifest } from '../src/export/manifest.js';
+import { resolveModel } from '../src/export/model_source.js';
 import { silentProgress } from '../src/util/progress.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
 
@@ -12,7 +12,15 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   const src = join(work, 'ckpt');
   cpSync(FIXTURE_DIR, src, { recursive: true });
   const logs: string[] = [];
-  const opts = { model: src, cacheDir: join(work, 'cache'), dtype: 'fp32' as const, layout: 'fast' as const, device: 'cpu' as const, progress: silentProgress, log: (m: string) => logs.push(m) };
+  const opts = {
+    model: src,
+    cacheDir: join(work, 'cache'),
+    dtype: 'fp32' as const,
+    layout: 'fast' as const,
+    device: 'cpu' as const,
+    progress: silentProgress,
+    log: (m: string) => logs.push(m),
+  };
   const first = await resolveModel(opts);
   assert.match(logs.join('\n'), /exporting/);
   logs.length = 0;
@@ -39,7 +47,10 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   // An export directory is served as it is.
   const direct = await resolveModel({ ...opts, model: third.exportDir });
   assert.equal(direct.exportDir, third.exportDir);
-  await assert.rejects(resolveModel({ ...opts, model: join(work, 'nowhere') }), /there is no directory .*nowhere, and it is not a Hugging Face repo id/);
+  await assert.rejects(
+    resolveModel({ ...opts, model: join(work, 'nowhere') }),
+    /there is no directory .*nowhere, and it is not a Hugging Face repo id/,
+  );
 });
 
 test('--device auto exports for the GPU (fp16) when CUDA can run, for the CPU (fp32) otherwise; an explicit device or dtype wins', async () => {

@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { OffThreadTokenizer } from '../src/text/offthread_tokenizer.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { FIXTURE_DIR } from './support/runner.js';

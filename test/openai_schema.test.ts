@@ -1,5 +1,5 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
 import { fixtureExport } from './support/engine.js';
 import { assertOpenAI } from './support/openapi.js';
 import { startTestServer, type TestServer } from './support/server.js';
@@ -13,7 +13,8 @@ after(async () => {
   await s.close();
 });
 
-const post = async (path: string, body: unknown) => fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+const post = async (path: string, body: unknown) =>
+  fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 const messages = [{ role: 'user', content: 'Hello' }];
 const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'integer' } } } } }];
 

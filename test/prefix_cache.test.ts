@@ -1,11 +1,11 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { test } from 'node:test';
+import { EngineCore } from '../src/engine/engine_core.js';
+import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
 import { exportModel } from '../src/export/exporter.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
-import { EngineCore } from '../src/engine/engine_core.js';
-import { KvBlockPool, bytesPerBlock } from '../src/runtime/kv_block_pool.js';
-import type { EngineEvent, GenerateRequest } from '../src/engine/types.js';
+import { bytesPerBlock, KvBlockPool } from '../src/runtime/kv_block_pool.js';
 import type { ModelRunner } from '../src/runtime/model_runner.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport, request } from './support/engine.js';
@@ -36,7 +36,12 @@ async function run(
   if (!core) {
     const runner = await openRunner(dir);
     const prefixCachePool = o.cacheBlocks ? new KvBlockPool(runner.blockLayout(CHUNK), o.cacheBlocks) : null;
-    core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 }, { prefixCachePool, warmAfterIdleMs: 0 });
+    core = new EngineCore(
+      runner,
+      tokenizer,
+      { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: o.kvBudgetTokens ?? 8192 },
+      { prefixCachePool, warmAfterIdleMs: 0 },
+    );
   }
   const events: EngineEvent[] = [];
   let step = 0;
@@ -129,10 +134,19 @@ for (const [name, exportDir] of variants) {
       assert.equal(o.cached, expectedHit(on.prompts, i), `turn ${i + 1} reuses every whole block it shares`);
       assert.equal(off.outcomes[i].cached, 0);
     });
-    assert.ok(on.outcomes.slice(1).every((o) => o.cached >= CHUNK), 'every later turn hits');
+    assert.ok(
+      on.outcomes.slice(1).every((o) => o.cached >= CHUNK),
+      'every later turn hits',
+    );
     const stats = on.core.stats().prefixCache!;
-    assert.equal(stats.hitTokens, on.outcomes.reduce((s, o) => s + o.cached, 0));
-    assert.equal(stats.queriedTokens, on.prompts.reduce((s, p) => s + p.length, 0));
+    assert.equal(
+      stats.hitTokens,
+      on.outcomes.reduce((s, o) => s + o.cached, 0),
+    );
+    assert.equal(
+      stats.queriedTokens,
+      on.prompts.reduce((s, p) => s + p.length, 0),
+    );
   });
 }
 
@@ -154,7 +168,9 @@ test('prompts sharing a prefix, batched together (and n > 1 sampling from one pr
   const make = () => [
     ...[0, 1, 2, 3].map((k) => ({ req: greedy([...shared, ...ids(9 + k * 7, 10 + k)], 12), atStep: k })),
     // Two choices of one seeded, sampled prompt (as the API submits n = 2).
-    ...[0, 1].map((k) => ({ req: request([...shared, 5, 6, 7], { maxTokens: 12, ignoreEos: true, sampling: { temperature: 1, seed: 40 + k, logprobs: 2 } }) })),
+    ...[0, 1].map((k) => ({
+      req: request([...shared, 5, 6, 7], { maxTokens: 12, ignoreEos: true, sampling: { temperature: 1, seed: 40 + k, logprobs: 2 } }),
+    })),
   ];
   const on = await run(dir, make(), { cacheBlocks: 64 });
   const off = await run(dir, make(), {});
@@ -223,7 +239,11 @@ test('the KV block pool holds what its memory bound allows', async () => {
  * to prefill the next prompt's beginning (the last prompt less its generation prompt,
  * the answer, and the template's opening of the next message), as the chat layer does.
  */
-async function warmedConversation(dir: string, cacheBlocks: number, warm: boolean): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; core: EngineCore }> {
+async function warmedConversation(
+  dir: string,
+  cacheBlocks: number,
+  warm: boolean,
+): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; core: EngineCore }> {
   let prompt = ids(45, 1);
   const prompts: number[][] = [];
   const prefixes: number[][] = [];
@@ -261,15 +281,27 @@ for (const [name, exportDir] of variants.slice(0, 3)) {
       // Every whole block of the warmed prefix is cached; the last chunk is always computed.
       const expected = Math.min(Math.floor(warmed.prefixes[i - 1].length / CHUNK), Math.floor((warmed.prompts[i].length - 1) / CHUNK)) * CHUNK;
       assert.equal(warmed.outcomes[i].cached, expected, `turn ${i + 1}`);
-      assert.ok(warmed.outcomes[i].cached > plain.outcomes[i].cached, `turn ${i + 1} hits more than without warming (${warmed.outcomes[i].cached} vs ${plain.outcomes[i].cached})`);
+      assert.ok(
+        warmed.outcomes[i].cached > plain.outcomes[i].cached,
+        `turn ${i + 1} hits more than without warming (${warmed.outcomes[i].cached} vs ${plain.outcomes[i].cached})`,
+      );
     }
     // Each warm-up computed its prefix's whole blocks past those its turn's prompt had cached.
     const stats = warmed.core.stats();
-    const expectedWarmed = warmed.prefixes.reduce((s, p, i) => s + Math.floor(p.length / CHUNK) * CHUNK - Math.floor((warmed.prompts[i].length - 4) / CHUNK) * CHUNK, 0);
+    const expectedWarmed = warmed.prefixes.reduce(
+      (s, p, i) => s + Math.floor(p.length / CHUNK) * CHUNK - Math.floor((warmed.prompts[i].length - 4) / CHUNK) * CHUNK,
+      0,
+    );
     assert.equal(stats.warmedTokensTotal, expectedWarmed);
     // Warm-ups are no requests: the prefix cache's query and hit counters count only the turns.
-    assert.equal(stats.prefixCache!.queriedTokens, warmed.prompts.reduce((s, p) => s + p.length, 0));
-    assert.equal(stats.prefixCache!.hitTokens, warmed.outcomes.reduce((s, o) => s + o.cached, 0));
+    assert.equal(
+      stats.prefixCache!.queriedTokens,
+      warmed.prompts.reduce((s, p) => s + p.length, 0),
+    );
+    assert.equal(
+      stats.prefixCache!.hitTokens,
+      warmed.outcomes.reduce((s, o) => s + o.cached, 0),
+    );
     assert.equal(stats.requestsFinished, 4);
     assert.equal(plain.core.stats().warmedTokensTotal, 0);
   });
@@ -281,7 +313,10 @@ for (const [name, exportDir] of variants.slice(0, 3)) {
  * assistant's opening, and once an answer ends the engine warms the next prompt up to the
  * opening of the user's message. `runs` lists each turn's prefill runs, in tokens.
  */
-async function messageConversation(dir: string, cacheBlocks: number): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; runs: number[][] }> {
+async function messageConversation(
+  dir: string,
+  cacheBlocks: number,
+): Promise<{ outcomes: Outcome[]; prompts: number[][]; prefixes: number[][]; runs: number[][] }> {
   const IM = tokenizer.tokenId('<|im_start|>')!;
   const END = tokenizer.tokenId('<|im_end|>')!;
   const [SYSTEM, USER, ASSISTANT] = [8948, 872, 77091];
@@ -293,7 +328,12 @@ async function messageConversation(dir: string, cacheBlocks: number): Promise<{ 
   const { prefill } = runner;
   runner.prefill = (id, tokens, every) => (turnRuns?.push(tokens.length), prefill.call(runner, id, tokens, every));
   const prefixCachePool = cacheBlocks > 0 ? new KvBlockPool(runner.blockLayout(CHUNK), cacheBlocks) : null;
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool, warmAfterIdleMs: 0 });
+  const core = new EngineCore(
+    runner,
+    tokenizer,
+    { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 },
+    { prefixCachePool, warmAfterIdleMs: 0 },
+  );
   const prompts: number[][] = [];
   const prefixes: number[][] = [];
   const outcomes: Outcome[] = [];
@@ -344,7 +384,12 @@ test('a request arriving during a warm-up takes its place at the next step, with
   const other = greedy(ids(50, 22), 8);
   const next = greedy([...history, ...ids(15, 23)], 8);
   const runner = await openRunner(dir);
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64) });
+  const core = new EngineCore(
+    runner,
+    tokenizer,
+    { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 },
+    { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64) },
+  );
   assert.equal(core.warm(history), true);
   assert.equal(core.warm(ids(20, 24)), false, 'less than a block: nothing to warm');
   await core.step();
@@ -385,7 +430,12 @@ for (const layout of ['fast', 'standard'] as const) {
     const dir = await fixtureExport(layout);
     const runner = await openRunner(dir);
     const w = watch(runner);
-    const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 0 });
+    const core = new EngineCore(
+      runner,
+      tokenizer,
+      { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 },
+      { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 0 },
+    );
     const warmUp = async (tokens: number[]) => {
       assert.equal(core.warm(tokens), true);
       while (core.hasWork()) await core.step();
@@ -428,7 +478,12 @@ test('a warm-up waits until no request has run or arrived for warmAfterIdleMs', 
   const dir = await fixtureExport('fast');
   const runner = await openRunner(dir);
   let clock = 0;
-  const core = new EngineCore(runner, tokenizer, { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 }, { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 250, now: () => clock });
+  const core = new EngineCore(
+    runner,
+    tokenizer,
+    { maxNumSeqs: 8, maxNumBatchedTokens: CHUNK, maxQueue: 64, maxModelLen: 2048, kvBudgetTokens: 8192 },
+    { prefixCachePool: new KvBlockPool(runner.blockLayout(CHUNK), 64), warmAfterIdleMs: 250, now: () => clock },
+  );
   await run(dir, [{ req: greedy(ids(40, 40), 4) }], { core });
   assert.equal(core.warm(ids(100, 41)), true);
   clock = 249;

@@ -1,5 +1,5 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 import { pino } from 'pino';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
@@ -28,25 +28,54 @@ after(async () => {
 const system = `You are a careful assistant. ${'Answer briefly and cite the rules you follow. '.repeat(24)}`;
 
 async function chat(s: TestServer, messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }>, extra: Record<string, unknown> = {}) {
-  return s.client.chat.completions.create({ model: 'tiny', messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2, ...extra } as never) as unknown as Promise<{
+  return s.client.chat.completions.create({
+    model: 'tiny',
+    messages,
+    max_tokens: 8,
+    temperature: 0,
+    logprobs: true,
+    top_logprobs: 2,
+    ...extra,
+  } as never) as unknown as Promise<{
     choices: Array<{ message: { content: string | null; tool_calls?: unknown[] }; logprobs: unknown }>;
     usage: { prompt_tokens: number; prompt_tokens_details: { cached_tokens: number } };
   }>;
 }
 
-const metric = async (name: string) => Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(await (await fetch(`${on.url}/metrics`)).text())?.[1]);
+const metric = async (name: string) =>
+  Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(await (await fetch(`${on.url}/metrics`)).text())?.[1]);
 
 test('a shared system prompt is served from the cache: cached_tokens counts it, the answer is identical, /metrics counts queries and hits', async () => {
   const queriesBefore = await metric('qwen3_serve_prefix_cache_queries_total');
   const hitsBefore = await metric('vllm:prefix_cache_hits_total');
-  const first = await chat(on, [{ role: 'system', content: system }, { role: 'user', content: 'What is 2 + 2?' }], { chat_template_kwargs: { enable_thinking: false } });
-  const messages = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: 'Name a colour.' }];
+  const first = await chat(
+    on,
+    [
+      { role: 'system', content: system },
+      { role: 'user', content: 'What is 2 + 2?' },
+    ],
+    { chat_template_kwargs: { enable_thinking: false } },
+  );
+  const messages = [
+    { role: 'system' as const, content: system },
+    { role: 'user' as const, content: 'Name a colour.' },
+  ];
   const second = await chat(on, messages, { chat_template_kwargs: { enable_thinking: false } });
   const cold = await chat(off, messages, { chat_template_kwargs: { enable_thinking: false } });
   assert.equal(first.usage.prompt_tokens_details.cached_tokens, 0);
   const cached = second.usage.prompt_tokens_details.cached_tokens;
   // The whole system message, however long: its last chunk ends where the user's message starts.
-  const expected = hitAfter(await tokenize(on, [{ role: 'system', content: system }, { role: 'user', content: 'What is 2 + 2?' }], false), await tokenize(on, messages, false));
+  const expected = hitAfter(
+    await tokenize(
+      on,
+      [
+        { role: 'system', content: system },
+        { role: 'user', content: 'What is 2 + 2?' },
+      ],
+      false,
+    ),
+    await tokenize(on, messages, false),
+  );
   assert.equal(cached, expected);
   assert.ok(cached >= 2 * CHUNK && cached < second.usage.prompt_tokens, `cached ${cached} of ${second.usage.prompt_tokens}`);
   assert.equal(cold.usage.prompt_tokens_details.cached_tokens, 0);
@@ -65,7 +94,10 @@ test('a shared system prompt is served from the cache: cached_tokens counts it, 
 for (const thinking of [true, false]) {
   test(`a conversation's next turn reuses everything before the last user message (thinking ${thinking ? 'on' : 'off'})`, async () => {
     const kwargs = { chat_template_kwargs: { enable_thinking: thinking } };
-    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: `Hello there, ${thinking}.` }];
+    const turn1 = [
+      { role: 'system' as const, content: system },
+      { role: 'user' as const, content: `Hello there, ${thinking}.` },
+    ];
     const r1 = await chat(on, turn1, kwargs);
     const turn2 = [...turn1, { role: 'assistant' as const, content: 'Hi! How can I help?' }, { role: 'user' as const, content: 'Tell me a joke.' }];
     const r2 = await chat(on, turn2, kwargs);
@@ -116,7 +148,11 @@ function hitAfter(first: number[], next: number[]): number {
 
 /** Token ids of a chat prompt, as /tokenize renders it. */
 async function tokenize(s: TestServer, messages: Array<{ role: string; content: string }>, thinking: boolean): Promise<number[]> {
-  const res = await fetch(`${s.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'tiny', messages, chat_template_kwargs: { enable_thinking: thinking } }) });
+  const res = await fetch(`${s.url}/tokenize`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'tiny', messages, chat_template_kwargs: { enable_thinking: thinking } }),
+  });
   return ((await res.json()) as { tokens: number[] }).tokens;
 }
 
@@ -125,7 +161,12 @@ async function tokenize(s: TestServer, messages: Array<{ role: string; content: 
  * the whole chunks of the conversation up to its new message's own text, which the
  * warm-up computed, and which end where that message starts.
  */
-async function warmedHit(s: TestServer, history: Array<{ role: string; content: string }>, next: { role: string; content: string }, thinking: boolean): Promise<{ ids: number[]; expected: number }> {
+async function warmedHit(
+  s: TestServer,
+  history: Array<{ role: string; content: string }>,
+  next: { role: string; content: string },
+  thinking: boolean,
+): Promise<{ ids: number[]; expected: number }> {
   const ids = await tokenize(s, [...history, next], thinking);
   const probe = await tokenize(s, [...history, { role: next.role, content: '§' }], thinking);
   let common = 0;
@@ -143,7 +184,8 @@ async function warmedHit(s: TestServer, history: Array<{ role: string; content: 
  * warm-up must compute.
  */
 async function warmedPast(s: TestServer, before: number, tokens = 1): Promise<number> {
-  const read = async () => Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text())?.[1]);
+  const read = async () =>
+    Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${s.url}/metrics`)).text())?.[1]);
   let last = await read();
   let since = Date.now();
   for (let i = 0; i < 200; i++) {
@@ -162,7 +204,10 @@ async function warmedPast(s: TestServer, before: number, tokens = 1): Promise<nu
 for (const thinking of [false, true]) {
   test(`once an answer ends, the idle server prefills the next turn as the client will send it, answer included; the next turn's results are unchanged (thinking ${thinking ? 'on' : 'off'})`, async () => {
     const kwargs = { chat_template_kwargs: { enable_thinking: thinking }, ignore_eos: true };
-    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: `Tell me a long story, ${thinking}.` }];
+    const turn1 = [
+      { role: 'system' as const, content: system },
+      { role: 'user' as const, content: `Tell me a long story, ${thinking}.` },
+    ];
     const before = await warmedPast(on, -1);
     const r1 = await chat(on, turn1, { ...kwargs, max_tokens: 150 });
     const answer = r1.choices[0].message.content ?? '';
@@ -172,7 +217,8 @@ for (const thinking of [false, true]) {
     // the assistant turn begins.
     const withoutWarmUp = hitAfter(await tokenize(on, turn1, thinking), ids);
     // The warm-up computes what the first prompt's chunks left: at least that much.
-    if (expected > withoutWarmUp) assert.ok((await warmedPast(on, before, expected - withoutWarmUp)) - before >= expected - withoutWarmUp, 'the answer was warmed');
+    if (expected > withoutWarmUp)
+      assert.ok((await warmedPast(on, before, expected - withoutWarmUp)) - before >= expected - withoutWarmUp, 'the answer was warmed');
     const r2 = await chat(on, turn2, kwargs);
     const cold = await chat(off, turn2, kwargs);
     assert.deepEqual(r2.choices[0].message.content, cold.choices[0].message.content);
@@ -193,8 +239,15 @@ test("Anthropic's Messages API: the next turn finds the answer warmed, and says 
   const asChat = [{ role: 'system', content: system }, question, { role: 'assistant', content: text }];
   const { ids, expected } = await warmedHit(on, asChat, followUp, false);
   const withoutWarmUp = hitAfter(await tokenize(on, asChat.slice(0, 2), false), ids);
-  if (expected > withoutWarmUp) assert.ok((await warmedPast(on, before, expected - withoutWarmUp)) - before >= expected - withoutWarmUp, 'the answer was warmed');
-  const r2 = await client.messages.create({ model: 'tiny', max_tokens: 5, system, thinking: { type: 'disabled' }, messages: [question, { role: 'assistant', content: r1.content }, followUp] });
+  if (expected > withoutWarmUp)
+    assert.ok((await warmedPast(on, before, expected - withoutWarmUp)) - before >= expected - withoutWarmUp, 'the answer was warmed');
+  const r2 = await client.messages.create({
+    model: 'tiny',
+    max_tokens: 5,
+    system,
+    thinking: { type: 'disabled' },
+    messages: [question, { role: 'assistant', content: r1.content }, followUp],
+  });
   assert.equal(r2.usage.cache_read_input_tokens, expected);
   assert.equal(r2.usage.input_tokens + r2.usage.cache_read_input_tokens!, ids.length);
 });
@@ -203,20 +256,39 @@ test('--no-warm-next-turn leaves the next turn to compute the answer again', asy
   const quiet = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--no-warm-next-turn']);
   try {
     const kwargs = { chat_template_kwargs: { enable_thinking: false }, ignore_eos: true };
-    const turn1 = [{ role: 'system' as const, content: system }, { role: 'user' as const, content: 'Tell me a long story.' }];
+    const turn1 = [
+      { role: 'system' as const, content: system },
+      { role: 'user' as const, content: 'Tell me a long story.' },
+    ];
     const r1 = await chat(quiet, turn1, { ...kwargs, max_tokens: 150 });
     await new Promise((r) => setTimeout(r, 500));
-    const turn2 = [...turn1, { role: 'assistant' as const, content: r1.choices[0].message.content ?? '' }, { role: 'user' as const, content: 'And then what happened?' }];
+    const turn2 = [
+      ...turn1,
+      { role: 'assistant' as const, content: r1.choices[0].message.content ?? '' },
+      { role: 'user' as const, content: 'And then what happened?' },
+    ];
     const r2 = await chat(quiet, turn2, kwargs);
     assert.equal(r2.usage.prompt_tokens_details.cached_tokens, hitAfter(await tokenize(quiet, turn1, false), await tokenize(quiet, turn2, false)));
-    assert.equal(Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${quiet.url}/metrics`)).text())?.[1]), 0);
+    assert.equal(
+      Number(/^qwen3_serve_prefix_cache_warmed_tokens_total(?:\{[^}]*\})? (\S+)$/m.exec(await (await fetch(`${quiet.url}/metrics`)).text())?.[1]),
+      0,
+    );
   } finally {
     await quiet.close();
   }
 });
 
 test('tools, structured outputs, n > 1 and completions all take cached prefixes and answer as without the cache', async () => {
-  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city, now. '.repeat(16), parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+  const tools = [
+    {
+      type: 'function',
+      function: {
+        name: 'get_weather',
+        description: 'The weather in a city, now. '.repeat(16),
+        parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] },
+      },
+    },
+  ];
   for (const city of ['Paris', 'Oslo']) {
     const messages = [{ role: 'user' as const, content: `Weather in ${city}?` }];
     const args = { tools, tool_choice: 'required', max_tokens: 40, chat_template_kwargs: { enable_thinking: false } };
@@ -226,25 +298,56 @@ test('tools, structured outputs, n > 1 and completions all take cached prefixes 
     assert.deepEqual(a.choices[0].logprobs, b.choices[0].logprobs);
     if (city === 'Oslo') assert.ok(a.usage.prompt_tokens_details.cached_tokens >= 2 * CHUNK, 'the tool definitions are cached');
   }
-  const schema = { response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] } } }, max_tokens: 30 };
-  const structured = await chat(on, [{ role: 'system', content: system }, { role: 'user', content: 'Is it ok?' }], { ...schema, chat_template_kwargs: { enable_thinking: false } });
-  const structuredCold = await chat(off, [{ role: 'system', content: system }, { role: 'user', content: 'Is it ok?' }], { ...schema, chat_template_kwargs: { enable_thinking: false } });
+  const schema = {
+    response_format: {
+      type: 'json_schema',
+      json_schema: { name: 'answer', schema: { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] } },
+    },
+    max_tokens: 30,
+  };
+  const structured = await chat(
+    on,
+    [
+      { role: 'system', content: system },
+      { role: 'user', content: 'Is it ok?' },
+    ],
+    { ...schema, chat_template_kwargs: { enable_thinking: false } },
+  );
+  const structuredCold = await chat(
+    off,
+    [
+      { role: 'system', content: system },
+      { role: 'user', content: 'Is it ok?' },
+    ],
+    { ...schema, chat_template_kwargs: { enable_thinking: false } },
+  );
   assert.ok(structured.usage.prompt_tokens_details.cached_tokens > 0);
   assert.equal(typeof JSON.parse(structured.choices[0].message.content!).ok, 'boolean');
   assert.deepEqual(structured.choices[0].logprobs, structuredCold.choices[0].logprobs);
 
-  const n2 = (await on.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: `${system} Once more, with two choices.` }], n: 2, max_tokens: 6, seed: 3, temperature: 1 })) as unknown as { choices: Array<{ message: { content: string } }> };
+  const n2 = (await on.client.chat.completions.create({
+    model: 'tiny',
+    messages: [{ role: 'user', content: `${system} Once more, with two choices.` }],
+    n: 2,
+    max_tokens: 6,
+    seed: 3,
+    temperature: 1,
+  })) as unknown as { choices: Array<{ message: { content: string } }> };
   assert.equal(n2.choices.length, 2);
 
   const prompt = `${system} Continue this sentence:`;
   for (const suffix of [' the sky', ' the sea']) {
-    const [a, b] = await Promise.all([on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: prompt + suffix, max_tokens: 6, temperature: 0, logprobs: 2 })));
+    const [a, b] = await Promise.all(
+      [on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: prompt + suffix, max_tokens: 6, temperature: 0, logprobs: 2 })),
+    );
     assert.deepEqual(a.choices[0].logprobs, b.choices[0].logprobs);
     const cached = (a.usage as unknown as { prompt_tokens_details: { cached_tokens: number } }).prompt_tokens_details.cached_tokens;
     if (suffix === ' the sea') assert.ok(cached >= 2 * CHUNK, `completions cached ${cached}`);
   }
   // Echo with logprobs scores every prompt position: nothing of it comes from the cache, and the scores match.
-  const [echoOn, echoOff] = await Promise.all([on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: prompt + ' the sky', max_tokens: 0, echo: true, logprobs: 1 })));
+  const [echoOn, echoOff] = await Promise.all(
+    [on, off].map((s) => s.client.completions.create({ model: 'tiny', prompt: `${prompt} the sky`, max_tokens: 0, echo: true, logprobs: 1 })),
+  );
   assert.deepEqual(echoOn.choices[0].logprobs, echoOff.choices[0].logprobs);
 });
 
@@ -258,7 +361,10 @@ test("Anthropic's Messages API reports cache reads as Anthropic does: apart from
   assert.equal(second.usage.input_tokens + second.usage.cache_read_input_tokens!, counted.input_tokens);
   const streamed = await client.messages.stream(ask('Third question.')).finalMessage();
   assert.ok((streamed.usage.cache_read_input_tokens ?? 0) >= 2 * CHUNK);
-  assert.equal(streamed.usage.input_tokens + streamed.usage.cache_read_input_tokens!, (await client.messages.countTokens(ask('Third question.'))).input_tokens);
+  assert.equal(
+    streamed.usage.input_tokens + streamed.usage.cache_read_input_tokens!,
+    (await client.messages.countTokens(ask('Third question.'))).input_tokens,
+  );
 });
 
 test('the start log states the setting', async () => {

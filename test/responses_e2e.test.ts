@@ -1,17 +1,17 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { createOpenAI } from '@ai-sdk/openai';
+import { generateText, streamText, tool } from 'ai';
 import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
-import { createOpenAI } from '@ai-sdk/openai';
-import { generateText, streamText, tool } from 'ai';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport } from './support/engine.js';
 import { assertOpenAI } from './support/openapi.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { tempDir } from './support/runner.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // The Responses API through the real openai SDK and the Vercel AI SDK's default provider.
@@ -32,7 +32,13 @@ after(async () => {
   await scripted.close();
 });
 
-const weatherTool: OpenAI.Responses.FunctionTool = { type: 'function', name: 'get_weather', description: 'Weather forecast', parameters: { type: 'object', properties: { days: { type: 'integer' } } }, strict: false };
+const weatherTool: OpenAI.Responses.FunctionTool = {
+  type: 'function',
+  name: 'get_weather',
+  description: 'Weather forecast',
+  parameters: { type: 'object', properties: { days: { type: 'integer' } } },
+  strict: false,
+};
 
 test('responses.create: output items, usage and status match the Response schema; output_text works', async () => {
   const r = await tiny.client.responses.create({ model: 'tiny', input: 'Hello', max_output_tokens: 6, reasoning: { effort: 'none' } });
@@ -45,7 +51,12 @@ test('responses.create: output items, usage and status match the Response schema
   assert.equal(r.usage?.output_tokens, 6);
   assert.equal(r.usage?.output_tokens_details.reasoning_tokens, 0);
   // Thinking on: a reasoning item first, counted as reasoning tokens, with its summary when asked.
-  const t = await tiny.client.responses.create({ model: 'tiny', input: 'Hello', max_output_tokens: 6, reasoning: { effort: 'low', summary: 'auto' } });
+  const t = await tiny.client.responses.create({
+    model: 'tiny',
+    input: 'Hello',
+    max_output_tokens: 6,
+    reasoning: { effort: 'low', summary: 'auto' },
+  });
   assertOpenAI('Response', t);
   assert.equal(t.output[0].type, 'reasoning');
   assert.equal((t.output[0] as OpenAI.Responses.ResponseReasoningItem).summary.length, 1);
@@ -53,7 +64,13 @@ test('responses.create: output items, usage and status match the Response schema
 });
 
 test('streamed: the semantic events in order, each with its sequence_number, valid against ResponseStreamEvent', async () => {
-  const stream = await tiny.client.responses.create({ model: 'tiny', input: 'Hello', max_output_tokens: 6, reasoning: { effort: 'none' }, stream: true });
+  const stream = await tiny.client.responses.create({
+    model: 'tiny',
+    input: 'Hello',
+    max_output_tokens: 6,
+    reasoning: { effort: 'none' },
+    stream: true,
+  });
   const events: OpenAI.Responses.ResponseStreamEvent[] = [];
   for await (const e of stream) events.push(e);
   for (const e of events) assertOpenAI('ResponseStreamEvent', e);
@@ -65,7 +82,10 @@ test('streamed: the semantic events in order, each with its sequence_number, val
     events.map((e) => e.sequence_number),
     events.map((_, i) => i),
   );
-  const text = events.filter((e) => e.type === 'response.output_text.delta').map((e) => (e as { delta: string }).delta).join('');
+  const text = events
+    .filter((e) => e.type === 'response.output_text.delta')
+    .map((e) => (e as { delta: string }).delta)
+    .join('');
   assert.equal((events.at(-1) as OpenAI.Responses.ResponseIncompleteEvent).response.output_text ?? text, text);
 });
 
@@ -101,8 +121,20 @@ test('text.format json_schema through responses.parse and zodTextFormat', async 
 
 test('previous_response_id chains the conversation; retrieve and delete; the store keeps the newest N', async () => {
   const a = await tiny.client.responses.create({ model: 'tiny', input: 'Hello', max_output_tokens: 4, reasoning: { effort: 'none' } });
-  const b = await tiny.client.responses.create({ model: 'tiny', input: 'And then?', max_output_tokens: 4, reasoning: { effort: 'none' }, previous_response_id: a.id });
-  const alone = await tiny.client.responses.create({ model: 'tiny', input: 'And then?', max_output_tokens: 4, reasoning: { effort: 'none' }, store: false });
+  const b = await tiny.client.responses.create({
+    model: 'tiny',
+    input: 'And then?',
+    max_output_tokens: 4,
+    reasoning: { effort: 'none' },
+    previous_response_id: a.id,
+  });
+  const alone = await tiny.client.responses.create({
+    model: 'tiny',
+    input: 'And then?',
+    max_output_tokens: 4,
+    reasoning: { effort: 'none' },
+    store: false,
+  });
   assert.ok(b.usage!.input_tokens > alone.usage!.input_tokens + 4, 'the earlier turn is in the prompt');
   assert.equal(b.previous_response_id, a.id);
   assert.equal((await tiny.client.responses.retrieve(a.id)).id, a.id);
@@ -115,7 +147,8 @@ test('previous_response_id chains the conversation; retrieve and delete; the sto
     (err: unknown) => err instanceof OpenAI.NotFoundError && /previous_response_id|not found/.test(err.message),
   );
   // --responses-store 3: older ones are evicted.
-  for (let i = 0; i < 3; i++) await tiny.client.responses.create({ model: 'tiny', input: `n${i}`, max_output_tokens: 2, reasoning: { effort: 'none' } });
+  for (let i = 0; i < 3; i++)
+    await tiny.client.responses.create({ model: 'tiny', input: `n${i}`, max_output_tokens: 2, reasoning: { effort: 'none' } });
   await assert.rejects(tiny.client.responses.retrieve(a.id), (err: unknown) => err instanceof OpenAI.NotFoundError);
 });
 
@@ -123,16 +156,32 @@ test('previous_response_id chains the conversation; retrieve and delete; the sto
 test("the Vercel AI SDK's default openai(model) provider: generateText, streamText and tools", async () => {
   const provider = createOpenAI({ baseURL: `${scripted.url}/v1`, apiKey: 'unused' });
   const tools = { get_weather: tool({ description: 'Weather forecast', inputSchema: z.object({ days: z.number() }) }) };
-  const called = await generateText({ model: provider('scripted'), prompt: 'Weather?', tools, temperature: 0, providerOptions: { openai: { forceReasoning: true, reasoningSummary: 'auto' } } });
+  const called = await generateText({
+    model: provider('scripted'),
+    prompt: 'Weather?',
+    tools,
+    temperature: 0,
+    providerOptions: { openai: { forceReasoning: true, reasoningSummary: 'auto' } },
+  });
   assert.equal(called.toolCalls.length, 1);
   assert.equal(called.toolCalls[0].toolName, 'get_weather');
   assert.deepEqual(called.toolCalls[0].input, { days: 3 });
   assert.equal(called.reasoningText, 'Plan it.');
   const plain = createOpenAI({ baseURL: `${tiny.url}/v1`, apiKey: 'unused' });
-  const text = await generateText({ model: plain('tiny'), prompt: 'Hello', maxOutputTokens: 5, providerOptions: { openai: { forceReasoning: true, reasoningEffort: 'none' } } });
+  const text = await generateText({
+    model: plain('tiny'),
+    prompt: 'Hello',
+    maxOutputTokens: 5,
+    providerOptions: { openai: { forceReasoning: true, reasoningEffort: 'none' } },
+  });
   assert.ok(text.text.length > 0);
   assert.equal(text.usage.outputTokens, 5);
-  const streamed = streamText({ model: plain('tiny'), prompt: 'Hello', maxOutputTokens: 5, providerOptions: { openai: { forceReasoning: true, reasoningEffort: 'none' } } });
+  const streamed = streamText({
+    model: plain('tiny'),
+    prompt: 'Hello',
+    maxOutputTokens: 5,
+    providerOptions: { openai: { forceReasoning: true, reasoningEffort: 'none' } },
+  });
   let chunks = '';
   for await (const part of streamed.textStream) chunks += part;
   assert.ok(chunks.length > 0);

@@ -1,12 +1,12 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import OpenAI from 'openai';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
-import { OutputParser } from '../src/text/output_parser.js';
+import { after, before, test } from 'node:test';
+import type OpenAI from 'openai';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { BRANCHING_MARGINS, distinctToolCallText, twoTurnScript, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { OutputParser } from '../src/text/output_parser.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { tempDir } from './support/runner.js';
+import { BRANCHING_MARGINS, distinctToolCallText, twoTurnScript, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // A real Qwen3 graph scripted for a two-request agent session: a tool call while the
@@ -23,7 +23,11 @@ let s: TestServer;
 const tools: OpenAI.ChatCompletionTool[] = [
   {
     type: 'function',
-    function: { name: 'get_weather', description: 'Weather forecast', parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } } } },
+    function: {
+      name: 'get_weather',
+      description: 'Weather forecast',
+      parameters: { type: 'object', properties: { city: { type: 'string' }, days: { type: 'integer' } } },
+    },
   },
 ];
 type Message = OpenAI.ChatCompletionMessage & { reasoning_content?: string };
@@ -42,10 +46,19 @@ after(async () => {
 /** The history of the second request: the first answer's call and the tool's result. */
 function secondTurn(call: OpenAI.ChatCompletionMessageToolCall[] | undefined): OpenAI.ChatCompletionMessageParam[] {
   const calls = call ?? [{ id: 'call_1', type: 'function', function: { name: CALL.name, arguments: JSON.stringify(CALL.arguments) } }];
-  return [ask, { role: 'assistant', content: null, tool_calls: calls }, { role: 'tool', tool_call_id: calls[0].id, content: '{"forecast":"sun","high":24}' }];
+  return [
+    ask,
+    { role: 'assistant', content: null, tool_calls: calls },
+    { role: 'tool', tool_call_id: calls[0].id, content: '{"forecast":"sun","high":24}' },
+  ];
 }
 
-function chat(messages: OpenAI.ChatCompletionMessageParam[], thinking: boolean, temperature: number, extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {}) {
+function chat(
+  messages: OpenAI.ChatCompletionMessageParam[],
+  thinking: boolean,
+  temperature: number,
+  extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {},
+) {
   return s.client.chat.completions.create({
     model: 'scripted',
     messages,
@@ -106,10 +119,48 @@ test('scripts a token cannot follow are refused before anything is written', () 
   const dir = join(tempDir(), 'refused');
   assert.throws(() => twoTurnScript(tokenizer, { first: CALL_TEXT, second: 'No. No.' }), /the second turn repeats/);
   assert.throws(() => twoTurnScript(tokenizer, { first: 'a\nb', second: 'c' }), /the first turn has "\\n"/);
-  assert.throws(() => writeScriptedCheckpoint(dir, [[1, 2], [1, 3]]), /token 1 has two successors/);
-  assert.throws(() => writeScriptedCheckpoint(dir, [[1, 2]], { branch: { marker: 9, whenMarked: [[1, 3], [1, 4]] } }), /token 1 has two successors with the marker/);
+  assert.throws(
+    () =>
+      writeScriptedCheckpoint(dir, [
+        [1, 2],
+        [1, 3],
+      ]),
+    /token 1 has two successors/,
+  );
+  assert.throws(
+    () =>
+      writeScriptedCheckpoint(dir, [[1, 2]], {
+        branch: {
+          marker: 9,
+          whenMarked: [
+            [1, 3],
+            [1, 4],
+          ],
+        },
+      }),
+    /token 1 has two successors with the marker/,
+  );
   // 2 after 1 only without the marker, after 5 only with it: one flag cannot order that.
-  assert.throws(() => writeScriptedCheckpoint(dir, [[1, 2], [5, 6]], { branch: { marker: 9, whenMarked: [[1, 3], [5, 2]] } }), /token 2 follows branch token 5/);
+  assert.throws(
+    () =>
+      writeScriptedCheckpoint(
+        dir,
+        [
+          [1, 2],
+          [5, 6],
+        ],
+        {
+          branch: {
+            marker: 9,
+            whenMarked: [
+              [1, 3],
+              [5, 2],
+            ],
+          },
+        },
+      ),
+    /token 2 follows branch token 5/,
+  );
 });
 
 test('first request: the scripted tool call, thinking on and off, at temperature 0 and 1', async () => {
@@ -142,7 +193,23 @@ test('every step leads by the designed margin: at least 100 logits over the runn
 
 /** Varied text of about `lines` lines: words, digits, blank lines, tags. */
 function filler(lines: number, seed: number): string {
-  const words = ['alpha', 'Beta', 'gamma', 'delta', '42', 'x_y', 'path/to/file.ts', '{"k": 1}', '</tool_call>', '<tool_call>', '</tool_response>', 'naïve', '東京', '\t', '->'];
+  const words = [
+    'alpha',
+    'Beta',
+    'gamma',
+    'delta',
+    '42',
+    'x_y',
+    'path/to/file.ts',
+    '{"k": 1}',
+    '</tool_call>',
+    '<tool_call>',
+    '</tool_response>',
+    'naïve',
+    '東京',
+    '\t',
+    '->',
+  ];
   let x = seed;
   const out: string[] = [];
   for (let i = 0; i < lines; i++) {
@@ -170,7 +237,11 @@ test('long prompts: thousands of tokens of varied text, markers far back or many
   for (let i = 0; i < 30; i++) {
     const id = `call_${i}`;
     rounds.push(
-      { role: 'assistant', content: null, tool_calls: [{ id, type: 'function', function: { name: CALL.name, arguments: JSON.stringify({ city: `City ${i}`, days: i }) } }] },
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id, type: 'function', function: { name: CALL.name, arguments: JSON.stringify({ city: `City ${i}`, days: i }) } }],
+      },
       { role: 'tool', tool_call_id: id, content: filler(10, i + 3) },
     );
   }

@@ -1,10 +1,10 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport } from './support/engine.js';
 import { FIXTURE_DIR, FIXTURE_REFERENCE, type ReferenceCase } from './support/runner.js';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
@@ -20,7 +20,10 @@ after(async () => {
 
 test('GET /v1/models lists the served model', async () => {
   const models = await s.client.models.list();
-  assert.deepEqual(models.data.map((m) => m.id), ['tiny']);
+  assert.deepEqual(
+    models.data.map((m) => m.id),
+    ['tiny'],
+  );
   const one = await s.client.models.retrieve('tiny');
   assert.equal(one.id, 'tiny');
   await assert.rejects(s.client.models.retrieve('nope'), OpenAI.NotFoundError);
@@ -30,7 +33,7 @@ test('non-streaming chat: message, reasoning, usage', async () => {
   const r = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 6, temperature: 0 });
   assert.equal(r.object, 'chat.completion');
   assert.equal(r.choices.length, 1);
-  const msg = r.choices[0].message as typeof r.choices[0]['message'] & { reasoning_content?: string };
+  const msg = r.choices[0].message as (typeof r.choices)[0]['message'] & { reasoning_content?: string };
   assert.equal(msg.role, 'assistant');
   assert.equal(typeof msg.reasoning_content, 'string', 'thinking is on by default');
   assert.equal(r.choices[0].finish_reason, 'length');
@@ -75,20 +78,52 @@ test('streaming chat with include_usage: role first, then deltas, finish, usage,
   const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
   const reasoning = chunks.map((c) => (c.choices[0]?.delta as { reasoning_content?: string } | undefined)?.reasoning_content ?? '').join('');
   assert.equal(reasoning, '', 'reasoning_effort none turns thinking off');
-  const whole = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 5, temperature: 0, reasoning_effort: 'none' as 'low' });
+  const whole = await s.client.chat.completions.create({
+    model: 'tiny',
+    messages: [{ role: 'user', content: 'Hello' }],
+    max_tokens: 5,
+    temperature: 0,
+    reasoning_effort: 'none' as 'low',
+  });
   assert.equal(text, whole.choices[0].message.content);
 });
 
 test('n > 1 gives n indexed choices; seeded sampling repeats', async () => {
-  const r = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, n: 3, seed: 5, temperature: 1 });
-  assert.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+  const r = await s.client.chat.completions.create({
+    model: 'tiny',
+    messages: [{ role: 'user', content: 'Hi' }],
+    max_tokens: 4,
+    n: 3,
+    seed: 5,
+    temperature: 1,
+  });
+  assert.deepEqual(
+    r.choices.map((c) => c.index),
+    [0, 1, 2],
+  );
   assert.equal(r.usage?.completion_tokens, 12);
-  const again = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, n: 3, seed: 5, temperature: 1 });
-  assert.deepEqual(again.choices.map((c) => c.message), r.choices.map((c) => c.message));
+  const again = await s.client.chat.completions.create({
+    model: 'tiny',
+    messages: [{ role: 'user', content: 'Hi' }],
+    max_tokens: 4,
+    n: 3,
+    seed: 5,
+    temperature: 1,
+  });
+  assert.deepEqual(
+    again.choices.map((c) => c.message),
+    r.choices.map((c) => c.message),
+  );
 });
 
 test('stop strings cut the output and are not returned', async () => {
-  const base = { model: 'tiny', messages: [{ role: 'user' as const, content: 'Hi' }], max_tokens: 10, temperature: 0, chat_template_kwargs: { enable_thinking: false } };
+  const base = {
+    model: 'tiny',
+    messages: [{ role: 'user' as const, content: 'Hi' }],
+    max_tokens: 10,
+    temperature: 0,
+    chat_template_kwargs: { enable_thinking: false },
+  };
   const full = await s.client.chat.completions.create(base as OpenAI.ChatCompletionCreateParamsNonStreaming);
   const text = full.choices[0].message.content!;
   assert.ok(text.length > 4);
@@ -110,7 +145,10 @@ test('/v1/completions with the fixture token ids matches the reference log-proba
   assert.equal(r.choices.length, 3);
   r.choices.forEach((choice, i) => {
     const lp = choice.logprobs!;
-    assert.deepEqual(lp.tokens!.map((t) => Number(t.slice('token_id:'.length))), cases[i].greedy_ids);
+    assert.deepEqual(
+      lp.tokens!.map((t) => Number(t.slice('token_id:'.length))),
+      cases[i].greedy_ids,
+    );
     lp.top_logprobs!.forEach((top, k) => {
       const ref = cases[i].steps[k];
       ref.top_ids.forEach((id, j) => {
@@ -127,8 +165,13 @@ test('/v1/completions with the fixture token ids matches the reference log-proba
   assert.equal(text, `Hello${plain.choices[0].text}`);
 });
 
-test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): the reference, then the model\'s own decode', async () => {
-  type LegacyLogprobs = { tokens: string[]; token_logprobs: Array<number | null>; top_logprobs: Array<Record<string, number> | null>; text_offset: number[] };
+test("echo with logprobs scores the prompt (lm-eval log-likelihood requests): the reference, then the model's own decode", async () => {
+  type LegacyLogprobs = {
+    tokens: string[];
+    token_logprobs: Array<number | null>;
+    top_logprobs: Array<Record<string, number> | null>;
+    text_offset: number[];
+  };
   // Each case's prompt followed by its greedy continuation, prompt only (max_tokens 0):
   // the continuation's scores are the independent reference's.
   const r = await s.client.completions.create({
@@ -145,16 +188,25 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
     const c = cases[i];
     const lp = choice.logprobs as unknown as LegacyLogprobs;
     assert.equal(choice.finish_reason, 'length');
-    assert.deepEqual(lp.tokens.map((t) => Number(t.slice('token_id:'.length))), [...c.prompt_ids, ...c.greedy_ids]);
+    assert.deepEqual(
+      lp.tokens.map((t) => Number(t.slice('token_id:'.length))),
+      [...c.prompt_ids, ...c.greedy_ids],
+    );
     assert.equal(lp.token_logprobs[0], null, 'nothing scores the first token');
     // Offsets index the echoed text, even with tokens named by id.
     assert.equal(lp.text_offset[0], 0);
-    assert.ok(lp.text_offset.every((o, k) => k === 0 || o > lp.text_offset[k - 1]), `offsets advance: ${lp.text_offset}`);
+    assert.ok(
+      lp.text_offset.every((o, k) => k === 0 || o > lp.text_offset[k - 1]),
+      `offsets advance: ${lp.text_offset}`,
+    );
     assert.equal(lp.top_logprobs[0], null);
     c.greedy_ids.forEach((id, k) => {
       const at = c.prompt_ids.length + k;
       const ref = c.steps[k];
-      assert.ok(Math.abs(lp.token_logprobs[at]! - ref.top_logprobs[0]) < 1e-3, `case ${i} token ${k}: ${lp.token_logprobs[at]} vs ${ref.top_logprobs[0]}`);
+      assert.ok(
+        Math.abs(lp.token_logprobs[at]! - ref.top_logprobs[0]) < 1e-3,
+        `case ${i} token ${k}: ${lp.token_logprobs[at]} vs ${ref.top_logprobs[0]}`,
+      );
       for (const [j, top] of ref.top_ids.slice(0, 5).entries()) {
         assert.ok(Math.abs(lp.top_logprobs[at]![`token_id:${top}`] - ref.top_logprobs[j]) < 1e-3, `case ${i} token ${k} alternative ${top}`);
       }
@@ -164,10 +216,26 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
 
   // A prompt longer than a prefill chunk (64) and a scoring slice (64): its continuation's
   // scores equal those the model gave while generating it, and one token follows.
-  const gen = await s.client.completions.create({ model: 'tiny', prompt: cases[0].prompt_ids, max_tokens: 90, temperature: 0, logprobs: 0, ignore_eos: true, return_tokens_as_token_ids: true } as OpenAI.CompletionCreateParamsNonStreaming);
+  const gen = await s.client.completions.create({
+    model: 'tiny',
+    prompt: cases[0].prompt_ids,
+    max_tokens: 90,
+    temperature: 0,
+    logprobs: 0,
+    ignore_eos: true,
+    return_tokens_as_token_ids: true,
+  } as OpenAI.CompletionCreateParamsNonStreaming);
   const genLp = gen.choices[0].logprobs as unknown as LegacyLogprobs;
   const ids = [...cases[0].prompt_ids, ...genLp.tokens.map((t) => Number(t.slice('token_id:'.length)))];
-  const echoed = await s.client.completions.create({ model: 'tiny', prompt: ids, max_tokens: 1, echo: true, logprobs: 0, temperature: 0, return_tokens_as_token_ids: true } as OpenAI.CompletionCreateParamsNonStreaming);
+  const echoed = await s.client.completions.create({
+    model: 'tiny',
+    prompt: ids,
+    max_tokens: 1,
+    echo: true,
+    logprobs: 0,
+    temperature: 0,
+    return_tokens_as_token_ids: true,
+  } as OpenAI.CompletionCreateParamsNonStreaming);
   const lp = echoed.choices[0].logprobs as unknown as LegacyLogprobs;
   assert.equal(lp.tokens.length, ids.length + 1, 'the prompt, then the generated token');
   genLp.token_logprobs.forEach((g, k) => {
@@ -177,7 +245,15 @@ test('echo with logprobs scores the prompt (lm-eval log-likelihood requests): th
   assert.equal(echoed.usage?.completion_tokens, 1);
 
   // Streamed: the first chunk is the echoed prompt with its scores; text offsets count from 0.
-  const stream = await s.client.completions.create({ model: 'tiny', prompt: 'Hello there, world', max_tokens: 2, echo: true, logprobs: 1, temperature: 0, stream: true });
+  const stream = await s.client.completions.create({
+    model: 'tiny',
+    prompt: 'Hello there, world',
+    max_tokens: 2,
+    echo: true,
+    logprobs: 1,
+    temperature: 0,
+    stream: true,
+  });
   const chunks = [];
   for await (const c of stream) chunks.push(c);
   const first = chunks[0].choices[0];
@@ -204,7 +280,13 @@ test("vLLM's prompt_logprobs: the reference's scores with ranks, on both endpoin
   type Entry = { logprob: number; rank: number | null; decoded_token: string };
   const c = cases[0];
   const ids = [...c.prompt_ids, ...c.greedy_ids];
-  const r = await s.client.completions.create({ model: 'tiny', prompt: ids, max_tokens: 1, temperature: 0, prompt_logprobs: 3 } as OpenAI.CompletionCreateParamsNonStreaming);
+  const r = await s.client.completions.create({
+    model: 'tiny',
+    prompt: ids,
+    max_tokens: 1,
+    temperature: 0,
+    prompt_logprobs: 3,
+  } as OpenAI.CompletionCreateParamsNonStreaming);
   const scores = (r.choices[0] as unknown as { prompt_logprobs: Array<Record<string, Entry> | null> }).prompt_logprobs;
   assert.equal(scores.length, ids.length);
   assert.equal(scores[0], null);
@@ -222,13 +304,25 @@ test("vLLM's prompt_logprobs: the reference's scores with ranks, on both endpoin
   const ranked = scores.slice(1).find((e) => Object.keys(e!).length === 4)!;
   const own = Object.values(ranked).find((e) => e.rank! > 3)!;
   assert.ok(own.rank! > 3 && Object.values(ranked).every((e) => e === own || e.logprob >= own.logprob));
-  const chat = await s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1, prompt_logprobs: 1, n: 2 } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  const chat = await s.client.chat.completions.create({
+    model: 'tiny',
+    messages: [{ role: 'user', content: 'Hi' }],
+    max_tokens: 1,
+    prompt_logprobs: 1,
+    n: 2,
+  } as OpenAI.ChatCompletionCreateParamsNonStreaming);
   const chatScores = (chat as unknown as { prompt_logprobs: Array<Record<string, Entry> | null> }).prompt_logprobs;
   assert.equal(chatScores.length, chat.usage!.prompt_tokens);
   assert.equal(chatScores[0], null);
   assert.ok(chatScores.slice(1).every((e) => e !== null && Object.keys(e).length <= 2));
   await assert.rejects(
-    s.client.completions.create({ model: 'tiny', prompt: 'x', max_tokens: 1, stream: true, prompt_logprobs: 2 } as OpenAI.CompletionCreateParamsStreaming),
+    s.client.completions.create({
+      model: 'tiny',
+      prompt: 'x',
+      max_tokens: 1,
+      stream: true,
+      prompt_logprobs: 2,
+    } as OpenAI.CompletionCreateParamsStreaming),
     (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'prompt_logprobs',
   );
 });
@@ -244,7 +338,11 @@ test('errors come as the SDK error classes with OpenAI envelopes', async () => {
   );
   await assert.rejects(
     // A max_tokens beyond the context is capped (test/agent_protocol.test.ts); a prompt that alone fills it is refused.
-    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x '.repeat(s.engine.info!.limits.maxModelLen) }], max_tokens: 1 }),
+    s.client.chat.completions.create({
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'x '.repeat(s.engine.info!.limits.maxModelLen) }],
+      max_tokens: 1,
+    }),
     (err: InstanceType<typeof OpenAI.BadRequestError>) =>
       err instanceof OpenAI.BadRequestError && err.code === 'context_length_exceeded' && /maximum context length is \d+ tokens/.test(err.message),
   );
@@ -253,13 +351,19 @@ test('errors come as the SDK error classes with OpenAI envelopes', async () => {
     (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && /messages\[0\]/.test(String(err.param)),
   );
   await assert.rejects(
-    s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'objectx' } } } }),
+    s.client.chat.completions.create({
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'x' }],
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'objectx' } } },
+    }),
     // The grammar compiler's own reason, named in the 400.
-    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'response_format' && /objectx/.test(err.message),
+    (err: InstanceType<typeof OpenAI.BadRequestError>) =>
+      err instanceof OpenAI.BadRequestError && err.param === 'response_format' && /objectx/.test(err.message),
   );
   await assert.rejects(
     s.client.chat.completions.create({ model: 'tiny', messages: [{ role: 'user', content: 'x' }], top_logprobs: 3 }),
-    (err: InstanceType<typeof OpenAI.BadRequestError>) => err instanceof OpenAI.BadRequestError && err.param === 'top_logprobs' && /logprobs must be true/.test(err.message),
+    (err: InstanceType<typeof OpenAI.BadRequestError>) =>
+      err instanceof OpenAI.BadRequestError && err.param === 'top_logprobs' && /logprobs must be true/.test(err.message),
   );
   const res = await fetch(`${s.url}/v1/nothing`, { headers: { 'x-request-id': 'abc-123' } });
   assert.equal(res.status, 404);
@@ -292,7 +396,11 @@ test('a client that disconnects mid-stream frees its sequence', async () => {
 test('CORS: preflight and responses carry the allowed origin', async () => {
   const pre = await fetch(`${s.url}/v1/chat/completions`, {
     method: 'OPTIONS',
-    headers: { origin: 'http://example.test', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type,authorization' },
+    headers: {
+      origin: 'http://example.test',
+      'access-control-request-method': 'POST',
+      'access-control-request-headers': 'content-type,authorization',
+    },
   });
   assert.ok(pre.status === 204 || pre.status === 200);
   assert.equal(pre.headers.get('access-control-allow-origin'), 'http://example.test');
@@ -301,9 +409,21 @@ test('CORS: preflight and responses carry the allowed origin', async () => {
 });
 
 test('tokenize and detokenize round-trip; health says ok', async () => {
-  const t = (await (await fetch(`${s.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'Hello world' }) })).json()) as { tokens: number[]; count: number };
+  const t = (await (
+    await fetch(`${s.url}/tokenize`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'Hello world' }),
+    })
+  ).json()) as { tokens: number[]; count: number };
   assert.equal(t.count, t.tokens.length);
-  const d = (await (await fetch(`${s.url}/detokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tokens: t.tokens }) })).json()) as { prompt: string };
+  const d = (await (
+    await fetch(`${s.url}/detokenize`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ tokens: t.tokens }),
+    })
+  ).json()) as { prompt: string };
   assert.equal(d.prompt, 'Hello world');
   const h = await fetch(`${s.url}/health`);
   assert.equal(h.status, 200);
@@ -312,10 +432,18 @@ test('tokenize and detokenize round-trip; health says ok', async () => {
 test('an API key is required when set; a full queue answers 429 with Retry-After', async () => {
   const guarded = await startTestServer(await fixtureExport('fast'), ['--api-key', 'sekret', '--max-num-seqs', '1', '--max-queue', '0'], 'wrong');
   try {
-    await assert.rejects(guarded.client.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'x' }] }), OpenAI.AuthenticationError);
+    await assert.rejects(
+      guarded.client.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'x' }] }),
+      OpenAI.AuthenticationError,
+    );
     const ok = new OpenAI({ baseURL: `${guarded.url}/v1`, apiKey: 'sekret', maxRetries: 0 });
     assert.equal((await fetch(`${guarded.url}/health`)).status, 200, 'health stays open');
-    const long = ok.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'x' }], max_tokens: 3000, ignore_eos: true } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const long = ok.chat.completions.create({
+      model: guarded.model,
+      messages: [{ role: 'user', content: 'x' }],
+      max_tokens: 3000,
+      ignore_eos: true,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
     await new Promise((r) => setTimeout(r, 100));
     const res = await fetch(`${guarded.url}/v1/chat/completions`, {
       method: 'POST',
@@ -324,10 +452,12 @@ test('an API key is required when set; a full queue answers 429 with Retry-After
     });
     assert.equal(res.status, 429);
     assert.ok(Number(res.headers.get('retry-after')) >= 1);
-    await assert.rejects(ok.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'y' }], max_tokens: 2 }), OpenAI.RateLimitError);
+    await assert.rejects(
+      ok.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'y' }], max_tokens: 2 }),
+      OpenAI.RateLimitError,
+    );
     await long;
   } finally {
     await guarded.close();
   }
 });
-

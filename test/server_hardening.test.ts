@@ -1,6 +1,6 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
+import { after, before, test } from 'node:test';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -9,21 +9,30 @@ import { startTestServer, type TestServer } from './support/server.js';
 let s: TestServer;
 before(async () => {
   s = await startTestServer(await fixtureExport('fast'), [
-    '--served-model-name', 'tiny',
-    '--max-model-len', '4096',
-    '--body-limit', '8MiB',
-    '--tokenize-timeout', '3',
-    '--grammar-compile-timeout', '2',
-    '--request-timeout', '2',
-    '--headers-timeout', '1',
-    '--stream-buffer-limit', '64KiB',
+    '--served-model-name',
+    'tiny',
+    '--max-model-len',
+    '4096',
+    '--body-limit',
+    '8MiB',
+    '--tokenize-timeout',
+    '3',
+    '--grammar-compile-timeout',
+    '2',
+    '--request-timeout',
+    '2',
+    '--headers-timeout',
+    '1',
+    '--stream-buffer-limit',
+    '64KiB',
   ]);
 });
 after(async () => {
   await s.close();
 });
 
-const post = (path: string, body: unknown) => fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+const post = (path: string, body: unknown) =>
+  fetch(`${s.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
 interface Health {
   status: string;
@@ -161,7 +170,11 @@ test('slow headers, oversized headers, bad URLs and long ids are answered in the
   assert.equal(huge.body.error.code, 'headers_too_large');
   assert.match(huge.headers, /x-request-id: /);
 
-  for (const [path, status] of [['/v1/models/%ff', 400], [`/v1/models/${'m'.repeat(600)}`, 414], [`/v1/models/${'m'.repeat(200)}`, 404]] as const) {
+  for (const [path, status] of [
+    ['/v1/models/%ff', 400],
+    [`/v1/models/${'m'.repeat(600)}`, 414],
+    [`/v1/models/${'m'.repeat(200)}`, 404],
+  ] as const) {
     const r = await fetch(`${s.url}${path}`);
     assert.equal(r.status, status, path.slice(0, 40));
     assert.ok(r.headers.get('x-request-id'));
@@ -188,7 +201,9 @@ test('a stream the client never reads is cut past --stream-buffer-limit and its 
   const url = new URL(s.url);
   const socket = connect(Number(url.port), url.hostname);
   await new Promise((resolve) => socket.on('connect', resolve));
-  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  socket.write(
+    `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
   socket.pause(); // never read: the kernel's buffers fill, then the server's
   const closed = new Promise((resolve) => socket.on('close', resolve));
   let sawRunning = false;
@@ -213,7 +228,7 @@ test('/detokenize with no tokens and schemas nested absurdly deep are 400s', asy
     assert.equal(r.status, 400);
   }
   let nested: unknown = { type: 'string' };
-  for (let i = 0; i < 70; i++) nested = { type: "array", items: nested };
+  for (let i = 0; i < 70; i++) nested = { type: 'array', items: nested };
   const guided = await post('/v1/completions', { prompt: 'x', max_tokens: 2, guided_json: nested });
   assert.equal(guided.status, 400);
   assert.match(((await guided.json()) as { error: { message: string } }).error.message, /nested more than 64 levels/);

@@ -1,6 +1,6 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
+import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
@@ -18,8 +18,14 @@ const msg = [{ role: 'user', content: 'hi' }];
 /** Raw bodies and field variations a careless or hostile client might send. */
 function hostileBodies(): Array<{ path: string; body: string; contentType?: string }> {
   const out: Array<{ path: string; body: string; contentType?: string }> = [];
-  const chat = (o: Record<string, unknown>) => ({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: msg, max_tokens: 2, ...o }) });
-  const cmpl = (o: Record<string, unknown>) => ({ path: '/v1/completions', body: JSON.stringify({ model: 'tiny', prompt: 'hi', max_tokens: 2, ...o }) });
+  const chat = (o: Record<string, unknown>) => ({
+    path: '/v1/chat/completions',
+    body: JSON.stringify({ model: 'tiny', messages: msg, max_tokens: 2, ...o }),
+  });
+  const cmpl = (o: Record<string, unknown>) => ({
+    path: '/v1/completions',
+    body: JSON.stringify({ model: 'tiny', prompt: 'hi', max_tokens: 2, ...o }),
+  });
   for (const raw of ['', '{', '{"messages": [}', 'null', '[]', '"text"', '42', 'true', '{"a":1,}', '\u0000', '{"messages": "x"}', '{}']) {
     out.push({ path: '/v1/chat/completions', body: raw }, { path: '/v1/completions', body: raw });
   }
@@ -45,7 +51,15 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
     stream: ['x', 5, [], {}],
     tools: ['x', 5, {}, [{}], [{ type: 'function' }], [{ type: 'function', function: {} }], [{ type: 'retrieval', function: { name: 'x' } }]],
     tool_choice: ['maybe', 5, [], { type: 'function' }, { type: 'function', function: { name: 'missing' } }],
-    response_format: ['json', 5, {}, { type: 'xml' }, { type: 'json_schema' }, { type: 'json_schema', json_schema: { schema: 5 } }, { type: 'json_schema', json_schema: { schema: { type: 'nope' } } }],
+    response_format: [
+      'json',
+      5,
+      {},
+      { type: 'xml' },
+      { type: 'json_schema' },
+      { type: 'json_schema', json_schema: { schema: 5 } },
+      { type: 'json_schema', json_schema: { schema: { type: 'nope' } } },
+    ],
     guided_json: [5, 'x', '[1]', { type: 'objectx' }],
     guided_choice: ['x', [], [''], [5]],
     guided_regex: [5, '(', '[a-'],
@@ -92,27 +106,54 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   out.push({ path: '/v1/chat/completions', body: `{"model":"tiny","messages":[{"role":"user","content":${'['.repeat(5000)}${']'.repeat(5000)}}]}` });
   out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: [{ role: 'user', content: 'x'.repeat(2 * 2 ** 20) }] }) });
   out.push({ path: '/v1/chat/completions', body: JSON.stringify({ model: 'tiny', messages: msg }), contentType: 'text/plain' });
-  out.push({ path: '/tokenize', body: JSON.stringify({ prompt: 5 }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [-5] }) }, { path: '/detokenize', body: JSON.stringify({ tokens: [1e12] }) });
+  out.push(
+    { path: '/tokenize', body: JSON.stringify({ prompt: 5 }) },
+    { path: '/detokenize', body: JSON.stringify({ tokens: [-5] }) },
+    { path: '/detokenize', body: JSON.stringify({ tokens: [1e12] }) },
+  );
   // Hardening: empty detokenize, schemas too deep for anything recursive, refused grammars in bulk.
   out.push({ path: '/detokenize', body: JSON.stringify({ tokens: [] }) });
   const deepSchema = `${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}`;
-  out.push({ path: '/v1/chat/completions', body: `{"model":"tiny","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"d","schema":${deepSchema}}}}` });
+  out.push({
+    path: '/v1/chat/completions',
+    body: `{"model":"tiny","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"d","schema":${deepSchema}}}}`,
+  });
   out.push({ path: '/v1/completions', body: `{"model":"tiny","prompt":"x","guided_json":${deepSchema}}` });
   let arrays: unknown = { type: 'string' };
   for (let i = 0; i < 70; i++) arrays = { type: 'array', items: arrays };
-  out.push(cmpl({ guided_json: arrays }), chat({ tools: [{ type: 'function', function: { name: 'f', parameters: arrays } }], tool_choice: 'required' }));
+  out.push(
+    cmpl({ guided_json: arrays }),
+    chat({ tools: [{ type: 'function', function: { name: 'f', parameters: arrays } }], tool_choice: 'required' }),
+  );
   out.push(cmpl({ guided_grammar: `root ::= "${'x'.repeat(300_000)}"` }));
   for (let i = 0; i < 60; i++) out.push(cmpl({ guided_grammar: `root ::= undefined_rule_${i}` }));
   // The Responses API.
-  const resp = (o: Record<string, unknown>) => ({ path: '/v1/responses', body: JSON.stringify({ model: 'tiny', input: 'hi', max_output_tokens: 2, ...o }) });
+  const resp = (o: Record<string, unknown>) => ({
+    path: '/v1/responses',
+    body: JSON.stringify({ model: 'tiny', input: 'hi', max_output_tokens: 2, ...o }),
+  });
   const respBad: Record<string, unknown[]> = {
-    input: [5, null, {}, [5], [{ role: 'wizard', content: 'x' }], [{ type: 'function_call' }], [{ type: 'function_call_output', call_id: 'x' }], [{ role: 'user', content: [{ type: 'input_image' }] }]],
+    input: [
+      5,
+      null,
+      {},
+      [5],
+      [{ role: 'wizard', content: 'x' }],
+      [{ type: 'function_call' }],
+      [{ type: 'function_call_output', call_id: 'x' }],
+      [{ role: 'user', content: [{ type: 'input_image' }] }],
+    ],
     max_output_tokens: [...junk, 0, -1, 1.5],
     temperature: [...junk, -1, 3],
     // A hosted tool (web_search) is left out, not refused (test/agent_protocol.test.ts); an unknown type or naming one is.
     tools: ['x', [{}], [{ type: 'function' }], [{ type: 'teleport' }], [{ type: 'namespace', name: 'n', tools: [] }]],
     tool_choice: ['maybe', { type: 'function' }, { type: 'function', name: 'missing' }, { type: 'web_search_preview' }],
-    text: ['x', { format: { type: 'xml' } }, { format: { type: 'json_schema' } }, { format: { type: 'json_schema', name: 'a', schema: { type: 'nope' } } }],
+    text: [
+      'x',
+      { format: { type: 'xml' } },
+      { format: { type: 'json_schema' } },
+      { format: { type: 'json_schema', name: 'a', schema: { type: 'nope' } } },
+    ],
     reasoning: ['x', { effort: 'extreme' }, { summary: 5 }],
     previous_response_id: [5, 'resp_missing'],
     thinking_token_budget: [-1, 'x', 1.5],
@@ -121,10 +162,21 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
   for (const [f, values] of Object.entries(respBad)) for (const v of values) out.push(resp({ [f]: v }));
   out.push(resp({ model: 'other' }), { path: '/v1/responses', body: '{"input": ' }, { path: '/v1/responses', body: '[]' });
   // Anthropic's Messages API (its own envelope is checked in the test below).
-  const msgs = (o: Record<string, unknown>) => ({ path: '/v1/messages', body: JSON.stringify({ model: 'x', max_tokens: 2, messages: [{ role: 'user', content: 'hi' }], ...o }) });
+  const msgs = (o: Record<string, unknown>) => ({
+    path: '/v1/messages',
+    body: JSON.stringify({ model: 'x', max_tokens: 2, messages: [{ role: 'user', content: 'hi' }], ...o }),
+  });
   const msgsBad: Record<string, unknown[]> = {
     max_tokens: [undefined, 0, -1, 'x', 1.5],
-    messages: [[], 'x', [{ role: 'wizard', content: 'x' }], [{ role: 'user', content: [] }], [{ role: 'user', content: [{ type: 'image' }] }], [{ role: 'user', content: [{ type: 'tool_use', id: 'a', name: 'f', input: {} }] }], [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'a' }] }]],
+    messages: [
+      [],
+      'x',
+      [{ role: 'wizard', content: 'x' }],
+      [{ role: 'user', content: [] }],
+      [{ role: 'user', content: [{ type: 'image' }] }],
+      [{ role: 'user', content: [{ type: 'tool_use', id: 'a', name: 'f', input: {} }] }],
+      [{ role: 'assistant', content: [{ type: 'tool_result', tool_use_id: 'a' }] }],
+    ],
     system: [5, [{ type: 'image' }]],
     tools: ['x', [{}], [{ name: 'f' }]],
     tool_choice: ['auto', { type: 'tool' }, { type: 'tool', name: 'missing' }, { type: 'maybe' }],
@@ -133,7 +185,11 @@ function hostileBodies(): Array<{ path: string; body: string; contentType?: stri
     stop_sequences: ['x', [5]],
   };
   for (const [f, values] of Object.entries(msgsBad)) for (const v of values) out.push(msgs({ [f]: v }));
-  out.push({ path: '/v1/messages', body: 'null' }, { path: '/v1/messages/count_tokens', body: '{"model": "x"}' }, { path: '/v1/messages/count_tokens', body: '{"model": "x", "messages": "x"}' });
+  out.push(
+    { path: '/v1/messages', body: 'null' },
+    { path: '/v1/messages/count_tokens', body: '{"model": "x"}' },
+    { path: '/v1/messages/count_tokens', body: '{"model": "x", "messages": "x"}' },
+  );
   return out;
 }
 

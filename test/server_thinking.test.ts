@@ -1,11 +1,11 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
+import { after, before, test } from 'node:test';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { THINKING_TRANSITION } from '../src/serving/chat_prompt.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { tempDir } from './support/runner.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // A real Qwen3 graph that thinks forever ("<think>\n<think>\n…", never </think>), and after
@@ -75,7 +75,11 @@ test('reasoning_effort maps to the server budgets; none and a budget of 0 turn t
     assert.equal(r.usage?.completion_tokens_details?.reasoning_tokens, 0);
   }
   // A budget never changes a request without thinking.
-  const plain = await s.client.chat.completions.create({ ...ask, thinking_token_budget: 3, chat_template_kwargs: { enable_thinking: false } } as typeof ask);
+  const plain = await s.client.chat.completions.create({
+    ...ask,
+    thinking_token_budget: 3,
+    chat_template_kwargs: { enable_thinking: false },
+  } as typeof ask);
   assert.equal(plain.usage?.completion_tokens, ANSWER.length);
 });
 

@@ -1,11 +1,11 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { tempDir } from './support/runner.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // A real Qwen3 graph whose weights spell out: thinking, then a tool call, then <|im_end|>.
@@ -15,7 +15,10 @@ const NEWLINE = tokenizer.encode('\n')[0];
 let s: TestServer;
 
 const tools: OpenAI.ChatCompletionTool[] = [
-  { type: 'function', function: { name: 'get_weather', description: 'Weather forecast', parameters: { type: 'object', properties: { days: { type: 'integer' } } } } },
+  {
+    type: 'function',
+    function: { name: 'get_weather', description: 'Weather forecast', parameters: { type: 'object', properties: { days: { type: 'integer' } } } },
+  },
 ];
 
 before(async () => {
@@ -46,7 +49,13 @@ test('thinking then a tool call: reasoning_content, tool_calls, finish_reason to
 });
 
 test('streamed: reasoning deltas, one tool-call delta with id and arguments, then finish', async () => {
-  const stream = await s.client.chat.completions.create({ model: 'scripted', messages: [{ role: 'user', content: 'Weather?' }], tools, temperature: 0, stream: true });
+  const stream = await s.client.chat.completions.create({
+    model: 'scripted',
+    messages: [{ role: 'user', content: 'Weather?' }],
+    tools,
+    temperature: 0,
+    stream: true,
+  });
   let reasoning = '';
   let content = '';
   const calls: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
@@ -92,19 +101,33 @@ test('tool results go back through the template as tool messages', async () => {
     tools,
     messages: [
       { role: 'user', content: 'Weather?' },
-      { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"days":3}' } }] },
+      {
+        role: 'assistant',
+        content: null,
+        tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"days":3}' } }],
+      },
       { role: 'tool', tool_call_id: 'call_1', content: '{"forecast":"sun"}' },
     ],
   });
   assert.ok(r.usage!.prompt_tokens > 100, 'tools, call and result are in the prompt');
   await assert.rejects(
-    s.client.chat.completions.create({ model: 'scripted', messages: [{ role: 'user', content: 'x' }], tools, tool_choice: { type: 'function', function: { name: 'nope' } } }),
+    s.client.chat.completions.create({
+      model: 'scripted',
+      messages: [{ role: 'user', content: 'x' }],
+      tools,
+      tool_choice: { type: 'function', function: { name: 'nope' } },
+    }),
     OpenAI.BadRequestError,
   );
 });
 
 test('with thinking on, a grammar holds after </think>: the reasoning stays free text, the answer follows the schema', async () => {
-  const schema = { type: 'object', properties: { days: { type: 'integer', minimum: 1, maximum: 7 } }, required: ['days'], additionalProperties: false };
+  const schema = {
+    type: 'object',
+    properties: { days: { type: 'integer', minimum: 1, maximum: 7 } },
+    required: ['days'],
+    additionalProperties: false,
+  };
   const r = await s.client.chat.completions.create({
     model: 'scripted',
     messages: [{ role: 'user', content: 'Weather?' }],

@@ -1,21 +1,24 @@
-import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
+import { after, before, test } from 'node:test';
 import { pino } from 'pino';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { parseServeConfig, startServer, type RunningServer } from '../src/cli/serve_command.js';
+import { type Browser, chromium, type Page } from 'playwright-core';
+import { parseServeConfig, type RunningServer, startServer } from '../src/cli/serve_command.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { tempDir } from './support/runner.js';
+import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 
 // The chat page in a real browser (Debian's Chromium, driven by playwright-core) against
 // real servers: the demo model, and a scripted model whose answers are known.
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const required = process.env.QWEN3_SERVE_REQUIRE_BROWSER === '1';
-const skip = !existsSync(CHROMIUM) && !required ? `no browser at ${CHROMIUM}: install Debian's chromium (or set CHROMIUM_PATH) to run the chat page's browser tests` : false;
+const skip =
+  !existsSync(CHROMIUM) && !required
+    ? `no browser at ${CHROMIUM}: install Debian's chromium (or set CHROMIUM_PATH) to run the chat page's browser tests`
+    : false;
 
 const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
 const [NEWLINE] = tokenizer.encode('\n');
@@ -38,10 +41,11 @@ async function until(condition: () => Promise<boolean>, timeoutMs = 30_000): Pro
 }
 
 /** Until the page shows the model's id from the server. */
-const modelShown = (page: Page, name?: string) => until(async () => {
-  const shown = await page.textContent('#model-name');
-  return name ? shown === name : shown !== 'qwen3-serve';
-});
+const modelShown = (page: Page, name?: string) =>
+  until(async () => {
+    const shown = await page.textContent('#model-name');
+    return name ? shown === name : shown !== 'qwen3-serve';
+  });
 
 interface Served {
   server: RunningServer;
@@ -60,7 +64,25 @@ async function serve(flags: string[]): Promise<Served> {
       done();
     },
   });
-  const config = parseServeConfig(['--port', '0', '--threads', '1', '--kv-cache-memory', '128MiB', '--prefix-cache-memory', '16MiB', '--cache-dir', tempDir('qwen3-ui-cache-'), '--log-prompts', '--log-level', 'debug', ...flags], {})!;
+  const config = parseServeConfig(
+    [
+      '--port',
+      '0',
+      '--threads',
+      '1',
+      '--kv-cache-memory',
+      '128MiB',
+      '--prefix-cache-memory',
+      '16MiB',
+      '--cache-dir',
+      tempDir('qwen3-ui-cache-'),
+      '--log-prompts',
+      '--log-level',
+      'debug',
+      ...flags,
+    ],
+    {},
+  )!;
   const server = await startServer(config, { logger: pino({ level: 'debug' }, sink) });
   return { server, prompts };
 }
@@ -74,7 +96,15 @@ before(async () => {
   if (skip) return;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   const dir = join(tempDir(), 'scripted');
   writeScriptedCheckpoint(dir, [...chain(NEWLINE, THOUGHT), ...chain(BLANK, ANSWER)]);
@@ -103,7 +133,8 @@ async function open(server: RunningServer, viewport = { width: 1200, height: 800
     void d.dismiss();
   });
   page.on('request', (r) => {
-    if (!r.url().startsWith(origin) && !r.url().startsWith('blob:') && !r.url().startsWith('data:')) problems.push(`request outside the server: ${r.url()}`);
+    if (!r.url().startsWith(origin) && !r.url().startsWith('blob:') && !r.url().startsWith('data:'))
+      problems.push(`request outside the server: ${r.url()}`);
   });
   await page.goto(`${server.url}/`);
   return { page, problems };
@@ -127,7 +158,9 @@ async function metric(server: RunningServer, name: string): Promise<number> {
   return Number(new RegExp(`^${name}\\{[^}]*\\} (\\S+)$`, 'm').exec(text)?.[1]);
 }
 
-test('the page loads with a strict CSP, no console errors and nothing from outside the server, and a message streams an answer', { skip }, async () => {
+test('the page loads with a strict CSP, no console errors and nothing from outside the server, and a message streams an answer', {
+  skip,
+}, async () => {
   const res = await fetch(`${demo.server.url}/`);
   assert.equal(res.status, 200);
   assert.match(res.headers.get('content-security-policy') ?? '', /script-src 'self'.*connect-src 'self'/);
@@ -184,7 +217,11 @@ test('Esc stops a running answer and the server frees it; edit and regenerate an
   await setNumber(page, 'max-tokens', '6000');
   await page.fill('#input', 'Talk for a long time');
   await page.keyboard.press('Enter');
-  await until(async () => ((await page.locator('.message.assistant .content').textContent()) ?? '').length > 20 || (await page.locator('.message.assistant .thinking-text').count()) > 0);
+  await until(
+    async () =>
+      ((await page.locator('.message.assistant .content').textContent()) ?? '').length > 20 ||
+      (await page.locator('.message.assistant .thinking-text').count()) > 0,
+  );
   assert.equal(await metric(demo.server, 'qwen3_serve_num_requests_running'), 1);
   await page.keyboard.press('Escape');
   await page.waitForSelector('#send:not([hidden])');
@@ -245,7 +282,10 @@ test('Shift+Enter writes a new line; a JSON schema holds the answer to it; a con
   assert.equal(typeof answer.ok, 'boolean');
   const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
   const exported = JSON.parse(readFileSync((await download.path())!, 'utf8')) as { messages: Array<{ role: string; content: string }> };
-  assert.deepEqual(exported.messages.map((m) => m.role), ['user', 'assistant']);
+  assert.deepEqual(
+    exported.messages.map((m) => m.role),
+    ['user', 'assistant'],
+  );
   assert.equal(exported.messages[0].content, 'first line\nsecond line');
   assert.deepEqual(problems, []);
   await page.close();
@@ -261,7 +301,10 @@ test('narrow screens: the conversation list and settings fold away', { skip }, a
 });
 
 test('--no-ui: no page at /', async () => {
-  const s = await startServer(parseServeConfig(['--port', '0', '--threads', '1', '--no-ui', '--kv-cache-memory', '64MiB', '--cache-dir', tempDir('qwen3-ui-cache-')], {})!, { logger: pino({ level: 'silent' }) });
+  const s = await startServer(
+    parseServeConfig(['--port', '0', '--threads', '1', '--no-ui', '--kv-cache-memory', '64MiB', '--cache-dir', tempDir('qwen3-ui-cache-')], {})!,
+    { logger: pino({ level: 'silent' }) },
+  );
   try {
     const res = await fetch(`${s.url}/`);
     assert.equal(res.status, 404);

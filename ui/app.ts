@@ -67,7 +67,11 @@ function escapeHtml(text: string): string {
 
 function renderMarkdown(target: HTMLElement, text: string): void {
   const html = markdown.parse(text, { async: false }) as string;
-  target.innerHTML = DOMPurify.sanitize(html, { USE_PROFILES: { html: true }, FORBID_TAGS: ['img', 'style', 'form', 'input', 'iframe'], FORBID_ATTR: ['style'] });
+  target.innerHTML = DOMPurify.sanitize(html, {
+    USE_PROFILES: { html: true },
+    FORBID_TAGS: ['img', 'style', 'form', 'input', 'iframe'],
+    FORBID_ATTR: ['style'],
+  });
   for (const a of target.querySelectorAll('a')) {
     a.rel = 'noopener noreferrer';
     a.target = '_blank';
@@ -183,7 +187,13 @@ function requestBody(messages: Message[]): Record<string, unknown> {
   };
   const budget = numberSetting('thinking-budget');
   if (els.thinking.checked && budget !== undefined) body.thinking_token_budget = budget;
-  const sampling: Array<[string, string]> = [['temperature', 'temperature'], ['top_p', 'top-p'], ['top_k', 'top-k'], ['max_tokens', 'max-tokens'], ['seed', 'seed']];
+  const sampling: Array<[string, string]> = [
+    ['temperature', 'temperature'],
+    ['top_p', 'top-p'],
+    ['top_k', 'top-k'],
+    ['max_tokens', 'max-tokens'],
+    ['seed', 'seed'],
+  ];
   for (const [field, id] of sampling) {
     const v = numberSetting(id);
     if (v !== undefined) body[field] = v;
@@ -246,7 +256,10 @@ async function stream(reply: Message, signal: AbortSignal, render: () => void): 
     while ((cut = buffer.indexOf('\n\n')) >= 0) {
       const event = buffer.slice(0, cut);
       buffer = buffer.slice(cut + 2);
-      const data = event.split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+      const data = event
+        .split('\n')
+        .find((l) => l.startsWith('data: '))
+        ?.slice(6);
       if (!data || data === '[DONE]') continue;
       const chunk = JSON.parse(data) as { choices?: Array<{ delta: Delta }>; usage?: Usage | null; error?: { message: string } };
       if (chunk.error) {

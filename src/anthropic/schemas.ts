@@ -2,7 +2,9 @@ import { z } from 'zod';
 
 /** Anthropic's Messages API request, as its SDK and Claude Code send it. */
 const text = z.object({ type: z.literal('text'), text: z.string() }).passthrough();
-const toolUse = z.object({ type: z.literal('tool_use'), id: z.string().min(1), name: z.string().min(1), input: z.record(z.string(), z.unknown()) }).passthrough();
+const toolUse = z
+  .object({ type: z.literal('tool_use'), id: z.string().min(1), name: z.string().min(1), input: z.record(z.string(), z.unknown()) })
+  .passthrough();
 const toolResult = z
   .object({
     type: z.literal('tool_result'),
@@ -37,7 +39,13 @@ const customTool = z
 export type CustomTool = z.infer<typeof customTool>;
 /** Anthropic's server tools and versioned built-ins (`web_search_20250305`, `bash_20250124`, …): accepted, left out of the prompt. */
 const typedTool = z
-  .object({ type: z.string().min(1).refine((t) => t !== 'custom'), name: z.string().min(1).max(128) })
+  .object({
+    type: z
+      .string()
+      .min(1)
+      .refine((t) => t !== 'custom'),
+    name: z.string().min(1).max(128),
+  })
   .passthrough();
 const tool = z.union([customTool, typedTool]);
 
@@ -59,7 +67,11 @@ const thinkingConfig = z.discriminatedUnion('type', [
 const outputConfig = z
   .object({
     effort: z.enum(['low', 'medium', 'high', 'xhigh', 'max']).optional(),
-    format: z.object({ type: z.literal('json_schema'), schema: z.record(z.string(), z.unknown()) }).passthrough().nullable().optional(),
+    format: z
+      .object({ type: z.literal('json_schema'), schema: z.record(z.string(), z.unknown()) })
+      .passthrough()
+      .nullable()
+      .optional(),
   })
   .passthrough();
 

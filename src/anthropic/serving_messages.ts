@@ -1,12 +1,20 @@
 import { InvalidRequestError } from '../errors.js';
 import type { ChatChoice, ChatToolCall } from '../serving/chat_choice.js';
 import { prepareChat } from '../serving/chat_prompt.js';
-import { chatRequestSchema, type ChatRequest } from '../serving/chat_request.js';
+import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
 import { newId, parseBody } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
-import { countTokensRequestSchema, messagesRequestSchema, type AnthropicMessage, type ContentBlock, type CountTokensRequest, type CustomTool, type MessagesRequest } from './schemas.js';
+import {
+  type AnthropicMessage,
+  type ContentBlock,
+  type CountTokensRequest,
+  type CustomTool,
+  countTokensRequestSchema,
+  type MessagesRequest,
+  messagesRequestSchema,
+} from './schemas.js';
 
 /**
  * Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens) as a
@@ -60,8 +68,11 @@ function toChatMessages(ctx: ServingContext, system: CountTokensRequest['system'
       if (text !== '' || m.content.every((b) => b.type === 'text')) out.push({ role: 'user', content: text });
       continue;
     }
-    const calls = m.content.flatMap((b) => (b.type === 'tool_use' ? [{ id: b.id, type: 'function', function: { name: b.name, arguments: JSON.stringify(b.input) } }] : []));
-    if (m.content.some((b) => b.type === 'tool_result')) throw new InvalidRequestError('messages: an assistant turn cannot hold a tool_result block.', { param: 'messages' });
+    const calls = m.content.flatMap((b) =>
+      b.type === 'tool_use' ? [{ id: b.id, type: 'function', function: { name: b.name, arguments: JSON.stringify(b.input) } }] : [],
+    );
+    if (m.content.some((b) => b.type === 'tool_result'))
+      throw new InvalidRequestError('messages: an assistant turn cannot hold a tool_result block.', { param: 'messages' });
     const reasoning = thinkingText(ctx, m.content);
     out.push({
       role: 'assistant',
@@ -104,9 +115,20 @@ function toChatRequest(ctx: ServingContext, req: CountTokensRequest & Partial<Om
   const format = req.output_config?.format;
   return parseBody(chatRequestSchema, {
     messages: toChatMessages(ctx, req.system, req.messages),
-    ...(req.tools ? { tools: custom.map((t) => ({ type: 'function', function: { name: t.name, description: t.description, parameters: t.input_schema } })) } : {}),
+    ...(req.tools
+      ? { tools: custom.map((t) => ({ type: 'function', function: { name: t.name, description: t.description, parameters: t.input_schema } })) }
+      : {}),
     ...(choice
-      ? { tool_choice: choice.type === 'auto' ? 'auto' : choice.type === 'any' ? 'required' : choice.type === 'none' ? 'none' : { type: 'function', function: { name: choice.name } } }
+      ? {
+          tool_choice:
+            choice.type === 'auto'
+              ? 'auto'
+              : choice.type === 'any'
+                ? 'required'
+                : choice.type === 'none'
+                  ? 'none'
+                  : { type: 'function', function: { name: choice.name } },
+        }
       : {}),
     ...(format ? { response_format: { type: 'json_schema', json_schema: { name: 'output', schema: format.schema } } } : {}),
     ...(req.max_tokens !== undefined ? { max_tokens: req.max_tokens } : {}),
@@ -151,7 +173,12 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
   // Anthropic counts prompt tokens read from the cache apart from input_tokens.
   const usage = () => {
     const u = session.usage();
-    return { input_tokens: u.promptTokens - u.cachedTokens, output_tokens: u.completionTokens, cache_creation_input_tokens: 0, cache_read_input_tokens: u.cachedTokens };
+    return {
+      input_tokens: u.promptTokens - u.cachedTokens,
+      output_tokens: u.completionTokens,
+      cache_creation_input_tokens: 0,
+      cache_read_input_tokens: u.cachedTokens,
+    };
   };
 
   if (!req.stream) {
@@ -173,14 +200,30 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
       const begin = () => {
         if (started) return;
         started = true;
-        send({ type: 'message_start', message: { id, type: 'message', role: 'assistant', model, content: [], stop_reason: null, stop_sequence: null, usage: { ...usage(), output_tokens: 0 } } }, 'message_start');
+        send(
+          {
+            type: 'message_start',
+            message: {
+              id,
+              type: 'message',
+              role: 'assistant',
+              model,
+              content: [],
+              stop_reason: null,
+              stop_sequence: null,
+              usage: { ...usage(), output_tokens: 0 },
+            },
+          },
+          'message_start',
+        );
         send({ type: 'ping' }, 'ping');
       };
       let index = -1;
       let open: 'thinking' | 'text' | null = null;
       const close = () => {
         if (open === null) return;
-        if (open === 'thinking') send({ type: 'content_block_delta', index, delta: { type: 'signature_delta', signature: signature() } }, 'content_block_delta');
+        if (open === 'thinking')
+          send({ type: 'content_block_delta', index, delta: { type: 'signature_delta', signature: signature() } }, 'content_block_delta');
         send({ type: 'content_block_stop', index }, 'content_block_stop');
         open = null;
       };
@@ -189,7 +232,14 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
         close();
         index++;
         open = kind;
-        send({ type: 'content_block_start', index, content_block: kind === 'thinking' ? { type: 'thinking', thinking: '', signature: '' } : { type: 'text', text: '' } }, 'content_block_start');
+        send(
+          {
+            type: 'content_block_start',
+            index,
+            content_block: kind === 'thinking' ? { type: 'thinking', thinking: '', signature: '' } : { type: 'text', text: '' },
+          },
+          'content_block_start',
+        );
       };
       await session.runAll((_, d) => {
         begin();
@@ -204,8 +254,14 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
         for (const call of d.toolCalls) {
           close();
           index++;
-          send({ type: 'content_block_start', index, content_block: { type: 'tool_use', id: toolId(call), name: call.name, input: {} } }, 'content_block_start');
-          send({ type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: JSON.stringify(toolInput(call)) } }, 'content_block_delta');
+          send(
+            { type: 'content_block_start', index, content_block: { type: 'tool_use', id: toolId(call), name: call.name, input: {} } },
+            'content_block_start',
+          );
+          send(
+            { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: JSON.stringify(toolInput(call)) } },
+            'content_block_delta',
+          );
           send({ type: 'content_block_stop', index }, 'content_block_stop');
         }
       });

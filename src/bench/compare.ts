@@ -1,4 +1,4 @@
-import { runLoadBench, summarize, type LevelResult } from './load_bench.js';
+import { type LevelResult, runLoadBench, summarize } from './load_bench.js';
 
 /** One workload of a comparison: fixed-length random prompts at a fixed concurrency. */
 export interface Scenario {
@@ -85,13 +85,20 @@ export async function runComparison(o: CompareOptions, log: (line: string) => vo
           timeout: o.timeout,
         });
         const level = levels[0];
-        if (level.failed > 0) throw new Error(`${target.name}: ${level.failed} of ${level.failed + level.completed} requests failed (${s.inputLen}:${s.outputLen}:${s.concurrency}): ${level.errors.join('; ')}`);
+        if (level.failed > 0)
+          throw new Error(
+            `${target.name}: ${level.failed} of ${level.failed + level.completed} requests failed (${s.inputLen}:${s.outputLen}:${s.concurrency}): ${level.errors.join('; ')}`,
+          );
         // A server that reports no usage is counted by its streamed chunks, which may merge or hold back tokens.
         if (level.meanOutputTokens !== s.outputLen) {
-          log(`note: ${target.name} returned ${level.meanOutputTokens.toFixed(1)} tokens per request on average, not ${s.outputLen} (no usage in its stream, or ignore_eos not honoured)`);
+          log(
+            `note: ${target.name} returned ${level.meanOutputTokens.toFixed(1)} tokens per request on average, not ${s.outputLen} (no usage in its stream, or ignore_eos not honoured)`,
+          );
         }
         runs[i][side].push(level);
-        log(`round ${round + 1}, ${s.inputLen} in / ${s.outputLen} out, concurrency ${s.concurrency}, ${target.name}: ${level.outputThroughput.toFixed(1)} output tok/s, TTFT mean ${level.ttftMs.mean.toFixed(0)} ms, TPOT mean ${level.tpotMs.mean.toFixed(1)} ms`);
+        log(
+          `round ${round + 1}, ${s.inputLen} in / ${s.outputLen} out, concurrency ${s.concurrency}, ${target.name}: ${level.outputThroughput.toFixed(1)} output tok/s, TTFT mean ${level.ttftMs.mean.toFixed(0)} ms, TPOT mean ${level.tpotMs.mean.toFixed(1)} ms`,
+        );
       }
     }
   }
@@ -117,8 +124,10 @@ export function comparisonTable(results: ScenarioResult[], ours: string, peer: s
     const s = r.scenario;
     for (const m of MEASURES) {
       const v = r.measures[m.key];
-      const better = !Number.isFinite(v.ratio) ? '–' : v.ratio === 1 ? 'even' : (v.ratio > 1) === m.higherIsBetter ? ours : peer;
-      rows.push(`| ${s.inputLen} / ${s.outputLen}, ${s.concurrency} | ${m.label} | ${fmt(v.ours)} | ${fmt(v.peer)} | ${Number.isFinite(v.ratio) ? v.ratio.toFixed(2) : '–'} | ${better} |`);
+      const better = !Number.isFinite(v.ratio) ? '–' : v.ratio === 1 ? 'even' : v.ratio > 1 === m.higherIsBetter ? ours : peer;
+      rows.push(
+        `| ${s.inputLen} / ${s.outputLen}, ${s.concurrency} | ${m.label} | ${fmt(v.ours)} | ${fmt(v.peer)} | ${Number.isFinite(v.ratio) ? v.ratio.toFixed(2) : '–'} | ${better} |`,
+      );
     }
   }
   return rows.join('\n');

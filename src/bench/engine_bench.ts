@@ -1,9 +1,9 @@
 import { readManifest } from '../export/manifest.js';
 import { INT4_BLOCK_SIZE } from '../export/weights.js';
-import { createSession, type DeviceChoice } from '../runtime/session.js';
 import { FastRunner } from '../runtime/fast_runner.js';
-import { StandardRunner } from '../runtime/standard_runner.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
+import { createSession, type DeviceChoice } from '../runtime/session.js';
+import { StandardRunner } from '../runtime/standard_runner.js';
 
 export interface EngineBenchOptions {
   modelDir: string;

@@ -88,8 +88,10 @@ export interface LevelResult {
   errors: string[];
 }
 
-
-const WORDS = 'time person year way day thing man world life hand part child eye woman place work week case point government company number group problem fact river mountain ocean planet garden window music story system question answer market city country history science language energy water light'.split(' ');
+const WORDS =
+  'time person year way day thing man world life hand part child eye woman place work week case point government company number group problem fact river mountain ocean planet garden window music story system question answer market city country history science language energy water light'.split(
+    ' ',
+  );
 
 /** Seeded random prompts: token ids for completions (exact lengths), words for chat. */
 export function randomPrompts(n: number, inputLen: number, seed: number, endpoint: 'completions' | 'chat'): Array<number[] | string> {
@@ -105,7 +107,13 @@ export function randomPrompts(n: number, inputLen: number, seed: number, endpoin
  * shared-prefix: `n` prompts that start with one random prefix of `prefixLen` and end with
  * a random suffix of `suffixLen` of their own.
  */
-export function sharedPrefixPrompts(n: number, prefixLen: number, suffixLen: number, seed: number, endpoint: 'completions' | 'chat'): Array<number[] | string> {
+export function sharedPrefixPrompts(
+  n: number,
+  prefixLen: number,
+  suffixLen: number,
+  seed: number,
+  endpoint: 'completions' | 'chat',
+): Array<number[] | string> {
   const [prefix] = randomPrompts(1, prefixLen, seed, endpoint);
   return randomPrompts(n, suffixLen, seed + 1, endpoint).map((suffix) =>
     endpoint === 'completions' ? [...(prefix as number[]), ...(suffix as number[])] : `${prefix as string} ${suffix as string}`,
@@ -138,7 +146,19 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
           ...(o.thinking === null || o.thinking === undefined ? {} : { chat_template_kwargs: { enable_thinking: o.thinking } }),
         };
   const started = performance.now();
-  const result: RequestResult = { ok: false, error: null, failure: null, sentAt: Date.now(), promptTokens: 0, cachedTokens: 0, content: '', outputTokens: 0, ttft: 0, e2e: 0, itls: [] };
+  const result: RequestResult = {
+    ok: false,
+    error: null,
+    failure: null,
+    sentAt: Date.now(),
+    promptTokens: 0,
+    cachedTokens: 0,
+    content: '',
+    outputTokens: 0,
+    ttft: 0,
+    e2e: 0,
+    itls: [],
+  };
   let done = false;
   try {
     const res = await fetch(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, {
@@ -161,7 +181,10 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
       while ((sep = buffer.indexOf('\n\n')) >= 0) {
         const event = buffer.slice(0, sep);
         buffer = buffer.slice(sep + 2);
-        const data = event.split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+        const data = event
+          .split('\n')
+          .find((l) => l.startsWith('data: '))
+          ?.slice(6);
         if (data === '[DONE]') done = true;
         if (!data || data === '[DONE]') continue;
         const json = JSON.parse(data) as {
@@ -225,7 +248,8 @@ async function converse(o: LoadBenchOptions, model: string, messages: string[], 
 async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurrency: number | null, rate: number | null): Promise<LevelResult> {
   const results: RequestResult[] = [];
   const byTurn: RequestResult[][] = [];
-  const runJob = (job: Job) => ('prompt' in job ? oneRequest(o, model, job.prompt).then((r) => void results.push(r)) : converse(o, model, job.conversation, results, byTurn));
+  const runJob = (job: Job) =>
+    'prompt' in job ? oneRequest(o, model, job.prompt).then((r) => void results.push(r)) : converse(o, model, job.conversation, results, byTurn);
   const started = performance.now();
   if (rate !== null) {
     const rand = mulberry32(o.seed + 1);
@@ -263,13 +287,21 @@ async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurr
     itlMs: summarize(ok.flatMap((r) => r.itls)),
     e2eMs: summarize(ok.map((r) => r.e2e)),
     meanCachedTokens: mean(ok, (r) => r.cachedTokens),
-    failures: results.reduce<Record<string, number>>((f, r) => (r.failure ? { ...f, [r.failure]: (f[r.failure] ?? 0) + 1 } : f), {}),
+    failures: results.reduce<Record<string, number>>((f, r) => {
+      if (r.failure) f[r.failure] = (f[r.failure] ?? 0) + 1;
+      return f;
+    }, {}),
     requests: results.map((r) => ({ sentAt: r.sentAt, ttftMs: r.ttft, e2eMs: r.e2e, ok: r.ok, failure: r.failure })),
     ...(byTurn.length > 0
       ? {
           turns: byTurn.map((rs, i) => {
             const done = rs.filter((r) => r.ok);
-            return { turn: i + 1, ttftMs: mean(done, (r) => r.ttft), promptTokens: mean(done, (r) => r.promptTokens), cachedTokens: mean(done, (r) => r.cachedTokens) };
+            return {
+              turn: i + 1,
+              ttftMs: mean(done, (r) => r.ttft),
+              promptTokens: mean(done, (r) => r.promptTokens),
+              cachedTokens: mean(done, (r) => r.cachedTokens),
+            };
           }),
         }
       : {}),
@@ -289,7 +321,9 @@ export function datasetJobs(o: LoadBenchOptions, level: number): Job[] {
     case 'shared-prefix':
       return sharedPrefixPrompts(o.numPrompts, o.prefixLen ?? 1024, o.inputLen, seed, o.endpoint).map((prompt) => ({ prompt }));
     case 'multi-turn':
-      return Array.from({ length: o.numPrompts }, (_, c) => ({ conversation: randomPrompts(o.turns ?? 10, o.inputLen, seed + c * 97, 'chat') as string[] }));
+      return Array.from({ length: o.numPrompts }, (_, c) => ({
+        conversation: randomPrompts(o.turns ?? 10, o.inputLen, seed + c * 97, 'chat') as string[],
+      }));
   }
 }
 
@@ -320,8 +354,12 @@ const f1 = (x: number) => x.toFixed(1);
 
 export function formatRow(r: LevelResult): string {
   const head = r.concurrency !== null ? `concurrency ${r.concurrency}` : `rate ${r.requestRate}/s`;
-  const turns = r.turns ? `; TTFT by turn ${r.turns.map((t) => `${t.turn}: ${f1(t.ttftMs)} ms (${Math.round(t.cachedTokens)}/${Math.round(t.promptTokens)} cached)`).join(', ')}` : '';
-  const failures = Object.entries(r.failures).map(([k, n]) => `${n} ${k}`).join(', ');
+  const turns = r.turns
+    ? `; TTFT by turn ${r.turns.map((t) => `${t.turn}: ${f1(t.ttftMs)} ms (${Math.round(t.cachedTokens)}/${Math.round(t.promptTokens)} cached)`).join(', ')}`
+    : '';
+  const failures = Object.entries(r.failures)
+    .map(([k, n]) => `${n} ${k}`)
+    .join(', ');
   return `${head}: ${r.completed} ok, ${r.failed} failed${failures ? ` (${failures})` : ''}; ${f1(r.outputThroughput)} output tok/s, ${r.requestThroughput.toFixed(2)} req/s; TTFT mean ${f1(r.ttftMs.mean)} / median ${f1(r.ttftMs.median)} / p99 ${f1(r.ttftMs.p99)} / max ${f1(r.ttftMs.max)} ms; TPOT mean ${f1(r.tpotMs.mean)} / p99 ${f1(r.tpotMs.p99)} ms; ITL median ${f1(r.itlMs.median)} / p99 ${f1(r.itlMs.p99)} ms; E2E median ${f1(r.e2eMs.median)} ms; cached ${f1(r.meanCachedTokens)} of ${f1(r.meanInputTokens)} prompt tokens${turns}`;
 }
 

@@ -3,24 +3,48 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import { renderChart } from '../bench/chart.js';
 import { markdownTable, runLoadBench } from '../bench/load_bench.js';
-import { formatHelp, parseCommand, seconds, wholeNumber, type Flags } from './flags.js';
+import { type Flags, formatHelp, parseCommand, seconds, wholeNumber } from './flags.js';
 
 export const BENCH_FLAGS = {
-  'base-url': { type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'OpenAI-compatible API base (ours or another server)', schema: z.string().url() },
+  'base-url': {
+    type: 'string',
+    default: 'http://127.0.0.1:8000/v1',
+    help: 'OpenAI-compatible API base (ours or another server)',
+    schema: z.string().url(),
+  },
   model: { type: 'string', defaultText: 'the first of GET /models', help: 'Model id', schema: z.string().optional() },
   'api-key': { type: 'string', env: 'OPENAI_API_KEY', help: 'Bearer token', schema: z.string().optional() },
-  endpoint: { type: 'string', default: 'completions', help: 'completions (token-id prompts, exact lengths) or chat', schema: z.enum(['completions', 'chat']) },
+  endpoint: {
+    type: 'string',
+    default: 'completions',
+    help: 'completions (token-id prompts, exact lengths) or chat',
+    schema: z.enum(['completions', 'chat']),
+  },
   dataset: {
     type: 'string',
     default: 'random',
     help: '`random` (independent prompts), `shared-prefix` (every prompt of a level starts with one `--prefix-len` prefix, then `--input-len` of its own), `multi-turn` (`--num-prompts` conversations of `--turns` turns, each sending the history, the answers and a new `--input-len`-word message; chat only)',
     schema: z.enum(['random', 'shared-prefix', 'multi-turn']),
   },
-  'input-len': { type: 'string', default: '128', help: 'Prompt length (tokens for completions, words for chat); a shared prefix\'s suffix, a conversation\'s user message', schema: wholeNumber(1) },
+  'input-len': {
+    type: 'string',
+    default: '128',
+    help: "Prompt length (tokens for completions, words for chat); a shared prefix's suffix, a conversation's user message",
+    schema: wholeNumber(1),
+  },
   'prefix-len': { type: 'string', default: '1024', help: 'shared-prefix: length of the common prefix', schema: wholeNumber(1) },
   turns: { type: 'string', default: '10', help: 'multi-turn: turns per conversation', schema: wholeNumber(1, 1000) },
-  'think-time': { type: 'string', default: '0', help: 'multi-turn: seconds a user reads each answer before sending the next turn', schema: seconds(0, 3600) },
-  thinking: { type: 'string', help: 'Chat: ask for thinking `on` or `off` (Qwen3\'s `enable_thinking`); unset sends nothing', schema: z.enum(['on', 'off']).optional() },
+  'think-time': {
+    type: 'string',
+    default: '0',
+    help: 'multi-turn: seconds a user reads each answer before sending the next turn',
+    schema: seconds(0, 3600),
+  },
+  thinking: {
+    type: 'string',
+    help: "Chat: ask for thinking `on` or `off` (Qwen3's `enable_thinking`); unset sends nothing",
+    schema: z.enum(['on', 'off']).optional(),
+  },
   'output-len': { type: 'string', default: '128', help: 'Tokens generated per request (ignore_eos)', schema: wholeNumber(1) },
   'num-prompts': { type: 'string', default: '32', help: 'Requests (multi-turn: conversations) per concurrency level', schema: wholeNumber(1) },
   concurrency: {
@@ -79,9 +103,24 @@ export async function benchCommand(argv: string[]): Promise<void> {
   const table = markdownTable(levels);
   const dataset =
     o.dataset === 'shared-prefix' ? `, shared prefix ${o['prefix-len']}` : o.dataset === 'multi-turn' ? `, ${o.turns}-turn conversations` : '';
-  process.stdout.write(`\n${model} via ${o.endpoint}${dataset}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} ${o.dataset === 'multi-turn' ? 'conversations' : 'requests'} per level\n\n${table}\n`);
+  process.stdout.write(
+    `\n${model} via ${o.endpoint}${dataset}, input ${o['input-len']}, output ${o['output-len']}, ${o['num-prompts']} ${o.dataset === 'multi-turn' ? 'conversations' : 'requests'} per level\n\n${table}\n`,
+  );
   mkdirSync(dirname(o.out) || '.', { recursive: true });
-  const meta = { model, baseUrl: o['base-url'], endpoint: o.endpoint, dataset: o.dataset, prefixLen: o['prefix-len'], turns: o.turns, thinkTime: o['think-time'], thinking: o.thinking ?? null, inputLen: o['input-len'], outputLen: o['output-len'], numPrompts: o['num-prompts'], date: new Date().toISOString() };
+  const meta = {
+    model,
+    baseUrl: o['base-url'],
+    endpoint: o.endpoint,
+    dataset: o.dataset,
+    prefixLen: o['prefix-len'],
+    turns: o.turns,
+    thinkTime: o['think-time'],
+    thinking: o.thinking ?? null,
+    inputLen: o['input-len'],
+    outputLen: o['output-len'],
+    numPrompts: o['num-prompts'],
+    date: new Date().toISOString(),
+  };
   writeFileSync(`${o.out}.json`, JSON.stringify({ ...meta, levels }, null, 2));
   writeFileSync(`${o.out}.md`, `${table}\n`);
   if (levels.length > 0 && levels[0].concurrency !== null) {

@@ -1,9 +1,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
 import { comparisonTable, parseScenarios, runComparison } from '../bench/compare.js';
-import { formatHelp, parseCommand, wholeNumber, type Flags } from './flags.js';
+import { ConfigError } from '../errors.js';
+import { type Flags, formatHelp, parseCommand, wholeNumber } from './flags.js';
 
 const url = z
   .string()
@@ -12,7 +12,11 @@ const url = z
 
 export const COMPARE_FLAGS = {
   'ours-url': { type: 'string', default: 'http://127.0.0.1:8000/v1', help: 'API base of our server', schema: url },
-  'peer-url': { type: 'string', help: 'API base of the other OpenAI-compatible server (required; llama-server: http://127.0.0.1:8080/v1)', schema: url.optional() },
+  'peer-url': {
+    type: 'string',
+    help: 'API base of the other OpenAI-compatible server (required; llama-server: http://127.0.0.1:8080/v1)',
+    schema: url.optional(),
+  },
   'ours-name': { type: 'string', default: 'qwen3-serve', help: 'Our column in the table', schema: z.string().min(1) },
   'peer-name': { type: 'string', default: 'peer', help: "The other server's column in the table", schema: z.string().min(1) },
   'ours-model': { type: 'string', defaultText: 'the first of its GET /models', help: 'Model id on our server', schema: z.string().optional() },
@@ -32,7 +36,12 @@ export const COMPARE_FLAGS = {
       }
     }),
   },
-  rounds: { type: 'string', default: '2', help: 'Alternated rounds; the table reports the median of each server over them', schema: wholeNumber(1, 100) },
+  rounds: {
+    type: 'string',
+    default: '2',
+    help: 'Alternated rounds; the table reports the median of each server over them',
+    schema: wholeNumber(1, 100),
+  },
   'num-prompts': { type: 'string', default: '8', help: 'Requests per scenario run (at least two per client)', schema: wholeNumber(1) },
   seed: { type: 'string', default: '0', help: 'Seed of the random prompts', schema: wholeNumber(0) },
   timeout: { type: 'string', default: '600', help: 'Seconds per request', schema: wholeNumber(1) },
@@ -59,7 +68,10 @@ export async function compareCommand(argv: string[]): Promise<void> {
   const heading = `${ours.name} (${ours.baseUrl}) vs ${peer.name} (${peer.baseUrl}), ${o.rounds} alternated round${o.rounds === 1 ? '' : 's'}, medians; ratio = ${ours.name} / ${peer.name}`;
   process.stdout.write(`\n${heading}\n\n${table}\n`);
   mkdirSync(dirname(o.out) || '.', { recursive: true });
-  writeFileSync(`${o.out}.json`, JSON.stringify({ date: new Date().toISOString(), ours, peer, rounds: o.rounds, results }, (k, v) => (k === 'apiKey' ? undefined : v), 2));
+  writeFileSync(
+    `${o.out}.json`,
+    JSON.stringify({ date: new Date().toISOString(), ours, peer, rounds: o.rounds, results }, (k, v) => (k === 'apiKey' ? undefined : v), 2),
+  );
   writeFileSync(`${o.out}.md`, `${heading}\n\n${table}\n`);
   process.stderr.write(`wrote ${o.out}.json, ${o.out}.md\n`);
 }

@@ -114,11 +114,7 @@ export function parseCommand<F extends Flags>(flags: F, argv: string[], help: st
 
 // Value types shared by the commands' flags.
 export const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) =>
-  z
-    .string()
-    .regex(/^\d+$/, 'expected a whole number')
-    .transform(Number)
-    .pipe(z.number().int().min(min).max(max));
+  z.string().regex(/^\d+$/, 'expected a whole number').transform(Number).pipe(z.number().int().min(min).max(max));
 
 export const seconds = (min: number, max: number) =>
   z
@@ -127,7 +123,10 @@ export const seconds = (min: number, max: number) =>
     .transform(Number)
     .pipe(z.number().min(min).max(max));
 
-export const decimal = z.string().regex(/^-?\d+(\.\d+)?$/, 'expected a number').transform(Number);
+export const decimal = z
+  .string()
+  .regex(/^-?\d+(\.\d+)?$/, 'expected a number')
+  .transform(Number);
 
 const UNITS: Record<string, number> = { '': 1, b: 1, kb: 1e3, mb: 1e6, gb: 1e9, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30 };
 
@@ -145,7 +144,10 @@ export const size = (allowFraction: boolean) =>
   z.string().transform((s, c) => {
     const v = parseSize(s);
     if (v === null || v <= 0 || (!allowFraction && v < 1) || (v > 1 && !Number.isInteger(v))) {
-      c.addIssue({ code: 'custom', message: allowFraction ? 'expected bytes (e.g. 2GiB) or a fraction of free memory (e.g. 0.3)' : 'expected a size such as 4MiB' });
+      c.addIssue({
+        code: 'custom',
+        message: allowFraction ? 'expected bytes (e.g. 2GiB) or a fraction of free memory (e.g. 0.3)' : 'expected a size such as 4MiB',
+      });
       return z.NEVER;
     }
     return v;

@@ -4,25 +4,58 @@ import { Engine } from '../engine/engine.js';
 import { defaultCacheDir, resolveExportTarget, resolveModel } from '../export/model_source.js';
 import { readGenerationConfig } from '../model/generation_config.js';
 import { samplingDefaults } from '../runtime/sampler.js';
-import { ChatTemplate } from '../text/chat_template.js';
-import { readTokenizerFiles, QwenTokenizer } from '../text/tokenizer.js';
-import { createProgress } from '../util/progress.js';
 import { cudaUsable } from '../runtime/session.js';
-import { decimal, formatHelp, parseCommand, type Flags } from './flags.js';
+import { ChatTemplate } from '../text/chat_template.js';
+import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
+import { createProgress } from '../util/progress.js';
+import { decimal, type Flags, formatHelp, parseCommand } from './flags.js';
 
 export const GENERATE_FLAGS = {
-  model: { type: 'string', env: 'QWEN3_SERVE_MODEL', defaultText: 'the demo model', help: 'Export or checkpoint directory', schema: z.string().optional() },
+  model: {
+    type: 'string',
+    env: 'QWEN3_SERVE_MODEL',
+    defaultText: 'the demo model',
+    help: 'Export or checkpoint directory',
+    schema: z.string().optional(),
+  },
   prompt: { type: 'string', help: 'The user message (or raw text with --raw)', schema: z.string({ error: 'is required' }) },
   raw: { type: 'boolean', help: 'Send the prompt as is, without the chat template', schema: z.boolean() },
   thinking: { type: 'string', default: 'on', help: 'Qwen3 thinking: on or off', schema: z.enum(['on', 'off']) },
   'max-tokens': { type: 'string', default: '256', help: 'Tokens to generate at most', schema: decimal.pipe(z.number().int().min(1)) },
-  temperature: { type: 'string', defaultText: 'generation_config.json', help: 'Sampling temperature (0 = greedy)', schema: decimal.pipe(z.number().min(0).max(2)).optional() },
-  'top-p': { type: 'string', defaultText: 'generation_config.json', help: 'Nucleus sampling mass', schema: decimal.pipe(z.number().gt(0).max(1)).optional() },
-  'top-k': { type: 'string', defaultText: 'generation_config.json', help: 'Sample among the k most likely tokens', schema: decimal.pipe(z.number().int().min(-1)).optional() },
+  temperature: {
+    type: 'string',
+    defaultText: 'generation_config.json',
+    help: 'Sampling temperature (0 = greedy)',
+    schema: decimal.pipe(z.number().min(0).max(2)).optional(),
+  },
+  'top-p': {
+    type: 'string',
+    defaultText: 'generation_config.json',
+    help: 'Nucleus sampling mass',
+    schema: decimal.pipe(z.number().gt(0).max(1)).optional(),
+  },
+  'top-k': {
+    type: 'string',
+    defaultText: 'generation_config.json',
+    help: 'Sample among the k most likely tokens',
+    schema: decimal.pipe(z.number().int().min(-1)).optional(),
+  },
   seed: { type: 'string', help: 'Seed for reproducible sampling', schema: decimal.pipe(z.number().int()).optional() },
   device: { type: 'string', env: 'QWEN3_SERVE_DEVICE', default: 'auto', help: 'auto, cuda or cpu', schema: z.enum(['auto', 'cuda', 'cpu']) },
-  threads: { type: 'string', env: 'QWEN3_SERVE_THREADS', defaultText: 'all cores', help: "ONNX Runtime's intra-op threads", schema: decimal.pipe(z.number().int().min(1)).optional() },
-  dtype: { type: 'string', env: 'QWEN3_SERVE_DTYPE', defaultText: 'fp32 on CPU, fp16 on CUDA', help: 'Weights when exporting a checkpoint: fp32, fp16 or int4', schema: z.enum(['fp32', 'fp16', 'int4']).optional() },
+  threads: {
+    type: 'string',
+    env: 'QWEN3_SERVE_THREADS',
+    defaultText: 'all cores',
+    help: "ONNX Runtime's intra-op threads",
+    schema: decimal.pipe(z.number().int().min(1)).optional(),
+  },
+  dtype: {
+    type: 'string',
+    env: 'QWEN3_SERVE_DTYPE',
+    defaultText: 'fp32 on CPU, fp16 on CUDA',
+    help: 'Weights when exporting a checkpoint: fp32, fp16 or int4',
+    schema: z.enum(['fp32', 'fp16', 'int4']).optional(),
+  },
   'cache-dir': { type: 'string', env: 'QWEN3_SERVE_CACHE', help: 'Export cache directory', schema: z.string().optional() },
 } satisfies Flags;
 
@@ -90,7 +123,9 @@ export async function generateCommand(argv: string[]): Promise<void> {
     }
     const end = performance.now();
     const rate = count > 1 ? ((count - 1) / ((end - first) / 1000)).toFixed(1) : '-';
-    process.stderr.write(`\n[${promptIds.length} prompt tokens, ${count} generated; first token ${((first - started) / 1000).toFixed(2)} s, ${rate} tokens/s]\n`);
+    process.stderr.write(
+      `\n[${promptIds.length} prompt tokens, ${count} generated; first token ${((first - started) / 1000).toFixed(2)} s, ${rate} tokens/s]\n`,
+    );
   } finally {
     await engine.close();
   }

@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { ChunkGrid } from './chunk_grid.js';
 
 const M = 7; // the message-start marker in these token lists
@@ -20,20 +20,44 @@ test('a chunk is at most the chunk size and ends where a message starts', () => 
   const grid = new ChunkGrid(4, new Set([M]));
   //             0  1  2  3  4  5  6  7  8  9 10 11 12
   const tokens = [M, 1, 1, 1, 1, 1, M, 2, M, 3, 3, 3, 3];
-  assert.deepEqual(chunks(grid, tokens), [[0, 4], [4, 6], [6, 8], [8, 12], [12, 13]]);
+  assert.deepEqual(chunks(grid, tokens), [
+    [0, 4],
+    [4, 6],
+    [6, 8],
+    [8, 12],
+    [12, 13],
+  ]);
   // Without markers, the fixed grid.
-  assert.deepEqual(chunks(new ChunkGrid(4), tokens), [[0, 4], [4, 8], [8, 12], [12, 13]]);
+  assert.deepEqual(chunks(new ChunkGrid(4), tokens), [
+    [0, 4],
+    [4, 8],
+    [8, 12],
+    [12, 13],
+  ]);
 });
 
 test('a message start followed by a joined token does not end a chunk; a marker that is the last token waits for what follows', () => {
   const grid = new ChunkGrid(6, new Set([M]), new Set([A]));
   //             0  1  2  3  4  5  6  7  8  9
   const tokens = [M, 1, M, 2, M, A, 3, M, 4, M];
-  assert.deepEqual(chunks(grid, tokens), [[0, 2], [2, 7], [7, 10]]);
+  assert.deepEqual(chunks(grid, tokens), [
+    [0, 2],
+    [2, 7],
+    [7, 10],
+  ]);
   // The trailing marker's chunk is cut short by the end either way: it is not whole.
   assert.equal(grid.whole(tokens, 7, 10), false);
-  assert.deepEqual(chunks(grid, [...tokens, 5]), [[0, 2], [2, 7], [7, 9], [9, 11]]);
-  assert.deepEqual(chunks(grid, [...tokens, A]), [[0, 2], [2, 7], [7, 11]]);
+  assert.deepEqual(chunks(grid, [...tokens, 5]), [
+    [0, 2],
+    [2, 7],
+    [7, 9],
+    [9, 11],
+  ]);
+  assert.deepEqual(chunks(grid, [...tokens, A]), [
+    [0, 2],
+    [2, 7],
+    [7, 11],
+  ]);
 });
 
 test('a chunk is whole unless the tokens end it short of the chunk size; a known message start after them makes it whole', () => {

@@ -88,7 +88,11 @@ export class Engine extends EventEmitter {
    * Starts the worker and resolves once the model is loaded. `workerFile` is the module
    * the thread boots (worker.ts; tests pass one that wraps it).
    */
-  static async start(options: WorkerOptions, log: EngineLogger = silentLogger, workerFile = new URL('./worker.js', import.meta.url)): Promise<Engine> {
+  static async start(
+    options: WorkerOptions,
+    log: EngineLogger = silentLogger,
+    workerFile = new URL('./worker.js', import.meta.url),
+  ): Promise<Engine> {
     const engine = new Engine(options, log, workerFile);
     await engine.spawn();
     return engine;
@@ -147,7 +151,8 @@ export class Engine extends EventEmitter {
             break;
           case 'failed':
             this.lastError = msg.message;
-            if (!ready) reject(msg.config ? new ConfigError(msg.message) : new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));
+            if (!ready)
+              reject(msg.config ? new ConfigError(msg.message) : new AppError(500, 'model_error', `the engine could not start: ${msg.message}`));
             break;
         }
       });
@@ -288,5 +293,18 @@ export class Engine extends EventEmitter {
 const MAX_DEATHS_PER_MINUTE = 3;
 
 export function emptyStats(): EngineStats {
-  return { running: 0, waiting: 0, kvUsedTokens: 0, kvBudgetTokens: 0, kvBytes: 0, promptTokensTotal: 0, generationTokensTotal: 0, warmedTokensTotal: 0, requestsFinished: 0, steps: 0, grammar: null, prefixCache: null };
+  return {
+    running: 0,
+    waiting: 0,
+    kvUsedTokens: 0,
+    kvBudgetTokens: 0,
+    kvBytes: 0,
+    promptTokensTotal: 0,
+    generationTokensTotal: 0,
+    warmedTokensTotal: 0,
+    requestsFinished: 0,
+    steps: 0,
+    grammar: null,
+    prefixCache: null,
+  };
 }

@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { InvalidRequestError } from '../errors.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { GrammarService, MAX_GRAMMAR_DEPTH, type RemoteConstraint } from './grammar_service.js';
@@ -10,7 +10,13 @@ const V = 151936;
 const EOS = tokenizer.tokenId('<|im_end|>')!;
 
 function service(compileTimeoutMs: number): GrammarService {
-  return new GrammarService({ vocabulary: tokenizer.byteLevelVocabulary(V), stopTokenIds: [EOS], whitespace: 'compact', compileTimeoutMs, onProgress: () => {} });
+  return new GrammarService({
+    vocabulary: tokenizer.byteLevelVocabulary(V),
+    stopTokenIds: [EOS],
+    whitespace: 'compact',
+    compileTimeoutMs,
+    onProgress: () => {},
+  });
 }
 
 /** The constraint's mask once the grammar thread has sent it. */
@@ -66,8 +72,14 @@ test('specs too deep or too large are refused before they reach xgrammar', async
   try {
     let deep: unknown = { type: 'string' };
     for (let i = 0; i < MAX_GRAMMAR_DEPTH; i++) deep = { type: 'array', items: deep };
-    await assert.rejects(grammars.open({ param: 'response_format', spec: { type: 'json_schema', schema: JSON.stringify(deep) } }, [EOS]), /nested more than 64 levels/);
-    await assert.rejects(grammars.open({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: `root ::= "${'a'.repeat(300_000)}"` } }, [EOS]), /at most 262144/);
+    await assert.rejects(
+      grammars.open({ param: 'response_format', spec: { type: 'json_schema', schema: JSON.stringify(deep) } }, [EOS]),
+      /nested more than 64 levels/,
+    );
+    await assert.rejects(
+      grammars.open({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: `root ::= "${'a'.repeat(300_000)}"` } }, [EOS]),
+      /at most 262144/,
+    );
     assert.equal(grammars.stats().rebuilds, 0);
   } finally {
     await grammars.shutdown();

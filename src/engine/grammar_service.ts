@@ -51,7 +51,9 @@ function checkBounds(request: GrammarRequest): void {
     size = spec.choices.reduce((n, c) => n + c.length, 0);
   }
   if (depth > MAX_GRAMMAR_DEPTH) {
-    throw new InvalidRequestError(`${param} is nested more than ${MAX_GRAMMAR_DEPTH} levels deep, more than constrained decoding supports.`, { param });
+    throw new InvalidRequestError(`${param} is nested more than ${MAX_GRAMMAR_DEPTH} levels deep, more than constrained decoding supports.`, {
+      param,
+    });
   }
   if (size > MAX_GRAMMAR_BYTES) {
     throw new InvalidRequestError(`${param} is ${size} characters long; constrained decoding takes at most ${MAX_GRAMMAR_BYTES}.`, { param });
@@ -187,7 +189,11 @@ export class GrammarService {
   }
 
   private spawn(): void {
-    const data: GrammarThreadOptions = { vocabulary: this.options.vocabulary, stopTokenIds: this.options.stopTokenIds, whitespace: this.options.whitespace };
+    const data: GrammarThreadOptions = {
+      vocabulary: this.options.vocabulary,
+      stopTokenIds: this.options.stopTokenIds,
+      whitespace: this.options.whitespace,
+    };
     const thread = new Worker(new URL('./grammar_thread.js', import.meta.url), { workerData: data });
     this.thread = thread;
     thread.on('message', (reply: GrammarReply) => {
@@ -249,7 +255,13 @@ export class GrammarService {
     const timer = setTimeout(() => this.overran(open), this.options.compileTimeoutMs);
     timer.unref();
     this.inFlight = { open, timer };
-    this.thread.postMessage({ type: 'open', id: c.id, request: c.request, stopTokenIds: c.stopTokenIds, replay: [...c.accepted] } satisfies GrammarCall);
+    this.thread.postMessage({
+      type: 'open',
+      id: c.id,
+      request: c.request,
+      stopTokenIds: c.stopTokenIds,
+      replay: [...c.accepted],
+    } satisfies GrammarCall);
   }
 
   private overran(open: PendingOpen): void {
@@ -288,7 +300,12 @@ export class GrammarService {
       if (open.tries < 2) retry.push(open);
       else {
         this.live.delete(open.constraint.id);
-        this.settleFailure(open, new InvalidRequestError(`${open.constraint.request.param} made the grammar engine fail: ${reason}`, { param: open.constraint.request.param }));
+        this.settleFailure(
+          open,
+          new InvalidRequestError(`${open.constraint.request.param} made the grammar engine fail: ${reason}`, {
+            param: open.constraint.request.param,
+          }),
+        );
       }
     }
     const waiting = new Set(this.queue.map((p) => p.constraint));

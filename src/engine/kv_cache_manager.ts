@@ -1,6 +1,6 @@
 import type { KvBlockPool, KvBlockRef } from '../runtime/kv_block_pool.js';
 import type { KvCostModel } from '../runtime/kv_cost.js';
-import { PrefixCache, prefixKeys, type PrefixKeys } from './prefix_cache.js';
+import { PrefixCache, type PrefixKeys, prefixKeys } from './prefix_cache.js';
 import { prefillRuns } from './prompt_scores.js';
 import type { CacheableSequence } from './sequence.js';
 

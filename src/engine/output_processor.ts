@@ -43,7 +43,14 @@ export class OutputProcessor {
    * The event of token `token`, the sequence's `length`th; `ending` when it ends the
    * request (a stop id or string, the grammar's end, a length limit).
    */
-  token(token: number, logprob: TokenLogprob | null, grammarEnded: boolean, length: number, cachedTokens: number, now: number): { event: EngineEvent; ending: Ending | null } {
+  token(
+    token: number,
+    logprob: TokenLogprob | null,
+    grammarEnded: boolean,
+    length: number,
+    cachedTokens: number,
+    now: number,
+  ): { event: EngineEvent; ending: Ending | null } {
     this.generated++;
     this.firstTokenAt ??= now;
     const logprobs: TokenLogprob[] | null = logprob ? [logprob] : null;

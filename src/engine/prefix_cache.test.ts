@@ -1,8 +1,8 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { KvBlockPool } from '../runtime/kv_block_pool.js';
-import { PrefixCache, prefixKeys, type PrefixKeys } from './prefix_cache.js';
 import { ChunkGrid } from './chunk_grid.js';
+import { PrefixCache, type PrefixKeys, prefixKeys } from './prefix_cache.js';
 
 const B = 4;
 const pool = (slots: number) => new KvBlockPool({ layers: 1, planes: [{ type: 'float32', elements: 2 }] }, slots);
@@ -30,10 +30,7 @@ test('a prompt finds the whole blocks of earlier prompts it begins with, and onl
   assert.equal(cache.match(seq(8, 4), 8, 8, keys()).length, 0);
   // The limit bounds the match (the chunk holding the last prompt token is always computed).
   assert.equal(cache.match(seq(20), 7, 20, keys()).length, 1);
-  assert.deepEqual(
-    { queried: cache.stats().queriedTokens, hit: cache.stats().hitTokens },
-    { queried: 57, hit: 4 * (2 + 1 + 0 + 1) },
-  );
+  assert.deepEqual({ queried: cache.stats().queriedTokens, hit: cache.stats().hitTokens }, { queried: 57, hit: 4 * (2 + 1 + 0 + 1) });
   // Publishing the same block again takes no slot.
   assert.deepEqual(publish(cache, seq(8)), []);
 });
@@ -86,7 +83,10 @@ test('with message starts marked, blocks end where a message starts: a shared op
   const slots = cache.match(second, second.length - 1, second.length, k2);
   assert.equal(slots.length, 2);
   assert.equal(PrefixCache.covered(k2, slots.length), 6);
-  assert.deepEqual(PrefixCache.blocks(k2, slots).map((b) => b.tokens), [4, 2]);
+  assert.deepEqual(
+    PrefixCache.blocks(k2, slots).map((b) => b.tokens),
+    [4, 2],
+  );
   assert.equal(cache.stats().hitTokens, 6);
   // A warm-up's tokens end where a message is known to start: its short last chunk is whole.
   const warm = prefixKeys(true);

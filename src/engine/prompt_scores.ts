@@ -1,4 +1,4 @@
-import { tokenLogprob, type TokenLogprob } from '../runtime/sampler.js';
+import { type TokenLogprob, tokenLogprob } from '../runtime/sampler.js';
 
 /**
  * Prompt positions scored per run. Every position's logits are [tokens × vocab] floats

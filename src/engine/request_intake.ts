@@ -33,7 +33,8 @@ export class RequestIntake {
     if (req.promptIds.length === 0) throw new InvalidRequestError('The prompt is empty.', { code: 'empty_prompt' });
     if (req.maxTokens < 0) throw new Error(`maxTokens ${req.maxTokens} is negative`);
     if (req.promptLogprobs !== null && req.promptLogprobs !== undefined && !this.promptLogits) {
-      const message = "This export returns only the last position's logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.";
+      const message =
+        "This export returns only the last position's logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.";
       throw new InvalidRequestError(message, { code: 'prompt_logprobs_unavailable' });
     }
     // The one context-length check: the serving layer only fills in max_tokens when absent.

@@ -1,12 +1,12 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { QueueFullError } from '../errors.js';
 import type { KvCostModel } from '../runtime/kv_cost.js';
-import { Scheduler, type StepPlan } from './scheduler.js';
 import { ChunkGrid } from './chunk_grid.js';
 import { KvCacheManager, type Lookup } from './kv_cache_manager.js';
-import type { CacheableSequence } from './sequence.js';
 import { prefixKeys } from './prefix_cache.js';
+import { Scheduler, type StepPlan } from './scheduler.js';
+import type { CacheableSequence } from './sequence.js';
 
 // The scheduler alone, with no model: sequences are token counts, the KV cost is slots.
 const perToken: KvCostModel = { slotsFor: (lengths) => lengths.reduce((a, b) => a + b, 0) };
@@ -58,9 +58,13 @@ test('prompts prefill in fixed chunks at fixed positions, one prompt per step, F
   assert.equal(a.tokens.length, 70 + 4, 'a decoded in every step after its prompt');
 });
 
-test('with message starts marked, a prompt\'s chunks end where each message starts but an assistant\'s, and at most a chunk apart', () => {
+test("with message starts marked, a prompt's chunks end where each message starts but an assistant's, and at most a chunk apart", () => {
   const [M, A] = [999, 998];
-  const s = new Scheduler({ maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 }, new KvCacheManager(perToken), new ChunkGrid(32, new Set([M]), new Set([A])));
+  const s = new Scheduler(
+    { maxNumSeqs: 4, maxNumBatchedTokens: 32, maxQueue: 8, kvBudgetTokens: 10_000 },
+    new KvCacheManager(perToken),
+    new ChunkGrid(32, new Set([M]), new Set([A])),
+  );
   const a = seq(90);
   for (const at of [0, 40, 45, 60]) a.tokens[at] = M;
   a.tokens[61] = A;
@@ -70,7 +74,13 @@ test('with message starts marked, a prompt\'s chunks end where each message star
     const plan = step(s);
     if (plan.prefill) chunks.push([plan.prefill.start, plan.prefill.end]);
   }
-  assert.deepEqual(chunks, [[0, 32], [32, 40], [40, 45], [45, 77], [77, 90]]);
+  assert.deepEqual(chunks, [
+    [0, 32],
+    [32, 40],
+    [40, 45],
+    [45, 77],
+    [77, 90],
+  ]);
 });
 
 test('admission stops at max-num-seqs; the queue bound counts only requests that must wait', () => {
@@ -126,7 +136,10 @@ test('a sequence the caller holds back keeps its place and cache but sits out de
   s.add(a);
   s.add(b);
   for (let i = 0; i < 3; i++) step(s);
-  const plan = step(s, s.schedule((x) => x !== a));
+  const plan = step(
+    s,
+    s.schedule((x) => x !== a),
+  );
   assert.deepEqual(plan.decode, [b]);
   assert.equal(a.state, 'decode');
   assert.deepEqual(step(s).decode, [a, b]);

@@ -120,9 +120,7 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
   }
 
   private needs(extra?: { seq: S; length: number }): number[] {
-    const lengths = this.running.map((s) =>
-      extra && s === extra.seq ? extra.length : s.state === 'decode' ? s.numComputed + 1 : s.numComputed,
-    );
+    const lengths = this.running.map((s) => (extra && s === extra.seq ? extra.length : s.state === 'decode' ? s.numComputed + 1 : s.numComputed));
     if (extra && !this.running.includes(extra.seq)) lengths.push(extra.length);
     return lengths;
   }

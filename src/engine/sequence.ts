@@ -2,7 +2,7 @@ import { DEFAULT_SAMPLING } from '../runtime/sampler.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import { OutputProcessor } from './output_processor.js';
-import { prefixKeys, type PrefixKeys } from './prefix_cache.js';
+import { type PrefixKeys, prefixKeys } from './prefix_cache.js';
 import { PromptScores } from './prompt_scores.js';
 import { TokenSelector } from './token_selector.js';
 import type { GenerateRequest } from './types.js';

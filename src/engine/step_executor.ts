@@ -57,7 +57,9 @@ export class StepExecutor {
     }
     if (!plan.prefill) return { decode, prefill: null };
     const { seq, start, end } = plan.prefill;
-    const prefill = seq.prompt?.pending(end) ? await this.prefillScoring(seq, start, end) : await runner.prefill(seq.id, seq.tokens.slice(start, end));
+    const prefill = seq.prompt?.pending(end)
+      ? await this.prefillScoring(seq, start, end)
+      : await runner.prefill(seq.id, seq.tokens.slice(start, end));
     const save = plan.kv.save;
     if (save) runner.saveBlock(save.id, save.start, save.tokens, this.pool(), save.slot);
     return { decode, prefill };

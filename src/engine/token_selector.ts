@@ -1,4 +1,4 @@
-import { Sampler, tokenLogprob, type SequenceHistory, type TokenLogprob } from '../runtime/sampler.js';
+import { Sampler, type SequenceHistory, type TokenLogprob, tokenLogprob } from '../runtime/sampler.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import type { GenerateRequest } from './types.js';
 

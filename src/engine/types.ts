@@ -1,11 +1,11 @@
 import type { GrammarRequest } from '../runtime/grammar.js';
+import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 import type { GrammarStats } from './grammar_service.js';
 import type { PrefixCacheStats } from './prefix_cache.js';
-import type { SamplingParams, TokenLogprob } from '../runtime/sampler.js';
 
 // The serving layer takes these through the engine's public types, never from runtime/ itself.
 export type { GrammarRequest, GrammarSpec } from '../runtime/grammar.js';
-export { samplingDefaults, type SamplingParams, type TokenLogprob } from '../runtime/sampler.js';
+export { type SamplingParams, samplingDefaults, type TokenLogprob } from '../runtime/sampler.js';
 
 /** A generation request as the engine takes it: plain data, sent to the worker. */
 export interface GenerateRequest {

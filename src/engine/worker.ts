@@ -3,22 +3,23 @@
  * scheduler and the samplers, so model runs never block the HTTP thread. It talks to the
  * main thread only in plain messages (see `WorkerMessage` / `MainMessage`).
  */
-import { parentPort, workerData } from 'node:worker_threads';
+
 import { freemem } from 'node:os';
+import { parentPort, workerData } from 'node:worker_threads';
 import { AppError, ConfigError } from '../errors.js';
 import { readManifest } from '../export/manifest.js';
-import { createSession } from '../runtime/session.js';
+import { readGenerationConfig } from '../model/generation_config.js';
 import { FastRunner } from '../runtime/fast_runner.js';
-import { slotsForOne } from '../runtime/kv_cost.js';
+import { bytesPerBlock, KvBlockPool } from '../runtime/kv_block_pool.js';
 import { kvBudget, memoryBytes } from '../runtime/kv_budget.js';
+import { slotsForOne } from '../runtime/kv_cost.js';
+import type { ModelRunner } from '../runtime/model_runner.js';
+import { createSession } from '../runtime/session.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
-import type { ModelRunner } from '../runtime/model_runner.js';
-import { GrammarService } from './grammar_service.js';
-import { KvBlockPool, bytesPerBlock } from '../runtime/kv_block_pool.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
-import { readGenerationConfig } from '../model/generation_config.js';
 import { EngineCore } from './engine_core.js';
+import { GrammarService } from './grammar_service.js';
 import type { MainMessage, WireError, WorkerMessage, WorkerOptions } from './protocol.js';
 import type { EngineInfo, EngineLimits } from './types.js';
 
@@ -43,7 +44,9 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
   const positions = manifest.config.maxPositionEmbeddings;
   // Positions past the checkpoint's own are untrained: asking for them is a mistake to report, not to shrink quietly.
   if (options.maxModelLen !== null && options.maxModelLen > positions) {
-    throw new ConfigError(`--max-model-len ${options.maxModelLen} is more than this model's ${positions} positions (max_position_embeddings); use at most ${positions}.`);
+    throw new ConfigError(
+      `--max-model-len ${options.maxModelLen} is more than this model's ${positions} positions (max_position_embeddings); use at most ${positions}.`,
+    );
   }
   const longest = options.maxModelLen ?? positions;
   // Each layout's own cost of one sequence: the fast layout's capacity steps, the standard one's growth.
@@ -71,13 +74,20 @@ function createPrefixCachePool(runner: ModelRunner, chunk: number): { pool: KvBl
   const layout = runner.blockLayout(chunk);
   const bytes = memoryBytes(memory, freemem());
   const slots = Math.floor(bytes / bytesPerBlock(layout));
-  if (slots < 1) return { pool: null, note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)` };
+  if (slots < 1)
+    return {
+      pool: null,
+      note: `off: --prefix-cache-memory gives ${bytes} bytes, less than one ${chunk}-token block (${bytesPerBlock(layout)} bytes)`,
+    };
   return { pool: new KvBlockPool(layout, slots), note: null };
 }
 
 async function start(wake: () => void): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
-  const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, { device: options.device, threads: options.threads });
+  const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, {
+    device: options.device,
+    threads: options.threads,
+  });
   const { limits, note: limitsNote } = resolveLimits(manifest, device);
   const fastRunner = () => new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvBudgetTokens);
   // Prompts prefill apart only when the decoding buffers are prefaulted: otherwise a long

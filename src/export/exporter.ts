@@ -4,13 +4,13 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
 import { loadQwen3Config, type Qwen3Config } from '../model/config.js';
 import { SafetensorsCheckpoint } from '../model/safetensors.js';
-import { silentProgress, type Progress } from '../util/progress.js';
+import { type Progress, silentProgress } from '../util/progress.js';
+import { PACKAGE_VERSION } from '../version.js';
+import type { GraphIo, Layout } from './graph_io.js';
 import { GRAPH_REVISION, MANIFEST_FILE, MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest.js';
 import { DataType, ExternalDataWriter, GraphBuilder } from './onnx_builder.js';
-import { buildFastGraph, buildStandardGraph, type AttentionKind } from './qwen3_graph.js';
-import type { GraphIo, Layout } from './graph_io.js';
-import { INT4_BLOCK_SIZE, WeightEmitter, type ExportDtype } from './weights.js';
-import { PACKAGE_VERSION } from '../version.js';
+import { type AttentionKind, buildFastGraph, buildStandardGraph } from './qwen3_graph.js';
+import { type ExportDtype, INT4_BLOCK_SIZE, WeightEmitter } from './weights.js';
 
 export const EXPORT_DTYPES = ['fp32', 'fp16', 'int4'] as const;
 export const EXPORT_LAYOUTS = ['fast', 'standard'] as const;
@@ -111,7 +111,8 @@ function validateOptions(o: ExportOptions): ValidOptions {
   }
   const activationFp16 = dtype === 'fp16' || device === 'cuda';
   const kvDtype = o.kvDtype ?? (activationFp16 || dtype === 'int4' ? 'fp16' : 'fp32');
-  if (!['fp16', 'fp32', 'int8'].includes(kvDtype)) throw new ConfigError(`unknown KV cache dtype ${JSON.stringify(kvDtype)}; expected fp16, fp32 or int8.`);
+  if (!['fp16', 'fp32', 'int8'].includes(kvDtype))
+    throw new ConfigError(`unknown KV cache dtype ${JSON.stringify(kvDtype)}; expected fp16, fp32 or int8.`);
   const attention = o.attention ?? (device === 'cuda' ? 'gqa' : 'matmul');
   if (kvDtype === 'int8' && (layout !== 'fast' || attention !== 'matmul' || activationFp16)) {
     throw new ConfigError('--kv-dtype int8 needs the fast layout with in-place attention on the CPU, and fp32 or int4 weights.');
@@ -121,7 +122,8 @@ function validateOptions(o: ExportOptions): ValidOptions {
   }
   const level = o.int4AccuracyLevel ?? 4;
   if (![0, 1, 2, 3, 4].includes(level)) throw new ConfigError(`int4 accuracy level must be 0-4, got ${level}.`);
-  if (o.int4BlockSize !== undefined && dtype !== 'int4') throw new ConfigError(`a block size applies to int4 weights only (this export is ${dtype}).`);
+  if (o.int4BlockSize !== undefined && dtype !== 'int4')
+    throw new ConfigError(`a block size applies to int4 weights only (this export is ${dtype}).`);
   const blockSize = o.int4BlockSize ?? INT4_BLOCK_SIZE;
   if (![16, 32, 64, 128, 256].includes(blockSize)) throw new ConfigError(`int4 block size must be 16, 32, 64, 128 or 256, got ${blockSize}.`);
   return {
@@ -177,9 +179,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
     progress.start(total, `export ${o.dtype}/${o.layout}`);
     try {
       const g = new GraphBuilder(writer);
-      const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4, (name, bytes) =>
-        progress.advance(bytes, name),
-      );
+      const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4, (name, bytes) => progress.advance(bytes, name));
       io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType, o.attention) : buildStandardGraph(g, w, cfg);
       writeFileSync(join(tmp, modelRel), g.encode({ '': 17, 'com.microsoft': 1 }, 'qwen3-serve'));
     } finally {
@@ -207,7 +207,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       source: { files: await sourceFingerprint(o.modelDir, ckpt.files) },
       exporter: { name: 'qwen3-serve', version: PACKAGE_VERSION, graphRevision: GRAPH_REVISION },
     };
-    writeFileSync(join(tmp, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    writeFileSync(join(tmp, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`);
     if (existsSync(o.outDir)) rmSync(o.outDir, { recursive: true, force: true });
     renameSync(tmp, o.outDir);
     return manifest;

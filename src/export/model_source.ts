@@ -3,13 +3,13 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
-import { exportModel } from './exporter.js';
-import { GRAPH_REVISION, isExportDir, readManifest } from './manifest.js';
-import type { Layout } from './graph_io.js';
-import type { ExportDtype } from './weights.js';
+import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
 import type { Progress } from '../util/progress.js';
-import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
+import { exportModel } from './exporter.js';
+import type { Layout } from './graph_io.js';
+import { GRAPH_REVISION, isExportDir, readManifest } from './manifest.js';
+import type { ExportDtype } from './weights.js';
 
 export interface ModelSourceOptions {
   /** An export directory, a Hugging Face checkpoint directory, or undefined for the demo model. */
@@ -59,7 +59,16 @@ export function defaultCacheDir(): string {
 }
 
 /** The demo model: a small random-weight Qwen3 with the real tokenizer, built once. */
-export const DEMO_SHAPE = { hiddenSize: 256, intermediateSize: 768, numLayers: 4, numHeads: 8, numKvHeads: 4, headDim: 32, maxPositionEmbeddings: 40960, seed: 20260101 };
+export const DEMO_SHAPE = {
+  hiddenSize: 256,
+  intermediateSize: 768,
+  numLayers: 4,
+  numHeads: 8,
+  numKvHeads: 4,
+  headDim: 32,
+  maxPositionEmbeddings: 40960,
+  seed: 20260101,
+};
 export const DEMO_NAME = 'qwen3-demo-random';
 
 /**
@@ -91,7 +100,11 @@ export async function resolveModel(o: ModelSourceOptions): Promise<ResolvedModel
   if (o.model === undefined) {
     const src = join(o.cacheDir, 'checkpoints', DEMO_NAME);
     // A demo built by an earlier version with another shape is built again.
-    if (!existsSync(join(src, 'config.json')) || (JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as { max_position_embeddings?: number }).max_position_embeddings !== DEMO_SHAPE.maxPositionEmbeddings) {
+    if (
+      !existsSync(join(src, 'config.json')) ||
+      (JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as { max_position_embeddings?: number }).max_position_embeddings !==
+        DEMO_SHAPE.maxPositionEmbeddings
+    ) {
       o.log(`building the demo model (random weights, real Qwen3 tokenizer) in ${src}`);
       writeRandomCheckpoint(src, DEMO_SHAPE);
     }

@@ -33,7 +33,10 @@ export class ExternalDataWriter {
   private offset = 0;
   bytesWritten = 0;
 
-  constructor(readonly path: string, readonly location: string) {
+  constructor(
+    readonly path: string,
+    readonly location: string,
+  ) {
     this.fd = openSync(path, 'w');
   }
 
@@ -104,10 +107,9 @@ export class GraphBuilder {
     opts: { outputs?: number | string[]; attrs?: Record<string, Attr>; domain?: string; name?: string } = {},
   ): string[] {
     const id = this.counter++;
-    const outs =
-      Array.isArray(opts.outputs)
-        ? opts.outputs
-        : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${opType.toLowerCase()}_${id}_${i}`);
+    const outs = Array.isArray(opts.outputs)
+      ? opts.outputs
+      : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${opType.toLowerCase()}_${id}_${i}`);
     const attribute = Object.entries(opts.attrs ?? {}).map(([name, a]) => {
       switch (a.kind) {
         case 'int':

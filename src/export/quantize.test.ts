@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { dequantizeInt4, quantizeInt4 } from './quantize.js';
 
 test('int4 quantization packs low nibble first, zero point 8, and bounds the error', () => {

@@ -69,7 +69,7 @@ function blockError(w: Float32Array, from: number, to: number, scale: number): n
 
 function quantizeOne(v: number, inv: number): number {
   const q = Math.round(v * inv) + 8;
-  return q < 0 ? 0 : q > 15 ? 15 : q;
+  return q < 0 ? 0 : Math.min(q, 15);
 }
 
 /** The float weights an int4 tensor stands for: used by tests to bound quantization error. */

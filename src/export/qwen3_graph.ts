@@ -1,10 +1,10 @@
 import type { Qwen3Config } from '../model/config.js';
-import { DataType, float, int, ints, type ElemType, type GraphBuilder } from './onnx_builder.js';
-import type { WeightEmitter } from './weights.js';
+import { FAST_IO_NAMES, type GraphIo, STANDARD_IO_NAMES } from './graph_io.js';
 import { ioName } from './manifest.js';
-import { FAST_IO_NAMES, STANDARD_IO_NAMES, type GraphIo } from './graph_io.js';
-import { ropeTables } from './rope.js';
+import { DataType, type ElemType, float, type GraphBuilder, int, ints } from './onnx_builder.js';
 import { castToFloat, decoderLayer, embeddingAndHead, qkvProjections, quantizePerToken } from './qwen3_layers.js';
+import { ropeTables } from './rope.js';
+import type { WeightEmitter } from './weights.js';
 
 const INT64_MAX = Number.MAX_SAFE_INTEGER;
 /**
@@ -73,12 +73,19 @@ function inPlaceAttention(
   ]);
 }
 
-export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, kvType: ElemType = w.act, attention: AttentionKind = 'gqa'): GraphIo {
-  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
+export function buildFastGraph(
+  g: GraphBuilder,
+  w: WeightEmitter,
+  cfg: Qwen3Config,
+  kvType: ElemType = w.act,
+  attention: AttentionKind = 'gqa',
+): GraphIo {
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, vocabSize: V } = cfg;
   const T = kvType;
   // An int8 cache (in-place attention only) is stored quantized and attended in float32.
   const quantKv = kvType === DataType.INT8;
-  if (quantKv && (attention !== 'matmul' || w.act !== DataType.FLOAT)) throw new Error('an int8 KV cache needs in-place attention and float32 activations');
+  if (quantKv && (attention !== 'matmul' || w.act !== DataType.FLOAT))
+    throw new Error('an int8 KV cache needs in-place attention and float32 activations');
   // The type this step's keys and values take before they leave the graph (an int8 cache
   // quantizes float32 ones). GQA attends in it: an fp16 cache halves the bytes GQA copies
   // per step, and casting one step's Q/K/V costs little next to that.
@@ -96,8 +103,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   const cos = w.floatTensor('rope.cos', [cfg.maxPositionEmbeddings, HD / 2], rope.cos);
   const sin = w.floatTensor('rope.sin', [cfg.maxPositionEmbeddings, HD / 2], rope.sin);
   const eps = float(cfg.rmsNormEps);
-  const norm = (x: string, weight: string) =>
-    g.op('SimplifiedLayerNormalization', [x, weight], { epsilon: eps, axis: int(-1), stash_type: int(1) });
+  const norm = (x: string, weight: string) => g.op('SimplifiedLayerNormalization', [x, weight], { epsilon: eps, axis: int(-1), stash_type: int(1) });
   const headsShape = (n: number) => g.int64s([0, 0, n, HD]);
   const flatShape = g.int64s([0, 0, -1]);
 
@@ -217,7 +223,7 @@ export function buildFastGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
  * present.N.key/value out. transformers.js and other ONNX tools run it as is.
  */
 export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config): GraphIo {
-  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
+  const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, vocabSize: V } = cfg;
   const T = w.act;
   const groups = NH / KVH;
   const ids = g.input('input_ids', DataType.INT64, ['batch_size', 'sequence_length']);
@@ -275,8 +281,7 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
   const scale = g.constant('scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
 
   let { x, lmHead } = embeddingAndHead(g, w, cfg, ids);
-  const toHeads = (t: string, n: number) =>
-    g.op('Transpose', [g.op('Reshape', [t, g.int64s([0, 0, n, HD])])], { perm: ints([0, 2, 1, 3]) });
+  const toHeads = (t: string, n: number) => g.op('Transpose', [g.op('Reshape', [t, g.int64s([0, 0, n, HD])])], { perm: ints([0, 2, 1, 3]) });
   /** Attention of layer l over its normed input: past and present as separate tensors. */
   const attention = (h: string, l: number, prefix: string): string => {
     const pastK = g.input(ioName(STANDARD_IO_NAMES.pastKey, l), T, ['batch_size', KVH, 'past_sequence_length', HD]);

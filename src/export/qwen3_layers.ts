@@ -1,5 +1,5 @@
 import type { Qwen3Config } from '../model/config.js';
-import { DataType, int, ints, type GraphBuilder } from './onnx_builder.js';
+import { DataType, type GraphBuilder, int, ints } from './onnx_builder.js';
 import type { WeightEmitter } from './weights.js';
 
 // The pieces both layouts share (qwen3_graph.ts wires them): embedding and head, the decoder block, the projections.
@@ -19,9 +19,7 @@ export function embeddingAndHead(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Co
   // int4 exports keep the lookup table in fp16: it is the largest tensor (V × H) and a
   // lookup needs no more precision than the quantized weights around it.
   const halfTable = w.dtype === 'int4' && w.act === DataType.FLOAT;
-  const table = halfTable
-    ? w.halfTensor('model.embed_tokens.weight', [V, H], embed)
-    : w.floatTensor('model.embed_tokens.weight', [V, H], embed);
+  const table = halfTable ? w.halfTensor('model.embed_tokens.weight', [V, H], embed) : w.floatTensor('model.embed_tokens.weight', [V, H], embed);
   const gathered = g.op('Gather', [table, ids], { axis: int(0) });
   const x = halfTable ? g.op('Cast', [gathered], { to: int(DataType.FLOAT) }) : gathered;
   // Tied checkpoints reuse the embedding for lm_head: in float graphs the same initializer
@@ -44,7 +42,6 @@ export function embeddingAndHead(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Co
 export function castToFloat(g: GraphBuilder, w: WeightEmitter, x: string): string {
   return w.act === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) });
 }
-
 
 /**
  * Symmetric int8 per token and head: x [B, S, KVH, HD] float32 → values (int8, same
@@ -92,9 +89,9 @@ export function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
   const names = ['q_proj', 'k_proj', 'v_proj'] as const;
   const widths = [NH * HD, KVH * HD, KVH * HD];
   const parts = names.map((name, i) => ({ srcName: `${prefix}.self_attn.${name}.weight`, n: widths[i] }));
-  const [q, k, v] = w.linearStack(h, parts, H, `${prefix}.self_attn.qkv_proj`).map((y, i) =>
-    cfg.attentionBias ? g.op('Add', [y, w.vector(`${prefix}.self_attn.${names[i]}.bias`, widths[i])]) : y,
-  );
+  const [q, k, v] = w
+    .linearStack(h, parts, H, `${prefix}.self_attn.qkv_proj`)
+    .map((y, i) => (cfg.attentionBias ? g.op('Add', [y, w.vector(`${prefix}.self_attn.${names[i]}.bias`, widths[i])]) : y));
   return {
     q,
     k,
@@ -117,4 +114,3 @@ function mlp(g: GraphBuilder, w: WeightEmitter, h: string, prefix: string, H: nu
   const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
   return w.linear(act, `${prefix}.mlp.down_proj.weight`, H, I);
 }
-

@@ -49,4 +49,3 @@ export function ropeTables(cfg: Qwen3Config): { cos: Float32Array; sin: Float32A
   }
   return { cos, sin };
 }
-

@@ -1,6 +1,6 @@
 import { floatsToHalf } from '../model/dtype.js';
 import type { SafetensorsCheckpoint } from '../model/safetensors.js';
-import { DataType, int, type ElemType, type GraphBuilder } from './onnx_builder.js';
+import { DataType, type ElemType, type GraphBuilder, int } from './onnx_builder.js';
 import { quantizeInt4 } from './quantize.js';
 
 export type ExportDtype = 'fp32' | 'fp16' | 'int4';
@@ -8,9 +8,7 @@ export type ExportDtype = 'fp32' | 'fp16' | 'int4';
 /** Default MatMulNBits block: weights sharing one scale (ORT's quantizer and GPTQ use 32–128). */
 export const INT4_BLOCK_SIZE = 32;
 
-export interface WeightProgress {
-  (tensorName: string, bytes: number): void;
-}
+export type WeightProgress = (tensorName: string, bytes: number) => void;
 
 /** [rows, cols] row-major → [cols, rows]. */
 export function transpose(src: Float32Array, rows: number, cols: number): Float32Array {

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import cors from '@fastify/cors';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { NotFoundError } from '../errors.js';
 import type { ServingContext } from '../serving/context.js';
 import { requireApiKey } from './auth.js';
+import type { Drain } from './drain.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
 import type { ServerMetrics } from './metrics.js';
-import type { Drain } from './drain.js';
 import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
@@ -39,7 +39,13 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
 }
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
-export async function buildApp(ctx: ServingContext, http: HttpOptions, metrics: ServerMetrics, drain: Drain, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
+export async function buildApp(
+  ctx: ServingContext,
+  http: HttpOptions,
+  metrics: ServerMetrics,
+  drain: Drain,
+  logger?: FastifyBaseLogger,
+): Promise<FastifyInstance> {
   const app = Fastify({
     ...(logger ? { loggerInstance: logger } : { logger: false }),
     bodyLimit: http.bodyLimit,

@@ -19,7 +19,8 @@ export class Drain {
 
   /** Counts a request until its response is done; refuses it while draining. */
   admit(path: string, onDone: (cb: () => void) => void): void {
-    if (this.draining && !OPEN_WHILE_DRAINING.has(path)) throw new ServiceUnavailableError('The server is shutting down; retry on another replica.', 2);
+    if (this.draining && !OPEN_WHILE_DRAINING.has(path))
+      throw new ServiceUnavailableError('The server is shutting down; retry on another replica.', 2);
     this.active++;
     onDone(() => {
       this.active--;

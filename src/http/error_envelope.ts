@@ -35,7 +35,12 @@ export function toOpenAIError(err: unknown): MappedError {
   if (err instanceof AppError && err.status < 500) {
     const headers: Record<string, string> = {};
     if (err.retryAfter !== undefined) headers['retry-after'] = String(err.retryAfter);
-    return { status: err.status === 499 ? 400 : err.status, body: { error: { message: err.message, type: err.type, param: err.param, code: err.code } }, headers, internal: false };
+    return {
+      status: err.status === 499 ? 400 : err.status,
+      body: { error: { message: err.message, type: err.type, param: err.param, code: err.code } },
+      headers,
+      internal: false,
+    };
   }
   if (err instanceof AppError && (err.status === 503 || err.status === 429)) {
     return {
@@ -59,7 +64,9 @@ export function toOpenAIError(err: unknown): MappedError {
   if (err instanceof SyntaxError || (e?.statusCode !== undefined && e.statusCode >= 400 && e.statusCode < 500)) {
     return {
       status: e?.statusCode && e.statusCode >= 400 && e.statusCode < 500 ? e.statusCode : 400,
-      body: { error: { message: `Invalid request: ${e?.message ?? 'malformed body'}`, type: 'invalid_request_error', param: null, code: 'invalid_json' } },
+      body: {
+        error: { message: `Invalid request: ${e?.message ?? 'malformed body'}`, type: 'invalid_request_error', param: null, code: 'invalid_json' },
+      },
       headers: {},
       internal: false,
     };
@@ -79,14 +86,28 @@ export function frameworkError(err: { code?: string; message: string }): MappedE
     FST_ERR_MAX_PARAM_LENGTH: { status: 414, code: 'uri_too_long', message: 'A path component of the URL is too long.' },
   };
   const k = err.code ? known[err.code] : undefined;
-  if (k) return { status: k.status, body: { error: { message: k.message, type: 'invalid_request_error', param: null, code: k.code } }, headers: {}, internal: false };
+  if (k)
+    return {
+      status: k.status,
+      body: { error: { message: k.message, type: 'invalid_request_error', param: null, code: k.code } },
+      headers: {},
+      internal: false,
+    };
   return toOpenAIError(err);
 }
 
 /** Node's parser and timer errors, by code: status and what to tell the client. */
 const NODE_CLIENT_ERRORS: Record<string, { status: number; code: string; message: string }> = {
-  ERR_HTTP_REQUEST_TIMEOUT: { status: 408, code: 'request_timeout', message: 'The request was not received in time (the server\'s --request-timeout).' },
-  ERR_HTTP_HEADERS_TIMEOUT: { status: 408, code: 'request_timeout', message: 'The request headers were not received in time (the server\'s --headers-timeout).' },
+  ERR_HTTP_REQUEST_TIMEOUT: {
+    status: 408,
+    code: 'request_timeout',
+    message: "The request was not received in time (the server's --request-timeout).",
+  },
+  ERR_HTTP_HEADERS_TIMEOUT: {
+    status: 408,
+    code: 'request_timeout',
+    message: "The request headers were not received in time (the server's --headers-timeout).",
+  },
   HPE_HEADER_OVERFLOW: { status: 431, code: 'headers_too_large', message: 'The request headers are too large.' },
   HPE_URI_TOO_LONG: { status: 414, code: 'uri_too_long', message: 'The URL is too long.' },
 };

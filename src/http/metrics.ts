@@ -54,7 +54,9 @@ export class ServerMetrics {
     // vLLM's older name for the same gauge, still read by some routers.
     if (compat === 'vllm') gauge('', 'Fraction of the KV cache budget holding cached tokens (1 = full).', usage, ['vllm:gpu_cache_usage_perc']);
     gauge('kv_cache_bytes', 'Bytes currently allocated for the KV cache.', async () => (await stats()).kvBytes, ['qwen3_serve_kv_cache_bytes']);
-    gauge('engine_up', '1 when the engine is ready, 0 while loading, restarting or down.', () => (engine.state === 'ready' ? 1 : 0), ['qwen3_serve_engine_up']);
+    gauge('engine_up', '1 when the engine is ready, 0 while loading, restarting or down.', () => (engine.state === 'ready' ? 1 : 0), [
+      'qwen3_serve_engine_up',
+    ]);
     // Prefix caching, counted in the engine: vLLM's prefix_cache_queries / _hits in tokens.
     const prefix = async () => (await stats()).prefixCache;
     const engineCounter = (name: string, help: string, value: () => Promise<number>, names = prefixes.map((p) => p + name)) => {
@@ -72,15 +74,32 @@ export class ServerMetrics {
       }
     };
     engineCounter('prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache.', async () => (await prefix())?.queriedTokens ?? 0);
-    engineCounter('prefix_cache_hits_total', 'Prompt tokens served from the prefix cache (not computed).', async () => (await prefix())?.hitTokens ?? 0);
+    engineCounter(
+      'prefix_cache_hits_total',
+      'Prompt tokens served from the prefix cache (not computed).',
+      async () => (await prefix())?.hitTokens ?? 0,
+    );
     // Ours alone (vLLM has no such work), so under our name only.
-    engineCounter('', 'Prompt tokens computed ahead, while the engine was idle, for conversations\' next turns (--no-warm-next-turn turns it off).', async () => (await stats()).warmedTokensTotal, [
-      'qwen3_serve_prefix_cache_warmed_tokens_total',
-    ]);
+    engineCounter(
+      '',
+      "Prompt tokens computed ahead, while the engine was idle, for conversations' next turns (--no-warm-next-turn turns it off).",
+      async () => (await stats()).warmedTokensTotal,
+      ['qwen3_serve_prefix_cache_warmed_tokens_total'],
+    );
     gauge('prefix_cache_bytes', 'Bytes the prefix cache holds.', async () => (await prefix())?.bytes ?? 0, ['qwen3_serve_prefix_cache_bytes']);
-    gauge('prefix_cache_capacity_bytes', 'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).', async () => (await prefix())?.capacityBytes ?? 0, ['qwen3_serve_prefix_cache_capacity_bytes']);
+    gauge(
+      'prefix_cache_capacity_bytes',
+      'Bytes the prefix cache may hold (--prefix-cache-memory; 0 when off).',
+      async () => (await prefix())?.capacityBytes ?? 0,
+      ['qwen3_serve_prefix_cache_capacity_bytes'],
+    );
     gauge('prefix_cache_blocks', 'Blocks in the prefix cache.', async () => (await prefix())?.blocks ?? 0, ['qwen3_serve_prefix_cache_blocks']);
-    gauge('prefix_cache_block_tokens', 'Most tokens in a prefix cache block (the prefill chunk, which also ends where a system, user or tool message starts; 0 when off).', async () => (await prefix())?.blockTokens ?? 0, ['qwen3_serve_prefix_cache_block_tokens']);
+    gauge(
+      'prefix_cache_block_tokens',
+      'Most tokens in a prefix cache block (the prefill chunk, which also ends where a system, user or tool message starts; 0 when off).',
+      async () => (await prefix())?.blockTokens ?? 0,
+      ['qwen3_serve_prefix_cache_block_tokens'],
+    );
     // vLLM's cache_config_info, read by inference gateways' prefix-aware routing: the block
     // size and block count of the prefix cache (the running sequences' cache is not paged).
     for (const name of prefixes.map((p) => `${p}cache_config_info`)) {
@@ -103,12 +122,23 @@ export class ServerMetrics {
     this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('generation_tokens_total', 'Tokens generated.');
     this.requestSuccess = prefixes.map(
-      (p) => new client.Counter({ name: `${p}request_success_total`, help: 'Finished requests by finish reason.', labelNames: ['finished_reason'], registers }),
+      (p) =>
+        new client.Counter({
+          name: `${p}request_success_total`,
+          help: 'Finished requests by finish reason.',
+          labelNames: ['finished_reason'],
+          registers,
+        }),
     );
-    const histogram = (name: string, help: string, buckets: number[]) => prefixes.map((p) => new client.Histogram({ name: `${p}${name}`, help, buckets, registers }));
+    const histogram = (name: string, help: string, buckets: number[]) =>
+      prefixes.map((p) => new client.Histogram({ name: `${p}${name}`, help, buckets, registers }));
     const latency = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80];
     this.ttft = histogram('time_to_first_token_seconds', 'Time to first token.', latency);
-    this.tpot = histogram('time_per_output_token_seconds', 'Mean time per output token after the first, per request.', [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5]);
+    this.tpot = histogram(
+      'time_per_output_token_seconds',
+      'Mean time per output token after the first, per request.',
+      [0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5],
+    );
     this.e2e = histogram('e2e_request_latency_seconds', 'End-to-end request latency.', latency);
     this.queueTime = histogram('request_queue_time_seconds', 'Time spent waiting for a batch slot.', latency);
   }

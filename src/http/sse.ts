@@ -102,7 +102,8 @@ export function streamResponse(request: FastifyRequest, reply: FastifyReply, opt
       } else {
         const mapped = toOpenAIError(err);
         if (mapped.internal) request.log.error({ err }, 'error while streaming');
-        if (framing === 'responses') sse.send({ type: 'error', code: mapped.body.error.code, message: mapped.body.error.message, param: mapped.body.error.param }, 'error');
+        if (framing === 'responses')
+          sse.send({ type: 'error', code: mapped.body.error.code, message: mapped.body.error.message, param: mapped.body.error.param }, 'error');
         else sse.send(mapped.body);
       }
     }

@@ -1,8 +1,8 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { ModelFormatError } from '../errors.js';
-import { parseQwen3Config } from './config.js';
 import { ropeInverseFrequencies } from '../export/rope.js';
+import { parseQwen3Config } from './config.js';
 
 // Qwen3-0.6B's config.json, abridged to what the parser reads.
 const qwen3 = {
@@ -49,7 +49,10 @@ test('transformers v5 configs: rope_theta and the scaling under rope_parameters'
   const plain = parseQwen3Config({ ...v5, rope_parameters: { rope_type: 'default', rope_theta: 10000 } });
   assert.equal(plain.ropeTheta, 10000);
   assert.equal(plain.ropeScaling, null);
-  const yarn = parseQwen3Config({ ...v5, rope_parameters: { rope_type: 'yarn', rope_theta: 1000000, factor: 4, original_max_position_embeddings: 32768 } });
+  const yarn = parseQwen3Config({
+    ...v5,
+    rope_parameters: { rope_type: 'yarn', rope_theta: 1000000, factor: 4, original_max_position_embeddings: 32768 },
+  });
   assert.equal(yarn.ropeScaling?.type, 'yarn');
   assert.equal(yarn.maxPositionEmbeddings, 131072);
 });
@@ -63,19 +66,36 @@ test('rope_scaling that cannot be baked into an export is refused by name', () =
     ['yarn', /rope_scaling/],
   ];
   for (const [scaling, pattern] of cases) {
-    assert.throws(() => parseQwen3Config({ ...qwen3, rope_scaling: scaling }), (err: unknown) => err instanceof ModelFormatError && pattern.test(err.message), JSON.stringify(scaling));
+    assert.throws(
+      () => parseQwen3Config({ ...qwen3, rope_scaling: scaling }),
+      (err: unknown) => err instanceof ModelFormatError && pattern.test(err.message),
+      JSON.stringify(scaling),
+    );
   }
 });
 
-test('YaRN inverse frequencies equal transformers\' formula (values computed separately, in Python)', () => {
+test("YaRN inverse frequencies equal transformers' formula (values computed separately, in Python)", () => {
   const cfg = parseQwen3Config({ ...qwen3, rope_scaling: { rope_type: 'yarn', factor: 4.0, original_max_position_embeddings: 32768 } });
   const f = ropeInverseFrequencies(cfg);
   // Dimensions below the correction range (23) keep their frequency, above it (40) are divided by 4.
-  const expected: Record<number, number> = { 0: 1, 10: 0.1154781984689458, 16: 0.03162277660168379, 20: 0.01333521432163324, 30: 0.0010643609812470017, 40: 4.445698525097307e-5, 63: 3.102344401879299e-7 };
+  const expected: Record<number, number> = {
+    0: 1,
+    10: 0.1154781984689458,
+    16: 0.03162277660168379,
+    20: 0.01333521432163324,
+    30: 0.0010643609812470017,
+    40: 4.445698525097307e-5,
+    63: 3.102344401879299e-7,
+  };
   for (const [i, v] of Object.entries(expected)) assert.ok(Math.abs(f[Number(i)] - v) <= v * 1e-12, `dim ${i}: ${f[Number(i)]} vs ${v}`);
-  const small = ropeInverseFrequencies({ headDim: 32, ropeTheta: 10000, ropeScaling: { type: 'yarn', factor: 8, originalMaxPositionEmbeddings: 64, attentionFactor: 1, betaFast: 32, betaSlow: 1, truncate: true } });
+  const small = ropeInverseFrequencies({
+    headDim: 32,
+    ropeTheta: 10000,
+    ropeScaling: { type: 'yarn', factor: 8, originalMaxPositionEmbeddings: 64, attentionFactor: 1, betaFast: 32, betaSlow: 1, truncate: true },
+  });
   const expectedSmall: Record<number, number> = { 0: 1, 3: 0.08446827197684882, 5: 0.007029266564879363, 8: 0.00125, 15: 2.2228492625486534e-5 };
-  for (const [i, v] of Object.entries(expectedSmall)) assert.ok(Math.abs(small[Number(i)] - v) <= v * 1e-12, `small dim ${i}: ${small[Number(i)]} vs ${v}`);
+  for (const [i, v] of Object.entries(expectedSmall))
+    assert.ok(Math.abs(small[Number(i)] - v) <= v * 1e-12, `small dim ${i}: ${small[Number(i)]} vs ${v}`);
   const linear = ropeInverseFrequencies({ headDim: 128, ropeTheta: 1e6, ropeScaling: { type: 'linear', factor: 2 } });
   assert.ok(Math.abs(linear[10] - 0.1154781984689458 / 2) < 1e-15);
 });

@@ -1,4 +1,4 @@
-import { readFileSync, existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelFormatError } from '../errors.js';
@@ -154,9 +154,7 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
   if (!(ropeTheta > 0)) throw new ModelFormatError(`${source}: rope_theta must be positive.`);
   const numKvHeads = c.num_key_value_heads ?? c.num_attention_heads;
   if (c.num_attention_heads % numKvHeads !== 0) {
-    throw new ModelFormatError(
-      `${source}: num_attention_heads (${c.num_attention_heads}) is not a multiple of num_key_value_heads (${numKvHeads}).`,
-    );
+    throw new ModelFormatError(`${source}: num_attention_heads (${c.num_attention_heads}) is not a multiple of num_key_value_heads (${numKvHeads}).`);
   }
   const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) {

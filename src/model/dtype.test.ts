@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { decodeToFloat32, floatToBf16, floatToHalf, halfToFloat } from './dtype.js';
 
 test('half conversion rounds to nearest even and keeps specials', () => {
@@ -11,7 +11,7 @@ test('half conversion rounds to nearest even and keeps specials', () => {
     [65504, 0x7bff],
     [65520, 0x7c00], // rounds up to infinity
     [Infinity, 0x7c00],
-    [5.960464477539063e-8, 0x0001], // smallest subnormal
+    [2 ** -24, 0x0001], // smallest subnormal
     [1 + 2 ** -11, 0x3c00], // tie → even
     [1 + 3 * 2 ** -11, 0x3c02], // tie → even (up)
   ];

@@ -33,14 +33,14 @@ export function floatToHalf(value: number): number {
     const halfMant = mant >> shift;
     const rem = mant & ((1 << shift) - 1);
     const mid = 1 << (shift - 1);
-    const rounded = rem > mid || (rem === mid && (halfMant & 1)) ? halfMant + 1 : halfMant;
+    const rounded = rem > mid || (rem === mid && halfMant & 1) ? halfMant + 1 : halfMant;
     return sign | rounded;
   }
   const halfMant = mant >> 13;
   const rem = mant & 0x1fff;
   let out = (e << 10) | halfMant;
   // A carry out of the mantissa correctly bumps the exponent (up to infinity).
-  if (rem > 0x1000 || (rem === 0x1000 && (halfMant & 1))) out += 1;
+  if (rem > 0x1000 || (rem === 0x1000 && halfMant & 1)) out += 1;
   return sign | out;
 }
 

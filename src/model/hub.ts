@@ -21,11 +21,16 @@ export interface HubOptions {
   attempts?: number;
 }
 
-export const HUB_REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+(@[\w.\/-]+)?$/;
+export const HUB_REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+(@[\w./-]+)?$/;
 
 /** Files a Qwen3 checkpoint needs; everything else in the repo is skipped. */
 function wanted(name: string): boolean {
-  return /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map)\.json$/.test(name) || /^model.*\.safetensors(\.index\.json)?$/.test(name) || name === 'vocab.json' || name === 'merges.txt';
+  return (
+    /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map)\.json$/.test(name) ||
+    /^model.*\.safetensors(\.index\.json)?$/.test(name) ||
+    name === 'vocab.json' ||
+    name === 'merges.txt'
+  );
 }
 
 function headers(o: HubOptions, extra: Record<string, string> = {}): Record<string, string> {
@@ -35,7 +40,8 @@ function headers(o: HubOptions, extra: Record<string, string> = {}): Record<stri
 async function listFiles(o: HubOptions, endpoint: string, revision: string): Promise<Array<{ name: string; size: number | null }>> {
   const url = `${endpoint}/api/models/${o.repo}/revision/${encodeURIComponent(revision)}`;
   const res = await fetch(url, { headers: headers(o) });
-  if (res.status === 401 || res.status === 403) throw new ModelFormatError(`the Hub refused ${o.repo} (${res.status}): set HF_TOKEN for gated or private models.`);
+  if (res.status === 401 || res.status === 403)
+    throw new ModelFormatError(`the Hub refused ${o.repo} (${res.status}): set HF_TOKEN for gated or private models.`);
   if (res.status === 404) throw new ModelFormatError(`the Hub has no model ${o.repo} at revision ${revision}.`);
   if (!res.ok) throw new ModelFormatError(`listing ${o.repo} on the Hub failed: HTTP ${res.status}.`);
   const info = (await res.json()) as { siblings?: Array<{ rfilename: string; size?: number }> };

@@ -1,8 +1,8 @@
 import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { floatToBf16, floatToHalf } from './dtype.js';
 import { mulberry32 } from '../util/random.js';
+import { floatToBf16, floatToHalf } from './dtype.js';
 
 /** The real Qwen3 tokenizer files, shipped with the package. */
 export const TOKENIZER_ASSETS = fileURLToPath(new URL('../../../assets/tokenizer/', import.meta.url));
@@ -45,7 +45,6 @@ export const QWEN3_0_6B_SHAPE: RandomCheckpointOptions = {
   tieWordEmbeddings: true,
   maxPositionEmbeddings: 40960,
 };
-
 
 function normal(rand: () => number): number {
   // Box–Muller; 1 - u keeps log away from 0.
@@ -187,7 +186,11 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
   writeFileSync(
     join(dir, 'generation_config.json'),
-    JSON.stringify({ bos_token_id: 151643, eos_token_id: [151645, 151643], pad_token_id: 151643, do_sample: true, temperature: 0.6, top_p: 0.95, top_k: 20 }, null, 2),
+    JSON.stringify(
+      { bos_token_id: 151643, eos_token_id: [151645, 151643], pad_token_id: 151643, do_sample: true, temperature: 0.6, top_p: 0.95, top_k: 20 },
+      null,
+      2,
+    ),
   );
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER_ASSETS, f), join(dir, f));
 }

@@ -1,8 +1,8 @@
 import { closeSync, existsSync, fstatSync, openSync, readdirSync, readSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { ModelFormatError } from '../errors.js';
-import { decodeToFloat32, SOURCE_DTYPE_BYTES, type SourceDtype } from './dtype.js';
 import { readJsonFile } from './config.js';
+import { decodeToFloat32, SOURCE_DTYPE_BYTES, type SourceDtype } from './dtype.js';
 
 export interface TensorInfo {
   name: string;
@@ -59,9 +59,7 @@ export function readSafetensorsHeader(file: string): TensorInfo[] {
         throw new ModelFormatError(`${file}: tensor ${name} has ${e - b} bytes but shape [${shape}] needs ${expected}.`);
       }
       if (dataStart + e > size) {
-        throw new ModelFormatError(
-          `${file} is truncated: tensor ${name} ends at byte ${dataStart + e} but the file has ${size} bytes.`,
-        );
+        throw new ModelFormatError(`${file} is truncated: tensor ${name} ends at byte ${dataStart + e} but the file has ${size} bytes.`);
       }
       out.push({ name, dtype, shape, file, start: dataStart + b, end: dataStart + e });
     }
@@ -111,9 +109,7 @@ export class SafetensorsCheckpoint {
     const t = this.tensors.get(name);
     if (!t) throw new ModelFormatError(`checkpoint is missing tensor ${name}.`);
     if (expectedShape && (t.shape.length !== expectedShape.length || t.shape.some((d, i) => d !== expectedShape[i]))) {
-      throw new ModelFormatError(
-        `tensor ${name} has shape [${t.shape}] but config.json implies [${expectedShape}].`,
-      );
+      throw new ModelFormatError(`tensor ${name} has shape [${t.shape}] but config.json implies [${expectedShape}].`);
     }
     return t;
   }

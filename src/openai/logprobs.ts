@@ -80,4 +80,3 @@ export function promptScores(promptIds: number[], ev: EngineEvent, n: number): S
     return { id, lp: lp && { ...lp, top: lp.top.slice(0, n) } };
   });
 }
-

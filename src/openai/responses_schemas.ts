@@ -22,14 +22,23 @@ const functionCallItem = z
 const outputValue = z.union([z.string(), z.array(textPart)]);
 const functionOutputItem = z.object({ type: z.literal('function_call_output'), call_id: z.string().min(1), output: outputValue }).passthrough();
 const customCallItem = z
-  .object({ type: z.literal('custom_tool_call'), call_id: z.string().min(1), name: z.string().min(1), namespace: z.string().nullable().optional(), input: z.string() })
+  .object({
+    type: z.literal('custom_tool_call'),
+    call_id: z.string().min(1),
+    name: z.string().min(1),
+    namespace: z.string().nullable().optional(),
+    input: z.string(),
+  })
   .passthrough();
 const customOutputItem = z.object({ type: z.literal('custom_tool_call_output'), call_id: z.string().min(1), output: outputValue }).passthrough();
 const reasoningItem = z
   .object({
     type: z.literal('reasoning'),
     encrypted_content: z.string().nullable().optional(),
-    content: z.array(z.object({ type: z.string(), text: z.string().optional() }).passthrough()).nullable().optional(),
+    content: z
+      .array(z.object({ type: z.string(), text: z.string().optional() }).passthrough())
+      .nullable()
+      .optional(),
   })
   .passthrough();
 const inputItem = z.union([functionCallItem, functionOutputItem, customCallItem, customOutputItem, reasoningItem, messageItem]);
@@ -45,11 +54,24 @@ const functionTool = z
   })
   .passthrough();
 const customTool = z
-  .object({ type: z.literal('custom'), name: z.string().min(1).max(128), description: z.string().nullable().optional(), format: z.record(z.string(), z.unknown()).optional() })
+  .object({
+    type: z.literal('custom'),
+    name: z.string().min(1).max(128),
+    description: z.string().nullable().optional(),
+    format: z.record(z.string(), z.unknown()).optional(),
+  })
   .passthrough();
 /** A namespace groups function and custom tools; the model calls them as `namespace.name`. */
 const namespaceTool = z
-  .object({ type: z.literal('namespace'), name: z.string().min(1).max(64), description: z.string().nullable().optional(), tools: z.array(z.union([functionTool, customTool])).min(1).max(128) })
+  .object({
+    type: z.literal('namespace'),
+    name: z.string().min(1).max(64),
+    description: z.string().nullable().optional(),
+    tools: z
+      .array(z.union([functionTool, customTool]))
+      .min(1)
+      .max(128),
+  })
   .passthrough();
 /** OpenAI's tool types this server cannot run: left out, never refused. */
 export const UNSERVED_TOOL_TYPES: ReadonlySet<string> = new Set([
@@ -76,7 +98,8 @@ const unservedTool = z
   .object({ type: z.string() })
   .passthrough()
   .superRefine((t, c) => {
-    if (!UNSERVED_TOOL_TYPES.has(t.type)) c.addIssue({ code: 'custom', path: ['type'], message: `tools of type '${t.type}' are not supported; use function, custom or namespace tools` });
+    if (!UNSERVED_TOOL_TYPES.has(t.type))
+      c.addIssue({ code: 'custom', path: ['type'], message: `tools of type '${t.type}' are not supported; use function, custom or namespace tools` });
   });
 const tool = z.union([functionTool, customTool, namespaceTool, unservedTool]);
 export type FunctionToolSpec = z.infer<typeof functionTool>;
@@ -105,7 +128,11 @@ export const responsesRequestSchema = z.object({
     .union([
       z.enum(['auto', 'none', 'required']),
       z.object({ type: z.enum(['function', 'custom']), name: z.string().min(1), namespace: z.string().nullable().optional() }).passthrough(),
-      z.object({ type: z.literal('allowed_tools'), mode: z.enum(['auto', 'required']), tools: z.array(z.object({ type: z.string(), name: z.string().optional() }).passthrough()).max(512) }),
+      z.object({
+        type: z.literal('allowed_tools'),
+        mode: z.enum(['auto', 'required']),
+        tools: z.array(z.object({ type: z.string(), name: z.string().optional() }).passthrough()).max(512),
+      }),
       z.object({ type: z.string().min(1) }).passthrough(),
     ])
     .nullable()

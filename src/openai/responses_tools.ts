@@ -81,7 +81,10 @@ function toolChoice(choice: ResponsesRequest['tool_choice'], targets: Map<string
   const c = choice as { type: string; name?: string; namespace?: string; mode?: string; tools?: Array<{ type: string; name?: string }> };
   if (c.type === 'function' || c.type === 'custom') return named(c.name ?? '', c.namespace);
   if (c.type === 'allowed_tools') return c.mode === 'required' ? 'required' : 'auto';
-  throw new InvalidRequestError(`tool_choice names a '${c.type}' tool, which this server cannot run (only function, custom and namespace tools run here).`, { param: 'tool_choice' });
+  throw new InvalidRequestError(
+    `tool_choice names a '${c.type}' tool, which this server cannot run (only function, custom and namespace tools run here).`,
+    { param: 'tool_choice' },
+  );
 }
 
 /** `allowed_tools` keeps only the tools it lists. */

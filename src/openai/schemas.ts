@@ -5,16 +5,18 @@ import { messageSchema, promptLogprobsNotStreamed, samplingFields, toolSchema } 
 
 const tokenIds = z.array(z.number().int().min(0)).min(1);
 
-export const completionRequestSchema = z.object({
-  ...samplingFields,
-  prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)]),
-  // 0 is the prompt alone, with echo (lm-eval's log-likelihood requests); checked in the route.
-  max_tokens: z.number().int().min(0).max(1_000_000).nullable().optional(),
-  echo: z.boolean().nullable().optional(),
-  logprobs: z.number().int().min(0).max(20).nullable().optional(),
-  suffix: z.string().nullable().optional(),
-  best_of: z.number().int().min(1).max(16).nullable().optional(),
-}).superRefine(promptLogprobsNotStreamed);
+export const completionRequestSchema = z
+  .object({
+    ...samplingFields,
+    prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)]),
+    // 0 is the prompt alone, with echo (lm-eval's log-likelihood requests); checked in the route.
+    max_tokens: z.number().int().min(0).max(1_000_000).nullable().optional(),
+    echo: z.boolean().nullable().optional(),
+    logprobs: z.number().int().min(0).max(20).nullable().optional(),
+    suffix: z.string().nullable().optional(),
+    best_of: z.number().int().min(1).max(16).nullable().optional(),
+  })
+  .superRefine(promptLogprobsNotStreamed);
 
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 

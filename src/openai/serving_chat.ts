@@ -35,7 +35,8 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
     const f = ctx.options.reasoningField;
     return f === 'both' ? { reasoning_content: text, reasoning: text } : { [f]: text };
   };
-  const toolCallsJson = (calls: ChatChoice['toolCalls']) => calls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } }));
+  const toolCallsJson = (calls: ChatChoice['toolCalls']) =>
+    calls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } }));
   const promptScores = () => choices[0].promptLogprobs;
 
   if (!req.stream) {
@@ -61,26 +62,43 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
           finish_reason: c.finishReason,
           stop_reason: c.finish?.stopReason ?? null,
         })),
-        ...(req.prompt_logprobs != null ? { prompt_logprobs: promptScores() ? vllmPromptLogprobs(ctx, promptScores()!, req.prompt_logprobs) : null } : {}),
+        ...(req.prompt_logprobs != null
+          ? { prompt_logprobs: promptScores() ? vllmPromptLogprobs(ctx, promptScores()!, req.prompt_logprobs) : null }
+          : {}),
         usage: usage(),
       },
     };
   }
 
   const includeUsage = req.stream_options?.include_usage ?? false;
-  const chunk = (part: unknown) => ({ id, object: 'chat.completion.chunk', created, model, choices: [part], ...(includeUsage ? { usage: null } : {}) });
+  const chunk = (part: unknown) => ({
+    id,
+    object: 'chat.completion.chunk',
+    created,
+    model,
+    choices: [part],
+    ...(includeUsage ? { usage: null } : {}),
+  });
   return {
     produce: async (send) => {
       for (const c of choices) send(chunk({ index: c.index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }));
       await session.runAll((c, d) => {
-            const delta: Record<string, unknown> = {};
-            if (d.reasoning) Object.assign(delta, reasoningFields(d.reasoning));
-            if (d.content) delta.content = d.content;
-            if (d.toolCalls.length > 0) delta.tool_calls = d.toolCalls.map((t) => ({ index: t.index, ...toolCallsJson([t])[0] }));
-            if (Object.keys(delta).length > 0 || d.logprobs) {
-              send(chunk({ index: c.index, delta, logprobs: d.logprobs ? { content: chatLogprobs(ctx, d.logprobs, asIds), refusal: null } : null, finish_reason: null }));
-            }
-            if (c.finish) send(chunk({ index: c.index, delta: {}, logprobs: null, finish_reason: c.finishReason, stop_reason: c.finish.stopReason ?? null }));
+        const delta: Record<string, unknown> = {};
+        if (d.reasoning) Object.assign(delta, reasoningFields(d.reasoning));
+        if (d.content) delta.content = d.content;
+        if (d.toolCalls.length > 0) delta.tool_calls = d.toolCalls.map((t) => ({ index: t.index, ...toolCallsJson([t])[0] }));
+        if (Object.keys(delta).length > 0 || d.logprobs) {
+          send(
+            chunk({
+              index: c.index,
+              delta,
+              logprobs: d.logprobs ? { content: chatLogprobs(ctx, d.logprobs, asIds), refusal: null } : null,
+              finish_reason: null,
+            }),
+          );
+        }
+        if (c.finish)
+          send(chunk({ index: c.index, delta: {}, logprobs: null, finish_reason: c.finishReason, stop_reason: c.finish.stopReason ?? null }));
       });
       if (includeUsage) send({ id, object: 'chat.completion.chunk', created, model, choices: [], usage: usage() });
     },

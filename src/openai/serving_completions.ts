@@ -1,11 +1,21 @@
-import { InvalidRequestError } from '../errors.js';
 import type { EngineEvent } from '../engine/types.js';
+import { InvalidRequestError } from '../errors.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkModel, checkTokenIds, engineRequest, newId, parseBody, resolveMaxTokens, samplingParams, submitAll, unixNow } from '../serving/request.js';
+import {
+  checkModel,
+  checkTokenIds,
+  engineRequest,
+  newId,
+  parseBody,
+  resolveMaxTokens,
+  samplingParams,
+  submitAll,
+  unixNow,
+} from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import { grammarRequest } from '../serving/structured_output.js';
-import { generated, legacyLogprobs, promptScores, vllmPromptLogprobs, type ScoredToken } from './logprobs.js';
-import { completionRequestSchema, type CompletionRequest } from './schemas.js';
+import { generated, legacyLogprobs, promptScores, type ScoredToken, vllmPromptLogprobs } from './logprobs.js';
+import { type CompletionRequest, completionRequestSchema } from './schemas.js';
 
 /** Every form of `prompt` as token-id lists. */
 async function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt']): Promise<number[][]> {
@@ -69,7 +79,12 @@ export async function serveCompletions(ctx: ServingContext, input: unknown, sign
     const completion = state.reduce((s, c) => s + c.tokens, 0);
     // Each prompt's first choice ran it; the others share its blocks.
     const cached = state.reduce((s, c, i) => s + (i % n === 0 ? (c.finish?.metrics?.cachedTokens ?? 0) : 0), 0);
-    return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion, prompt_tokens_details: { cached_tokens: cached } };
+    return {
+      prompt_tokens: prompt,
+      completion_tokens: completion,
+      total_tokens: prompt + completion,
+      prompt_tokens_details: { cached_tokens: cached },
+    };
   };
   const account = (i: number, ev: EngineEvent) => {
     state[i].tokens += ev.tokenIds.length;
@@ -98,54 +113,65 @@ export async function serveCompletions(ctx: ServingContext, input: unknown, sign
       }),
     );
     if (signal.aborted) return { body: null };
-    return { body: {
-      id,
-      object: 'text_completion',
-      created,
-      model,
-      choices: state.map((c, i) => ({
-        index: i,
-        text: echoText(i) + c.text,
-        // With echo the prompt's tokens lead (scored), so offsets start at 0 either way.
-        logprobs: logprobs === null ? null : legacyLogprobs(ctx, c.logprobs, asIds, 0),
-        finish_reason: reason(i),
-        stop_reason: c.finish?.stopReason ?? null,
-        ...(req.prompt_logprobs != null ? { prompt_logprobs: c.prompt ? vllmPromptLogprobs(ctx, c.prompt, req.prompt_logprobs) : null } : {}),
-      })),
-      usage: usage(),
-    } };
+    return {
+      body: {
+        id,
+        object: 'text_completion',
+        created,
+        model,
+        choices: state.map((c, i) => ({
+          index: i,
+          text: echoText(i) + c.text,
+          // With echo the prompt's tokens lead (scored), so offsets start at 0 either way.
+          logprobs: logprobs === null ? null : legacyLogprobs(ctx, c.logprobs, asIds, 0),
+          finish_reason: reason(i),
+          stop_reason: c.finish?.stopReason ?? null,
+          ...(req.prompt_logprobs != null ? { prompt_logprobs: c.prompt ? vllmPromptLogprobs(ctx, c.prompt, req.prompt_logprobs) : null } : {}),
+        })),
+        usage: usage(),
+      },
+    };
   }
 
   const includeUsage = req.stream_options?.include_usage ?? false;
   const chunk = (choice: unknown) => ({ id, object: 'text_completion', created, model, choices: [choice], ...(includeUsage ? { usage: null } : {}) });
-  return { produce: async (send) => {
-    await Promise.all(
-      streams.map(async (s, i) => {
-        let offset = 0;
-        /** Sends the echoed prompt, with its scores when asked (they come with the first event). */
-        const sendEcho = (first: EngineEvent | null) => {
-          const echo = echoText(i);
-          const lps = first ? legacyLogprobs(ctx, promptScores(requests[i].promptIds, first, logprobs!), asIds, 0) : null;
-          send(chunk({ index: i, text: echo, logprobs: lps, finish_reason: null }));
-          offset = echo.length;
-        };
-        if (req.echo && !scorePrompt) sendEcho(null);
-        let first = true;
-        for await (const ev of s) {
-                      if (first && scorePrompt) sendEcho(ev);
-          first = false;
-          account(i, ev);
-          if (ev.finishReason) {
-            send(chunk({ index: i, text: ev.text, logprobs: null, finish_reason: reason(i), stop_reason: ev.stopReason }));
-            continue;
+  return {
+    produce: async (send) => {
+      await Promise.all(
+        streams.map(async (s, i) => {
+          let offset = 0;
+          /** Sends the echoed prompt, with its scores when asked (they come with the first event). */
+          const sendEcho = (first: EngineEvent | null) => {
+            const echo = echoText(i);
+            const lps = first ? legacyLogprobs(ctx, promptScores(requests[i].promptIds, first, logprobs!), asIds, 0) : null;
+            send(chunk({ index: i, text: echo, logprobs: lps, finish_reason: null }));
+            offset = echo.length;
+          };
+          if (req.echo && !scorePrompt) sendEcho(null);
+          let first = true;
+          for await (const ev of s) {
+            if (first && scorePrompt) sendEcho(ev);
+            first = false;
+            account(i, ev);
+            if (ev.finishReason) {
+              send(chunk({ index: i, text: ev.text, logprobs: null, finish_reason: reason(i), stop_reason: ev.stopReason }));
+              continue;
+            }
+            // A prompt-only event (max_tokens 0) has nothing of its own to send.
+            if (ev.tokenIds.length === 0 && ev.text === '') continue;
+            send(
+              chunk({
+                index: i,
+                text: ev.text,
+                logprobs: logprobs === null || !ev.logprobs ? null : legacyLogprobs(ctx, generated(ev.logprobs), asIds, offset),
+                finish_reason: null,
+              }),
+            );
+            offset += ev.text.length;
           }
-          // A prompt-only event (max_tokens 0) has nothing of its own to send.
-          if (ev.tokenIds.length === 0 && ev.text === '') continue;
-          send(chunk({ index: i, text: ev.text, logprobs: logprobs === null || !ev.logprobs ? null : legacyLogprobs(ctx, generated(ev.logprobs), asIds, offset), finish_reason: null }));
-          offset += ev.text.length;
-        }
-      }),
-    );
-    if (includeUsage) send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
-  } };
+        }),
+      );
+      if (includeUsage) send({ id, object: 'text_completion', created, model, choices: [], usage: usage() });
+    },
+  };
 }

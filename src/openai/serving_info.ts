@@ -30,7 +30,13 @@ export async function serveTokenize(ctx: ServingContext, input: unknown) {
   const tokens =
     'prompt' in body
       ? await ctx.codec.encode(body.prompt)
-      : (await prepareChat(ctx, { messages: body.messages, tools: body.tools ?? undefined, chat_template_kwargs: body.chat_template_kwargs ?? undefined } as ChatRequest)).promptIds;
+      : (
+          await prepareChat(ctx, {
+            messages: body.messages,
+            tools: body.tools ?? undefined,
+            chat_template_kwargs: body.chat_template_kwargs ?? undefined,
+          } as ChatRequest)
+        ).promptIds;
   return {
     count: tokens.length,
     max_model_len: ctx.engine.info?.limits.maxModelLen ?? null,

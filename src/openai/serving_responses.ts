@@ -1,11 +1,11 @@
 import { NotFoundError } from '../errors.js';
 import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
-import { chatRequestSchema, type ChatRequest } from '../serving/chat_request.js';
+import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
 import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
-import { responsesRequestSchema, type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest } from './responses_schemas.js';
+import { type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest, responsesRequestSchema } from './responses_schemas.js';
 import { allowedTools, planTools, qualifiedName, type ToolPlan } from './responses_tools.js';
 
 /**
@@ -201,9 +201,25 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
     const target = plan.targets.get(call.name) ?? { kind: 'function', name: call.name };
     const namespace = target.namespace ? { namespace: target.namespace } : {};
     if (target.kind === 'custom') {
-      return { type: 'custom_tool_call', id: call.id.replace(/^call_/, 'ctc_'), call_id: call.id, ...namespace, name: target.name, input: customInput(call.arguments), status: 'completed' };
+      return {
+        type: 'custom_tool_call',
+        id: call.id.replace(/^call_/, 'ctc_'),
+        call_id: call.id,
+        ...namespace,
+        name: target.name,
+        input: customInput(call.arguments),
+        status: 'completed',
+      };
     }
-    return { type: 'function_call', id: fcId(call.id), call_id: call.id, ...namespace, name: target.name, arguments: call.arguments, status: 'completed' };
+    return {
+      type: 'function_call',
+      id: fcId(call.id),
+      call_id: call.id,
+      ...namespace,
+      name: target.name,
+      arguments: call.arguments,
+      status: 'completed',
+    };
   };
   const finalOutput = () => [
     ...(thinking && c.reasoning ? [reasoningItem(c.reasoning)] : []),
@@ -218,7 +234,9 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
         role: 'assistant',
         content: c.content,
         ...(thinking && c.reasoning ? { reasoning_content: c.reasoning } : {}),
-        ...(c.toolCalls.length > 0 ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) } : {}),
+        ...(c.toolCalls.length > 0
+          ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) }
+          : {}),
       };
       ctx.responses.put(id, { response, messages: [...history, ...input, assistant] });
     }
@@ -248,7 +266,12 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           emit('response.output_item.done', { output_index: index, item: reasoningItem(open.text) });
         } else {
           emit('response.output_text.done', { item_id: ids.message, output_index: index, content_index: 0, text: open.text, logprobs: [] });
-          emit('response.content_part.done', { item_id: ids.message, output_index: index, content_index: 0, part: { type: 'output_text', text: open.text, annotations: [], logprobs: [] } });
+          emit('response.content_part.done', {
+            item_id: ids.message,
+            output_index: index,
+            content_index: 0,
+            part: { type: 'output_text', text: open.text, annotations: [], logprobs: [] },
+          });
           emit('response.output_item.done', { output_index: index, item: messageItem(open.text, 'completed') });
         }
         open = null;
@@ -261,8 +284,16 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
         if (kind === 'reasoning') {
           emit('response.output_item.added', { output_index: index, item: { type: 'reasoning', id: ids.reasoning, summary: [], content: [] } });
         } else {
-          emit('response.output_item.added', { output_index: index, item: { type: 'message', id: ids.message, status: 'in_progress', role: 'assistant', content: [] } });
-          emit('response.content_part.added', { item_id: ids.message, output_index: index, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
+          emit('response.output_item.added', {
+            output_index: index,
+            item: { type: 'message', id: ids.message, status: 'in_progress', role: 'assistant', content: [] },
+          });
+          emit('response.content_part.added', {
+            item_id: ids.message,
+            output_index: index,
+            content_index: 0,
+            part: { type: 'output_text', text: '', annotations: [], logprobs: [] },
+          });
         }
       };
       const onDelta = (_: ChatChoice, d: ChatDelta) => {
@@ -306,7 +337,11 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
 /** GET /v1/responses/{id}. */
 export function retrieveResponse(ctx: ServingContext, id: string): Record<string, unknown> {
   const stored = ctx.responses.get(id);
-  if (!stored) throw new NotFoundError(`Response with id '${id}' not found (unknown, deleted, or evicted from the store).`, { param: 'response_id', code: 'not_found' });
+  if (!stored)
+    throw new NotFoundError(`Response with id '${id}' not found (unknown, deleted, or evicted from the store).`, {
+      param: 'response_id',
+      code: 'not_found',
+    });
   return stored.response;
 }
 

@@ -1,8 +1,8 @@
 import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
-import { KvCache } from './kv_cache.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
+import { KvCache } from './kv_cache.js';
 import type { ModelRunner } from './model_runner.js';
 
 /**
@@ -121,7 +121,7 @@ export class FastRunner implements ModelRunner {
     const past = this.cache.lengthOfRow(row);
     const s = tokens.length;
     if (s === 0) throw new Error('prefill needs at least one token');
-    if (everyPosition && !this.promptLogits) throw new Error('this export returns only the last position\'s logits');
+    if (everyPosition && !this.promptLogits) throw new Error("this export returns only the last position's logits");
     this.cache.fit(past + s);
     // GQA takes a multi-token step with a past only at batch 1: the row's own slice.
     const positions = Array.from({ length: s }, (_, i) => past + i);

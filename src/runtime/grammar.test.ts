@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { InvalidRequestError } from '../errors.js';
 import { QwenTokenizer } from '../text/tokenizer.js';
 import { GrammarCompiler, type GrammarRequest } from './grammar.js';
@@ -47,12 +47,15 @@ test('compiled grammars are kept for repeats, a bounded number, and matchers out
 
 test('a spec xgrammar refuses is a 400 with its reason, and compiling goes on', async () => {
   const compiler = await compilerPromise;
-  await assert.rejects(compiler.constraint({ param: 'response_format', spec: { type: 'json_schema', schema: '{"type": "objectx"}' } }, [EOS]), (err: unknown) => {
-    assert.ok(err instanceof InvalidRequestError);
-    assert.equal(err.param, 'response_format');
-    assert.match(err.message, /Unsupported type "objectx"/);
-    return true;
-  });
+  await assert.rejects(
+    compiler.constraint({ param: 'response_format', spec: { type: 'json_schema', schema: '{"type": "objectx"}' } }, [EOS]),
+    (err: unknown) => {
+      assert.ok(err instanceof InvalidRequestError);
+      assert.equal(err.param, 'response_format');
+      assert.match(err.message, /Unsupported type "objectx"/);
+      return true;
+    },
+  );
   await assert.rejects(compiler.constraint({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: 'root ::= (' } }, [EOS]), /EBNF parser error/);
   const ok = await compiler.constraint({ param: 'response_format', spec: { type: 'json_object' } }, [EOS]);
   const logits = new Float32Array(V);
@@ -62,8 +65,11 @@ test('a spec xgrammar refuses is a 400 with its reason, and compiling goes on', 
   ok.dispose();
 });
 
-test("JSON whitespace: compact is one line in json.dumps spacing, any allows whitespace between tokens", async () => {
-  const schema: GrammarRequest = { param: 'response_format', spec: { type: 'json_schema', schema: '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}' } };
+test('JSON whitespace: compact is one line in json.dumps spacing, any allows whitespace between tokens', async () => {
+  const schema: GrammarRequest = {
+    param: 'response_format',
+    spec: { type: 'json_schema', schema: '{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}' },
+  };
   const space = tokenizer.encode(' ')[0];
   const newline = tokenizer.encode('\n')[0];
   const allowedAfter = async (compiler: GrammarCompiler, text: string) => {
@@ -87,12 +93,18 @@ test("JSON whitespace: compact is one line in json.dumps spacing, any allows whi
 test('a hundred refused grammars leave the compiler working (refusals abort only its throwaway parser)', async () => {
   const compiler = await compilerPromise;
   for (let i = 0; i < 100; i++) {
-    await assert.rejects(compiler.constraint({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: `root ::= u${i}` } }, [EOS]), /EBNF parser error/);
+    await assert.rejects(
+      compiler.constraint({ param: 'guided_grammar', spec: { type: 'ebnf', grammar: `root ::= u${i}` } }, [EOS]),
+      /EBNF parser error/,
+    );
   }
   // A schema too deep for xgrammar's stack fails in the parser too.
   let deep: Record<string, unknown> = { type: 'string' };
   for (let i = 0; i < 70; i++) deep = { type: 'object', properties: { a: deep }, required: ['a'] };
-  await assert.rejects(compiler.constraint({ param: 'guided_json', spec: { type: 'json_schema', schema: JSON.stringify(deep) } }, [EOS]), InvalidRequestError);
+  await assert.rejects(
+    compiler.constraint({ param: 'guided_json', spec: { type: 'json_schema', schema: JSON.stringify(deep) } }, [EOS]),
+    InvalidRequestError,
+  );
   assert.equal(compiler.broken, null);
   const c = await compiler.constraint({ param: 'guided_regex', spec: { type: 'regex', pattern: '[a-z]+' } }, [EOS]);
   const logits = new Float32Array(V);

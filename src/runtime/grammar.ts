@@ -38,7 +38,13 @@ interface XgCompiled {
   dispose(): void;
 }
 interface XgCompiler {
-  compileJSONSchema(schema: string, anyWhitespace?: boolean, indent?: number, separators?: [string, string], strictMode?: boolean): Promise<XgCompiled>;
+  compileJSONSchema(
+    schema: string,
+    anyWhitespace?: boolean,
+    indent?: number,
+    separators?: [string, string],
+    strictMode?: boolean,
+  ): Promise<XgCompiled>;
   compileGrammar(grammar: string, rootRule?: string): Promise<XgCompiled>;
   compileStructuralTag(tag: unknown): Promise<XgCompiled>;
 }
@@ -52,7 +58,9 @@ interface Xgrammar {
     fromEBNF(grammar: string, rootRule?: string): Promise<XgGrammar>;
     fromStructuralTag(tag: unknown): Promise<XgGrammar>;
   };
-  TokenizerInfo: { createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown> };
+  TokenizerInfo: {
+    createTokenizerInfo(vocab: string[], vocabType: string, prependSpace: boolean, vocabSize: number, stopIds: number[]): Promise<unknown>;
+  };
   GrammarCompiler: { createGrammarCompiler(info: unknown, cacheEnabled?: boolean): Promise<XgCompiler> };
   GrammarMatcher: { createGrammarMatcher(compiled: XgCompiled, overrideStopTokens?: number[]): Promise<XgMatcher> };
 }
@@ -206,7 +214,9 @@ async function spacedFormat(xg: Xgrammar, format: unknown, ws: JsonWhitespace): 
  * into grammars (text, so it moves between instances).
  */
 async function prepared(xg: Xgrammar, spec: GrammarSpec, ws: JsonWhitespace): Promise<GrammarSpec> {
-  return spec.type === 'structural_tag' ? { type: 'structural_tag', format: (await spacedFormat(xg, spec.format, ws)) as Record<string, unknown> } : spec;
+  return spec.type === 'structural_tag'
+    ? { type: 'structural_tag', format: (await spacedFormat(xg, spec.format, ws)) as Record<string, unknown> }
+    : spec;
 }
 
 const choiceGrammar = (choices: string[]) => `root ::= ${choices.map((c) => JSON.stringify(c)).join(' | ')}`;

@@ -19,7 +19,16 @@ export function kvArray(dtype: KvElementType, length: number): KvArray {
  * `srcAt`) to `dst` (`dstStride` apart, from `dstAt`). Short runs are copied element by
  * element: a subarray per run would cost more than the copy.
  */
-export function copyRuns(src: KvArray, srcAt: number, srcStride: number, dst: KvArray, dstAt: number, dstStride: number, runs: number, length: number): void {
+export function copyRuns(
+  src: KvArray,
+  srcAt: number,
+  srcStride: number,
+  dst: KvArray,
+  dstAt: number,
+  dstStride: number,
+  runs: number,
+  length: number,
+): void {
   if (length >= 64) {
     for (let j = 0; j < runs; j++) {
       const a = srcAt + j * srcStride;

@@ -1,4 +1,4 @@
-import { BYTES, kvArray, type KvArray, type KvElementType } from './kv_array.js';
+import { BYTES, type KvArray, type KvElementType, kvArray } from './kv_array.js';
 
 /**
  * The shape of one block of cached KV as a runner lays it out: per layer and plane

@@ -30,13 +30,21 @@ export interface KvBudget {
  * kv_cost.ts, capacity steps or growth included): the longest allowed sequence is lowered
  * until one fits, and a budget too small for a single token is a configuration error.
  */
-export function kvBudget(manifest: Manifest, memory: number, freeBytes: number, maxModelLen: number, slotsForOne: (length: number) => number): KvBudget {
+export function kvBudget(
+  manifest: Manifest,
+  memory: number,
+  freeBytes: number,
+  maxModelLen: number,
+  slotsForOne: (length: number) => number,
+): KvBudget {
   const perToken = kvBytesPerToken(manifest);
   const bytes = memoryBytes(memory, freeBytes);
   const kvBudgetTokens = Math.floor(bytes / perToken);
   const smallest = slotsForOne(1);
   if (kvBudgetTokens < smallest) {
-    throw new ConfigError(`--kv-cache-memory gives ${bytes} bytes, less than one ${smallest}-token block (${perToken * smallest} bytes) of this model's KV cache.`);
+    throw new ConfigError(
+      `--kv-cache-memory gives ${bytes} bytes, less than one ${smallest}-token block (${perToken * smallest} bytes) of this model's KV cache.`,
+    );
   }
   // The cost only grows with the length: the longest that fits, by bisection.
   let lo = 1;

@@ -1,7 +1,7 @@
 import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
-import { BYTES, copyRuns, kvArray, type KvArray, type KvElementType } from './kv_array.js';
+import { BYTES, copyRuns, type KvArray, type KvElementType, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import { CAPACITY_STEP, capacityBucket } from './kv_cost.js';
 
@@ -178,7 +178,16 @@ export class KvCache {
   private copyRow(p: Plane, src: KvArray, srcCap: number, l: number, from: number, to: number, length = this.rowLength[from]): void {
     const { perRow, unit } = this.runs(p);
     if (length === 0) return;
-    copyRuns(src, from * perRow * srcCap * unit, srcCap * unit, p.data[l], to * perRow * this.capacity * unit, this.capacity * unit, perRow, length * unit);
+    copyRuns(
+      src,
+      from * perRow * srcCap * unit,
+      srcCap * unit,
+      p.data[l],
+      to * perRow * this.capacity * unit,
+      this.capacity * unit,
+      perRow,
+      length * unit,
+    );
   }
 
   /**
@@ -293,7 +302,16 @@ export class KvCache {
     for (const [i, p] of this.planes.entries()) {
       const { perRow, unit } = this.runs(p);
       for (let l = 0; l < this.layers; l++) {
-        copyRuns(p.data[l], (row * perRow * this.capacity + start) * unit, this.capacity * unit, pool.view(i, l, slot), 0, tokens * unit, perRow, tokens * unit);
+        copyRuns(
+          p.data[l],
+          (row * perRow * this.capacity + start) * unit,
+          this.capacity * unit,
+          pool.view(i, l, slot),
+          0,
+          tokens * unit,
+          perRow,
+          tokens * unit,
+        );
       }
     }
   }
@@ -309,7 +327,16 @@ export class KvCache {
       for (let l = 0; l < this.layers; l++) {
         let at = 0;
         for (const { slot, tokens } of blocks) {
-          copyRuns(pool.view(i, l, slot), 0, tokens * unit, p.data[l], (row * perRow * this.capacity + at) * unit, this.capacity * unit, perRow, tokens * unit);
+          copyRuns(
+            pool.view(i, l, slot),
+            0,
+            tokens * unit,
+            p.data[l],
+            (row * perRow * this.capacity + at) * unit,
+            this.capacity * unit,
+            perRow,
+            tokens * unit,
+          );
           at += tokens;
         }
       }

@@ -1,6 +1,6 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { DEFAULT_SAMPLING, nucleus, Rng, Sampler, tokenLogprob, topIndices, type SamplingParams, type SequenceHistory } from './sampler.js';
+import { test } from 'node:test';
+import { DEFAULT_SAMPLING, nucleus, Rng, Sampler, type SamplingParams, type SequenceHistory, tokenLogprob, topIndices } from './sampler.js';
 
 const empty = (): SequenceHistory => ({ outputCounts: new Map(), seen: new Set() });
 const params = (p: Partial<SamplingParams>): SamplingParams => ({ ...DEFAULT_SAMPLING, ...p });
@@ -41,9 +41,18 @@ test('temperature sampling follows the softmax', () => {
 
 test('top_p keeps the smallest set reaching p; top_k the k best; min_p drops the tail', () => {
   const logits = fromProbs([0.05, 0.5, 0.15, 0.3]);
-  assert.deepEqual(counts(new Sampler(params({ topP: 0.75, seed: 5 }), 4), logits, 2000).map((c) => c > 0), [false, true, false, true]);
-  assert.deepEqual(counts(new Sampler(params({ topK: 2, seed: 6 }), 4), logits, 2000).map((c) => c > 0), [false, true, false, true]);
-  assert.deepEqual(counts(new Sampler(params({ minP: 0.25, seed: 7 }), 4), logits, 2000).map((c) => c > 0), [false, true, true, true]);
+  assert.deepEqual(
+    counts(new Sampler(params({ topP: 0.75, seed: 5 }), 4), logits, 2000).map((c) => c > 0),
+    [false, true, false, true],
+  );
+  assert.deepEqual(
+    counts(new Sampler(params({ topK: 2, seed: 6 }), 4), logits, 2000).map((c) => c > 0),
+    [false, true, false, true],
+  );
+  assert.deepEqual(
+    counts(new Sampler(params({ minP: 0.25, seed: 7 }), 4), logits, 2000).map((c) => c > 0),
+    [false, true, true, true],
+  );
 });
 
 test('nucleus selection equals sorting, on random weights with ties', () => {
@@ -53,7 +62,11 @@ test('nucleus selection equals sorting, on random weights with ties', () => {
     const w = Float64Array.from({ length: n }, () => Math.floor(rng.next() * 20) / 7);
     const total = w.reduce((a, b) => a + b, 0);
     const p = rng.next();
-    const chosen = nucleus(w, Int32Array.from({ length: n }, (_, i) => i), p * total);
+    const chosen = nucleus(
+      w,
+      Int32Array.from({ length: n }, (_, i) => i),
+      p * total,
+    );
     const sorted = Array.from(w).sort((a, b) => b - a);
     let k = 0;
     let acc = 0;
@@ -81,7 +94,10 @@ test('logprobs are those of the raw distribution, top-n sorted', () => {
   const logits = fromProbs([0.1, 0.6, 0.3]);
   const lp = tokenLogprob(logits, 2, 2);
   assert.ok(Math.abs(lp.logprob - Math.log(0.3)) < 1e-6);
-  assert.deepEqual(lp.top.map((t) => t.token), [1, 2]);
+  assert.deepEqual(
+    lp.top.map((t) => t.token),
+    [1, 2],
+  );
   assert.deepEqual(topIndices(Float32Array.from([3, 9, 1, 9, 5]), 3), [1, 3, 4]);
   const s = new Sampler(params({ temperature: 0, logprobs: 1, logitBias: { 0: 50 } }), 3);
   const out = s.sample(logits, empty());
@@ -93,7 +109,10 @@ test('logprobs are those of the raw distribution, top-n sorted', () => {
 function expected(logits: number[], p: { temperature: number; topK: number; topP: number }): number[] {
   const max = Math.max(...logits);
   const w = logits.map((l) => Math.exp((l - max) / p.temperature));
-  const order = w.map((_, i) => i).sort((a, b) => w[b] - w[a]).slice(0, p.topK);
+  const order = w
+    .map((_, i) => i)
+    .sort((a, b) => w[b] - w[a])
+    .slice(0, p.topK);
   const total = order.reduce((s, i) => s + w[i], 0);
   const kept: number[] = [];
   let acc = 0;
@@ -128,7 +147,11 @@ test('top indices: small and large k equal a full sort, ties in index order', ()
   const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => x[b] - x[a] || a - b);
   for (const k of [1, 20, 64, 65, 1000, 20_000, n, n + 5]) {
     assert.deepEqual(topIndices(x, k), order.slice(0, k), `k = ${k}`);
-    assert.deepEqual([...topIndices(x, k, false)].sort((a, b) => a - b), order.slice(0, k).sort((a, b) => a - b), `unordered, k = ${k}`);
+    assert.deepEqual(
+      [...topIndices(x, k, false)].sort((a, b) => a - b),
+      order.slice(0, k).sort((a, b) => a - b),
+      `unordered, k = ${k}`,
+    );
   }
 });
 
@@ -138,7 +161,10 @@ test('top_p without top_k over a large vocabulary: peaked and flat distributions
   const peaked = Array.from({ length: 500 }, (_, i) => (i < 3 ? 9 - i : Math.sin(i) * 0.5));
   // Flat: 300 nearly equal tokens (the nucleus spans more than 64 of them).
   const flat = Array.from({ length: 300 }, (_, i) => Math.sin(i * 1.7) * 0.05);
-  for (const [name, raw, seed] of [['peaked', peaked, 31], ['flat', flat, 32]] as const) {
+  for (const [name, raw, seed] of [
+    ['peaked', peaked, 31],
+    ['flat', flat, 32],
+  ] as const) {
     const p = { temperature: 0.8, topK: raw.length, topP: 0.9 };
     const c = counts(new Sampler(params({ temperature: p.temperature, topP: p.topP, seed }), raw.length), Float32Array.from(raw), n);
     const want = expected([...raw], p);
@@ -152,11 +178,21 @@ test('top_k above 64 with top_p draws only among the k best, whatever earlier dr
   const sampler = new Sampler(params({ temperature: 1, topK: 100, topP: 0.9, seed: 41 }), n);
   // A first draw over the full vocabulary leaves large weights on tokens 300-399 …
   const first = new Sampler(params({ temperature: 1, topP: 0.9, seed: 40 }), n);
-  first.sample(Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)), empty());
+  first.sample(
+    Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)),
+    empty(),
+  );
   // … and this sampler's own first draw does the same to its scratch buffer.
-  sampler.sample(Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)), empty());
+  sampler.sample(
+    Float32Array.from({ length: n }, (_, i) => (i >= 300 ? 10 : 0)),
+    empty(),
+  );
   // Now tokens 0-99 are the 100 best; 300-399 are the worst.
   const logits = Float32Array.from({ length: n }, (_, i) => (i < 100 ? 2 + i / 100 : i >= 300 ? -20 : 0));
   const c = counts(sampler, logits, 3000);
-  assert.equal(c.slice(100).reduce((a, b) => a + b, 0), 0, 'no token outside the top 100');
+  assert.equal(
+    c.slice(100).reduce((a, b) => a + b, 0),
+    0,
+    'no token outside the top 100',
+  );
 });

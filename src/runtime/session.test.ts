@@ -1,10 +1,10 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { readManifest } from '../export/manifest.js';
+import { test } from 'node:test';
 import { fixtureExport } from '../../test/support/engine.js';
 import { tempDir } from '../../test/support/runner.js';
+import { readManifest } from '../export/manifest.js';
 import { createSession, cudaProviderInstalled, providerPlan } from './session.js';
 
 test('provider plan: explicit devices are taken as asked; auto tries CUDA only for CUDA-capable exports with the provider installed', () => {
@@ -23,7 +23,9 @@ test('provider plan: explicit devices are taken as asked; auto tries CUDA only f
   assert.match(cpuExport.cpuReason ?? '', /exported for the CPU \(float32 KV cache\).*--dtype fp16/);
 });
 
-test("the CUDA provider counts as installed when its library sits in onnxruntime-node's bin folder", { skip: !['linux', 'win32'].includes(process.platform) && 'no CUDA provider on this platform' }, () => {
+test("the CUDA provider counts as installed when its library sits in onnxruntime-node's bin folder", {
+  skip: !['linux', 'win32'].includes(process.platform) && 'no CUDA provider on this platform',
+}, () => {
   const root = tempDir('qwen3-serve-ort-');
   mkdirSync(join(root, 'bin', 'napi-v6', process.platform, process.arch), { recursive: true });
   assert.equal(cudaProviderInstalled(root), false, 'the CPU-only package');

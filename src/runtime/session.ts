@@ -1,8 +1,8 @@
 import './telemetry_off.js';
-import ort from 'onnxruntime-node';
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import { raiseMallocThresholds } from './malloc_thresholds.js';
 
@@ -87,7 +87,8 @@ export function providerPlan(device: DeviceChoice, manifest: Pick<Manifest, 'kvD
   if (!cudaInstalled) {
     return {
       order: ['cpu'],
-      cpuReason: "onnxruntime-node's CUDA provider is not installed (install with ONNXRUNTIME_NODE_INSTALL=cuda12 on a CUDA 12 host, or use the GPU Docker image)",
+      cpuReason:
+        "onnxruntime-node's CUDA provider is not installed (install with ONNXRUNTIME_NODE_INSTALL=cuda12 on a CUDA 12 host, or use the GPU Docker image)",
     };
   }
   return { order: ['cuda', 'cpu'], cpuReason: null };

@@ -1,7 +1,7 @@
 import type { Manifest } from '../export/manifest.js';
 import type { FastRunner } from './fast_runner.js';
-import type { ModelRunner } from './model_runner.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
+import type { ModelRunner } from './model_runner.js';
 
 /**
  * The fast layout with prompts prefilled apart. A cache buffer has one capacity for all

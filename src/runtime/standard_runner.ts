@@ -1,9 +1,9 @@
 import './telemetry_off.js';
 import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
-import type { ModelRunner } from './model_runner.js';
-import { BYTES, copyRuns, kvArray, type KvArray } from './kv_array.js';
+import { BYTES, copyRuns, type KvArray, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
+import type { ModelRunner } from './model_runner.js';
 
 interface SequenceKv {
   length: number;
@@ -76,7 +76,13 @@ export class StandardRunner implements ModelRunner {
 
   blockLayout(tokens: number): KvBlockLayout {
     const elements = this.kvHeads * tokens * this.headDim;
-    return { layers: this.layers, planes: [{ type: this.manifest.kvDtype, elements }, { type: this.manifest.kvDtype, elements }] };
+    return {
+      layers: this.layers,
+      planes: [
+        { type: this.manifest.kvDtype, elements },
+        { type: this.manifest.kvDtype, elements },
+      ],
+    };
   }
 
   saveBlock(id: number, start: number, tokens: number, pool: KvBlockPool, slot: number): void {
@@ -84,7 +90,9 @@ export class StandardRunner implements ModelRunner {
     if (start + tokens > s.length) throw new Error(`positions ${start}–${start + tokens} of sequence ${id} are not cached`);
     const hd = this.headDim;
     for (let l = 0; l < this.layers; l++) {
-      [s.keys[l], s.values[l]].forEach((src, plane) => copyRuns(src, start * hd, s.capacity * hd, pool.view(plane, l, slot), 0, tokens * hd, this.kvHeads, tokens * hd));
+      [s.keys[l], s.values[l]].forEach((src, plane) =>
+        copyRuns(src, start * hd, s.capacity * hd, pool.view(plane, l, slot), 0, tokens * hd, this.kvHeads, tokens * hd),
+      );
     }
   }
 
@@ -203,6 +211,10 @@ export class StandardRunner implements ModelRunner {
   }
 
   decode(ids: number[], tokens: number[]): Promise<Float32Array> {
-    return this.step(ids.map((id) => this.seq(id)), tokens, 1);
+    return this.step(
+      ids.map((id) => this.seq(id)),
+      tokens,
+      1,
+    );
   }
 }

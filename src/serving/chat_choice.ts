@@ -63,7 +63,12 @@ export class ChatChoice {
     }
     this.reasoning += parsed.reasoning;
     this.content += parsed.content;
-    const toolCalls = parsed.toolCalls.map((call) => ({ index: this.toolCalls.length, id: newId('call_', 24), name: call.name, arguments: call.arguments }));
+    const toolCalls = parsed.toolCalls.map((call) => ({
+      index: this.toolCalls.length,
+      id: newId('call_', 24),
+      name: call.name,
+      arguments: call.arguments,
+    }));
     for (const call of toolCalls) {
       call.index = this.toolCalls.length;
       this.toolCalls.push(call);

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { InvalidRequestError } from '../errors.js';
 import type { GrammarRequest } from '../engine/types.js';
+import { InvalidRequestError } from '../errors.js';
 import type { ChatMessage, RenderOptions, ToolDefinition } from '../text/chat_template.js';
-import type { ServingContext } from './context.js';
 import type { ChatRequest, MessageInput } from './chat_request.js';
+import type { ServingContext } from './context.js';
 import { grammarRequest } from './structured_output.js';
 
 export const THINK_END_TOKEN = '</think>';
@@ -40,7 +40,8 @@ function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
  * The closing Qwen's documentation gives a thinking cut short by a budget: the model then
  * answers from what it thought so far.
  */
-export const THINKING_TRANSITION = '\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now.\n</think>\n\n';
+export const THINKING_TRANSITION =
+  '\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now.\n</think>\n\n';
 
 /** What a request asks of thinking: on or off, and a budget in tokens (null: unbounded). */
 export interface ThinkingAsk {
@@ -55,7 +56,9 @@ export interface ThinkingAsk {
 /** Thinking per request: an explicit on/off, then a budget, then an effort level, then the server default. */
 export function thinkingPlan(ctx: ServingContext, ask: ThinkingAsk): { on: boolean; budget: number | null } {
   const budget = ask.budget ?? (ask.effort && ask.effort !== 'none' ? ctx.options.reasoningEffortBudgets[ask.effort] : null);
-  let on = ask.enabled ?? (ask.effort === 'none' ? false : ask.budget !== null && ask.budget !== undefined ? true : ask.effort ? true : ctx.options.defaultThinking);
+  let on =
+    ask.enabled ??
+    (ask.effort === 'none' ? false : ask.budget !== null && ask.budget !== undefined ? true : ask.effort ? true : ctx.options.defaultThinking);
   if (budget === 0) on = false;
   return { on, budget: on ? budget : null };
 }
@@ -132,10 +135,13 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     // writes one when thinking is off), and the rest is held to the function's
     // parameters by the grammar engine, so the call always parses.
     if (thinking) prompt += '<think>\n\n</think>\n\n';
-    parserPrefix = '<tool_call>\n' + (typeof choice === 'object' ? `{"name": ${JSON.stringify(choice.function.name)}, "arguments": ` : '');
+    parserPrefix = `<tool_call>\n${typeof choice === 'object' ? `{"name": ${JSON.stringify(choice.function.name)}, "arguments": ` : ''}`;
     prompt += parserPrefix;
     thinking = false;
-    forced = { param: 'tools', spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) } };
+    forced = {
+      param: 'tools',
+      spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) },
+    };
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
   return {
@@ -146,7 +152,9 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     grammar: grammar ?? forced,
     grammarAfter: grammar && thinking ? thinkEnd : null,
     thinkingBudget:
-      thinking && plan.budget !== null && thinkEnd !== null ? { tokens: plan.budget, endId: thinkEnd, transition: ctx.tokenizer.encode(THINKING_TRANSITION) } : null,
+      thinking && plan.budget !== null && thinkEnd !== null
+        ? { tokens: plan.budget, endId: thinkEnd, transition: ctx.tokenizer.encode(THINKING_TRANSITION) }
+        : null,
     rendered,
   };
 }
@@ -157,7 +165,11 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
  * template renders an earlier assistant turn (Qwen3's drops its thinking), up to where
  * the next message's own content starts. Null when the template puts nothing there.
  */
-export function nextTurnPrefix(ctx: ServingContext, prepared: PreparedChat, answer: { content: string; toolCalls: Array<{ id: string; name: string; arguments: string }> }): string | null {
+export function nextTurnPrefix(
+  ctx: ServingContext,
+  prepared: PreparedChat,
+  answer: { content: string; toolCalls: Array<{ id: string; name: string; arguments: string }> },
+): string | null {
   // A stand-in for the next message, found again in the rendering and cut off with all after it.
   const marker = `\u0000next-turn-${randomUUID()}\u0000`;
   // The answer as a client sends it back, through the conversion every request's messages take.
@@ -165,11 +177,15 @@ export function nextTurnPrefix(ctx: ServingContext, prepared: PreparedChat, answ
     {
       role: 'assistant',
       content: answer.content,
-      ...(answer.toolCalls.length > 0 ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) } : {}),
+      ...(answer.toolCalls.length > 0
+        ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) }
+        : {}),
     },
   ]);
-  const text = ctx.template.render([...prepared.rendered.messages, assistant, { role: 'user', content: marker }], { ...prepared.rendered.options, addGenerationPrompt: false });
+  const text = ctx.template.render([...prepared.rendered.messages, assistant, { role: 'user', content: marker }], {
+    ...prepared.rendered.options,
+    addGenerationPrompt: false,
+  });
   const at = text.indexOf(marker);
   return at > 0 ? text.slice(0, at) : null;
 }
-

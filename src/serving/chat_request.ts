@@ -11,7 +11,8 @@ const contentPart = z
   .object({ type: z.string(), text: z.unknown().optional() })
   .passthrough()
   .superRefine((p, c) => {
-    if (p.type !== 'text') c.addIssue({ code: 'custom', path: ['type'], message: `content parts of type '${p.type}' are not supported; only 'text' is` });
+    if (p.type !== 'text')
+      c.addIssue({ code: 'custom', path: ['type'], message: `content parts of type '${p.type}' are not supported; only 'text' is` });
     else if (typeof p.text !== 'string') c.addIssue({ code: 'custom', path: ['text'], message: 'a text part needs a string `text`' });
   })
   .transform((p) => ({ type: 'text' as const, text: p.text as string }));
@@ -54,12 +55,12 @@ const toolChoice = z.union([
   z.object({ type: z.literal('function'), function: z.object({ name: z.string() }) }),
 ]);
 
-const stop = z.union([z.string(), z.array(z.string()).max(16)]).nullable().optional();
-
-const logitBias = z
-  .record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100))
+const stop = z
+  .union([z.string(), z.array(z.string()).max(16)])
   .nullable()
   .optional();
+
+const logitBias = z.record(z.string().regex(/^\d+$/, 'keys must be token ids'), z.number().min(-100).max(100)).nullable().optional();
 
 const jsonSchemaObject = z.record(z.string(), z.unknown());
 
@@ -125,7 +126,13 @@ export const samplingFields = {
   repetition_penalty: z.number().gt(0).max(10).nullable().optional(),
   stop,
   stop_token_ids: z.array(z.number().int().min(0)).max(64).nullable().optional(),
-  seed: z.number().int().min(-(2 ** 53)).max(2 ** 53).nullable().optional(),
+  seed: z
+    .number()
+    .int()
+    .min(-(2 ** 53))
+    .max(2 ** 53)
+    .nullable()
+    .optional(),
   n: z.number().int().min(1).max(16).nullable().optional(),
   logit_bias: logitBias,
   user: z.string().max(512).optional(),
@@ -137,26 +144,28 @@ export const samplingFields = {
   prompt_logprobs: z.number().int().min(0).max(20).nullable().optional(),
 };
 
-export const chatRequestSchema = z.object({
-  ...samplingFields,
-  messages: z.array(messageSchema).min(1, 'at least one message is required').max(4096),
-  max_completion_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
-  logprobs: z.boolean().nullable().optional(),
-  top_logprobs: z.number().int().min(0).max(20).nullable().optional(),
-  tools: z.array(toolSchema).max(128).nullable().optional(),
-  tool_choice: toolChoice.nullable().optional(),
-  parallel_tool_calls: z.boolean().nullable().optional(),
-  chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
-  reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
-  /** vLLM's bound on thinking tokens (0: thinking off). */
-  thinking_token_budget: z.number().int().min(0).max(10_000_000).nullable().optional(),
-}).superRefine((r, ctx) => {
-  // OpenAI and vLLM refuse top_logprobs without logprobs rather than silently return none.
-  if (r.top_logprobs != null && r.logprobs !== true) {
-    ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'logprobs must be true when top_logprobs is set' });
-  }
-  promptLogprobsNotStreamed(r, ctx);
-});
+export const chatRequestSchema = z
+  .object({
+    ...samplingFields,
+    messages: z.array(messageSchema).min(1, 'at least one message is required').max(4096),
+    max_completion_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
+    logprobs: z.boolean().nullable().optional(),
+    top_logprobs: z.number().int().min(0).max(20).nullable().optional(),
+    tools: z.array(toolSchema).max(128).nullable().optional(),
+    tool_choice: toolChoice.nullable().optional(),
+    parallel_tool_calls: z.boolean().nullable().optional(),
+    chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
+    reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
+    /** vLLM's bound on thinking tokens (0: thinking off). */
+    thinking_token_budget: z.number().int().min(0).max(10_000_000).nullable().optional(),
+  })
+  .superRefine((r, ctx) => {
+    // OpenAI and vLLM refuse top_logprobs without logprobs rather than silently return none.
+    if (r.top_logprobs != null && r.logprobs !== true) {
+      ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'logprobs must be true when top_logprobs is set' });
+    }
+    promptLogprobsNotStreamed(r, ctx);
+  });
 
 export type ChatRequest = z.infer<typeof chatRequestSchema>;
 

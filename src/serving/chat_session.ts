@@ -1,8 +1,8 @@
-import type { ServingContext } from './context.js';
 import { ChatChoice, type ChatDelta } from './chat_choice.js';
-import { nextTurnPrefix, prepareChat, THINK_END_TOKEN, type PreparedChat } from './chat_prompt.js';
-import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
+import { nextTurnPrefix, type PreparedChat, prepareChat, THINK_END_TOKEN } from './chat_prompt.js';
 import type { ChatRequest } from './chat_request.js';
+import type { ServingContext } from './context.js';
+import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
 
 /**
  * One chat generation, whichever API asked for it: the prompt rendered, `n` engine

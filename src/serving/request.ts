@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
+import { type EngineEvent, type GenerateRequest, type SamplingParams, samplingDefaults } from '../engine/types.js';
 import { AppError, ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
-import { samplingDefaults, type EngineEvent, type GenerateRequest, type SamplingParams } from '../engine/types.js';
-import type { ServingContext } from './context.js';
 import { paramName } from './chat_request.js';
+import type { ServingContext } from './context.js';
 
 /** Validates a body against a zod schema; the first problem becomes a 400 naming its param. */
 export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
@@ -48,7 +48,8 @@ export function samplingParams(ctx: ServingContext, f: SamplingFields, logprobs:
     logitBias = {};
     for (const [k, v] of Object.entries(f.logit_bias)) {
       const id = Number(k);
-      if (id >= ctx.tokenizer.vocabSize) throw new InvalidRequestError(`logit_bias names token ${id}, beyond the vocabulary (${ctx.tokenizer.vocabSize}).`, { param: 'logit_bias' });
+      if (id >= ctx.tokenizer.vocabSize)
+        throw new InvalidRequestError(`logit_bias names token ${id}, beyond the vocabulary (${ctx.tokenizer.vocabSize}).`, { param: 'logit_bias' });
       logitBias[id] = v;
     }
   }
@@ -78,7 +79,8 @@ export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requ
   const limit = ctx.engine.info!.limits.maxModelLen;
   const room = limit - promptTokens;
   const asked = requested ?? null;
-  if (room < 1 || (asked !== null && asked > room && ctx.options.strictMaxTokens)) throw requestFieldOf(new ContextLengthExceededError(limit, promptTokens, asked ?? 1));
+  if (room < 1 || (asked !== null && asked > room && ctx.options.strictMaxTokens))
+    throw requestFieldOf(new ContextLengthExceededError(limit, promptTokens, asked ?? 1));
   return asked === null ? room : Math.min(asked, room);
 }
 
@@ -111,7 +113,8 @@ export function engineRequest(
 
 export function checkTokenIds(ctx: ServingContext, ids: number[], param: string): void {
   for (const id of ids) {
-    if (id >= ctx.tokenizer.vocabSize) throw new InvalidRequestError(`Token id ${id} is beyond the vocabulary (${ctx.tokenizer.vocabSize}).`, { param });
+    if (id >= ctx.tokenizer.vocabSize)
+      throw new InvalidRequestError(`Token id ${id} is beyond the vocabulary (${ctx.tokenizer.vocabSize}).`, { param });
   }
 }
 

@@ -1,5 +1,5 @@
-import { InvalidRequestError } from '../errors.js';
 import type { GrammarRequest, GrammarSpec } from '../engine/types.js';
+import { InvalidRequestError } from '../errors.js';
 import type { StructuredFields } from './chat_request.js';
 
 /** A JSON schema given as an object or as JSON text. */
@@ -29,7 +29,9 @@ export function grammarRequest(f: StructuredFields): GrammarRequest | null {
     const schema = rf.json_schema.schema;
     add('response_format', schema ? { type: 'json_schema', schema: JSON.stringify(schema) } : { type: 'json_object' });
   }
-  const fields: Array<[string, StructuredFields['guided_json'], StructuredFields['guided_choice'], string | null | undefined, string | null | undefined]> = [
+  const fields: Array<
+    [string, StructuredFields['guided_json'], StructuredFields['guided_choice'], string | null | undefined, string | null | undefined]
+  > = [
     ['guided', f.guided_json, f.guided_choice, f.guided_grammar, f.guided_regex],
     ['structured_outputs', f.structured_outputs?.json, f.structured_outputs?.choice, f.structured_outputs?.grammar, f.structured_outputs?.regex],
   ];
@@ -41,7 +43,9 @@ export function grammarRequest(f: StructuredFields): GrammarRequest | null {
     if (regex !== null && regex !== undefined) add(name('regex'), { type: 'regex', pattern: regex });
   }
   if (asked.length > 1) {
-    throw new InvalidRequestError(`Only one structured output may be asked for; got ${asked.map((a) => a.param).join(' and ')}.`, { param: asked[1].param });
+    throw new InvalidRequestError(`Only one structured output may be asked for; got ${asked.map((a) => a.param).join(' and ')}.`, {
+      param: asked[1].param,
+    });
   }
   return asked[0] ?? null;
 }

@@ -1,9 +1,12 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
 import { ChatTemplate, type ToolDefinition } from './chat_template.js';
 
-const config = JSON.parse(readFileSync(new URL('../../../assets/tokenizer/tokenizer_config.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+const config = JSON.parse(readFileSync(new URL('../../../assets/tokenizer/tokenizer_config.json', import.meta.url), 'utf8')) as Record<
+  string,
+  unknown
+>;
 const template = ChatTemplate.fromTokenizerConfig(config);
 
 test('a user turn, thinking on: the model opens <think> itself', () => {
@@ -15,7 +18,13 @@ test('a user turn, thinking on: the model opens <think> itself', () => {
 
 test('thinking off appends an empty think block', () => {
   assert.equal(
-    template.render([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hello' }], { enableThinking: false }),
+    template.render(
+      [
+        { role: 'system', content: 'Be brief.' },
+        { role: 'user', content: 'Hello' },
+      ],
+      { enableThinking: false },
+    ),
     '<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n',
   );
 });
@@ -36,7 +45,10 @@ test('an earlier assistant turn loses its thinking', () => {
 
 test('tools go into the system turn; tool calls and results render in Qwen3 form', () => {
   const tools: ToolDefinition[] = [
-    { type: 'function', function: { name: 'get_weather', description: 'Get weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } },
+    {
+      type: 'function',
+      function: { name: 'get_weather', description: 'Get weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } },
+    },
   ];
   const text = template.render(
     [

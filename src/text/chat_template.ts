@@ -46,7 +46,8 @@ export class ChatTemplate {
     let source = config.chat_template;
     if (Array.isArray(source)) source = (source.find((t: { name?: string }) => t.name === 'default') as { template?: string } | undefined)?.template;
     if (typeof source !== 'string') throw new ModelFormatError('tokenizer_config.json has no chat_template.');
-    const token = (v: unknown) => (typeof v === 'string' ? v : typeof v === 'object' && v !== null ? ((v as { content?: string }).content ?? '') : '');
+    const token = (v: unknown) =>
+      typeof v === 'string' ? v : typeof v === 'object' && v !== null ? ((v as { content?: string }).content ?? '') : '';
     return new ChatTemplate(source, { bos_token: token(config.bos_token), eos_token: token(config.eos_token) });
   }
 

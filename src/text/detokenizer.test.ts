@@ -1,5 +1,5 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { IncrementalDetokenizer, StopStringMatcher } from './detokenizer.js';
 import { QwenTokenizer } from './tokenizer.js';
@@ -28,7 +28,10 @@ test('a multi-byte character split over byte tokens is emitted once, whole', () 
   };
   const ids = [...new TextEncoder().encode('a🎉')].map(byteToken);
   const d = new IncrementalDetokenizer(tokenizer, false);
-  assert.deepEqual(ids.map((id) => d.push(id)), ['a', '', '', '', '🎉']);
+  assert.deepEqual(
+    ids.map((id) => d.push(id)),
+    ['a', '', '', '', '🎉'],
+  );
 });
 
 test('special tokens are skipped on request; <think> is not special', () => {

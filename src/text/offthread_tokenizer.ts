@@ -131,7 +131,7 @@ export class OffThreadTokenizer {
     }
     if (!this.loaded) return;
     const first = this.queue.findIndex((j) => !j.background);
-    const next = this.queue.splice(first >= 0 ? first : 0, 1)[0];
+    const next = this.queue.splice(Math.max(first, 0), 1)[0];
     const timer = setTimeout(() => {
       if (this.running?.job !== next) return;
       this.running = null;

@@ -1,9 +1,12 @@
-import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { test } from 'node:test';
 import { OutputParser, type OutputParserOptions, type ParsedDelta } from './output_parser.js';
 
 /** Feeds pieces one by one and joins what comes out. */
-function run(pieces: string[], o: OutputParserOptions): { reasoning: string; content: string; calls: ParsedDelta['toolCalls']; perPiece: ParsedDelta[] } {
+function run(
+  pieces: string[],
+  o: OutputParserOptions,
+): { reasoning: string; content: string; calls: ParsedDelta['toolCalls']; perPiece: ParsedDelta[] } {
   const p = new OutputParser(o);
   const perPiece = pieces.map((x) => p.push(x));
   perPiece.push(p.finish());
@@ -41,7 +44,10 @@ test('thinking off: all of it is content, tags included', () => {
 });
 
 test('a tool call after thinking, split across pieces', () => {
-  const r = run(['<think>\nNeed weather.\n</think>\n\n', '<tool', '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n</tool_', 'call>'], { thinking: true, tools: true });
+  const r = run(
+    ['<think>\nNeed weather.\n</think>\n\n', '<tool', '_call>\n{"name": "get_weather", ', '"arguments": {"city": "Paris"}}\n</tool_', 'call>'],
+    { thinking: true, tools: true },
+  );
   assert.equal(r.reasoning, 'Need weather.\n');
   assert.equal(r.content, '');
   assert.deepEqual(r.calls, [{ name: 'get_weather', arguments: '{"city":"Paris"}' }]);

@@ -14,7 +14,10 @@ const tokenizer = QwenTokenizer.fromDir(workerData as string);
 port.on('message', (job: TokenizerJob) => {
   let result: TokenizerResult;
   try {
-    result = job.type === 'encode' ? { id: job.id, ids: tokenizer.encode(job.text) } : { id: job.id, text: tokenizer.decode(job.ids, job.skipSpecialTokens) };
+    result =
+      job.type === 'encode'
+        ? { id: job.id, ids: tokenizer.encode(job.text) }
+        : { id: job.id, text: tokenizer.decode(job.ids, job.skipSpecialTokens) };
   } catch (err) {
     result = { id: job.id, error: (err as Error).message };
   }

@@ -9,8 +9,9 @@
  * The driver writes a JSON report, which `runAgentSession` returns; `assertLoopbackOnly`
  * fails a test whose client looked up or connected to anything but loopback.
  */
-import { spawn, spawnSync } from 'node:child_process';
+
 import { AssertionError } from 'node:assert';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -189,7 +190,14 @@ export async function runAgentSession(spec: AgentSessionSpec): Promise<AgentSess
 }
 
 /** DNS names that mean this machine: glibc answers them from /etc/hosts, but a client may still ask DNS. */
-const LOOPBACK_NAMES = [/^localhost\.?$/i, /\.localhost\.?$/i, /^localhost\.localdomain\.?$/i, /^ip6-(localhost|loopback)\.?$/i, /^(\d+\.){3}127\.in-addr\.arpa\.?$/i, /^1(\.0){31}\.ip6\.arpa\.?$/i];
+const LOOPBACK_NAMES = [
+  /^localhost\.?$/i,
+  /\.localhost\.?$/i,
+  /^localhost\.localdomain\.?$/i,
+  /^ip6-(localhost|loopback)\.?$/i,
+  /^(\d+\.){3}127\.in-addr\.arpa\.?$/i,
+  /^1(\.0){31}\.ip6\.arpa\.?$/i,
+];
 
 /**
  * Throws an AssertionError listing every DNS query (except for loopback names and `allow`)
@@ -197,12 +205,22 @@ const LOOPBACK_NAMES = [/^localhost\.?$/i, /\.localhost\.?$/i, /^localhost\.loca
  */
 export function assertLoopbackOnly(report: AgentSessionReport, allow: { dnsNames?: Array<string | RegExp> } = {}): void {
   const allowed = [...LOOPBACK_NAMES, ...(allow.dnsNames ?? [])];
-  const queries = report.dnsQueries.filter((q) => !allowed.some((a) => (typeof a === 'string' ? a.toLowerCase() === q.name.toLowerCase() : a.test(q.name))));
+  const queries = report.dnsQueries.filter(
+    (q) => !allowed.some((a) => (typeof a === 'string' ? a.toLowerCase() === q.name.toLowerCase() : a.test(q.name))),
+  );
   const conns = report.outboundConnections;
   if (queries.length === 0 && conns.length === 0) return;
   const lines = [
     ...queries.map((q) => `  DNS query ${q.type} ${q.name}`),
-    ...conns.map((c) => `  connection to ${c.address.includes(':') ? `[${c.address}]` : c.address}:${c.port}${c.sni ? ` (TLS SNI ${c.sni})` : ''}${c.host ? ` (HTTP Host ${c.host})` : ''}`),
+    ...conns.map(
+      (c) =>
+        `  connection to ${c.address.includes(':') ? `[${c.address}]` : c.address}:${c.port}${c.sni ? ` (TLS SNI ${c.sni})` : ''}${c.host ? ` (HTTP Host ${c.host})` : ''}`,
+    ),
   ];
-  throw new AssertionError({ message: `the agent tried to reach beyond 127.0.0.1:\n${lines.join('\n')}`, actual: { dnsQueries: queries, outboundConnections: conns }, expected: { dnsQueries: [], outboundConnections: [] }, operator: 'assertLoopbackOnly' });
+  throw new AssertionError({
+    message: `the agent tried to reach beyond 127.0.0.1:\n${lines.join('\n')}`,
+    actual: { dnsQueries: queries, outboundConnections: conns },
+    expected: { dnsQueries: [], outboundConnections: [] },
+    operator: 'assertLoopbackOnly',
+  });
 }

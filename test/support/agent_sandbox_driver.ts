@@ -5,7 +5,7 @@
  * agent, and writes the report to `spec.reportPath`. Node built-ins only, so it never breaks
  * when the server's code is mid-edit.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -62,7 +62,20 @@ function isolateDns(): void {
   sh('mount', ['--bind', file, realpathSync('/etc/resolv.conf')]);
 }
 
-const typeNames: Record<number, string> = { 1: 'A', 2: 'NS', 5: 'CNAME', 6: 'SOA', 12: 'PTR', 15: 'MX', 16: 'TXT', 28: 'AAAA', 33: 'SRV', 64: 'SVCB', 65: 'HTTPS', 255: 'ANY' };
+const typeNames: Record<number, string> = {
+  1: 'A',
+  2: 'NS',
+  5: 'CNAME',
+  6: 'SOA',
+  12: 'PTR',
+  15: 'MX',
+  16: 'TXT',
+  28: 'AAAA',
+  33: 'SRV',
+  64: 'SVCB',
+  65: 'HTTPS',
+  255: 'ANY',
+};
 
 /** The first question of a DNS message, or null when it is not one. */
 function parseQuestion(msg: Buffer): { name: string; type: string; end: number } | null {
@@ -248,7 +261,11 @@ async function startEchoServer(): Promise<http.Server> {
 /** Starts `qwen3-serve serve` on 127.0.0.1 and waits for /health to be 200. */
 async function startServer(port: number): Promise<ChildProcess> {
   const args = [CLI, 'serve', '--model', spec.model!, '--host', '127.0.0.1', '--port', String(port), ...spec.serverFlags];
-  const child = spawn(process.execPath, args, { cwd: spec.home, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: spec.home, ...spec.serverEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, {
+    cwd: spec.home,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: spec.home, ...spec.serverEnv },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const log = (d: Buffer) => (serverLog = (serverLog + d.toString()).slice(-SERVER_LOG_TAIL));
   child.stdout!.on('data', log);
   child.stderr!.on('data', log);
@@ -258,9 +275,12 @@ async function startServer(port: number): Promise<ChildProcess> {
   while (performance.now() < deadline) {
     if (exited) throw new Error(`the server ${exited} before /health was 200`);
     const status = await new Promise<number>((res) => {
-      http.get({ host: '127.0.0.1', port, path: '/health', timeout: 2000 }, (r) => (r.resume(), res(r.statusCode ?? 0))).on('error', () => res(0)).on('timeout', function (this: http.ClientRequest) {
-        this.destroy();
-      });
+      http
+        .get({ host: '127.0.0.1', port, path: '/health', timeout: 2000 }, (r) => (r.resume(), res(r.statusCode ?? 0)))
+        .on('error', () => res(0))
+        .on('timeout', function (this: http.ClientRequest) {
+          this.destroy();
+        });
     });
     if (status === 200) return child;
     await sleep(250);
@@ -291,7 +311,19 @@ function endToEnd(h: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
 async function startProxy(target: number): Promise<http.Server> {
   const proxy = http.createServer({ noDelay: true, requestTimeout: 0 }, (req, res) => {
     const start = performance.now();
-    const ex: Exchange = { startedMs: ms(agentStart), method: req.method ?? '', path: req.url ?? '', requestHeaders: req.headers, requestBody: null, status: null, responseHeaders: {}, responseBody: '', headersMs: null, firstByteMs: null, totalMs: null };
+    const ex: Exchange = {
+      startedMs: ms(agentStart),
+      method: req.method ?? '',
+      path: req.url ?? '',
+      requestHeaders: req.headers,
+      requestBody: null,
+      status: null,
+      responseHeaders: {},
+      responseBody: '',
+      headersMs: null,
+      firstByteMs: null,
+      totalMs: null,
+    };
     const body = { req: [] as Buffer[], res: [] as Buffer[], reqType: req.headers['content-type'] ?? '' };
     exchanges.push(ex);
     bodies.set(ex, body);
@@ -409,7 +441,20 @@ async function runAgent(base: string): Promise<Pick<AgentSessionReport, 'exitCod
 }
 
 async function main(): Promise<void> {
-  const report: AgentSessionReport = { exitCode: null, signal: null, timedOut: false, stdout: '', stderr: '', baseUrl: '', exchanges, dnsQueries, outboundConnections, serverLog: '', serverExitCode: null, timings: { setupMs: 0, serverStartMs: null, agentMs: 0, totalMs: 0 } };
+  const report: AgentSessionReport = {
+    exitCode: null,
+    signal: null,
+    timedOut: false,
+    stdout: '',
+    stderr: '',
+    baseUrl: '',
+    exchanges,
+    dnsQueries,
+    outboundConnections,
+    serverLog: '',
+    serverExitCode: null,
+    timings: { setupMs: 0, serverStartMs: null, agentMs: 0, totalMs: 0 },
+  };
   let server: ChildProcess | null = null;
   const closers: Array<() => void> = [];
   try {

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import { exportModel } from '../../src/export/exporter.js';
 import { Engine } from '../../src/engine/engine.js';
 import type { WorkerOptions } from '../../src/engine/protocol.js';
 import type { EngineEvent, GenerateRequest } from '../../src/engine/types.js';
+import { exportModel } from '../../src/export/exporter.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/runtime/sampler.js';
 import { FIXTURE_DIR, tempDir } from './runner.js';
 
@@ -14,7 +14,10 @@ export function fixtureExport(layout: 'fast' | 'standard' = 'fast', dtype: 'fp32
   const key = `${layout}-${dtype}`;
   if (!exports.has(key)) {
     const out = join(work, key);
-    exports.set(key, exportModel({ modelDir: FIXTURE_DIR, outDir: out, layout, dtype }).then(() => out));
+    exports.set(
+      key,
+      exportModel({ modelDir: FIXTURE_DIR, outDir: out, layout, dtype }).then(() => out),
+    );
   }
   return exports.get(key)!;
 }
@@ -35,7 +38,10 @@ export function engineOptions(modelDir: string, o: Partial<WorkerOptions> = {}):
 
 let counter = 0;
 
-export function request(promptIds: number[], o: Partial<Omit<GenerateRequest, 'sampling'>> & { sampling?: Partial<SamplingParams> } = {}): GenerateRequest {
+export function request(
+  promptIds: number[],
+  o: Partial<Omit<GenerateRequest, 'sampling'>> & { sampling?: Partial<SamplingParams> } = {},
+): GenerateRequest {
   return {
     requestId: `test-${counter++}`,
     promptIds,

@@ -4,7 +4,7 @@
  * output a prefix of one JSON object, and is the object complete?
  */
 
-const enum Mode {
+enum Mode {
   Value, // a value must start (whitespace allowed)
   TopObject, // the top-level value, which must be an object
   KeyOrEnd, // after '{': a key or '}'
@@ -18,7 +18,7 @@ const enum Mode {
 }
 
 // Number sub-states: which characters may come next.
-const enum N {
+enum N {
   Minus, // after '-'
   Zero, // after a leading 0
   Int, // in the integer part

@@ -5,7 +5,10 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
  * Validators for OpenAI's published response schemas (test/fixtures/openai-openapi: the
  * components of OpenAI's OpenAPI document our endpoints answer with).
  */
-const doc = JSON.parse(readFileSync(new URL('../../../test/fixtures/openai-openapi/openai-openapi.subset.json', import.meta.url), 'utf8')) as Record<string, unknown>;
+const doc = JSON.parse(readFileSync(new URL('../../../test/fixtures/openai-openapi/openai-openapi.subset.json', import.meta.url), 'utf8')) as Record<
+  string,
+  unknown
+>;
 /** OpenAPI 3.0's `nullable: true` means "or null": rewritten as JSON Schema's anyOf. */
 function denull(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(denull);

@@ -114,8 +114,16 @@ export class ReferenceQwen3 {
         const q = project('q_proj', NH * HD);
         const k = project('k_proj', KVH * HD);
         const v = project('v_proj', KVH * HD);
-        qs.push(Array.from({ length: NH }, (_, n) => this.rope(this.rmsNorm(q.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.q_norm.weight`)), pos)));
-        ks.push(Array.from({ length: KVH }, (_, n) => this.rope(this.rmsNorm(k.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.k_norm.weight`)), pos)));
+        qs.push(
+          Array.from({ length: NH }, (_, n) =>
+            this.rope(this.rmsNorm(q.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.q_norm.weight`)), pos),
+          ),
+        );
+        ks.push(
+          Array.from({ length: KVH }, (_, n) =>
+            this.rope(this.rmsNorm(k.subarray(n * HD, (n + 1) * HD), this.get(`${p}.self_attn.k_norm.weight`)), pos),
+          ),
+        );
         vs.push(Array.from({ length: KVH }, (_, n) => v.slice(n * HD, (n + 1) * HD)));
       });
       xs = xs.map((x, pos) => {

@@ -2,10 +2,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readManifest } from '../../src/export/manifest.js';
-import { createSession } from '../../src/runtime/session.js';
 import { FastRunner } from '../../src/runtime/fast_runner.js';
-import { StandardRunner } from '../../src/runtime/standard_runner.js';
 import type { ModelRunner } from '../../src/runtime/model_runner.js';
+import { createSession } from '../../src/runtime/session.js';
+import { StandardRunner } from '../../src/runtime/standard_runner.js';
 
 export const FIXTURE_DIR = new URL('../../../test/fixtures/qwen3-tiny-a/', import.meta.url).pathname;
 export const FIXTURE_REFERENCE = new URL('../../../test/fixtures/qwen3-tiny-a.reference.json', import.meta.url).pathname;

@@ -117,7 +117,8 @@ function planBranches(transitions: Array<[number, number]>, branch: ScriptBranch
   // One flag ranks every unmarked successor below every marked one: a token cannot be both.
   const lows = new Set([...branches.values()].map((b) => b.b0));
   for (const [a, { b1 }] of branches) {
-    if (lows.has(b1)) throw new Error(`token ${b1} follows branch token ${a} only with the marker and another branch token only without it; reword one of them`);
+    if (lows.has(b1))
+      throw new Error(`token ${b1} follows branch token ${a} only with the marker and another branch token only without it; reword one of them`);
   }
   return { plain, branches, marker: branch.marker };
 }
@@ -198,7 +199,8 @@ function writeBranchingCheckpoint(dir: string, plan: BranchPlan): void {
     setTokenPart(a, basis[i], part);
     tokenPart.set(a, part);
   });
-  if (!tokenPart.has(plan.marker)) setTokenPart(plan.marker, embed.subarray(plan.marker * H, plan.marker * H + D), Math.sqrt(TOKEN_PART ** 2 - ROLE_PART ** 2));
+  if (!tokenPart.has(plan.marker))
+    setTokenPart(plan.marker, embed.subarray(plan.marker * H, plan.marker * H + D), Math.sqrt(TOKEN_PART ** 2 - ROLE_PART ** 2));
   embed[plan.marker * H + M] = ROLE_PART;
 
   const head = new Float32Array(V * H);
@@ -298,11 +300,13 @@ export function twoTurnScript(tokenizer: QwenTokenizer, o: { first: string; seco
     const seen = new Set<number>();
     for (const id of ids) {
       if (id === newline) throw new Error(`the ${which} turn has "\\n" (token ${id}), where thinking-on prompts end: it cannot lead anywhere else`);
-      if (seen.has(id)) throw new Error(`the ${which} turn repeats ${JSON.stringify(tokenizer.decode([id]))} (token ${id}): a bigram script needs distinct tokens`);
+      if (seen.has(id))
+        throw new Error(`the ${which} turn repeats ${JSON.stringify(tokenizer.decode([id]))} (token ${id}): a bigram script needs distinct tokens`);
       seen.add(id);
     }
     const at = ids.indexOf(blank);
-    if (at >= 0 && ids[at - 1] !== thinkEnd) throw new Error(`the ${which} turn has "\\n\\n" other than after </think>: thinking-off prompts end there`);
+    if (at >= 0 && ids[at - 1] !== thinkEnd)
+      throw new Error(`the ${which} turn has "\\n\\n" other than after </think>: thinking-off prompts end there`);
     return [...chain(newline, ids), ...(at >= 0 ? [] : [[blank, ids[0]] as [number, number]])];
   };
   return { transitions: turn(o.first, 'first'), branch: { marker, whenMarked: turn(o.second, 'second') } };
@@ -354,13 +358,20 @@ function spellString(out: Spellings, s: string): void {
 }
 
 function spellJson(out: Spellings, v: unknown): void {
-  if (typeof v === 'string') return spellString(out, v);
+  if (typeof v === 'string') {
+    spellString(out, v);
+    return;
+  }
   if (typeof v === 'number') {
     const text = JSON.stringify(v);
     const round = /^(-?[1-9]\d*?)(0+)$/.exec(text);
-    return out.choice(round ? [text, `${round[1]}e${round[2].length}`] : [text]);
+    out.choice(round ? [text, `${round[1]}e${round[2].length}`] : [text]);
+    return;
   }
-  if (v === null || typeof v !== 'object') return out.fixed(JSON.stringify(v));
+  if (v === null || typeof v !== 'object') {
+    out.fixed(JSON.stringify(v));
+    return;
+  }
   const array = Array.isArray(v);
   const entries: Array<[string | null, unknown]> = array ? v.map((x) => [null, x]) : Object.entries(v);
   out.fixed(array ? '[' : '{');
@@ -445,7 +456,9 @@ export function distinctToolCallText(tokenizer: QwenTokenizer, call: ScriptedToo
   const text = out.render(best.pick);
   const parsed = parseToolCallJson(text.slice('<tool_call>'.length, -'</tool_call>'.length));
   if (best.cost >= 1 || !parsed || parsed.name !== call.name || !isDeepStrictEqual(JSON.parse(parsed.arguments), want)) {
-    throw new Error(`no rendering of the ${call.name} call with distinct tokens found (closest: ${JSON.stringify(text)}); shorten or reword its arguments`);
+    throw new Error(
+      `no rendering of the ${call.name} call with distinct tokens found (closest: ${JSON.stringify(text)}); shorten or reword its arguments`,
+    );
   }
   return text;
 }

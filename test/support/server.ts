@@ -1,6 +1,6 @@
 import OpenAI from 'openai';
 import { pino } from 'pino';
-import { parseServeConfig, startServer, type RunningServer } from '../../src/cli/serve_command.js';
+import { parseServeConfig, type RunningServer, startServer } from '../../src/cli/serve_command.js';
 import { tempDir } from './runner.js';
 
 export interface TestServer extends RunningServer {
@@ -10,9 +10,14 @@ export interface TestServer extends RunningServer {
 
 /** A real server on 127.0.0.1 (random port) and an `openai` client pointed at it. */
 export async function startTestServer(model: string, flags: string[] = [], apiKey = 'unused'): Promise<TestServer> {
-  const config = parseServeConfig(['--model', model, '--port', '0', '--threads', '1', '--cache-dir', tempDir('qwen3-serve-cache-'), '--kv-cache-memory', '256MiB', ...flags], {})!;
+  const config = parseServeConfig(
+    ['--model', model, '--port', '0', '--threads', '1', '--cache-dir', tempDir('qwen3-serve-cache-'), '--kv-cache-memory', '256MiB', ...flags],
+    {},
+  )!;
   const server = await startServer(config, { logger: pino({ level: 'silent' }) });
   const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0, timeout: 60_000 });
-  const models = (await (await fetch(`${server.url}/v1/models`, { headers: { authorization: `Bearer ${config['api-key'] ?? ''}` } })).json()) as { data: Array<{ id: string }> };
+  const models = (await (await fetch(`${server.url}/v1/models`, { headers: { authorization: `Bearer ${config['api-key'] ?? ''}` } })).json()) as {
+    data: Array<{ id: string }>;
+  };
   return { ...server, client, model: models.data[0].id };
 }

@@ -22,7 +22,8 @@ const conversation = {
     { role: 'user', content: 'Write a binary search over a sorted array of numbers, in TypeScript.' },
     {
       role: 'assistant',
-      reasoning: 'The user wants a binary search. Keep two bounds, halve the range each step, return the index or -1. Use unsigned shift for the midpoint.',
+      reasoning:
+        'The user wants a binary search. Keep two bounds, halve the range each step, return the index or -1. Use unsigned shift for the midpoint.',
       content:
         'Here is an iterative version: it keeps the search range in `lo` and `hi` and halves it each step, so it takes **O(log n)** comparisons.\n\n```ts\nfunction search(xs: number[], x: number): number {\n  let lo = 0;\n  let hi = xs.length - 1;\n  while (lo <= hi) {\n    const mid = (lo + hi) >>> 1;\n    if (xs[mid] === x) return mid;\n    if (xs[mid] < x) lo = mid + 1;\n    else hi = mid - 1;\n  }\n  return -1;\n}\n```\n\nIt returns the index of `x`, or `-1` when it is absent.',
       stats: { promptTokens: 31, cachedTokens: 0, completionTokens: 171, ttftMs: 212, tokensPerSecond: 41.8 },
@@ -30,11 +31,20 @@ const conversation = {
   ],
 };
 
-const server = await startServer(parseServeConfig(['--port', '0', '--threads', '1', '--kv-cache-memory', '128MiB', '--cache-dir', tempDir('qwen3-shots-')], {})!, { logger: pino({ level: 'silent' }) });
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'] });
+const server = await startServer(
+  parseServeConfig(['--port', '0', '--threads', '1', '--kv-cache-memory', '128MiB', '--cache-dir', tempDir('qwen3-shots-')], {})!,
+  { logger: pino({ level: 'silent' }) },
+);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'],
+});
 try {
   for (const scheme of ['light', 'dark'] as const) {
-    for (const [name, viewport] of [['desktop', { width: 1280, height: 800 }], ['narrow', { width: 390, height: 844 }]] as const) {
+    for (const [name, viewport] of [
+      ['desktop', { width: 1280, height: 800 }],
+      ['narrow', { width: 390, height: 844 }],
+    ] as const) {
       const page = await browser.newPage({ viewport, colorScheme: scheme });
       await page.addInitScript(`localStorage.setItem('qwen3-serve.conversations', ${JSON.stringify(JSON.stringify([conversation]))})`);
       await page.goto(`${server.url}/`);

@@ -8,6 +8,8 @@ import { respond } from '../sse.js';
 /** Anthropic's Messages API; its errors come in Anthropic's envelope (see app.ts). */
 export const anthropicRoutes: FastifyPluginAsync<{ ctx: ServingContext; http: HttpOptions }> = async (app, { ctx, http }) => {
   const config = { envelope: 'anthropic' };
-  app.post('/v1/messages', { config }, (request, reply) => respond(request, reply, http, serveMessages(ctx, request.body, clientAbortSignal(request, reply))));
+  app.post('/v1/messages', { config }, (request, reply) =>
+    respond(request, reply, http, serveMessages(ctx, request.body, clientAbortSignal(request, reply))),
+  );
   app.post('/v1/messages/count_tokens', { config }, async (request) => serveCountTokens(ctx, request.body));
 };

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
 import { ServiceUnavailableError } from '../../errors.js';
-import type { ServingContext } from '../../serving/context.js';
 import { modelCard, serveDetokenize, serveModel, serveTokenize } from '../../openai/serving_info.js';
+import type { ServingContext } from '../../serving/context.js';
 import type { ServerMetrics } from '../metrics.js';
 
 /** /v1/models, /tokenize and /detokenize. */
@@ -17,7 +17,8 @@ export const operationsRoutes: FastifyPluginAsync<{ ctx: ServingContext; metrics
   // Liveness: a replica that is loading, restarting its engine or draining is alive (its
   // readiness says whether to send it work); only an engine that gave up needs a new process.
   app.get('/live', async () => {
-    if (ctx.engine.state === 'down') throw new ServiceUnavailableError(`The engine is down${ctx.engine.statusMessage ? `: ${ctx.engine.statusMessage}` : ''}.`);
+    if (ctx.engine.state === 'down')
+      throw new ServiceUnavailableError(`The engine is down${ctx.engine.statusMessage ? `: ${ctx.engine.statusMessage}` : ''}.`);
     return { status: 'alive', engine: ctx.engine.state };
   });
 
@@ -30,7 +31,8 @@ export const operationsRoutes: FastifyPluginAsync<{ ctx: ServingContext; metrics
     }
     const stats = await ctx.engine.stats();
     // The grammar engine rebuilds itself after a fault; one that cannot start again is reported.
-    if (stats.grammar?.state === 'failed') throw new ServiceUnavailableError('The grammar engine for structured outputs failed and could not be rebuilt.');
+    if (stats.grammar?.state === 'failed')
+      throw new ServiceUnavailableError('The grammar engine for structured outputs failed and could not be rebuilt.');
     return {
       status: 'ok',
       model: ctx.options.modelName,

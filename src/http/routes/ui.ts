@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import type { FastifyPluginAsync } from 'fastify';
 import fastifyStatic from '@fastify/static';
+import type { FastifyPluginAsync } from 'fastify';
 
 /** dist/ui, where `npm run build` puts the chat page (scripts/build_ui.ts). */
 export const UI_DIR = new URL('../../../ui/', import.meta.url).pathname;
@@ -10,7 +10,8 @@ export const UI_DIR = new URL('../../../ui/', import.meta.url).pathname;
  * no other origin, no framing. Whatever the model writes is shown as text or sanitised
  * markup (ui/app.ts); this is the second wall.
  */
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /** The chat page at `/` and its files under `/ui/`. */
 export const uiRoutes: FastifyPluginAsync = async (app) => {
