@@ -4,7 +4,7 @@
 #   gpu  — CUDA 12 + cuDNN 9 runtime with onnxruntime-node's CUDA execution provider
 # No weights are baked in: mount models on /models; exports are cached on /cache.
 
-ARG NODE_VERSION=20
+ARG NODE_VERSION=24
 
 # ---- build: compile TypeScript, keep production dependencies only ----
 FROM node:${NODE_VERSION}-bookworm-slim AS build

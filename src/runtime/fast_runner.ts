@@ -1,9 +1,8 @@
-import './telemetry_off.js';
-import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import { KvCache } from './kv_cache.js';
 import type { ModelRunner } from './model_runner.js';
+import ort from './ort.js';
 
 /**
  * Runs the fast layout over a KvCache (kv_cache.ts): the graph reads the cache's buffers

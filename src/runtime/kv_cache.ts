@@ -1,9 +1,8 @@
-import './telemetry_off.js';
-import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, copyRuns, type KvArray, type KvElementType, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import { CAPACITY_STEP, capacityBucket } from './kv_cost.js';
+import ort from './ort.js';
 
 /**
  * How far past what a step needs capacity may grow at once toward a row's expected

@@ -1,10 +1,9 @@
-import './telemetry_off.js';
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import ort from 'onnxruntime-node';
 import type { Manifest } from '../export/manifest.js';
 import { raiseMallocThresholds } from './malloc_thresholds.js';
+import ort from './ort.js';
 
 export type DeviceChoice = 'auto' | 'cuda' | 'cpu';
 

@@ -1,9 +1,8 @@
-import './telemetry_off.js';
-import ort from 'onnxruntime-node';
 import { ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, copyRuns, type KvArray, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import type { ModelRunner } from './model_runner.js';
+import ort from './ort.js';
 
 interface SequenceKv {
   length: number;
