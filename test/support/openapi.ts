@@ -18,19 +18,22 @@ function denull(v: unknown): unknown {
   return nullable === true ? { anyOf: [out, { type: 'null' }] } : out;
 }
 
-// Vendor keywords are not JSON Schema: accepted; formats are not checked.
-const ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
-ajv.addSchema({ ...(denull(doc) as object), $id: 'openai.json' });
+/** A validator over `schemas`; vendor keywords are not JSON Schema (accepted), formats are not checked. */
+function validatorOf(schemas: unknown): (name: string, value: unknown) => void {
+  const ajv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
+  ajv.addSchema({ ...(schemas as object), $id: 'openai.json' });
+  return (name, value) => {
+    const validate = ajv.getSchema(`openai.json#/components/schemas/${name}`);
+    if (!validate) throw new Error(`no schema ${name}`);
+    if (!validate(value)) {
+      const e = validate.errors?.[0];
+      throw new Error(`not a valid ${name}: ${e?.instancePath} ${e?.message} ${JSON.stringify(e?.params)}\n${JSON.stringify(value).slice(0, 600)}`);
+    }
+  };
+}
 
 /** Throws, naming the schema and the first error, unless `value` is a valid `name`. */
-export function assertOpenAI(name: string, value: unknown): void {
-  const validate = ajv.getSchema(`openai.json#/components/schemas/${name}`);
-  if (!validate) throw new Error(`no schema ${name}`);
-  if (!validate(value)) {
-    const e = validate.errors?.[0];
-    throw new Error(`not a valid ${name}: ${e?.instancePath} ${e?.message} ${JSON.stringify(e?.params)}\n${JSON.stringify(value).slice(0, 600)}`);
-  }
-}
+export const assertOpenAI = validatorOf(denull(doc));
 
 /** OpenAI's request schemas list overlapping alternatives under oneOf (a message is both an EasyInputMessage and an InputMessage); its API takes any that fits. */
 function anyOfAlternatives(v: unknown): unknown {
@@ -38,15 +41,6 @@ function anyOfAlternatives(v: unknown): unknown {
   if (v === null || typeof v !== 'object') return v;
   return Object.fromEntries(Object.entries(v as Record<string, unknown>).map(([k, x]) => [k === 'oneOf' ? 'anyOf' : k, anyOfAlternatives(x)]));
 }
-const requestAjv = new Ajv2020({ strict: false, validateFormats: false, allErrors: false });
-requestAjv.addSchema({ ...(anyOfAlternatives(denull(doc)) as object), $id: 'openai.json' });
 
 /** Throws unless `value` is a valid request body `name` (`CreateResponse`, `CreateChatCompletionRequest`). */
-export function assertOpenAIRequest(name: string, value: unknown): void {
-  const validate = requestAjv.getSchema(`openai.json#/components/schemas/${name}`);
-  if (!validate) throw new Error(`no schema ${name}`);
-  if (!validate(value)) {
-    const e = validate.errors?.[0];
-    throw new Error(`not a valid ${name}: ${e?.instancePath} ${e?.message} ${JSON.stringify(e?.params)}\n${JSON.stringify(value).slice(0, 600)}`);
-  }
-}
+export const assertOpenAIRequest = validatorOf(anyOfAlternatives(denull(doc)));
