@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 import OpenAI from 'openai';
@@ -7,25 +6,19 @@ import { IGNORED_TOOLS_HEADER } from '../src/http/sse.js';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { assertOpenAI } from './support/openapi.js';
-import { tempDir } from './support/runner.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { startScriptedServer } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // What coding agents send beyond plain function calling, through the real openai and
 // @anthropic-ai/sdk clients: namespace and custom tools, hosted tools left out, sealed
 // reasoning sent back, Anthropic's system turns, adaptive thinking and omitted display.
 const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
-const NEWLINE = tokenizer.encode('\n')[0];
 const SCRIPT = '<think>Plan it.</think>\n\n<tool_call>{"name":"crm.lookup","arguments":{"input": "Begin"}}</tool_call><|im_end|>';
 let s: TestServer;
 let claude: Anthropic;
 
 before(async () => {
-  const ids = tokenizer.encode(SCRIPT);
-  assert.equal(new Set(ids).size, ids.length, 'the script needs distinct tokens');
-  const dir = join(tempDir(), 'scripted');
-  writeScriptedCheckpoint(dir, chain(NEWLINE, ids));
-  s = await startTestServer(dir, ['--served-model-name', 'scripted']);
+  s = await startScriptedServer(SCRIPT);
   claude = new Anthropic({ baseURL: s.url, apiKey: 'unused', maxRetries: 0 });
 });
 after(async () => {

@@ -1,31 +1,23 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, streamText, tool } from 'ai';
 import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import { z } from 'zod';
-import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport } from './support/engine.js';
 import { assertOpenAI } from './support/openapi.js';
-import { tempDir } from './support/runner.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { startScriptedServer } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // The Responses API through the real openai SDK and the Vercel AI SDK's default provider.
-const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
-const NEWLINE = tokenizer.encode('\n')[0];
 const SCRIPT = '<think>Plan it.</think>\n\n<tool_call>{"name":"get_weather","arguments":{"days":3}}</tool_call><|im_end|>';
 let tiny: TestServer;
 let scripted: TestServer;
 
 before(async () => {
   tiny = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--max-model-len', '1024', '--responses-store', '3']);
-  const dir = join(tempDir(), 'tools');
-  writeScriptedCheckpoint(dir, chain(NEWLINE, tokenizer.encode(SCRIPT)));
-  scripted = await startTestServer(dir, ['--served-model-name', 'scripted']);
+  scripted = await startScriptedServer(SCRIPT);
 });
 after(async () => {
   await tiny.close();

@@ -1,17 +1,11 @@
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
-import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
-import { QwenTokenizer } from '../src/text/tokenizer.js';
-import { tempDir } from './support/runner.js';
-import { chain, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { startScriptedServer } from './support/scripted_checkpoint.js';
+import type { TestServer } from './support/server.js';
 
 // A real Qwen3 graph whose weights spell out: thinking, then a tool call, then <|im_end|>.
-const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
 const SCRIPT = '<think>Plan it.</think>\n\n<tool_call>{"name":"get_weather","arguments":{"days":3}}</tool_call><|im_end|>';
-const NEWLINE = tokenizer.encode('\n')[0];
 let s: TestServer;
 
 const tools: OpenAI.ChatCompletionTool[] = [
@@ -22,12 +16,7 @@ const tools: OpenAI.ChatCompletionTool[] = [
 ];
 
 before(async () => {
-  const ids = tokenizer.encode(SCRIPT);
-  assert.equal(new Set(ids).size, ids.length, 'the script needs distinct tokens');
-  const dir = join(tempDir(), 'scripted');
-  // Generation prompts end with "assistant\n" (thinking on) or "</think>\n\n" (off).
-  writeScriptedCheckpoint(dir, chain(NEWLINE, ids));
-  s = await startTestServer(dir, ['--served-model-name', 'scripted']);
+  s = await startScriptedServer(SCRIPT);
 });
 after(async () => {
   await s.close();

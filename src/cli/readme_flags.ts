@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { markdownFlagTable } from './flags.js';
-import { SERVE_FLAGS } from './serve_command.js';
+import { SERVE_FLAGS } from './serve_flags.js';
 
 const START = '<!-- serve flags: generated from src/cli/serve_command.ts by `npm run docs:flags` -->';
 const END = '<!-- end of serve flags -->';

@@ -1,8 +1,11 @@
+import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { writeRandomCheckpoint } from '../../src/model/random_checkpoint.js';
+import { TOKENIZER_ASSETS, writeRandomCheckpoint } from '../../src/model/random_checkpoint.js';
 import { parseToolCallJson } from '../../src/text/output_parser.js';
-import type { QwenTokenizer } from '../../src/text/tokenizer.js';
+import { QwenTokenizer } from '../../src/text/tokenizer.js';
 import { mulberry32 } from '../../src/util/random.js';
+import { tempDir } from './runner.js';
+import { startTestServer, type TestServer } from './server.js';
 
 const V = 151936;
 
@@ -55,6 +58,20 @@ function successors(transitions: Array<[number, number]>, state: string): Map<nu
   return successor;
 }
 
+/** One layer, two heads of 32 sharing one KV head, an untied head, float32: the shape both constructions fill in. */
+function scriptedShape(hiddenSize: number) {
+  return {
+    hiddenSize,
+    intermediateSize: 64,
+    numLayers: 1,
+    numHeads: 2,
+    numKvHeads: 1,
+    headDim: HEAD_DIM,
+    tieWordEmbeddings: false,
+    dtype: 'f32' as const,
+  };
+}
+
 /** The original construction, kept bit for bit: tests rely on what it does off script too. */
 function writeBigramCheckpoint(dir: string, successor: Map<number, number>): void {
   const H = 64;
@@ -73,14 +90,7 @@ function writeBigramCheckpoint(dir: string, successor: Map<number, number>): voi
     for (let k = 0; k < H; k++) head[b * H + k] += embed[a * H + k] * scale;
   }
   writeRandomCheckpoint(dir, {
-    hiddenSize: H,
-    intermediateSize: 64,
-    numLayers: 1,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: 32,
-    tieWordEmbeddings: false,
-    dtype: 'f32',
+    ...scriptedShape(H),
     override: (name, shape) => {
       if (name === 'model.embed_tokens.weight') return embed;
       if (name === 'lm_head.weight') return head;
@@ -223,14 +233,7 @@ function writeBranchingCheckpoint(dir: string, plan: BranchPlan): void {
   const qkWeight = Math.sqrt(SCORE / Math.sqrt(HEAD_DIM));
   const pair = HEAD_DIM / 2 - 1; // rotate_half pairs (i, i + 16): i = 15 turns slowest
   writeRandomCheckpoint(dir, {
-    hiddenSize: H,
-    intermediateSize: 64,
-    numLayers: 1,
-    numHeads: 2,
-    numKvHeads: 1,
-    headDim: HEAD_DIM,
-    tieWordEmbeddings: false,
-    dtype: 'f32',
+    ...scriptedShape(H),
     override: (name, shape) => {
       if (name === 'model.embed_tokens.weight') return embed;
       if (name === 'lm_head.weight') return head;
@@ -461,4 +464,17 @@ export function distinctToolCallText(tokenizer: QwenTokenizer, call: ScriptedToo
     );
   }
   return text;
+}
+
+/**
+ * A real server (model `scripted`) on a checkpoint that writes `script` after every
+ * generation prompt: they end with "assistant\n" (thinking on) or "</think>\n\n" (off).
+ */
+export async function startScriptedServer(script: string, flags: string[] = []): Promise<TestServer> {
+  const tokenizer = QwenTokenizer.fromDir(TOKENIZER_ASSETS);
+  const ids = tokenizer.encode(script);
+  if (new Set(ids).size !== ids.length) throw new Error(`the script needs distinct tokens: ${script}`);
+  const dir = join(tempDir(), 'scripted');
+  writeScriptedCheckpoint(dir, chain(tokenizer.encode('\n')[0], ids));
+  return startTestServer(dir, ['--served-model-name', 'scripted', ...flags]);
 }
