@@ -1,8 +1,9 @@
-import { ioName, type Manifest } from '../export/manifest.js';
-import { BYTES, copyRuns, type KvArray, type KvElementType, kvArray } from './kv_array.js';
+import type { Manifest } from '../export/manifest.js';
+import { BYTES, copyRuns, type KvArray, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import { CAPACITY_STEP, capacityBucket } from './kv_cost.js';
-import ort from './ort.js';
+import { kvPlanes, type Plane, type PlaneRuns, planeRuns, planeTensor } from './kv_planes.js';
+import type ort from './ort.js';
 
 /**
  * How far past what a step needs capacity may grow at once toward a row's expected
@@ -10,20 +11,6 @@ import ort from './ort.js';
  * contexts), each unused step costs every later step a little attention (docs/performance.md).
  */
 export const GROW_AHEAD = 4 * CAPACITY_STEP;
-
-/**
- * One cached tensor per layer: keys, values, or (int8 caches) their per-token scales.
- * `width` elements per token and head; `transposed` stores [rows, heads, width, capacity]
- * instead of [rows, heads, capacity, width]. Width-1 planes are fed as [rows, heads, capacity].
- */
-interface Plane {
-  readonly past: string[];
-  readonly fresh: string[];
-  readonly type: KvElementType;
-  readonly width: number;
-  readonly transposed: boolean;
-  data: KvArray[];
-}
 
 /**
  * The fast layout's KV cache: one buffer per layer and plane of shape
@@ -63,26 +50,7 @@ export class KvCache {
     this.layers = c.numLayers;
     this.rowLength = new Int32Array(maxSequences);
     this.rowReach = new Int32Array(maxSequences);
-    const names = (t: string) => Array.from({ length: this.layers }, (_, l) => ioName(t, l));
-    const io = manifest.io;
-    const plane = (past: string, fresh: string, type: KvElementType, width: number, transposed: boolean): Plane => ({
-      past: names(past),
-      fresh: names(fresh),
-      type,
-      width,
-      transposed,
-      data: [],
-    });
-    this.planes = [
-      plane(io.pastKey, io.newKey, manifest.kvDtype, c.headDim, manifest.keyLayout === 'bhdt'),
-      plane(io.pastValue, io.newValue, manifest.kvDtype, c.headDim, false),
-    ];
-    if (manifest.kvDtype === 'int8') {
-      if (!io.pastKeyScale || !io.pastValueScale || !io.newKeyScale || !io.newValueScale) {
-        throw new Error('an int8 KV export must name its scale tensors (re-export the model)');
-      }
-      this.planes.push(plane(io.pastKeyScale, io.newKeyScale, 'float32', 1, false), plane(io.pastValueScale, io.newValueScale, 'float32', 1, false));
-    }
+    this.planes = kvPlanes(manifest);
     this.allocate(1, CAPACITY_STEP);
   }
 
@@ -162,12 +130,8 @@ export class KvCache {
     }
   }
 
-  /**
-   * A plane is a sequence of runs, each `capacity` slots of `unit` elements: per (row,
-   * head) for [rows, heads, capacity, width], per (row, head, d) for the transposed order.
-   */
-  private runs(p: Plane): { perRow: number; unit: number } {
-    return p.transposed ? { perRow: this.kvHeads * p.width, unit: 1 } : { perRow: this.kvHeads, unit: p.width };
+  private runs(p: Plane): PlaneRuns {
+    return planeRuns(p, this.kvHeads);
   }
 
   /**
@@ -372,15 +336,7 @@ export class KvCache {
   }
 
   private planeTensor(p: Plane, l: number, rows: number, firstRow: number): ort.Tensor {
-    const size = this.planeSize(p, 1, this.capacity);
-    const view = p.data[l].subarray(firstRow * size, (firstRow + rows) * size);
-    const dims =
-      p.width === 1
-        ? [rows, this.kvHeads, this.capacity]
-        : p.transposed
-          ? [rows, this.kvHeads, p.width, this.capacity]
-          : [rows, this.kvHeads, this.capacity, p.width];
-    return new ort.Tensor(p.type, view, dims);
+    return planeTensor(p, l, this.kvHeads, this.capacity, rows, firstRow);
   }
 
   /**
