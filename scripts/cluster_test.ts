@@ -130,12 +130,12 @@ async function haproxyStats(): Promise<Map<string, { status: string; sessions: n
   return out;
 }
 
-async function waitStatus(name: string, want: (status: string) => boolean, timeoutMs = 120_000): Promise<number> {
+async function waitStatus(name: string, want: (status: string, sessions: number) => boolean, timeoutMs = 120_000): Promise<number> {
   const end = Date.now() + timeoutMs;
   while (Date.now() < end) {
     // HAProxy may not listen yet.
     const s = (await haproxyStats().catch(() => new Map<string, { status: string; sessions: number }>())).get(name);
-    if (s && want(s.status)) return Date.now();
+    if (s && want(s.status, s.sessions)) return Date.now();
     await sleep(50);
   }
   throw new Error(`HAProxy never saw ${name} change as expected`);
@@ -143,7 +143,9 @@ async function waitStatus(name: string, want: (status: string) => boolean, timeo
 
 const replicas: ChildProcess[] = [];
 log(`starting 3 replicas (${values.model ?? 'the demo model'}) on ports ${replicaPorts.join(', ')}`);
-for (let i = 0; i < 3; i++) replicas.push(await startReplica(i));
+// The first replica exports the demo model into the shared cache; the others then load it together.
+replicas.push(await startReplica(0));
+replicas.push(...(await Promise.all([startReplica(1), startReplica(2)])));
 const cfg = join(work, 'haproxy.cfg');
 writeFileSync(cfg, haproxyConfig);
 const lb = spawn('haproxy', ['-f', cfg, '-db'], { stdio: ['ignore', 'ignore', 'inherit'] });
@@ -177,8 +179,8 @@ processes.add(bench);
 const benchDone = new Promise<number>((resolve) => bench.once('exit', (code) => resolve(code ?? 1)));
 const events: Record<string, number> = {};
 
-// Restart r1 gracefully once the load runs.
-await sleep(2000);
+// Restart r1 gracefully once the load reaches it.
+await waitStatus('r1', (_, sessions) => sessions > 0);
 const r1Sessions = (await haproxyStats()).get('r1')!.sessions;
 events.sigterm = Date.now();
 replicas[0].kill('SIGTERM');
@@ -191,7 +193,6 @@ log(`r1: SIGTERM; HAProxy marked it DOWN after ${events.r1Down - events.sigterm}
 const r1Back = startReplica(0);
 
 // Then, while r1 loads again, kill r2 hard, and start it again.
-await sleep(1000);
 events.sigkill = Date.now();
 replicas[1].kill('SIGKILL');
 events.r2Down = await waitStatus('r2', (s) => s.startsWith('DOWN'));

@@ -3,6 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tempDir } from './support/runner.js';
+import { healthOf, until } from './support/server.js';
 
 const CLI = new URL('../src/cli.js', import.meta.url).pathname;
 
@@ -80,7 +81,7 @@ test('npm start with nothing configured serves the demo model: a streamed chat c
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ prompt: 'Hi', max_tokens: 40, ignore_eos: true }),
     });
-    await sleep(50);
+    await until(async () => (await healthOf(url)).running === 1, 'the completion to run');
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     child.kill('SIGTERM');
     const done = (await (await inflight).json()) as { usage: { completion_tokens: number } };
@@ -117,7 +118,7 @@ test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly a
       '--model',
       dir,
       '--shutdown-timeout',
-      '3',
+      '1',
       '--max-model-len',
       '8192',
       '--max-num-batched-tokens',
@@ -179,15 +180,14 @@ test('SIGTERM drains: /health and new requests get 503 with Retry-After at once,
       fetch(`${url}/v1/completions`, {
         method: 'POST',
         headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ prompt: 'Hello', max_tokens: 1500, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
+        body: JSON.stringify({ prompt: 'Hello', max_tokens: 500, ignore_eos: true, stream: true, stream_options: { include_usage: true } }),
       }).then((r) => r.text()),
     );
-    await sleep(300);
+    await until(async () => (await healthOf(url)).running === 3, 'the three streams to run');
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     child.kill('SIGTERM');
-    await sleep(100);
-    const health = await fetch(`${url}/health`);
-    assert.equal(health.status, 503);
+    // The signal arrives asynchronously; from then on /health answers 503.
+    await until(async () => (await fetch(`${url}/health`)).status === 503, '/health to turn 503');
     const late = await fetch(`${url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
@@ -197,7 +197,7 @@ test('SIGTERM drains: /health and new requests get 503 with Retry-After at once,
     assert.ok(Number(late.headers.get('retry-after')) > 0);
     assert.equal(((await late.json()) as { error: { code: string } }).error.code, 'service_unavailable');
     for (const body of await Promise.all(streams)) {
-      assert.match(body, /"completion_tokens":1500/, 'each stream ran to its end');
+      assert.match(body, /"completion_tokens":500/, 'each stream ran to its end');
       assert.match(body, /data: \[DONE\]\n\n$/);
     }
     assert.equal(await exited, 0, out.log);

@@ -98,13 +98,15 @@ test('abort frees the sequence within a step; a full queue and an over-long requ
   const engine = await startEngine(await fixtureExport('fast'), { maxNumSeqs: 1, maxQueue: 1, maxModelLen: 512 });
   const controller = new AbortController();
   let seen = 0;
+  let running: () => void = () => {};
+  const started = new Promise<void>((r) => (running = r));
   const long = collect(engine, request([1, 2, 3], { maxTokens: 400, ignoreEos: true }), controller.signal, () => {
+    running();
     if (++seen === 5) controller.abort();
   });
-  // While it runs, one more waits and the next is refused.
-  await sleep(5);
+  // While it runs, one more waits and the next is refused (requests reach the worker in order).
+  await started;
   const waiting = collect(engine, request([4, 5, 6], { maxTokens: 4, ignoreEos: true }));
-  await sleep(5);
   await assert.rejects(
     collect(engine, request([7], { maxTokens: 4 })),
     (err: Error) => err instanceof Error && (err as QueueFullError).status === 429,
@@ -124,7 +126,7 @@ test('abort frees the sequence within a step; a full queue and an over-long requ
 
 test('the main thread keeps running timers during a long prefill in the worker', async () => {
   const src = join(tempDir(), 'wide');
-  writeRandomCheckpoint(src, { hiddenSize: 256, intermediateSize: 1024, numLayers: 6, numHeads: 8, numKvHeads: 4, headDim: 32 });
+  writeRandomCheckpoint(src, { hiddenSize: 256, intermediateSize: 1024, numLayers: 6, numHeads: 8, numKvHeads: 4, headDim: 32, vocabSize: 4096 });
   const out = `${src}-export`;
   await exportModel({ modelDir: src, outDir: out });
   const engine = await startEngine(out, { maxNumBatchedTokens: 4096 });
@@ -147,8 +149,10 @@ test('the main thread keeps running timers during a long prefill in the worker',
 
 test('a crashed worker ends requests in flight with an error, then the engine restarts and serves', async () => {
   const engine = await startEngine(await fixtureExport('fast'));
-  const inflight = collect(engine, request([1, 2, 3], { maxTokens: 30000, ignoreEos: true }));
-  await sleep(50);
+  let running: () => void = () => {};
+  const started = new Promise<void>((r) => (running = r));
+  const inflight = collect(engine, request([1, 2, 3], { maxTokens: 30000, ignoreEos: true }), undefined, () => running());
+  await started;
   crash(engine);
   await assert.rejects(inflight, (err: Error & { status?: number }) => err.status === 503);
   // A generous bound: a restart loads the session again, slow on a loaded 2-core box.

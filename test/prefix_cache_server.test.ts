@@ -261,7 +261,8 @@ test('--no-warm-next-turn leaves the next turn to compute the answer again', asy
       { role: 'user' as const, content: 'Tell me a long story.' },
     ];
     const r1 = await chat(quiet, turn1, { ...kwargs, max_tokens: 150 });
-    await new Promise((r) => setTimeout(r, 500));
+    // Idle for twice the engine's wait before a warm-up: one would have started by now.
+    await new Promise((r) => setTimeout(r, 2 * WARM_AFTER_IDLE_MS));
     const turn2 = [
       ...turn1,
       { role: 'assistant' as const, content: r1.choices[0].message.content ?? '' },

@@ -5,7 +5,7 @@ import OpenAI from 'openai';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport } from './support/engine.js';
 import { FIXTURE_DIR, FIXTURE_REFERENCE, type ReferenceCase } from './support/runner.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { healthOf, startTestServer, type TestServer, until } from './support/server.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
 const tokenizer = QwenTokenizer.fromDir(FIXTURE_DIR);
@@ -438,13 +438,17 @@ test('an API key is required when set; a full queue answers 429 with Retry-After
     );
     const ok = new OpenAI({ baseURL: `${guarded.url}/v1`, apiKey: 'sekret', maxRetries: 0 });
     assert.equal((await fetch(`${guarded.url}/health`)).status, 200, 'health stays open');
-    const long = ok.chat.completions.create({
-      model: guarded.model,
-      messages: [{ role: 'user', content: 'x' }],
-      max_tokens: 3000,
-      ignore_eos: true,
-    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
-    await new Promise((r) => setTimeout(r, 100));
+    const holder = new AbortController();
+    const long = ok.chat.completions.create(
+      {
+        model: guarded.model,
+        messages: [{ role: 'user', content: 'x' }],
+        max_tokens: 3000,
+        ignore_eos: true,
+      } as OpenAI.ChatCompletionCreateParamsNonStreaming,
+      { signal: holder.signal },
+    );
+    await until(async () => (await healthOf(guarded.url)).running === 1, 'the long request to run');
     const res = await fetch(`${guarded.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json', authorization: 'Bearer sekret' },
@@ -456,7 +460,10 @@ test('an API key is required when set; a full queue answers 429 with Retry-After
       ok.chat.completions.create({ model: guarded.model, messages: [{ role: 'user', content: 'y' }], max_tokens: 2 }),
       OpenAI.RateLimitError,
     );
-    await long;
+    // The request that held the only slot has done its job; hanging up frees it.
+    holder.abort();
+    await assert.rejects(long, OpenAI.APIUserAbortError);
+    await until(async () => (await healthOf(guarded.url)).running === 0, 'the held slot to be freed');
   } finally {
     await guarded.close();
   }

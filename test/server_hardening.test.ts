@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, test } from 'node:test';
 import { fixtureExport } from './support/engine.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { startTestServer, type TestServer, until } from './support/server.js';
 
 // What one careless or hostile client does must not reach the others: each test runs a
 // harmful request next to the server's ordinary work and checks that work goes on.
@@ -87,7 +87,7 @@ test('refused grammars in a loop leave structured outputs working and /health tr
 
 test('a schema that compiles too slowly is a 400 naming the bound, and a running stream never waits for it', async () => {
   const stream = timedStream({ prompt: 'Once upon a time', max_tokens: 1500, ignore_eos: true });
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await until(async () => (await health()).running === 1, 'the stream to run');
   const r = await post('/v1/chat/completions', {
     messages: [{ role: 'user', content: 'x' }],
     max_tokens: 4,

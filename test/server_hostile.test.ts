@@ -3,7 +3,7 @@ import { connect } from 'node:net';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { startTestServer, type TestServer, until } from './support/server.js';
 
 let s: TestServer;
 before(async () => {
@@ -229,7 +229,7 @@ test('a body over --body-limit is read to its end before the 413, so a client st
     sent += chunk.length;
     await new Promise((resolve) => setTimeout(resolve, 2));
   }
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await until(() => /payload_too_large/.test(answer) || error !== null, 'the 413 to arrive');
   socket.destroy();
   assert.equal(error, null);
   assert.equal(sent, total, 'the whole body went out');

@@ -146,7 +146,7 @@ export class EngineCore {
 
   /** Fails every request (the model faulted); returns their events. */
   failAll(message: string): EngineEvent[] {
-    for (const seq of [...this.byRequest.values()]) this.fail(seq, message);
+    for (const seq of [...this.byRequest.values()]) this.fail(seq, message, 'engine_fault');
     this.dropWarmUps();
     return this.takeEvents();
   }
@@ -201,7 +201,7 @@ export class EngineCore {
     const picked = seq.selector.select(logits);
     if (picked.kind === 'held') this.holding.add(seq);
     else if (picked.kind === 'complete') this.finish(seq, { reason: 'stop', stopReason: null });
-    else if (picked.kind === 'failed') this.fail(seq, `structured output failed: ${picked.message}`);
+    else if (picked.kind === 'failed') this.fail(seq, `structured output failed: ${picked.message}`, 'structured_output_failed');
     else {
       seq.tokens.push(picked.token);
       this.totals.generation++;
@@ -225,10 +225,10 @@ export class EngineCore {
     this.pendingEvents.push(seq.output.finished(ending, seq.cachedTokens ?? 0, seq.preemptions, this.now()));
   }
 
-  /** Ends one request with an error event. */
-  private fail(seq: Sequence, message: string): void {
+  /** Ends one request with an error event whose code says what went wrong. */
+  private fail(seq: Sequence, message: string, code: string): void {
     this.remove(seq);
-    this.pendingEvents.push(seq.output.failed(message, 500, 'internal_error', null));
+    this.pendingEvents.push(seq.output.failed(message, 500, 'server_error', code));
   }
 
   private remove(seq: Sequence): void {

@@ -135,7 +135,7 @@ async function start(wake: () => void): Promise<EngineCore> {
 }
 
 function wireError(err: unknown): WireError {
-  const e = err instanceof AppError ? err : new AppError(500, 'internal_error', (err as Error).message);
+  const e = err instanceof AppError ? err : new AppError(500, 'server_error', (err as Error).message, { code: 'engine_fault' });
   return { message: e.message, status: e.status, type: e.type, code: e.code, param: e.param, retryAfter: e.retryAfter ?? null };
 }
 

@@ -71,9 +71,17 @@ export function toOpenAIError(err: unknown): MappedError {
       internal: false,
     };
   }
+  // The details stay in the log; the client learns the kind of fault from the code.
   return {
     status: 500,
-    body: { error: { message: 'The server had an internal error while processing the request.', type: 'internal_error', param: null, code: null } },
+    body: {
+      error: {
+        message: 'The server had an internal error while processing the request.',
+        type: 'server_error',
+        param: null,
+        code: err instanceof AppError ? err.code : null,
+      },
+    },
     headers: {},
     internal: true,
   };

@@ -4,14 +4,17 @@ import type { WorkerOptions } from '../../src/engine/protocol.js';
 import type { EngineEvent, GenerateRequest } from '../../src/engine/types.js';
 import { exportModel } from '../../src/export/exporter.js';
 import { DEFAULT_SAMPLING, type SamplingParams } from '../../src/runtime/sampler.js';
+import { type FixtureDtype, type FixtureLayout, preparedExport } from './fixture_exports.js';
 import { FIXTURE_DIR, tempDir } from './runner.js';
 
 const exports = new Map<string, Promise<string>>();
 const work = tempDir('qwen3-serve-engine-');
 
-/** The fixture exported once per process in the given layout. */
-export function fixtureExport(layout: 'fast' | 'standard' = 'fast', dtype: 'fp32' | 'int4' = 'fp32'): Promise<string> {
+/** The fixture exported in the given layout: the run's export (fixture_exports.ts), else once per process. */
+export function fixtureExport(layout: FixtureLayout = 'fast', dtype: FixtureDtype = 'fp32'): Promise<string> {
   const key = `${layout}-${dtype}`;
+  const prepared = preparedExport(layout, dtype);
+  if (prepared) return Promise.resolve(prepared);
   if (!exports.has(key)) {
     const out = join(work, key);
     exports.set(

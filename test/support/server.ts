@@ -21,3 +21,20 @@ export async function startTestServer(model: string, flags: string[] = [], apiKe
   };
   return { ...server, client, model: models.data[0].id };
 }
+
+/**
+ * Polls `condition` until it holds, failing after `timeoutMs`: how a test waits for an
+ * event the server shows (a request running, a status changing) instead of guessing a delay.
+ */
+export async function until(condition: () => Promise<boolean> | boolean, what: string, timeoutMs = 60_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The server's /health body: the engine's running and waiting sequences among others. */
+export async function healthOf(url: string): Promise<{ status: string; running: number; waiting: number }> {
+  return (await (await fetch(`${url}/health`)).json()) as { status: string; running: number; waiting: number };
+}
