@@ -1,7 +1,7 @@
 import type { KvBlockPool } from '../runtime/kv_block_pool.js';
 import { kvCostModel } from '../runtime/kv_cost.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
-import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { TokenVocabulary } from '../text/token_vocabulary.js';
 import { messageGrid } from './chunk_grid.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import { KvCacheManager } from './kv_cache_manager.js';
@@ -42,7 +42,7 @@ export class EngineCore {
 
   constructor(
     private readonly runner: ModelRunner,
-    private readonly tokenizer: QwenTokenizer,
+    private readonly tokenizer: TokenVocabulary,
     readonly limits: EngineLimits,
     private readonly options: IntakeOptions & {
       /** Prefix caching's pool (blocks of one prefill chunk); absent: every prompt is computed whole. */

@@ -1,6 +1,6 @@
 import type { TokenLogprob } from '../runtime/sampler.js';
 import { IncrementalDetokenizer, StopStringMatcher } from '../text/detokenizer.js';
-import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { TokenVocabulary } from '../text/token_vocabulary.js';
 import type { PromptScores } from './prompt_scores.js';
 import type { EngineEvent, FinishReason, GenerateRequest } from './types.js';
 
@@ -25,7 +25,7 @@ export class OutputProcessor {
 
   constructor(
     private readonly request: GenerateRequest,
-    tokenizer: QwenTokenizer,
+    tokenizer: TokenVocabulary,
     private readonly prompt: PromptScores | null,
     private readonly maxModelLen: number,
     private readonly arrivedAt: number,

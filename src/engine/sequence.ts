@@ -1,5 +1,5 @@
 import { DEFAULT_SAMPLING } from '../runtime/sampler.js';
-import type { QwenTokenizer } from '../text/tokenizer.js';
+import type { TokenVocabulary } from '../text/token_vocabulary.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import { OutputProcessor } from './output_processor.js';
 import { type PrefixKeys, prefixKeys } from './prefix_cache.js';
@@ -47,7 +47,7 @@ export interface Sequence extends CacheableSequence {
 }
 
 export interface SequenceContext {
-  tokenizer: QwenTokenizer;
+  tokenizer: TokenVocabulary;
   vocabSize: number;
   maxModelLen: number;
   now: number;

@@ -17,7 +17,7 @@ import type { ModelRunner } from '../runtime/model_runner.js';
 import { createSession } from '../runtime/session.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
-import { QwenTokenizer } from '../text/tokenizer.js';
+import { VocabularyTable } from '../text/token_vocabulary.js';
 import { EngineCore } from './engine_core.js';
 import { GrammarService } from './grammar_service.js';
 import type { MainMessage, WireError, WorkerMessage, WorkerOptions } from './protocol.js';
@@ -97,7 +97,7 @@ async function start(wake: () => void): Promise<EngineCore> {
   const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
   // The standard layout's cache is allocated per step by its contract: nothing to prefault.
   const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;
-  const tokenizer = QwenTokenizer.fromDir(options.modelDir);
+  const tokenizer = VocabularyTable.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
   const { pool, note: prefixCacheNote } = createPrefixCachePool(runner, limits.maxNumBatchedTokens);
   // With --kv-cache-prefault the prefix cache's pool is written too, for the same reason.

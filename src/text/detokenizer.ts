@@ -1,4 +1,4 @@
-import type { QwenTokenizer } from './tokenizer.js';
+import type { TokenVocabulary } from './token_vocabulary.js';
 
 /**
  * Turns a stream of token ids into text byte-exactly: token bytes go through a streaming
@@ -9,7 +9,7 @@ export class IncrementalDetokenizer {
   private readonly decoder = new TextDecoder('utf-8', { fatal: false });
 
   constructor(
-    private readonly tokenizer: QwenTokenizer,
+    private readonly tokenizer: TokenVocabulary,
     private readonly skipSpecialTokens: boolean,
   ) {}
 

@@ -1,0 +1,159 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ModelFormatError } from '../errors.js';
+
+/** GPT-2's byte ↔ printable-character table, which Qwen2's byte-level BPE uses. */
+function byteLevelDecoderTable(): Map<string, number> {
+  const bytes: number[] = [];
+  for (let b = 33; b <= 126; b++) bytes.push(b);
+  for (let b = 161; b <= 172; b++) bytes.push(b);
+  for (let b = 174; b <= 255; b++) bytes.push(b);
+  const chars = bytes.slice();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    if (!bytes.includes(b)) {
+      bytes.push(b);
+      chars.push(256 + n++);
+    }
+  }
+  return new Map(bytes.map((b, i) => [String.fromCodePoint(chars[i]), b]));
+}
+
+/**
+ * The decoder table indexed by character code (all below 324): the byte each printable
+ * character stands for, -1 elsewhere. An array lookup per character, not a Map lookup of a
+ * one-character string, since every thread that loads the tokenizer walks all 151k tokens.
+ */
+function byteLevelCodeTable(): Int16Array {
+  const table = new Int16Array(324).fill(-1);
+  for (const [ch, b] of byteLevelDecoderTable()) table[ch.charCodeAt(0)] = b;
+  return table;
+}
+
+/** The inverse table: the printable character standing for each byte. */
+function byteLevelEncoderTable(): string[] {
+  const chars = new Array<string>(256);
+  for (const [ch, b] of byteLevelDecoderTable()) chars[b] = ch;
+  return chars;
+}
+
+export interface TokenizerFiles {
+  tokenizer: Record<string, unknown>;
+  config: Record<string, unknown>;
+}
+
+export function readTokenizerFiles(dir: string): TokenizerFiles {
+  const tokPath = join(dir, 'tokenizer.json');
+  if (!existsSync(tokPath)) throw new ModelFormatError(`${dir} has no tokenizer.json.`);
+  const cfgPath = join(dir, 'tokenizer_config.json');
+  return {
+    tokenizer: JSON.parse(readFileSync(tokPath, 'utf8')) as Record<string, unknown>,
+    config: existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : {},
+  };
+}
+
+/** What the engine needs of a tokenizer: every token's bytes and the special ones, never encoding. */
+export interface TokenVocabulary {
+  readonly specialIds: ReadonlySet<number>;
+  readonly vocabSize: number;
+  tokenBytes(id: number): Uint8Array | null;
+  tokenId(text: string): number | undefined;
+  /** Bytes of every id, with special tokens as null: what constrained decoding may emit. */
+  textTokenBytes(): Array<Uint8Array | null>;
+  byteLevelVocabulary(size: number): string[];
+}
+
+/**
+ * A byte-level BPE vocabulary read from tokenizer.json without building the tokenizer
+ * itself: the engine's worker needs the exact bytes of every token (streaming text,
+ * grammars), and skipping the BPE tables makes each start cheaper.
+ */
+export class VocabularyTable implements TokenVocabulary {
+  /**
+   * Raw bytes of every vocabulary token, one after another: token `id` is `byteLength[id]`
+   * bytes from `byteStart[id]` (-1 where the vocabulary has a hole). One buffer rather than
+   * 151k small arrays, since every thread that loads the tokenizer builds it.
+   */
+  private readonly pool: Uint8Array;
+  private readonly byteStart: Int32Array;
+  private readonly byteLength: Int32Array;
+  /** Added tokens' bytes (their content as UTF-8), which take precedence over the vocabulary's. */
+  private readonly addedBytes = new Map<number, Uint8Array>();
+  private readonly addedIds = new Map<string, number>();
+  private readonly vocab: Record<string, number>;
+  readonly specialIds: Set<number>;
+  readonly vocabSize: number;
+
+  constructor(files: TokenizerFiles) {
+    const model = files.tokenizer.model as { vocab?: Record<string, number> } | undefined;
+    const decoder = files.tokenizer.decoder as { type?: string } | null | undefined;
+    if (!model?.vocab || decoder?.type !== 'ByteLevel') {
+      throw new ModelFormatError('tokenizer.json is not a byte-level BPE tokenizer (Qwen2/Qwen3 family).');
+    }
+    this.vocab = model.vocab;
+    const table = byteLevelCodeTable();
+    const added = (files.tokenizer.added_tokens ?? []) as Array<{ id: number; content: string; special: boolean }>;
+    let maxId = 0;
+    for (const piece in model.vocab) maxId = Math.max(maxId, model.vocab[piece]);
+    for (const t of added) maxId = Math.max(maxId, t.id);
+    this.vocabSize = maxId + 1;
+    this.byteStart = new Int32Array(this.vocabSize).fill(-1);
+    this.byteLength = new Int32Array(this.vocabSize);
+    let total = 0;
+    for (const piece in model.vocab) total += piece.length;
+    this.pool = new Uint8Array(total);
+    let at = 0;
+    for (const piece in model.vocab) {
+      const id = model.vocab[piece];
+      this.byteStart[id] = at;
+      this.byteLength[id] = piece.length;
+      for (let i = 0; i < piece.length; i++) {
+        const code = piece.charCodeAt(i);
+        const b = code < table.length ? table[code] : -1;
+        if (b < 0) throw new ModelFormatError(`tokenizer.json: token ${id} has a character outside the byte-level alphabet.`);
+        this.pool[at++] = b;
+      }
+    }
+    const enc = new TextEncoder();
+    this.specialIds = new Set();
+    for (const t of added) {
+      this.addedBytes.set(t.id, enc.encode(t.content));
+      this.addedIds.set(t.content, t.id);
+      if (t.special) this.specialIds.add(t.id);
+    }
+  }
+
+  static fromDir(dir: string): VocabularyTable {
+    return new VocabularyTable(readTokenizerFiles(dir));
+  }
+
+  tokenBytes(id: number): Uint8Array | null {
+    const added = this.addedBytes.get(id);
+    if (added) return added;
+    if (!(id >= 0 && id < this.vocabSize) || this.byteStart[id] < 0) return null;
+    return this.pool.subarray(this.byteStart[id], this.byteStart[id] + this.byteLength[id]);
+  }
+
+  /** The id of a token spelled as tokenizer.json spells it (an added token's content, or a byte-level piece). */
+  tokenId(text: string): number | undefined {
+    return this.addedIds.get(text) ?? (Object.hasOwn(this.vocab, text) ? this.vocab[text] : undefined);
+  }
+
+  textTokenBytes(): Array<Uint8Array | null> {
+    return Array.from({ length: this.vocabSize }, (_, id) => (this.specialIds.has(id) ? null : this.tokenBytes(id)));
+  }
+
+  /**
+   * Every id's bytes spelled in the byte-level alphabet (as tokenizer.json spells its
+   * vocabulary), '' for special tokens and ids without a token, padded to `size` (the
+   * model's vocabulary may be larger than the tokenizer's): what grammar compilers take.
+   */
+  byteLevelVocabulary(size: number): string[] {
+    const chars = byteLevelEncoderTable();
+    const out = new Array<string>(Math.max(size, this.vocabSize)).fill('');
+    this.textTokenBytes().forEach((b, id) => {
+      if (b) out[id] = Array.from(b, (byte) => chars[byte]).join('');
+    });
+    return out;
+  }
+}
