@@ -38,7 +38,14 @@ export interface ExportOptions {
 
 /** Files copied beside the graph so an export directory is self-contained. */
 const REQUIRED_FILES = ['config.json', 'tokenizer.json'];
-const OPTIONAL_FILES = ['tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt'];
+const OPTIONAL_FILES = [
+  'tokenizer_config.json',
+  'chat_template.jinja',
+  'generation_config.json',
+  'special_tokens_map.json',
+  'vocab.json',
+  'merges.txt',
+];
 
 /** Every tensor the graph reads, with the shape config.json implies. */
 export function expectedTensors(cfg: Qwen3Config): Map<string, number[]> {

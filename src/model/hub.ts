@@ -29,7 +29,8 @@ function wanted(name: string): boolean {
     /^(config|generation_config|tokenizer|tokenizer_config|special_tokens_map)\.json$/.test(name) ||
     /^model.*\.safetensors(\.index\.json)?$/.test(name) ||
     name === 'vocab.json' ||
-    name === 'merges.txt'
+    name === 'merges.txt' ||
+    name === 'chat_template.jinja'
   );
 }
 

@@ -1,5 +1,6 @@
 import type { EngineEvent, TokenLogprob } from '../engine/types.js';
 import { OutputParser } from '../text/output_parser.js';
+import { parseXmlToolCall } from '../text/xml_tool_call.js';
 import type { PreparedChat } from './chat_prompt.js';
 import { newId } from './request.js';
 
@@ -42,7 +43,13 @@ export class ChatChoice {
     private readonly prepared: PreparedChat,
     private readonly thinkEndId: number | undefined,
   ) {
-    this.parser = new OutputParser({ thinking: prepared.thinking, tools: prepared.toolsOn, prefix: prepared.parserPrefix });
+    const { syntax, tools } = prepared.toolCalls;
+    this.parser = new OutputParser({
+      thinking: prepared.thinking,
+      tools: prepared.toolsOn,
+      prefix: prepared.parserPrefix,
+      ...(syntax === 'xml' ? { parseToolCall: (body: string) => parseXmlToolCall(body, tools) } : {}),
+    });
   }
 
   push(ev: EngineEvent): ChatDelta {

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import type { GrammarRequest } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
-import type { ChatMessage, RenderOptions, ToolDefinition } from '../text/chat_template.js';
+import type { ChatMessage, RenderOptions, ToolCallSyntax, ToolDefinition } from '../text/chat_template.js';
 import type { ChatRequest, MessageInput } from './chat_request.js';
 import type { ServingContext } from './context.js';
+import { forcedCall } from './forced_call.js';
 import { grammarRequest } from './structured_output.js';
 
 export const THINK_END_TOKEN = '</think>';
@@ -14,8 +15,28 @@ function textOf(content: MessageInput['content'] | null | undefined): string {
   return content.map((p) => (p as { text?: string }).text ?? '').join('');
 }
 
-function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
-  return messages.map((m) => {
+/**
+ * A past call's arguments as its template takes them: Qwen3's writes the client's JSON
+ * text as it is; an XML template walks the arguments' keys, so it needs the object.
+ */
+function templateArguments(args: string | Record<string, unknown>, syntax: ToolCallSyntax, at: string): string | Record<string, unknown> {
+  if (syntax === 'json' || typeof args !== 'string') return args;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(args);
+  } catch {
+    parsed = undefined;
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new InvalidRequestError(`${at}.function.arguments must be a JSON object: this model's template writes each argument as a parameter.`, {
+      param: 'messages',
+    });
+  }
+  return parsed as Record<string, unknown>;
+}
+
+function toTemplateMessages(messages: MessageInput[], syntax: ToolCallSyntax): ChatMessage[] {
+  return messages.map((m, i) => {
     switch (m.role) {
       case 'developer':
       case 'system':
@@ -30,7 +51,15 @@ function toTemplateMessages(messages: MessageInput[]): ChatMessage[] {
           content: textOf(m.content),
           // Qwen3's template shows the reasoning of turns after the last user message again.
           ...(typeof m.reasoning_content === 'string' && m.reasoning_content !== '' ? { reasoning_content: m.reasoning_content } : {}),
-          ...(m.tool_calls ? { tool_calls: m.tool_calls.map((c) => ({ ...c, type: 'function' as const })) } : {}),
+          ...(m.tool_calls
+            ? {
+                tool_calls: m.tool_calls.map((c, j) => ({
+                  ...c,
+                  type: 'function' as const,
+                  function: { ...c.function, arguments: templateArguments(c.function.arguments, syntax, `messages[${i}].tool_calls[${j}]`) },
+                })),
+              }
+            : {}),
         };
     }
   });
@@ -77,6 +106,8 @@ export interface PreparedChat {
   toolsOn: boolean;
   /** Text the prompt puts in the assistant turn, which the output parser must see first. */
   parserPrefix: string;
+  /** How the answer's tool calls are written: the template's syntax and the tools offered (their schemas type XML values). */
+  toolCalls: { syntax: ToolCallSyntax; tools: ToolDefinition[] };
   /** Structured output the answer must follow, or null. */
   grammar: GrammarRequest | null;
   /** The token that ends thinking, from which the grammar applies (null: from the start). */
@@ -85,24 +116,6 @@ export interface PreparedChat {
   thinkingBudget: { tokens: number; endId: number; transition: number[] } | null;
   /** What the prompt was rendered from, to render the conversation's next turn alike. */
   rendered: { messages: ChatMessage[]; options: RenderOptions };
-}
-
-/**
- * What follows the opening of a forced call (`<tool_call>\n`, plus `{"name": …,
- * "arguments": ` for a named one), in Qwen3's format: the arguments as the function's
- * `parameters` schema allows, then the closing. `required` lets the model pick the tool.
- */
-function forcedCallFormat(tools: ToolDefinition[], name: string | null): Record<string, unknown> {
-  const close = { type: 'const_string', value: '}\n</tool_call>' };
-  const args = (t: ToolDefinition) => ({ type: 'json_schema', json_schema: t.function.parameters ?? { type: 'object' } });
-  if (name !== null) return { type: 'sequence', elements: [args(tools.find((t) => t.function.name === name)!), close] };
-  return {
-    type: 'or',
-    elements: tools.map((t) => ({
-      type: 'sequence',
-      elements: [{ type: 'const_string', value: `{"name": ${JSON.stringify(t.function.name)}, "arguments": ` }, args(t), close],
-    })),
-  };
 }
 
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
@@ -126,7 +139,8 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   }
   const extra = { ...(req.chat_template_kwargs ?? {}) };
   delete extra.enable_thinking;
-  const rendered = { messages: toTemplateMessages(req.messages), options: { tools, enableThinking: thinking, extra } };
+  const syntax = ctx.template.toolCallSyntax;
+  const rendered = { messages: toTemplateMessages(req.messages, syntax), options: { tools, enableThinking: thinking, extra } };
   let prompt = ctx.template.render(rendered.messages, rendered.options);
   let parserPrefix = '';
   let forced: GrammarRequest | null = null;
@@ -135,13 +149,11 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     // writes one when thinking is off), and the rest is held to the function's
     // parameters by the grammar engine, so the call always parses.
     if (thinking) prompt += '<think>\n\n</think>\n\n';
-    parserPrefix = `<tool_call>\n${typeof choice === 'object' ? `{"name": ${JSON.stringify(choice.function.name)}, "arguments": ` : ''}`;
+    const call = forcedCall(tools, typeof choice === 'object' ? choice.function.name : null, syntax);
+    parserPrefix = call.opening;
     prompt += parserPrefix;
     thinking = false;
-    forced = {
-      param: 'tools',
-      spec: { type: 'structural_tag', format: forcedCallFormat(tools, typeof choice === 'object' ? choice.function.name : null) },
-    };
+    forced = { param: 'tools', spec: { type: 'structural_tag', format: call.format } };
   }
   if (ctx.options.logPrompts) ctx.engine.emit('prompt', prompt);
   return {
@@ -149,6 +161,7 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     thinking,
     toolsOn: tools.length > 0 && !grammar,
     parserPrefix,
+    toolCalls: { syntax, tools },
     grammar: grammar ?? forced,
     grammarAfter: grammar && thinking ? thinkEnd : null,
     thinkingBudget:
@@ -173,15 +186,18 @@ export function nextTurnPrefix(
   // A stand-in for the next message, found again in the rendering and cut off with all after it.
   const marker = `\u0000next-turn-${randomUUID()}\u0000`;
   // The answer as a client sends it back, through the conversion every request's messages take.
-  const [assistant] = toTemplateMessages([
-    {
-      role: 'assistant',
-      content: answer.content,
-      ...(answer.toolCalls.length > 0
-        ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) }
-        : {}),
-    },
-  ]);
+  const [assistant] = toTemplateMessages(
+    [
+      {
+        role: 'assistant',
+        content: answer.content,
+        ...(answer.toolCalls.length > 0
+          ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) }
+          : {}),
+      },
+    ],
+    ctx.template.toolCallSyntax,
+  );
   const text = ctx.template.render([...prepared.rendered.messages, assistant, { role: 'user', content: marker }], {
     ...prepared.rendered.options,
     addGenerationPrompt: false,

@@ -15,6 +15,18 @@ export interface ToolDefinition {
   function: { name: string; description?: string; parameters?: Record<string, unknown> };
 }
 
+/**
+ * How a checkpoint writes tool calls inside `<tool_call>…</tool_call>`: Qwen3's JSON
+ * object (`{"name": …, "arguments": {…}}`), or the XML of Qwen3-Coder and later Qwen models
+ * (`<function=NAME><parameter=P>value</parameter>…</function>`).
+ */
+export type ToolCallSyntax = 'json' | 'xml';
+
+/** The syntax a chat template teaches: the one it renders earlier calls in. */
+export function toolCallSyntaxOf(templateSource: string): ToolCallSyntax {
+  return templateSource.includes('<function=') && templateSource.includes('<parameter=') ? 'xml' : 'json';
+}
+
 export interface RenderOptions {
   tools?: ToolDefinition[];
   enableThinking: boolean;
@@ -30,11 +42,14 @@ export interface RenderOptions {
  */
 export class ChatTemplate {
   private readonly template: Template;
+  /** How this template writes tool calls, and so how the model will. */
+  readonly toolCallSyntax: ToolCallSyntax;
 
   constructor(
     source: string,
     private readonly specialTokens: { bos_token?: string; eos_token?: string } = {},
   ) {
+    this.toolCallSyntax = toolCallSyntaxOf(source);
     try {
       this.template = new Template(source);
     } catch (err) {

@@ -1,14 +1,13 @@
+import type { ParsedToolCall } from './xml_tool_call.js';
+
+export type { ParsedToolCall } from './xml_tool_call.js';
+
 /**
  * Splits Qwen3's streamed output text into reasoning, content and tool calls:
- * `<think>…</think>` is reasoning, `<tool_call>{json}</tool_call>` blocks are tool
- * calls, the rest is content. Text arrives in arbitrary pieces: a tag split across
- * pieces is held back until it is whole.
+ * `<think>…</think>` is reasoning, `<tool_call>…</tool_call>` blocks are tool calls (JSON,
+ * or XML for Qwen3-Coder: `parseToolCall` reads a block), the rest is content. Text
+ * arrives in arbitrary pieces: a tag split across pieces is held back until it is whole.
  */
-export interface ParsedToolCall {
-  name: string;
-  /** JSON text of the arguments object. */
-  arguments: string;
-}
 
 export interface ParsedDelta {
   reasoning: string;
@@ -23,6 +22,8 @@ export interface OutputParserOptions {
   tools: boolean;
   /** Text the prompt already put in the assistant turn (e.g. a forced `<tool_call>` opening). */
   prefix?: string;
+  /** Reads the inside of a `<tool_call>` block; Qwen3's JSON by default. */
+  parseToolCall?: (body: string) => ParsedToolCall | null;
 }
 
 const THINK_OPEN = '<think>';
@@ -64,10 +65,12 @@ export class OutputParser {
   private skipNewline = false;
   private atStartOfContent = true;
   private readonly toolsOn: boolean;
+  private readonly parseCall: (body: string) => ParsedToolCall | null;
 
   constructor(o: OutputParserOptions) {
     this.mode = o.thinking ? 'reasoning' : 'content';
     this.toolsOn = o.tools;
+    this.parseCall = o.parseToolCall ?? parseToolCallJson;
     if (o.prefix) this.push(o.prefix);
   }
 
@@ -130,7 +133,7 @@ export class OutputParser {
       if (end < 0) return out;
       const body = this.buffer.slice(0, end);
       this.buffer = this.buffer.slice(end + TOOL_CLOSE.length).replace(/^\s+/, '');
-      const call = parseToolCallJson(body);
+      const call = this.parseCall(body);
       if (call) out.toolCalls.push(call);
       else out.content += `${TOOL_OPEN}${body}${TOOL_CLOSE}`; // not a valid call: leave it as text
       this.mode = 'content';
@@ -145,8 +148,8 @@ export class OutputParser {
     if (this.mode === 'reasoning') out.reasoning = rest;
     else if (this.mode === 'content') out.content = rest;
     else {
-      // An unterminated tool call: parse it if it is complete JSON, else return it as text.
-      const call = parseToolCallJson(rest);
+      // An unterminated tool call: parse it if it is complete, else return it as text.
+      const call = this.parseCall(rest);
       if (call) out.toolCalls.push(call);
       else out.content = `${TOOL_OPEN}${rest}`;
     }

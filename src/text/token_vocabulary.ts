@@ -46,10 +46,11 @@ export function readTokenizerFiles(dir: string): TokenizerFiles {
   const tokPath = join(dir, 'tokenizer.json');
   if (!existsSync(tokPath)) throw new ModelFormatError(`${dir} has no tokenizer.json.`);
   const cfgPath = join(dir, 'tokenizer_config.json');
-  return {
-    tokenizer: JSON.parse(readFileSync(tokPath, 'utf8')) as Record<string, unknown>,
-    config: existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : {},
-  };
+  const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : {};
+  // Newer checkpoints keep the chat template in a file of its own, which then wins (as in transformers).
+  const templatePath = join(dir, 'chat_template.jinja');
+  if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, 'utf8');
+  return { tokenizer: JSON.parse(readFileSync(tokPath, 'utf8')) as Record<string, unknown>, config };
 }
 
 /** What the engine needs of a tokenizer: every token's bytes and the special ones, never encoding. */
