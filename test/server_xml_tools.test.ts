@@ -60,7 +60,7 @@ test('a named forced call is written in XML and comes back as an OpenAI tool cal
   assert.equal(r.choices[0].finish_reason, 'tool_calls');
 });
 
-test('tool_choice required: the model picks a tool; streamed, the call arrives as a tool-call delta', async () => {
+test('tool_choice required: the model picks a tool; streamed, the call arrives a parameter at a time', async () => {
   const stream = await s.client.chat.completions.create({
     model: 'coder',
     messages: [{ role: 'user', content: 'Anything.' }],
@@ -75,8 +75,13 @@ test('tool_choice required: the model picks a tool; streamed, the call arrives a
     calls.push(...(c.choices[0]?.delta?.tool_calls ?? []));
     finish = c.choices[0]?.finish_reason ?? finish;
   }
-  assert.equal(calls.length, 1);
-  const args = JSON.parse(calls[0].function?.arguments ?? '') as Record<string, unknown>;
+  // The first delta names the call; the arguments follow in pieces that join to its JSON.
+  assert.ok(calls.length >= 2, JSON.stringify(calls));
+  assert.ok(calls.every((c) => c.index === 0));
+  assert.match(calls[0].id ?? '', /^call_/);
+  assert.equal(calls[0].function?.arguments, '');
+  assert.ok(calls.slice(1).every((c) => c.id === undefined && c.function?.name === undefined));
+  const args = JSON.parse(calls.map((c) => c.function?.arguments ?? '').join('')) as Record<string, unknown>;
   if (calls[0].function?.name === 'get_weather') checkWeather(args);
   else assert.ok(['UTC', 'CET'].includes(args.zone as string), JSON.stringify(args));
   assert.equal(finish, 'tool_calls');
@@ -124,6 +129,45 @@ test("earlier calls are rendered in the template's XML, from the client's JSON a
     (err: unknown) =>
       err instanceof OpenAI.BadRequestError && /messages\[1\]\.tool_calls\[0\]\.function\.arguments must be a JSON object/.test(err.message),
   );
+});
+
+test("Anthropic's Messages API, streamed: a forced tool_use whose input arrives as JSON pieces", async () => {
+  const client = new Anthropic({ baseURL: s.url, apiKey: 'unused', maxRetries: 0 });
+  const stream = client.messages.stream({
+    model: 'coder',
+    max_tokens: 120,
+    messages: [{ role: 'user', content: 'Weather?' }],
+    tools: [{ name: 'get_weather', input_schema: weather.function.parameters as Anthropic.Tool.InputSchema }],
+    tool_choice: { type: 'tool', name: 'get_weather' },
+  });
+  let pieces = 0;
+  stream.on('inputJson', () => pieces++);
+  const message = await stream.finalMessage();
+  const use = message.content.find((b): b is Anthropic.ToolUseBlock => b.type === 'tool_use');
+  assert.ok(use, JSON.stringify(message.content));
+  checkWeather(use.input as Record<string, unknown>);
+  assert.ok(pieces >= 3, `${pieces} input_json_delta events`);
+});
+
+test('the Responses API streams the arguments of an XML call as function_call_arguments deltas', async () => {
+  const stream = await s.client.responses.create({
+    model: 'coder',
+    input: 'Weather?',
+    tools: [{ type: 'function', name: 'get_weather', parameters: weather.function.parameters ?? null, strict: false }],
+    tool_choice: { type: 'function', name: 'get_weather' },
+    max_output_tokens: 120,
+    stream: true,
+  });
+  const deltas: string[] = [];
+  let done: OpenAI.Responses.ResponseFunctionToolCall | null = null;
+  for await (const e of stream) {
+    if (e.type === 'response.function_call_arguments.delta') deltas.push(e.delta);
+    if (e.type === 'response.output_item.done' && e.item.type === 'function_call') done = e.item;
+  }
+  assert.ok(done);
+  assert.ok(deltas.length >= 3, JSON.stringify(deltas));
+  assert.equal(deltas.join(''), done.arguments);
+  checkWeather(JSON.parse(done.arguments));
 });
 
 test("Anthropic's Messages API: a forced tool_use with typed input, and the conversation continues with its result", async () => {

@@ -251,18 +251,21 @@ export async function serveMessages(ctx: ServingContext, body: unknown, signal: 
           start('text');
           send({ type: 'content_block_delta', index, delta: { type: 'text_delta', text: d.content } }, 'content_block_delta');
         }
-        for (const call of d.toolCalls) {
-          close();
-          index++;
-          send(
-            { type: 'content_block_start', index, content_block: { type: 'tool_use', id: toolId(call), name: call.name, input: {} } },
-            'content_block_start',
-          );
-          send(
-            { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: JSON.stringify(toolInput(call)) } },
-            'content_block_delta',
-          );
-          send({ type: 'content_block_stop', index }, 'content_block_stop');
+        for (const part of d.toolCallParts) {
+          const { call } = part;
+          if (part.name !== undefined) {
+            close();
+            index++;
+            send(
+              { type: 'content_block_start', index, content_block: { type: 'tool_use', id: toolId(call), name: call.name, input: {} } },
+              'content_block_start',
+            );
+          }
+          // A call read whole goes out as its input object; a streamed one (always an object) as it arrives.
+          const json = part.name !== undefined && part.done ? JSON.stringify(toolInput(call)) : part.arguments;
+          if (json !== '')
+            send({ type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: json } }, 'content_block_delta');
+          if (part.done) send({ type: 'content_block_stop', index }, 'content_block_stop');
         }
       });
       begin();

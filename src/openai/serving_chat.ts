@@ -1,4 +1,4 @@
-import type { ChatChoice } from '../serving/chat_choice.js';
+import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
@@ -34,6 +34,18 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
   const reasoningFields = (text: string): Record<string, string> => {
     const f = ctx.options.reasoningField;
     return f === 'both' ? { reasoning_content: text, reasoning: text } : { [f]: text };
+  };
+  /** One entry per call: its first carries id, type and name; the arguments' text follows in order. */
+  const toolCallDeltas = (parts: ChatDelta['toolCallParts']) => {
+    const entries: Array<{ index: number; id?: string; type?: 'function'; function: { name?: string; arguments: string } }> = [];
+    for (const part of parts) {
+      const last = entries.at(-1);
+      if (last && last.index === part.call.index && part.name === undefined) last.function.arguments += part.arguments;
+      else if (part.name !== undefined) {
+        entries.push({ index: part.call.index, id: part.call.id, type: 'function', function: { name: part.name, arguments: part.arguments } });
+      } else if (part.arguments !== '') entries.push({ index: part.call.index, function: { arguments: part.arguments } });
+    }
+    return entries;
   };
   const toolCallsJson = (calls: ChatChoice['toolCalls']) =>
     calls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } }));
@@ -86,7 +98,7 @@ export async function serveChat(ctx: ServingContext, body: unknown, signal: Abor
         const delta: Record<string, unknown> = {};
         if (d.reasoning) Object.assign(delta, reasoningFields(d.reasoning));
         if (d.content) delta.content = d.content;
-        if (d.toolCalls.length > 0) delta.tool_calls = d.toolCalls.map((t) => ({ index: t.index, ...toolCallsJson([t])[0] }));
+        if (d.toolCallParts.length > 0) delta.tool_calls = toolCallDeltas(d.toolCallParts);
         if (Object.keys(delta).length > 0 || d.logprobs) {
           send(
             chunk({

@@ -307,9 +307,20 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           open!.text += d.content;
           emit('response.output_text.delta', { item_id: ids.message, output_index: index, content_index: 0, delta: d.content, logprobs: [] });
         }
-        for (const call of d.toolCalls) {
-          close();
-          index++;
+        for (const part of d.toolCallParts) {
+          const { call } = part;
+          // A custom tool's input is free text: it goes out whole, once the call is.
+          const custom = plan.targets.get(call.name)?.kind === 'custom';
+          if (part.name !== undefined) {
+            close();
+            index++;
+            if (!custom)
+              emit('response.output_item.added', { output_index: index, item: { ...callItem(call), arguments: '', status: 'in_progress' } });
+          }
+          if (!custom && part.arguments !== '') {
+            emit('response.function_call_arguments.delta', { item_id: fcId(call.id), output_index: index, delta: part.arguments });
+          }
+          if (!part.done) continue;
           const item = callItem(call);
           if (item.type === 'custom_tool_call') {
             const input = (item as { input: string }).input;
@@ -317,8 +328,6 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
             emit('response.custom_tool_call_input.delta', { item_id: item.id, output_index: index, delta: input });
             emit('response.custom_tool_call_input.done', { item_id: item.id, output_index: index, input });
           } else {
-            emit('response.output_item.added', { output_index: index, item: { ...item, arguments: '', status: 'in_progress' } });
-            emit('response.function_call_arguments.delta', { item_id: item.id, output_index: index, delta: call.arguments });
             emit('response.function_call_arguments.done', { item_id: item.id, output_index: index, name: item.name, arguments: call.arguments });
           }
           emit('response.output_item.done', { output_index: index, item });

@@ -1,6 +1,6 @@
 import type { EngineEvent, TokenLogprob } from '../engine/types.js';
 import { OutputParser } from '../text/output_parser.js';
-import { parseXmlToolCall } from '../text/xml_tool_call.js';
+import { XmlCallReader } from '../text/xml_tool_call.js';
 import type { PreparedChat } from './chat_prompt.js';
 import { newId } from './request.js';
 
@@ -12,11 +12,26 @@ export interface ChatToolCall {
   arguments: string;
 }
 
+/**
+ * A piece of a tool call as it streams: the first names the call (`name` set), the
+ * arguments' JSON text follows in order, and the last is `done`; `call` is the call as it
+ * stands (whole once done).
+ */
+export interface ChatToolCallPart {
+  call: ChatToolCall;
+  name?: string;
+  arguments: string;
+  done: boolean;
+}
+
 /** What one engine event adds to a choice's answer. */
 export interface ChatDelta {
   reasoning: string;
   content: string;
+  /** Calls completed by this event. */
   toolCalls: ChatToolCall[];
+  /** The same calls as they arrive, for streams. */
+  toolCallParts: ChatToolCallPart[];
   logprobs: TokenLogprob[] | null;
 }
 
@@ -30,6 +45,8 @@ export class ChatChoice {
   reasoning = '';
   content = '';
   readonly toolCalls: ChatToolCall[] = [];
+  /** The call being streamed. */
+  private open: ChatToolCall | null = null;
   readonly logprobs: TokenLogprob[] = [];
   completionTokens = 0;
   reasoningTokens = 0;
@@ -48,7 +65,7 @@ export class ChatChoice {
       thinking: prepared.thinking,
       tools: prepared.toolsOn,
       prefix: prepared.parserPrefix,
-      ...(syntax === 'xml' ? { parseToolCall: (body: string) => parseXmlToolCall(body, tools) } : {}),
+      ...(syntax === 'xml' ? { toolCallReader: () => new XmlCallReader(tools) } : {}),
     });
   }
 
@@ -67,20 +84,25 @@ export class ChatChoice {
       parsed.reasoning += rest.reasoning;
       parsed.content += rest.content;
       parsed.toolCalls.push(...rest.toolCalls);
+      parsed.toolCallParts.push(...rest.toolCallParts);
     }
     this.reasoning += parsed.reasoning;
     this.content += parsed.content;
-    const toolCalls = parsed.toolCalls.map((call) => ({
-      index: this.toolCalls.length,
-      id: newId('call_', 24),
-      name: call.name,
-      arguments: call.arguments,
-    }));
-    for (const call of toolCalls) {
-      call.index = this.toolCalls.length;
-      this.toolCalls.push(call);
+    const toolCalls: ChatToolCall[] = [];
+    const toolCallParts: ChatToolCallPart[] = [];
+    for (const part of parsed.toolCallParts) {
+      if (part.name !== undefined)
+        this.open = { index: this.toolCalls.length + toolCalls.length, id: newId('call_', 24), name: part.name, arguments: '' };
+      const call = this.open!;
+      call.arguments += part.arguments;
+      toolCallParts.push({ call, ...(part.name !== undefined ? { name: part.name } : {}), arguments: part.arguments, done: part.done });
+      if (part.done) {
+        toolCalls.push(call);
+        this.open = null;
+      }
     }
-    return { reasoning: parsed.reasoning, content: parsed.content, toolCalls, logprobs: ev.logprobs };
+    this.toolCalls.push(...toolCalls);
+    return { reasoning: parsed.reasoning, content: parsed.content, toolCalls, toolCallParts, logprobs: ev.logprobs };
   }
 
   /** OpenAI's finish_reason: tool_calls when the answer called tools. */

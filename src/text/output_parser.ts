@@ -1,6 +1,6 @@
-import type { ParsedToolCall } from './xml_tool_call.js';
+import type { ParsedToolCall, ToolCallPart, ToolCallReader } from './xml_tool_call.js';
 
-export type { ParsedToolCall } from './xml_tool_call.js';
+export type { ParsedToolCall, ToolCallPart, ToolCallReader } from './xml_tool_call.js';
 
 /**
  * Splits Qwen3's streamed output text into reasoning, content and tool calls:
@@ -12,7 +12,10 @@ export type { ParsedToolCall } from './xml_tool_call.js';
 export interface ParsedDelta {
   reasoning: string;
   content: string;
+  /** Calls completed in this piece. */
   toolCalls: ParsedToolCall[];
+  /** The same calls as they arrive: each begins with a part naming it and ends with one that is `done`. */
+  toolCallParts: ToolCallPart[];
 }
 
 export interface OutputParserOptions {
@@ -22,8 +25,8 @@ export interface OutputParserOptions {
   tools: boolean;
   /** Text the prompt already put in the assistant turn (e.g. a forced `<tool_call>` opening). */
   prefix?: string;
-  /** Reads the inside of a `<tool_call>` block; Qwen3's JSON by default. */
-  parseToolCall?: (body: string) => ParsedToolCall | null;
+  /** A reader for the inside of each `<tool_call>` block; Qwen3's JSON by default. */
+  toolCallReader?: () => ToolCallReader;
 }
 
 const THINK_OPEN = '<think>';
@@ -58,6 +61,18 @@ export function parseToolCallJson(body: string): ParsedToolCall | null {
   }
 }
 
+/** Qwen3's JSON calls are read whole, at their `</tool_call>`. */
+export class JsonCallReader implements ToolCallReader {
+  read(): ToolCallPart[] {
+    return [];
+  }
+
+  close(body: string): { call: ParsedToolCall; parts: ToolCallPart[] } | null {
+    const call = parseToolCallJson(body);
+    return call && { call, parts: [{ name: call.name, arguments: call.arguments, done: true }] };
+  }
+}
+
 export class OutputParser {
   private mode: Mode;
   private buffer = '';
@@ -65,13 +80,16 @@ export class OutputParser {
   private skipNewline = false;
   private atStartOfContent = true;
   private readonly toolsOn: boolean;
-  private readonly parseCall: (body: string) => ParsedToolCall | null;
+  private readonly newReader: () => ToolCallReader;
+  private reader: ToolCallReader | null = null;
+  private pending: ParsedDelta | null = null;
 
   constructor(o: OutputParserOptions) {
     this.mode = o.thinking ? 'reasoning' : 'content';
     this.toolsOn = o.tools;
-    this.parseCall = o.parseToolCall ?? parseToolCallJson;
-    if (o.prefix) this.push(o.prefix);
+    this.newReader = o.toolCallReader ?? (() => new JsonCallReader());
+    // What the prefix begins (a forced call's start) comes out with the first piece.
+    if (o.prefix) this.pending = this.push(o.prefix);
   }
 
   get inReasoning(): boolean {
@@ -79,7 +97,8 @@ export class OutputParser {
   }
 
   push(text: string): ParsedDelta {
-    const out: ParsedDelta = { reasoning: '', content: '', toolCalls: [] };
+    const out: ParsedDelta = this.pending ?? { reasoning: '', content: '', toolCalls: [], toolCallParts: [] };
+    this.pending = null;
     this.buffer += text;
     for (;;) {
       if (this.mode === 'reasoning') {
@@ -121,6 +140,7 @@ export class OutputParser {
           out.content += this.buffer.slice(0, start);
           this.buffer = this.buffer.slice(start + TOOL_OPEN.length);
           this.mode = 'tool';
+          this.reader = this.newReader();
           continue;
         }
         const hold = this.toolsOn ? partialTagSuffix(this.buffer, [TOOL_OPEN]) : 0;
@@ -128,31 +148,41 @@ export class OutputParser {
         this.buffer = this.buffer.slice(this.buffer.length - hold);
         return out;
       }
-      // mode === 'tool'
+      // mode === 'tool': the buffer holds the block so far.
       const end = this.buffer.indexOf(TOOL_CLOSE);
-      if (end < 0) return out;
+      if (end < 0) {
+        out.toolCallParts.push(...this.reader!.read(this.buffer.slice(0, this.buffer.length - partialTagSuffix(this.buffer, [TOOL_CLOSE]))));
+        return out;
+      }
       const body = this.buffer.slice(0, end);
       this.buffer = this.buffer.slice(end + TOOL_CLOSE.length).replace(/^\s+/, '');
-      const call = this.parseCall(body);
-      if (call) out.toolCalls.push(call);
-      else out.content += `${TOOL_OPEN}${body}${TOOL_CLOSE}`; // not a valid call: leave it as text
+      this.closeCall(body, `${TOOL_OPEN}${body}${TOOL_CLOSE}`, out);
       this.mode = 'content';
     }
   }
 
   /** End of output: whatever is held comes out as it stands. */
   finish(): ParsedDelta {
-    const out: ParsedDelta = { reasoning: '', content: '', toolCalls: [] };
+    const out: ParsedDelta = this.pending ?? { reasoning: '', content: '', toolCalls: [], toolCallParts: [] };
+    this.pending = null;
     const rest = this.buffer;
     this.buffer = '';
     if (this.mode === 'reasoning') out.reasoning = rest;
     else if (this.mode === 'content') out.content = rest;
-    else {
-      // An unterminated tool call: parse it if it is complete, else return it as text.
-      const call = this.parseCall(rest);
-      if (call) out.toolCalls.push(call);
-      else out.content = `${TOOL_OPEN}${rest}`;
-    }
+    // An unterminated tool call: a call if it is complete (or already under way), else text.
+    else this.closeCall(rest, `${TOOL_OPEN}${rest}`, out);
     return out;
+  }
+
+  /** Ends the block being read: its call, or (not a call) its text as content. */
+  private closeCall(body: string, asText: string, out: ParsedDelta): void {
+    const closed = this.reader!.close(body);
+    this.reader = null;
+    if (closed) {
+      out.toolCalls.push(closed.call);
+      out.toolCallParts.push(...closed.parts);
+    } else {
+      out.content += asText;
+    }
   }
 }

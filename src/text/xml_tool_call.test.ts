@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type ToolDefinition, toolCallSyntaxOf } from './chat_template.js';
 import { OutputParser } from './output_parser.js';
-import { parseXmlToolCall, xmlParameterValue } from './xml_tool_call.js';
+import { parseXmlToolCall, XmlCallReader, xmlParameterValue } from './xml_tool_call.js';
 
 const tools: ToolDefinition[] = [
   {
@@ -86,7 +86,7 @@ test('the template decides the syntax; the stream parser reads XML calls split a
   assert.equal(toolCallSyntaxOf('{"name": <function-name>, "arguments": <args-json-object>}'), 'json');
   const text = 'Let me look.\n<tool_call>\n<function=write_file>\n<parameter=path>\nREADME.md\n</parameter>\n</function>\n</tool_call>';
   for (const size of [1, 3, 7, 50]) {
-    const parser = new OutputParser({ thinking: false, tools: true, parseToolCall: (b) => parseXmlToolCall(b, tools) });
+    const parser = new OutputParser({ thinking: false, tools: true, toolCallReader: () => new XmlCallReader(tools) });
     let content = '';
     const calls = [];
     for (let i = 0; i < text.length; i += size) {
@@ -100,4 +100,38 @@ test('the template decides the syntax; the stream parser reads XML calls split a
     assert.equal(content, 'Let me look.\n', `pieces of ${size}`);
     assert.deepEqual(calls, [{ name: 'write_file', arguments: '{"path":"README.md"}' }]);
   }
+});
+
+test('a streamed XML call begins at its function tag and grows a parameter at a time; the pieces join to its arguments', () => {
+  const text =
+    '<tool_call>\n<function=write_file>\n<parameter=path>\na.txt\n</parameter>\n<parameter=mode>\n7\n</parameter>\n</function>\n</tool_call>';
+  const parser = new OutputParser({ thinking: false, tools: true, toolCallReader: () => new XmlCallReader(tools) });
+  const parts = [];
+  let names = 0;
+  for (const ch of text) {
+    const d = parser.push(ch);
+    for (const p of d.toolCallParts) {
+      parts.push(p);
+      if (p.name !== undefined) names++;
+    }
+  }
+  parts.push(...parser.finish().toolCallParts);
+  assert.equal(names, 1);
+  assert.deepEqual(parts[0], { name: 'write_file', arguments: '', done: false });
+  assert.deepEqual(
+    parts.map((p) => p.arguments),
+    ['', '{"path":"a.txt"', ',"mode":7', '}'],
+  );
+  assert.equal(parts.at(-1)!.done, true);
+  // Cut short after it began: still a call, with the parameters that were whole.
+  const cut = new OutputParser({ thinking: false, tools: true, toolCallReader: () => new XmlCallReader(tools) });
+  const early = cut.push('<tool_call>\n<function=write_file>\n<parameter=path>\nb\n</parameter>\n<parameter=content>\nhal');
+  const end = cut.finish();
+  assert.deepEqual(end.toolCalls, [{ name: 'write_file', arguments: '{"path":"b"}' }]);
+  assert.equal([...early.toolCallParts, ...end.toolCallParts].map((p) => p.arguments).join(''), '{"path":"b"}');
+  // Never begun, and not a call: text.
+  const text2 = new OutputParser({ thinking: false, tools: true, toolCallReader: () => new XmlCallReader(tools) });
+  const r = text2.push('<tool_call>just words</tool_call>');
+  assert.equal(r.content, '<tool_call>just words</tool_call>');
+  assert.deepEqual(r.toolCallParts, []);
 });
