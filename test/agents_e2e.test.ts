@@ -13,9 +13,10 @@ import {
   probeSandbox,
   runAgentSession,
 } from './support/agent_sandbox.js';
+import { distinctToolCallText, type ScriptedToolCall, twoTurnScript } from './support/agent_scripts.js';
 import { assertOpenAIRequest } from './support/openapi.js';
 import { tempDir } from './support/runner.js';
-import { distinctToolCallText, type ScriptedToolCall, twoTurnScript, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 
 /**
  * The coding agents people point at a local Qwen3, unmodified and pinned in package.json,

@@ -5,8 +5,9 @@ import type OpenAI from 'openai';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { OutputParser } from '../src/text/output_parser.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
+import { distinctToolCallText, twoTurnScript } from './support/agent_scripts.js';
 import { tempDir } from './support/runner.js';
-import { BRANCHING_MARGINS, distinctToolCallText, twoTurnScript, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
+import { BRANCHING_MARGINS, writeScriptedCheckpoint } from './support/scripted_checkpoint.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // A real Qwen3 graph scripted for a two-request agent session: a tool call while the

@@ -11,9 +11,9 @@ const exports = new Map<string, Promise<string>>();
 const work = tempDir('qwen3-serve-engine-');
 
 /** The fixture exported in the given layout: the run's export (fixture_exports.ts), else once per process. */
-export function fixtureExport(layout: FixtureLayout = 'fast', dtype: FixtureDtype = 'fp32'): Promise<string> {
+export function fixtureExport(layout: FixtureLayout = 'fast', dtype: FixtureDtype | 'fp16' = 'fp32'): Promise<string> {
   const key = `${layout}-${dtype}`;
-  const prepared = preparedExport(layout, dtype);
+  const prepared = dtype === 'fp16' ? null : preparedExport(layout, dtype);
   if (prepared) return Promise.resolve(prepared);
   if (!exports.has(key)) {
     const out = join(work, key);

@@ -170,3 +170,10 @@ export function argmax(x: ArrayLike<number>): number {
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;
 }
+
+/** Largest |a[j] − b[j]|. */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0;
+  for (let j = 0; j < a.length; j++) diff = Math.max(diff, Math.abs(a[j] - b[j]));
+  return diff;
+}
