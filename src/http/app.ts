@@ -17,7 +17,10 @@ import { uiRoutes } from './routes/ui.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
 
-/** Reads and drops what is left of a request body, up to `bound` bytes (then gives up). */
+/**
+ * Reads and drops what is left of a request body, up to `bound` bytes; beyond it the
+ * connection is closed (a client may not make the server read without end).
+ */
 function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
   if (raw.complete || raw.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
@@ -28,7 +31,10 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
     };
     const onData = (chunk: Buffer) => {
       seen += chunk.length;
-      if (seen > bound) done();
+      if (seen > bound) {
+        done();
+        raw.socket.destroy();
+      }
     };
     raw.on('data', onData);
     raw.once('end', done);
@@ -98,10 +104,15 @@ export async function buildApp(
     // Each API answers in its own envelope: routes name theirs in their config.
     const anthropic = (request.routeOptions.config as { envelope?: string } | undefined)?.envelope === 'anthropic';
     const mapped = anthropic ? toAnthropicError(err) : toOpenAIError(err);
-    // A body over the limit is refused before it is read; closing then would reset a
-    // client still uploading, which never sees the 413 (RFC 9112 §9.6): read the rest
-    // and drop it first, up to a bound.
-    if (mapped.status === 413) await discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
+    // A body over the limit is refused at once, before it is read (a client that announces
+    // its length and waits gets its answer); the connection stays open while the rest is
+    // read and dropped, up to a bound, since closing it would reset a client still
+    // uploading, which then never sees the 413 (RFC 9112 §9.6).
+    if (mapped.status === 413) {
+      // Fastify asks to close after a body error; the body is read here instead, so the connection can stay.
+      reply.removeHeader('connection');
+      void discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
+    }
     if (mapped.internal) request.log.error({ err, request_id: request.id }, 'internal error');
     else request.log.info({ status: mapped.status, message: mapped.body.error.message }, 'request rejected');
     return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
