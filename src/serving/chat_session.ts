@@ -1,5 +1,5 @@
 import { ChatChoice, type ChatDelta } from './chat_choice.js';
-import { nextTurnPrefix, type PreparedChat, prepareChat, THINK_END_TOKEN } from './chat_prompt.js';
+import { nextTurnPrefix, type PreparedChat, prepareChat, THINK_END_TOKEN, thinkingBudgetFor } from './chat_prompt.js';
 import type { ChatRequest } from './chat_request.js';
 import type { ServingContext } from './context.js';
 import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
@@ -49,7 +49,7 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
     ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
     grammar: prepared.grammar,
     grammarAfter: prepared.grammarAfter,
-    thinkingBudget: prepared.thinkingBudget,
+    thinkingBudget: thinkingBudgetFor(prepared, maxTokens),
     // The prompt is the same for every choice: the first scores it.
     promptLogprobs: i === 0 ? (req.prompt_logprobs ?? null) : null,
   }));
