@@ -31,6 +31,19 @@ export const SERVE_FLAGS = {
     help: 'Require this Bearer token on `/v1/*`, `/tokenize`, `/detokenize` (`/health` and `/metrics` stay open)',
     schema: z.string().min(1).optional(),
   },
+  'api-keys-file': {
+    type: 'string',
+    env: 'QWEN3_SERVE_API_KEYS_FILE',
+    help: 'API keys in a JSON file, each with a name, the key or its SHA-256, and optional limits (`max_concurrent`, `max_queued`, `tokens_per_minute`); read again within a second of any change, so keys are added, revoked and rotated without a restart (format: docs/security.md)',
+    schema: z.string().min(1).optional(),
+  },
+  'prefix-cache-scope': {
+    type: 'string',
+    env: 'QWEN3_SERVE_PREFIX_CACHE_SCOPE',
+    defaultText: '`key` with `--api-keys-file`, else `shared`',
+    help: "Which requests share prefix cache blocks: `key` (only requests of the same API key, so no key can time another's prompts) or `shared` (all); a request's `cache_salt` narrows it further either way",
+    schema: z.enum(['shared', 'key']).optional(),
+  },
   device: {
     type: 'string',
     env: 'QWEN3_SERVE_DEVICE',

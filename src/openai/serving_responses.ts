@@ -1,4 +1,5 @@
 import { NotFoundError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
@@ -94,6 +95,7 @@ function toChatRequest(req: ResponsesRequest, history: unknown[], input: unknown
     ...(req.max_output_tokens ? { max_tokens: req.max_output_tokens } : {}),
     ...(req.temperature !== null && req.temperature !== undefined ? { temperature: req.temperature } : {}),
     ...(req.top_p !== null && req.top_p !== undefined ? { top_p: req.top_p } : {}),
+    ...(req.cache_salt !== null && req.cache_salt !== undefined ? { cache_salt: req.cache_salt } : {}),
   });
 }
 
@@ -110,7 +112,7 @@ function customInput(args: string): string {
   return args;
 }
 
-export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(responsesRequestSchema, body);
   checkModel(ctx, req.model);
   let history: unknown[] = [];
@@ -127,7 +129,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
   const plan = planTools(req);
   const input = toMessages(ctx, req.input);
   const chat = toChatRequest(req, history, input, plan);
-  const session = await startChat(ctx, chat, signal);
+  const session = await startChat(ctx, chat, signal, caller);
   const sealReasoning = (req.include ?? []).includes('reasoning.encrypted_content');
   const notes = { ignoredTools: plan.ignored };
   const c = session.choices[0];
