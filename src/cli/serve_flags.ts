@@ -171,7 +171,7 @@ export const SERVE_FLAGS = {
     type: 'string',
     env: 'QWEN3_SERVE_REASONING_EFFORT_BUDGETS',
     default: EFFORT_BUDGETS,
-    help: "Thinking budgets in tokens for `reasoning_effort` levels (`none` turns thinking off); a request's `thinking_token_budget` overrides them",
+    help: "Thinking budgets in tokens for `reasoning_effort` levels (`none` turns thinking off), capped so thinking takes at most 3/4 of the request's `max_tokens`; a request's `thinking_token_budget` overrides them (uncapped)",
     schema: z
       .string()
       .regex(/^(minimal|low|medium|high)=\d+(,(minimal|low|medium|high)=\d+)*$/, 'expected level=tokens pairs, such as low=1024,high=16384')
@@ -202,7 +202,7 @@ export const SERVE_FLAGS = {
     type: 'string',
     env: 'QWEN3_SERVE_BODY_LIMIT',
     default: '4MiB',
-    help: 'Largest request body (larger: 413); bodies nested more than 128 levels are a 400',
+    help: 'Largest request body (larger: 413, at once when its Content-Length says so; the body is then read and dropped up to a bound); bodies nested more than 128 levels are a 400',
     schema: size(false),
   },
   'request-timeout': {
