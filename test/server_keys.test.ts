@@ -167,6 +167,18 @@ test("a key's concurrency limits show in x-ratelimit-*-requests", async () => {
   assert.equal(plain.response.headers.get('x-ratelimit-limit-requests'), null);
 });
 
+test("a stored response is its key's alone: another key cannot retrieve, continue or delete it", async () => {
+  const r = await openai(KEYS.alice).responses.create({ model: 'tiny', input: 'hi', max_output_tokens: 2 });
+  const bob = openai(KEYS.bob);
+  await assert.rejects(bob.responses.retrieve(r.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+  await assert.rejects(
+    bob.responses.create({ model: 'tiny', input: 'and?', max_output_tokens: 2, previous_response_id: r.id }),
+    (e: unknown) => e instanceof OpenAI.NotFoundError && e.param === 'previous_response_id',
+  );
+  await assert.rejects(bob.responses.delete(r.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+  assert.equal((await openai(KEYS.alice).responses.retrieve(r.id)).id, r.id);
+});
+
 test('the keys file is read again while the server runs: add, rotate and revoke each take effect within a second; requests in flight go on', async () => {
   // A stream of alice's in flight while her key is revoked.
   const stream = await openai(KEYS.alice).chat.completions.create({ ...ask, max_tokens: 64, stream: true, ignore_eos: true } as never);

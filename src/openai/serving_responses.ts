@@ -117,7 +117,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
   checkModel(ctx, req.model);
   let history: unknown[] = [];
   if (req.previous_response_id) {
-    const prev = ctx.responses.get(req.previous_response_id);
+    const prev = ctx.responses.get(req.previous_response_id, caller.key);
     if (!prev) {
       throw new NotFoundError(`Previous response with id '${req.previous_response_id}' not found (unknown, deleted, or evicted from the store).`, {
         param: 'previous_response_id',
@@ -240,7 +240,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) }
           : {}),
       };
-      ctx.responses.put(id, { response, messages: [...history, ...input, assistant] });
+      ctx.responses.put(id, { response, messages: [...history, ...input, assistant], owner: caller.key });
     }
     return response;
   };
@@ -337,8 +337,8 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
 }
 
 /** GET /v1/responses/{id}. */
-export function retrieveResponse(ctx: ServingContext, id: string): Record<string, unknown> {
-  const stored = ctx.responses.get(id);
+export function retrieveResponse(ctx: ServingContext, id: string, caller: Caller = ANONYMOUS): Record<string, unknown> {
+  const stored = ctx.responses.get(id, caller.key);
   if (!stored)
     throw new NotFoundError(`Response with id '${id}' not found (unknown, deleted, or evicted from the store).`, {
       param: 'response_id',
@@ -348,7 +348,8 @@ export function retrieveResponse(ctx: ServingContext, id: string): Record<string
 }
 
 /** DELETE /v1/responses/{id}. */
-export function deleteResponse(ctx: ServingContext, id: string): { id: string; object: string; deleted: boolean } {
-  if (!ctx.responses.delete(id)) throw new NotFoundError(`Response with id '${id}' not found.`, { param: 'response_id', code: 'not_found' });
+export function deleteResponse(ctx: ServingContext, id: string, caller: Caller = ANONYMOUS): { id: string; object: string; deleted: boolean } {
+  if (!ctx.responses.delete(id, caller.key))
+    throw new NotFoundError(`Response with id '${id}' not found.`, { param: 'response_id', code: 'not_found' });
   return { id, object: 'response', deleted: true };
 }

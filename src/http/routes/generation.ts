@@ -18,6 +18,6 @@ export const generationRoutes: FastifyPluginAsync<{ ctx: ServingContext; http: H
   app.post('/v1/responses', (request, reply) =>
     respond(request, reply, http, serveResponses(ctx, request.body, clientAbortSignal(request, reply), request.caller)),
   );
-  app.get('/v1/responses/:id', async (request) => retrieveResponse(ctx, (request.params as { id: string }).id));
-  app.delete('/v1/responses/:id', async (request) => deleteResponse(ctx, (request.params as { id: string }).id));
+  app.get('/v1/responses/:id', async (request) => retrieveResponse(ctx, (request.params as { id: string }).id, request.caller));
+  app.delete('/v1/responses/:id', async (request) => deleteResponse(ctx, (request.params as { id: string }).id, request.caller));
 };
