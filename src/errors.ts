@@ -78,6 +78,24 @@ export class QueueFullError extends AppError {
   }
 }
 
+/** An API key's limits, by the keys file's names for them. */
+export type KeyLimitName = 'max_concurrent' | 'max_queued' | 'tokens_per_minute';
+
+/**
+ * An API key reached one of its own limits (HTTP 429, OpenAI's `rate_limit_exceeded`):
+ * `limit` names which, and the message says so in words.
+ */
+export class KeyLimitError extends AppError {
+  constructor(
+    message: string,
+    readonly limit: KeyLimitName,
+    retryAfter = 1,
+  ) {
+    // The limit's name rides in `param`: machine-readable, and it survives the worker's messages.
+    super(429, 'rate_limit_error', message, { code: 'rate_limit_exceeded', param: limit, retryAfter });
+  }
+}
+
 /** The engine is loading, restarting or shutting down (HTTP 503). */
 export class ServiceUnavailableError extends AppError {
   constructor(message: string, retryAfter = 5) {

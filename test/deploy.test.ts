@@ -15,6 +15,7 @@ import { ServiceAccount } from 'kubernetes-models/v1/ServiceAccount';
 import { pino } from 'pino';
 import { parse } from 'yaml';
 import { parseServeConfig, SERVE_FLAGS, startServer } from '../src/cli/serve_command.js';
+import { Keyring } from '../src/http/api_keys.js';
 import { requireApiKey } from '../src/http/auth.js';
 import { Drain } from '../src/http/drain.js';
 import { fixtureExport } from './support/engine.js';
@@ -167,7 +168,8 @@ test('probes, ports and every metric the manifests and the InferencePool example
   const s = await startServer(parseServeConfig(['--port', '0'], env)!, { logger: pino({ level: 'silent' }) });
   try {
     const c = container as unknown as Record<string, { httpGet: { path: string; port: string } }>;
-    const withKey = requireApiKey('a-secret');
+    const keyring = new Keyring('a-secret', null, { info() {}, error() {} });
+    const withKey = requireApiKey(keyring);
     for (const probe of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
       assert.equal(c[probe].httpGet.port, 'http');
       // Kubelet sends no API key: the probes' routes stay open when one is set.

@@ -211,7 +211,7 @@ test('hundreds of malformed or hostile bodies get 4xx in the OpenAI envelope, an
   assert.equal(ok.choices.length, 1);
 });
 
-test('a body over --body-limit is read to its end before the 413, so a client still uploading sees the 413, not a reset', async () => {
+test('a body over --body-limit gets its 413 while the rest is read and dropped, so a client still uploading sees the 413, not a reset', async () => {
   const url = new URL(s.url);
   const total = 5 * 2 ** 20;
   const socket = connect(Number(url.port), url.hostname);
@@ -243,4 +243,34 @@ test('a body over --body-limit is read to its end before the 413, so a client st
       (err: unknown) => err instanceof OpenAI.APIError && err.status === 413,
     );
   }
+});
+
+test('a Content-Length over --body-limit is answered 413 at once, before any body byte is sent', async () => {
+  const url = new URL(s.url);
+  const socket = connect(Number(url.port), url.hostname);
+  await new Promise((resolve) => socket.on('connect', resolve));
+  let answer = '';
+  const got413 = new Promise<void>((resolve) =>
+    socket.on('data', (d) => {
+      answer += d.toString();
+      if (answer.includes('"payload_too_large"')) resolve();
+    }),
+  );
+  // A client that announces its body and waits for an interim answer before sending it.
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${8 * 2 ** 20}\r\n\r\n`);
+  const timedOut = Symbol('timed out');
+  // The request timeout (60 s) would answer 408 eventually: 413 must come long before it.
+  const first = await Promise.race([got413, new Promise((resolve) => setTimeout(() => resolve(timedOut), 10_000))]);
+  socket.destroy();
+  assert.notEqual(first, timedOut, `no 413 within 10 s: ${answer}`);
+  assert.match(answer, /^HTTP\/1.1 413 /);
+  // The same through the SDK, with the length announced by fetch before its body.
+  const big = 'x'.repeat(2 * 2 ** 20);
+  await assert.rejects(
+    s.client.completions.create({ model: 'tiny', prompt: big, max_tokens: 1 }),
+    (err: unknown) => err instanceof OpenAI.APIError && err.status === 413 && (err.error as { code?: string }).code === 'payload_too_large',
+  );
+  // The connection pool still works afterwards.
+  const ok = await s.client.completions.create({ model: 'tiny', prompt: 'hi', max_tokens: 1 });
+  assert.equal(ok.choices.length, 1);
 });

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import Anthropic from '@anthropic-ai/sdk';
 import { TOKENIZER_ASSETS } from '../src/model/random_checkpoint.js';
 import { THINKING_TRANSITION } from '../src/serving/chat_prompt.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
@@ -93,4 +94,45 @@ test('the Responses API takes the same budget: thinking_token_budget and reasoni
   assert.equal(low.usage?.output_tokens_details.reasoning_tokens, 7 + TRANSITION_REASONING);
   const none = await s.client.responses.create({ ...base, reasoning: { effort: 'none' } });
   assert.equal(none.usage?.output_tokens, ANSWER.length);
+});
+
+test('a budget from an effort level leaves room for the answer: at most 3/4 of max_tokens thinks, the closing included', async () => {
+  // medium is 4,096 tokens here, far beyond max_tokens: capped to 3/4 of it, less the closing sentence.
+  const maxTokens = 80;
+  const capped = Math.floor(maxTokens * 0.75) - TRANSITION.length;
+  const chat = await s.client.chat.completions.create({ ...ask, max_tokens: maxTokens, reasoning_effort: 'medium' });
+  assert.equal(chat.choices[0].finish_reason, 'stop');
+  assert.equal(chat.choices[0].message.content, 'The answer.');
+  assert.equal(chat.usage?.completion_tokens_details?.reasoning_tokens, capped + TRANSITION_REASONING);
+  // max_completion_tokens bounds it alike.
+  const mct = await s.client.chat.completions.create({ ...ask, max_tokens: undefined, max_completion_tokens: maxTokens, reasoning_effort: 'high' });
+  assert.equal(mct.choices[0].message.content, 'The answer.');
+  const responses = await s.client.responses.create({
+    model: 'thinker',
+    input: 'Why?',
+    temperature: 0,
+    max_output_tokens: maxTokens,
+    reasoning: { effort: 'medium' },
+  });
+  assert.equal(responses.status, 'completed');
+  assert.equal(responses.output_text, 'The answer.');
+  assert.equal(responses.usage?.output_tokens_details.reasoning_tokens, capped + TRANSITION_REASONING);
+  const claude = new Anthropic({ baseURL: s.url, apiKey: 'unused', maxRetries: 0 });
+  const message = await claude.messages.create({
+    model: 'thinker',
+    max_tokens: maxTokens,
+    messages: [{ role: 'user', content: 'Why?' }],
+    thinking: { type: 'adaptive' },
+    output_config: { effort: 'medium' },
+    temperature: 0,
+  } as never);
+  assert.equal(message.stop_reason, 'end_turn');
+  assert.deepEqual(
+    message.content.filter((b) => b.type === 'text').map((b) => (b as { text: string }).text),
+    ['The answer.'],
+  );
+  // An explicit budget is honoured as given, even when it leaves no room.
+  const explicit = await s.client.chat.completions.create({ ...ask, max_tokens: maxTokens, thinking_token_budget: 100 } as typeof ask);
+  assert.equal(explicit.choices[0].finish_reason, 'length');
+  assert.equal(explicit.usage?.completion_tokens_details?.reasoning_tokens, maxTokens);
 });

@@ -1,4 +1,5 @@
 import { InvalidRequestError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ChatChoice, ChatToolCall } from '../serving/chat_choice.js';
 import { prepareChat } from '../serving/chat_prompt.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
@@ -159,9 +160,9 @@ function stopReason(c: ChatChoice): { stop_reason: string; stop_sequence: string
   return { stop_reason: 'end_turn', stop_sequence: null };
 }
 
-export async function serveMessages(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveMessages(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(messagesRequestSchema, body);
-  const session = await startChat(ctx, toChatRequest(ctx, req), signal);
+  const session = await startChat(ctx, toChatRequest(ctx, req), signal, caller);
   const notes = { ignoredTools: splitTools(req.tools).ignored };
   const c = session.choices[0];
   const id = newId('msg_', 24);

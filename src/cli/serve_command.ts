@@ -3,8 +3,10 @@ import { pino } from 'pino';
 import { Engine } from '../engine/engine.js';
 import { AppError } from '../errors.js';
 import { DEMO_NAME, defaultCacheDir, resolveExportTarget, resolveModel } from '../export/model_source.js';
+import { Keyring } from '../http/api_keys.js';
 import { buildApp } from '../http/app.js';
 import { Drain } from '../http/drain.js';
+import { KeyLimiter } from '../http/key_limits.js';
 import { ServerMetrics } from '../http/metrics.js';
 import type { HttpOptions } from '../http/options.js';
 import { readGenerationConfig } from '../model/generation_config.js';
@@ -29,6 +31,8 @@ export interface RunningServer {
 /** Loads the model, starts the engine and listens. Used by the CLI and the end-to-end tests. */
 export async function startServer(config: ServeConfig, opts: { logger?: pino.Logger; installSignalHandlers?: boolean } = {}): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: config['log-level'] });
+  // Read first: a keys file that does not parse stops the start before the model loads.
+  const keys = new Keyring(config['api-key'] ?? null, config['api-keys-file'] ?? null, log);
   const requestedDevice = config.device;
   const target = resolveExportTarget(requestedDevice, config.dtype, cudaUsable());
   if (target.note && config.model !== undefined) log.info(target.note);
@@ -64,13 +68,17 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   codec.start();
   const modelName = config['served-model-name'] ?? resolved.name;
   const metrics = new ServerMetrics(engine, modelName, config['metrics-compat']);
+  const limiter = new KeyLimiter({ maxNumSeqs: engine.info!.limits.maxNumSeqs, maxQueue: engine.info!.limits.maxQueue });
   const ctx: ServingContext = {
     engine,
     tokenizer,
     codec,
     template: ChatTemplate.fromTokenizerConfig(files.config),
     generation: readGenerationConfig(resolved.exportDir),
-    observe: (m, reason) => metrics.observe(m, reason),
+    observe: (m, reason, key) => {
+      metrics.observe(m, reason, key);
+      if (key !== null) limiter.record(key, m.promptTokens + m.completionTokens);
+    },
     responses: new ResponseStore(config['responses-store']),
     seal: new ReasoningSeal(config['reasoning-secret']),
     options: {
@@ -85,7 +93,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     createdAt: Math.floor(Date.now() / 1000),
   };
   const http: HttpOptions = {
-    apiKey: config['api-key'] ?? null,
+    prefixCacheScope: config['prefix-cache-scope'] ?? (config['api-keys-file'] ? 'key' : 'shared'),
     corsOrigins:
       config['cors-origins'] === 'none'
         ? []
@@ -103,13 +111,14 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   };
   if (config['log-prompts']) engine.on('prompt', (prompt: string) => log.debug({ prompt }, 'rendered prompt'));
   const drain = new Drain();
-  const app = await buildApp(ctx, http, metrics, drain, log);
+  const app = await buildApp(ctx, http, metrics, drain, { keys, limiter }, log);
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });
   } catch (err) {
     await engine.close();
     await codec.close();
+    keys.close();
     throw new AppError(500, 'server_error', `cannot listen on ${config.host}:${config.port}: ${(err as Error).message}`);
   }
   const info = engine.info!;
@@ -121,6 +130,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       dtype: info.dtype,
       device: info.device,
       max_model_len: info.limits.maxModelLen,
+      api_keys: keys.enabled ? keys.size : 'none',
+      prefix_cache_scope: http.prefixCacheScope,
       kv_budget_tokens: info.limits.kvBudgetTokens,
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
       prefix_cache: info.prefixCache
@@ -165,6 +176,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       clearTimeout(deadline);
       await engine.close();
       await codec.close();
+      keys.close();
     })();
     return closing;
   };

@@ -31,6 +31,19 @@ export const SERVE_FLAGS = {
     help: 'Require this Bearer token on `/v1/*`, `/tokenize`, `/detokenize` (`/health` and `/metrics` stay open)',
     schema: z.string().min(1).optional(),
   },
+  'api-keys-file': {
+    type: 'string',
+    env: 'QWEN3_SERVE_API_KEYS_FILE',
+    help: 'API keys in a JSON file, each with a name, the key or its SHA-256, and optional limits (`max_concurrent`, `max_queued`, `tokens_per_minute`); read again within a second of any change, so keys are added, revoked and rotated without a restart (format: docs/security.md)',
+    schema: z.string().min(1).optional(),
+  },
+  'prefix-cache-scope': {
+    type: 'string',
+    env: 'QWEN3_SERVE_PREFIX_CACHE_SCOPE',
+    defaultText: '`key` with `--api-keys-file`, else `shared`',
+    help: "Which requests share prefix cache blocks: `key` (only requests of the same API key, so no key can time another's prompts) or `shared` (all); a request's `cache_salt` narrows it further either way",
+    schema: z.enum(['shared', 'key']).optional(),
+  },
   device: {
     type: 'string',
     env: 'QWEN3_SERVE_DEVICE',
@@ -158,7 +171,7 @@ export const SERVE_FLAGS = {
     type: 'string',
     env: 'QWEN3_SERVE_REASONING_EFFORT_BUDGETS',
     default: EFFORT_BUDGETS,
-    help: "Thinking budgets in tokens for `reasoning_effort` levels (`none` turns thinking off); a request's `thinking_token_budget` overrides them",
+    help: "Thinking budgets in tokens for `reasoning_effort` levels (`none` turns thinking off), capped so thinking takes at most 3/4 of the request's `max_tokens`; a request's `thinking_token_budget` overrides them (uncapped)",
     schema: z
       .string()
       .regex(/^(minimal|low|medium|high)=\d+(,(minimal|low|medium|high)=\d+)*$/, 'expected level=tokens pairs, such as low=1024,high=16384')
@@ -189,7 +202,7 @@ export const SERVE_FLAGS = {
     type: 'string',
     env: 'QWEN3_SERVE_BODY_LIMIT',
     default: '4MiB',
-    help: 'Largest request body (larger: 413); bodies nested more than 128 levels are a 400',
+    help: 'Largest request body (larger: 413, at once when its Content-Length says so; the body is then read and dropped up to a bound); bodies nested more than 128 levels are a 400',
     schema: size(false),
   },
   'request-timeout': {

@@ -242,8 +242,8 @@ export class Engine extends EventEmitter {
    * Asks the engine to compute the prefix cache's blocks of `promptIds` while it has
    * nothing else to do (EngineCore.warm); ignored when it is not ready or has no cache.
    */
-  warm(promptIds: number[]): void {
-    if (this.state === 'ready' && this.info?.prefixCache) this.send({ type: 'warm', promptIds });
+  warm(promptIds: number[], salt: string | null = null): void {
+    if (this.state === 'ready' && this.info?.prefixCache) this.send({ type: 'warm', promptIds, salt });
   }
 
   abort(requestId: string): void {

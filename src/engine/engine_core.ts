@@ -120,8 +120,8 @@ export class EngineCore {
   }
 
   /** Queues a warm-up of a conversation's next turn for the prefix cache (see Scheduler); false when it has nothing to compute. */
-  warm(promptIds: number[]): boolean {
-    const prompt = this.scheduler.kv.warmUpPrompt(promptIds, this.limits.maxModelLen);
+  warm(promptIds: number[], salt: string | null = null): boolean {
+    const prompt = this.scheduler.kv.warmUpPrompt(promptIds, this.limits.maxModelLen, salt);
     if (!prompt) return false;
     this.scheduler.addWarmUp(newWarmUp(this.nextId++, prompt.tokens, prompt.keys, this.sequenceContext()));
     return true;

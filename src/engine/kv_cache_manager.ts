@@ -51,7 +51,7 @@ const NEXT_TURN_ROOM = 2;
  */
 export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
   /** A finished warm-up's row, kept until anything else is admitted. */
-  private warmUpRow: { id: number; tokens: number[] } | null = null;
+  private warmUpRow: { id: number; tokens: number[]; salt: string | null } | null = null;
   /** Warm-up rows let go outside a plan, freed by the next one. */
   private readonly orphans: number[] = [];
   /** The block reserved for the running step's save, until it is written. */
@@ -91,7 +91,13 @@ export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
     const expect = seq.promptLength + (seq.warmUp ? NEXT_TURN_ROOM * chunk : 0);
     const w = this.warmUpRow;
     this.warmUpRow = null;
-    if (w && found.cached > 0 && found.cached <= w.tokens.length && w.tokens.slice(0, found.cached).every((t, i) => t === seq.tokens[i])) {
+    if (
+      w &&
+      found.cached > 0 &&
+      found.cached <= w.tokens.length &&
+      w.salt === (seq.prefixKeys.salt ?? null) &&
+      w.tokens.slice(0, found.cached).every((t, i) => t === seq.tokens[i])
+    ) {
       return { id: seq.id, takeOver: { from: w.id, length: found.cached }, free: null, load: [], expect };
     }
     const load = found.cached > 0 ? PrefixCache.blocks(seq.prefixKeys, found.slots) : [];
@@ -129,7 +135,7 @@ export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
   /** A warm-up finished: its row stays for the turn it warmed. */
   keepWarmUpRow(seq: S): void {
     if (this.warmUpRow) this.orphans.push(this.warmUpRow.id);
-    this.warmUpRow = { id: seq.id, tokens: seq.tokens };
+    this.warmUpRow = { id: seq.id, tokens: seq.tokens, salt: seq.prefixKeys.salt ?? null };
   }
 
   /** Lets a finished warm-up's row go (a fault, the shutdown); its id, to free, or null. */
@@ -141,13 +147,13 @@ export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
 
   /**
    * The part of `promptIds` a warm-up computes: its whole chunks (they end where the next
-   * message starts, or are a whole chunk long), with their keys; null when they are all
-   * cached already, or there is none.
+   * message starts, or are a whole chunk long), with their keys under `salt` (the
+   * request's cache scope); null when they are all cached already, or there is none.
    */
-  warmUpPrompt(promptIds: number[], maxModelLen: number): { tokens: number[]; keys: PrefixKeys } | null {
+  warmUpPrompt(promptIds: number[], maxModelLen: number, salt: string | null = null): { tokens: number[]; keys: PrefixKeys } | null {
     const cache = this.prefixCache;
     if (!cache) return null;
-    const keys: PrefixKeys = prefixKeys();
+    const keys: PrefixKeys = prefixKeys(false, salt);
     const limit = Math.min(promptIds.length, maxModelLen - 1);
     let count = 0;
     while (cache.keysFor(promptIds, count + 1, keys).length > count && keys.ends[count] <= limit) count++;

@@ -93,3 +93,26 @@ test('with message starts marked, blocks end where a message starts: a shared op
   assert.equal(cache.keysFor([M, 1, 2, 3, 4, 5], 5, warm).length, 2);
   assert.equal(cache.cachedTokens([M, 1, 2, 3, 4, 5], warm), 6);
 });
+
+test('a salt scopes the chain: blocks are found only under the salt they were saved with', () => {
+  const cache = new PrefixCache(new ChunkGrid(B), pool(16));
+  const tokens = seq(12);
+  const publishSalted = (salt: string | null) => {
+    const k = prefixKeys(false, salt);
+    for (let i = 0; i < 3; i++) cache.reserve(tokens, i, k);
+  };
+  publishSalted('alice');
+  assert.equal(cache.match(tokens, 12, 12, prefixKeys(false, 'alice')).length, 3);
+  assert.equal(cache.match(tokens, 12, 12, prefixKeys(false, 'bob')).length, 0);
+  assert.equal(cache.match(tokens, 12, 12, prefixKeys()).length, 0, 'unsalted requests do not see salted blocks');
+  publishSalted(null);
+  assert.equal(cache.match(tokens, 12, 12, prefixKeys(false, 'bob')).length, 0, 'salted requests do not see unsalted blocks');
+  assert.equal(cache.match(tokens, 12, 12, prefixKeys()).length, 3);
+  assert.equal(cache.stats().blocks, 6, 'the same tokens under two salts are two chains');
+  // Only the first block's hash takes the salt; the rest chain from it, so every key differs.
+  const a = cache.keysFor(tokens, 3, prefixKeys(false, 'alice'));
+  const b = cache.keysFor(tokens, 3, prefixKeys(false, 'bob'));
+  assert.ok(a.every((key, i) => key !== b[i]));
+  // An empty salt is no salt.
+  assert.deepEqual(cache.keysFor(tokens, 3, prefixKeys(false, '')), cache.keysFor(tokens, 3, prefixKeys()));
+});

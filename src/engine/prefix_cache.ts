@@ -14,16 +14,31 @@ interface Block {
 /**
  * What a sequence keeps for the cache: its whole chunks' keys and ends, computed once
  * each. `boundaryAtEnd`: a message start is known to follow its tokens, so a last chunk
- * short of the chunk size is whole too (a warm-up's).
+ * short of the chunk size is whole too (a warm-up's). `salt`: the request's cache scope
+ * (GenerateRequest.cacheSalt), mixed into the first block's hash, so blocks are shared
+ * only between sequences with the same salt; null or empty, none.
  */
 export interface PrefixKeys {
   keys: string[];
   ends: number[];
   boundaryAtEnd?: boolean;
+  salt?: string | null;
 }
 
-export function prefixKeys(boundaryAtEnd = false): PrefixKeys {
-  return { keys: [], ends: [], boundaryAtEnd };
+export function prefixKeys(boundaryAtEnd = false, salt: string | null = null): PrefixKeys {
+  return { keys: [], ends: [], boundaryAtEnd, salt };
+}
+
+/**
+ * What a salt puts before a chain's first tokens: -1, which no token id is (so no
+ * unsalted chain can begin alike), then the salt's SHA-256.
+ */
+export function saltPrefix(salt: string): Int32Array {
+  const digest = createHash('sha256').update(salt, 'utf8').digest();
+  const out = new Int32Array(9);
+  out[0] = -1;
+  out.set(new Int32Array(Uint8Array.from(digest).buffer), 1);
+  return out;
 }
 
 export interface PrefixCacheStats {
@@ -43,8 +58,9 @@ export interface PrefixCacheStats {
 /**
  * The prefix cache's index (vLLM's automatic prefix caching, by block hash): which
  * blocks of which token prefixes have their keys and values in the pool, and in what
- * order they were last used. A block is named by a hash of all tokens up to its end, so
- * prompts that share a prefix share its blocks, whatever follows.
+ * order they were last used. A block is named by a hash of all tokens up to its end (and
+ * the request's salt, its cache scope), so prompts that share a prefix and a salt share
+ * its blocks, whatever follows.
  *
  * A block is one whole chunk of the engine's prefill grid (`grid`, chunk_grid.ts: at
  * most `blockTokens`, cut at message starts): a cached block is then exactly what a cold
@@ -89,6 +105,7 @@ export class PrefixCache {
       if (!this.grid.whole(tokens, start, end, keys.boundaryAtEnd)) break;
       const hash = createHash('sha256');
       if (k > 0) hash.update(keys.keys[k - 1]);
+      else if (keys.salt) hash.update(saltPrefix(keys.salt));
       hash.update(Int32Array.from(tokens.slice(start, end)));
       keys.keys.push(hash.digest('base64'));
       keys.ends.push(end);

@@ -41,7 +41,7 @@ export type MainMessage =
   | { type: 'submit'; request: GenerateRequest }
   | { type: 'abort'; requestId: string }
   /** A warm-up for the prefix cache (EngineCore.warm); no answer. */
-  | { type: 'warm'; promptIds: number[] }
+  | { type: 'warm'; promptIds: number[]; salt: string | null }
   | { type: 'stats'; token: number }
   | { type: 'shutdown' }
   /** Ends every request at the next step boundary (the shutdown deadline). */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { QueueFullError } from '../errors.js';
+import { KeyLimitError, QueueFullError } from '../errors.js';
 import type { KvCostModel } from '../runtime/kv_cost.js';
 import { ChunkGrid } from './chunk_grid.js';
 import { KvCacheManager, type Lookup } from './kv_cache_manager.js';
@@ -214,4 +214,68 @@ test('a warm-up whose prompt is all cached already is not admitted', () => {
   const plan = s.schedule();
   assert.deepEqual(plan.admitted, [fresh]);
   assert.equal(plan.prefill?.seq, fresh);
+});
+
+const keyed = (name: string, limits: { maxConcurrent?: number | null; maxQueued?: number | null } = {}) => {
+  const s = seq(8);
+  return Object.assign(s, { tenant: { name, maxConcurrent: limits.maxConcurrent ?? null, maxQueued: limits.maxQueued ?? null } });
+};
+
+/** Steps until nothing waits, returning the order in which sequences were admitted. */
+function admissionOrder(s: Scheduler, finishAfterPrefill = true): number[] {
+  const order: number[] = [];
+  for (let i = 0; i < 1000 && s.numWaiting > 0; i++) {
+    const plan = step(s);
+    order.push(...plan.admitted.map((a) => a.id));
+    // Each finishes once its prompt is done, so a slot frees at every admission.
+    if (finishAfterPrefill) for (const d of plan.decode) s.remove(d);
+  }
+  return order;
+}
+
+test('keys take turns: while a key has requests waiting, each other key gets at most one admission before its next', () => {
+  const s = scheduler({ maxNumSeqs: 2, maxQueue: 100 });
+  const a = Array.from({ length: 10 }, () => keyed('a'));
+  const b = Array.from({ length: 3 }, () => keyed('b'));
+  for (const x of a) s.add(x);
+  for (const x of b) s.add(x);
+  const order = admissionOrder(s);
+  const ids = (xs: CacheableSequence[]) => xs.map((x) => x.id);
+  // a first (it came first), then alternating while b waits, then a's rest in order.
+  assert.deepEqual(order, [a[0].id, b[0].id, a[1].id, b[1].id, a[2].id, b[2].id, ...ids(a.slice(3))]);
+});
+
+test('with one key, or none, admission stays FIFO', () => {
+  for (const make of [() => keyed('only'), () => seq(8)]) {
+    const s = scheduler({ maxNumSeqs: 2, maxQueue: 100 });
+    const xs = Array.from({ length: 6 }, make);
+    for (const x of xs) s.add(x);
+    assert.deepEqual(
+      admissionOrder(s),
+      xs.map((x) => x.id),
+    );
+  }
+});
+
+test("a key's max_concurrent bounds its running requests (the rest wait, others pass), and max_queued its waiting ones", () => {
+  const s = scheduler({ maxNumSeqs: 4, maxQueue: 100 });
+  const a = Array.from({ length: 3 }, () => keyed('a', { maxConcurrent: 1, maxQueued: 2 }));
+  const b = keyed('b');
+  for (const x of a) s.add(x);
+  // a has one running slot to come and two waiting: a fourth is refused, naming its limit.
+  assert.throws(
+    () => s.add(keyed('a', { maxConcurrent: 1, maxQueued: 2 })),
+    (err: unknown) => err instanceof KeyLimitError && err.limit === 'max_queued' && err.status === 429 && /max_queued 2/.test(err.message),
+  );
+  s.add(b);
+  const admitted: number[] = [];
+  for (let i = 0; i < 6; i++) admitted.push(...step(s).admitted.map((x) => x.id));
+  // a's first runs; its others wait behind max_concurrent 1 while b is admitted.
+  assert.deepEqual(admitted, [a[0].id, b.id]);
+  assert.equal(s.numWaiting, 2);
+  s.remove(a[0]);
+  assert.deepEqual(
+    step(s).admitted.map((x) => x.id),
+    [a[1].id],
+  );
 });

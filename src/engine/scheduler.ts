@@ -1,4 +1,4 @@
-import { QueueFullError } from '../errors.js';
+import { KeyLimitError, QueueFullError } from '../errors.js';
 import { ChunkGrid } from './chunk_grid.js';
 import type { KvCacheManager, KvSteps, Lookup } from './kv_cache_manager.js';
 import type { CacheableSequence, ScheduledSequence } from './sequence.js';
@@ -38,8 +38,14 @@ export interface StepOutcome<S extends ScheduledSequence = ScheduledSequence> {
 /**
  * Continuous batching at step granularity (vLLM v1 / llama.cpp slots): every step
  * decodes all running sequences and advances at most one prompt by one chunk. Admission
- * is FIFO, bounded by `maxNumSeqs` and the KV budget; when a growing batch would exceed
- * the budget, the most recently admitted sequence is preempted and recomputed later.
+ * is bounded by `maxNumSeqs` and the KV budget; when a growing batch would exceed the
+ * budget, the most recently admitted sequence is preempted and recomputed later.
+ *
+ * Admission is fair between API keys (round robin over the keys with requests waiting):
+ * the next admitted is the oldest waiting request of the key admitted least recently, so
+ * while a key has a request waiting, each other key gets at most one admission before
+ * it. Within a key, and with one key (or none), it is FIFO. A key's own limits bound its
+ * running requests (`maxConcurrent`: the rest wait) and its waiting ones (`maxQueued`).
  *
  * A prompt's chunk boundaries depend only on the prompt (the chunk size and message
  * starts, chunk_grid.ts), never on what else runs, so a request's numbers do not depend
@@ -60,6 +66,9 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
   private readonly warmUps: S[] = [];
   /** The warm-up admitted, if any (it runs alone). */
   private warmUp: S | null = null;
+  /** When each key was last admitted (an admission count), for the round robin. */
+  private readonly lastAdmitted = new Map<string, number>();
+  private admissions = 0;
 
   constructor(
     readonly config: SchedulerConfig,
@@ -97,6 +106,19 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
     const freeSlots = Math.max(0, this.config.maxNumSeqs - this.running.length);
     if (this.waiting.length >= this.config.maxQueue + freeSlots) {
       throw new QueueFullError(`The server is busy: ${this.waiting.length} requests are already waiting. Retry shortly.`);
+    }
+    const t = seq.tenant;
+    if (t && t.maxQueued !== null) {
+      const name = t.name;
+      const waiting = this.waiting.filter((s) => keyOf(s) === name).length;
+      const running = this.running.filter((s) => keyOf(s) === name).length;
+      const free = Math.max(0, Math.min(freeSlots, (t.maxConcurrent ?? Infinity) - running));
+      if (waiting >= t.maxQueued + free) {
+        throw new KeyLimitError(
+          `Rate limit reached for API key '${name}': max_queued ${t.maxQueued} (it has ${waiting} requests waiting${t.maxConcurrent !== null ? ` and ${running} running, max_concurrent ${t.maxConcurrent}` : ''}). Retry shortly.`,
+          'max_queued',
+        );
+      }
     }
     seq.state = 'waiting';
     this.waiting.push(seq);
@@ -157,11 +179,13 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
     plan.decode = this.running.filter((s) => s.state === 'decode' && canDecode(s));
 
     let candidate = this.running.find((s) => s.state === 'prefill');
-    if (!candidate && this.waiting.length > 0 && this.running.length < this.config.maxNumSeqs) {
-      const next = this.waiting[0];
+    const at = !candidate && this.running.length < this.config.maxNumSeqs ? this.nextWaiting() : -1;
+    if (at >= 0) {
+      const next = this.waiting[at];
       // Admit only if the whole prefill fits next to what runs now.
       if (this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0) {
-        this.waiting.shift();
+        this.waiting.splice(at, 1);
+        this.lastAdmitted.set(keyOf(next), this.admissions++);
         this.admit(next, this.kv.lookUp(next, Scheduler.prefillTarget(next)), plan);
         candidate = next;
       }
@@ -176,6 +200,42 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
       }
     }
     return plan;
+  }
+
+  /**
+   * Where in `waiting` the next request to admit is, or -1: a preempted one first (it was
+   * admitted before), else the oldest of the key admitted least recently, among keys
+   * below their `maxConcurrent`.
+   */
+  private nextWaiting(): number {
+    let best = -1;
+    let bestLast = Infinity;
+    const seen = new Set<string>();
+    let running: Map<string, number> | null = null;
+    for (let i = 0; i < this.waiting.length; i++) {
+      const s = this.waiting[i];
+      const key = keyOf(s);
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const cap = s.tenant?.maxConcurrent ?? null;
+      if (cap !== null) {
+        running ??= this.runningByKey();
+        if ((running.get(key) ?? 0) >= cap) continue;
+      }
+      if (s.preemptions > 0 && s.numComputed === 0 && i === 0) return 0;
+      const last = this.lastAdmitted.get(key) ?? -1;
+      if (last < bestLast) {
+        best = i;
+        bestLast = last;
+      }
+    }
+    return best;
+  }
+
+  private runningByKey(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const s of this.running) out.set(keyOf(s), (out.get(keyOf(s)) ?? 0) + 1);
+    return out;
   }
 
   /** Gives `seq` a row, starting after the cached blocks `found`. */
@@ -239,4 +299,9 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
     // A recomputed sequence (after preemption) decodes its last token next instead.
     return { promptDone: fresh ? seq : null, warmUpDone: null };
   }
+}
+
+/** The round robin's name for a sequence's key; requests without one share ''. */
+function keyOf(s: ScheduledSequence): string {
+  return s.tenant?.name ?? '';
 }

@@ -5,7 +5,7 @@ import { OutputProcessor } from './output_processor.js';
 import { type PrefixKeys, prefixKeys } from './prefix_cache.js';
 import { PromptScores } from './prompt_scores.js';
 import { TokenSelector } from './token_selector.js';
-import type { GenerateRequest } from './types.js';
+import type { GenerateRequest, TenantLimits } from './types.js';
 
 export type SequenceState = 'waiting' | 'prefill' | 'decode' | 'finished';
 
@@ -23,6 +23,8 @@ export interface ScheduledSequence {
   preemptions: number;
   /** Prompt tokens served from the prefix cache at its first admission (null before it). */
   cachedTokens: number | null;
+  /** The API key it came with and that key's limits (null: none); the scheduler shares the batch fairly between keys. */
+  readonly tenant?: TenantLimits | null;
 }
 
 /** What the KV cache manager reads of a sequence, besides what the scheduler keeps. */
@@ -70,8 +72,9 @@ export function newSequence(
     state: 'waiting',
     preemptions: 0,
     cachedTokens: null,
+    tenant: req.tenant ?? null,
     warmUp: warmUp !== null,
-    prefixKeys: warmUp?.keys ?? prefixKeys(),
+    prefixKeys: warmUp?.keys ?? prefixKeys(false, req.cacheSalt ?? null),
     prompt,
     request: req,
     selector: new TokenSelector(req, ctx.vocabSize, constraint),
@@ -82,6 +85,7 @@ export function newSequence(
 /** A warm-up of `tokens`, whole blocks named by `keys` (KvCacheManager.warmUpPrompt): a request of no one, which emits nothing. */
 export function newWarmUp(id: number, tokens: number[], keys: PrefixKeys, ctx: SequenceContext): Sequence {
   const req: GenerateRequest = {
+    cacheSalt: keys.salt ?? null,
     requestId: `warm-${id}`,
     promptIds: tokens,
     sampling: DEFAULT_SAMPLING,

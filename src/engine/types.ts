@@ -34,6 +34,23 @@ export interface GenerateRequest {
    * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.
    */
   promptLogprobs?: number | null;
+  /**
+   * The prefix cache's scope for this request (the key's scope and the request's
+   * cache_salt, src/serving/cache_scope.ts): its blocks are shared only with requests of
+   * the same salt. Absent or null: the shared scope.
+   */
+  cacheSalt?: string | null;
+  /** Who sent it (an API key's name) and that key's limits; absent: no key, no limits. */
+  tenant?: TenantLimits | null;
+}
+
+/** An API key's name and its bounds in the engine (src/http/api_keys.ts reads them from the keys file). */
+export interface TenantLimits {
+  name: string;
+  /** Of its requests, at most this many run in the batch at once (null: no bound). */
+  maxConcurrent: number | null;
+  /** Of its requests, at most this many wait for a batch slot (null: only the server's --max-queue). */
+  maxQueued: number | null;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';

@@ -180,7 +180,7 @@ async function main(): Promise<void> {
         flush();
         break;
       case 'warm':
-        core.warm(msg.promptIds);
+        core.warm(msg.promptIds, msg.salt);
         break;
       case 'stats':
         post({ type: 'stats', token: msg.token, stats: core.stats() });

@@ -2,12 +2,15 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import cors from '@fastify/cors';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
-import { NotFoundError } from '../errors.js';
+import { AppError, NotFoundError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
+import type { ApiKey, Keyring } from './api_keys.js';
 import { requireApiKey } from './auth.js';
 import type { Drain } from './drain.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
+import { anthropicRateHeaders, type KeyLimiter, openAIRateHeaders } from './key_limits.js';
 import type { ServerMetrics } from './metrics.js';
 import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
@@ -17,7 +20,38 @@ import { uiRoutes } from './routes/ui.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
 
-/** Reads and drops what is left of a request body, up to `bound` bytes (then gives up). */
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who sent it (its API key's name, limits and cache scope); set by the auth hook. */
+    caller: Caller;
+    /** The API key it came with, when it needs one. */
+    apiKey: ApiKey | null;
+  }
+}
+
+/** The API keys and their per-key accounting. */
+export interface Tenancy {
+  keys: Keyring;
+  limiter: KeyLimiter;
+}
+
+/** Routes that generate, which per-key limits and rate-limit headers apply to. */
+const GENERATION_PATHS = new Set(['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/messages']);
+
+function callerOf(key: ApiKey | null, scope: HttpOptions['prefixCacheScope']): Caller {
+  if (!key) return ANONYMOUS;
+  const { maxConcurrent, maxQueued } = key.limits;
+  return {
+    key: key.name,
+    limits: maxConcurrent === null && maxQueued === null ? null : { name: key.name, maxConcurrent, maxQueued },
+    cacheScope: scope === 'key' ? key.name : null,
+  };
+}
+
+/**
+ * Reads and drops what is left of a request body, up to `bound` bytes; beyond it the
+ * connection is closed (a client may not make the server read without end).
+ */
 function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
   if (raw.complete || raw.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
@@ -28,7 +62,10 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
     };
     const onData = (chunk: Buffer) => {
       seen += chunk.length;
-      if (seen > bound) done();
+      if (seen > bound) {
+        done();
+        raw.socket.destroy();
+      }
     };
     raw.on('data', onData);
     raw.once('end', done);
@@ -44,6 +81,7 @@ export async function buildApp(
   http: HttpOptions,
   metrics: ServerMetrics,
   drain: Drain,
+  tenancy: Tenancy,
   logger?: FastifyBaseLogger,
 ): Promise<FastifyInstance> {
   const app = Fastify({
@@ -87,21 +125,48 @@ export async function buildApp(
     });
   }
 
-  const checkKey = requireApiKey(http.apiKey);
+  const checkKey = requireApiKey(tenancy.keys);
+  app.decorateRequest('caller', null as unknown as Caller);
+  app.decorateRequest('apiKey', null);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
-    drain.admit(request.url.split('?')[0], (done) => reply.raw.once('close', done));
-    await checkKey(request);
+    const path = request.url.split('?')[0];
+    drain.admit(path, (done) => reply.raw.once('close', done));
+    request.caller = ANONYMOUS;
+    const key = checkKey(request);
+    if (!key) return;
+    request.apiKey = key;
+    request.caller = callerOf(key, http.prefixCacheScope);
+    // The key's name (never the key) in every log line of the request, its last included.
+    request.log = request.log.child({ api_key: key.name });
+    reply.log = request.log;
+    if (request.method === 'POST' && GENERATION_PATHS.has(path)) tenancy.limiter.begin(key, (done) => reply.raw.once('close', done));
+  });
+  // The key's rate-limit state with every generation answer, refusals included (OpenAI's or Anthropic's headers).
+  app.addHook('onSend', async (request, reply) => {
+    const key = request.apiKey;
+    if (!key || request.method !== 'POST') return;
+    const path = request.url.split('?')[0];
+    if (!GENERATION_PATHS.has(path)) return;
+    const state = tenancy.limiter.state(key);
+    reply.headers(path === '/v1/messages' ? anthropicRateHeaders(state) : openAIRateHeaders(state));
   });
 
   app.setErrorHandler(async (err, request, reply) => {
     // Each API answers in its own envelope: routes name theirs in their config.
     const anthropic = (request.routeOptions.config as { envelope?: string } | undefined)?.envelope === 'anthropic';
     const mapped = anthropic ? toAnthropicError(err) : toOpenAIError(err);
-    // A body over the limit is refused before it is read; closing then would reset a
-    // client still uploading, which never sees the 413 (RFC 9112 §9.6): read the rest
-    // and drop it first, up to a bound.
-    if (mapped.status === 413) await discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
+    // A body over the limit is refused at once, before it is read (a client that announces
+    // its length and waits gets its answer); the connection stays open while the rest is
+    // read and dropped, up to a bound, since closing it would reset a client still
+    // uploading, which then never sees the 413 (RFC 9112 §9.6).
+    if (mapped.status === 413) {
+      // Fastify asks to close after a body error; the body is read here instead, so the connection can stay.
+      reply.removeHeader('connection');
+      void discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
+    }
+    if (err instanceof AppError && err.code === 'rate_limit_exceeded' && request.caller.key)
+      metrics.rateLimited(request.caller.key, err.param ?? 'unknown');
     if (mapped.internal) request.log.error({ err, request_id: request.id }, 'internal error');
     else request.log.info({ status: mapped.status, message: mapped.body.error.message }, 'request rejected');
     return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);

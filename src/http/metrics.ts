@@ -19,6 +19,11 @@ export class ServerMetrics {
   private readonly tpot: client.Histogram[];
   private readonly e2e: client.Histogram[];
   private readonly queueTime: client.Histogram[];
+  /** Per API key (by name): finished requests, tokens, and refusals by the limit reached. */
+  private readonly keyRequests: client.Counter<'api_key' | 'finished_reason'>;
+  private readonly keyPromptTokens: client.Counter<'api_key'>;
+  private readonly keyGenerationTokens: client.Counter<'api_key'>;
+  private readonly keyRateLimited: client.Counter<'api_key' | 'limit'>;
   /** The engine's stats for the scrape in progress: one round trip to the worker per scrape, not one per metric. */
   private snapshot: ReturnType<Engine['stats']> | null = null;
 
@@ -141,10 +146,45 @@ export class ServerMetrics {
     );
     this.e2e = histogram('e2e_request_latency_seconds', 'End-to-end request latency.', latency);
     this.queueTime = histogram('request_queue_time_seconds', 'Time spent waiting for a batch slot.', latency);
+    // Ours alone: vLLM has no API keys of its own.
+    this.keyRequests = new client.Counter({
+      name: 'qwen3_serve_api_key_request_success_total',
+      help: 'Finished requests by API key name and finish reason.',
+      labelNames: ['api_key', 'finished_reason'],
+      registers,
+    });
+    this.keyPromptTokens = new client.Counter({
+      name: 'qwen3_serve_api_key_prompt_tokens_total',
+      help: 'Prompt tokens processed, by API key name.',
+      labelNames: ['api_key'],
+      registers,
+    });
+    this.keyGenerationTokens = new client.Counter({
+      name: 'qwen3_serve_api_key_generation_tokens_total',
+      help: 'Tokens generated, by API key name.',
+      labelNames: ['api_key'],
+      registers,
+    });
+    this.keyRateLimited = new client.Counter({
+      name: 'qwen3_serve_api_key_rate_limited_total',
+      help: "Requests refused (429) by one of their API key's limits, by key name and limit.",
+      labelNames: ['api_key', 'limit'],
+      registers,
+    });
   }
 
-  /** Records one finished generation (one choice). */
-  observe(m: RequestMetrics, finishReason: string): void {
+  /** Counts a request refused by its key's `limit`. */
+  rateLimited(key: string, limit: string): void {
+    this.keyRateLimited.inc({ api_key: key, limit });
+  }
+
+  /** Records one finished generation (one choice), and under its API key's name when it had one. */
+  observe(m: RequestMetrics, finishReason: string, key: string | null = null): void {
+    if (key !== null) {
+      this.keyRequests.inc({ api_key: key, finished_reason: finishReason });
+      this.keyPromptTokens.inc({ api_key: key }, m.promptTokens);
+      this.keyGenerationTokens.inc({ api_key: key }, m.completionTokens);
+    }
     for (const c of this.promptTokens) c.inc(m.promptTokens);
     for (const c of this.generationTokens) c.inc(m.completionTokens);
     for (const c of this.requestSuccess) c.inc({ finished_reason: finishReason });

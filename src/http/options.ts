@@ -1,6 +1,7 @@
 /** What the HTTP layer needs to know of the server's settings. */
 export interface HttpOptions {
-  apiKey: string | null;
+  /** Prefix cache scope: `key` gives each API key blocks of its own, `shared` shares them all. */
+  prefixCacheScope: 'shared' | 'key';
   /** Allowed CORS origins; ['*'] for any, [] to disable CORS. */
   corsOrigins: string[];
   /** A keep-alive comment is written to a stream idle this long. */

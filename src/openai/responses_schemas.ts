@@ -158,6 +158,8 @@ export const responsesRequestSchema = z.object({
   user: z.string().nullable().optional(),
   store: z.boolean().nullable().optional(),
   previous_response_id: z.string().nullable().optional(),
+  /** vLLM's prefix-cache salt (blocks are shared only between requests with the same salt). */
+  cache_salt: z.string().min(1, 'must be a non-empty string').max(1024).nullable().optional(),
   stream: z.boolean().nullable().optional(),
 });
 export type ResponsesRequest = z.infer<typeof responsesRequestSchema>;

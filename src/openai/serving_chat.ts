@@ -1,3 +1,4 @@
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
@@ -11,10 +12,10 @@ import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
  * choice, the prompt shared), and their events become a chat.completion or a stream of
  * chat.completion.chunk objects, both built from the same `ChatChoice`s.
  */
-export async function serveChat(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveChat(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(chatRequestSchema, body);
   checkModel(ctx, req.model);
-  const session = await startChat(ctx, req, signal);
+  const session = await startChat(ctx, req, signal, caller);
   const { prepared, choices } = session;
   const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;
   const asIds = req.return_tokens_as_token_ids ?? false;

@@ -1,5 +1,6 @@
 import type { EngineEvent } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
 import {
   checkModel,
@@ -30,7 +31,7 @@ async function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt'
  * a text_completion (with echo, legacy logprobs and vLLM's prompt_logprobs when asked)
  * or a stream of them.
  */
-export async function serveCompletions(ctx: ServingContext, input: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveCompletions(ctx: ServingContext, input: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(completionRequestSchema, input);
   checkModel(ctx, req.model);
   if (req.suffix) throw new InvalidRequestError('suffix is not supported.', { param: 'suffix' });
@@ -55,7 +56,7 @@ export async function serveCompletions(ctx: ServingContext, input: unknown, sign
   const requests = prompts.flatMap((p) => {
     const maxTokens = resolveMaxTokens(ctx, p.length, req.max_tokens ?? (req.max_tokens === null ? null : 16));
     return Array.from({ length: n }, (_, i) => ({
-      ...engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req),
+      ...engineRequest(ctx, p, samplingParams(ctx, req, logprobs, i), maxTokens, req, caller),
       // Both echo's scores and vLLM's prompt_logprobs come from one scoring pass.
       promptLogprobs: scorePrompt || req.prompt_logprobs != null ? Math.max(scorePrompt ? logprobs! : 0, req.prompt_logprobs ?? 0) : null,
       grammar,
@@ -95,7 +96,7 @@ export async function serveCompletions(ctx: ServingContext, input: unknown, sign
     if (ev.logprobs) state[i].logprobs.push(...generated(ev.logprobs));
     if (ev.finishReason) {
       state[i].finish = ev;
-      if (ev.metrics) ctx.observe(ev.metrics, ev.finishReason);
+      if (ev.metrics) ctx.observe(ev.metrics, ev.finishReason, caller.key);
     }
   };
   const reason = (i: number) => {

@@ -1,4 +1,5 @@
 import { NotFoundError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
@@ -94,6 +95,7 @@ function toChatRequest(req: ResponsesRequest, history: unknown[], input: unknown
     ...(req.max_output_tokens ? { max_tokens: req.max_output_tokens } : {}),
     ...(req.temperature !== null && req.temperature !== undefined ? { temperature: req.temperature } : {}),
     ...(req.top_p !== null && req.top_p !== undefined ? { top_p: req.top_p } : {}),
+    ...(req.cache_salt !== null && req.cache_salt !== undefined ? { cache_salt: req.cache_salt } : {}),
   });
 }
 
@@ -110,12 +112,12 @@ function customInput(args: string): string {
   return args;
 }
 
-export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(responsesRequestSchema, body);
   checkModel(ctx, req.model);
   let history: unknown[] = [];
   if (req.previous_response_id) {
-    const prev = ctx.responses.get(req.previous_response_id);
+    const prev = ctx.responses.get(req.previous_response_id, caller.key);
     if (!prev) {
       throw new NotFoundError(`Previous response with id '${req.previous_response_id}' not found (unknown, deleted, or evicted from the store).`, {
         param: 'previous_response_id',
@@ -127,7 +129,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
   const plan = planTools(req);
   const input = toMessages(ctx, req.input);
   const chat = toChatRequest(req, history, input, plan);
-  const session = await startChat(ctx, chat, signal);
+  const session = await startChat(ctx, chat, signal, caller);
   const sealReasoning = (req.include ?? []).includes('reasoning.encrypted_content');
   const notes = { ignoredTools: plan.ignored };
   const c = session.choices[0];
@@ -238,7 +240,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           ? { tool_calls: c.toolCalls.map((t) => ({ id: t.id, type: 'function', function: { name: t.name, arguments: t.arguments } })) }
           : {}),
       };
-      ctx.responses.put(id, { response, messages: [...history, ...input, assistant] });
+      ctx.responses.put(id, { response, messages: [...history, ...input, assistant], owner: caller.key });
     }
     return response;
   };
@@ -344,8 +346,8 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
 }
 
 /** GET /v1/responses/{id}. */
-export function retrieveResponse(ctx: ServingContext, id: string): Record<string, unknown> {
-  const stored = ctx.responses.get(id);
+export function retrieveResponse(ctx: ServingContext, id: string, caller: Caller = ANONYMOUS): Record<string, unknown> {
+  const stored = ctx.responses.get(id, caller.key);
   if (!stored)
     throw new NotFoundError(`Response with id '${id}' not found (unknown, deleted, or evicted from the store).`, {
       param: 'response_id',
@@ -355,7 +357,8 @@ export function retrieveResponse(ctx: ServingContext, id: string): Record<string
 }
 
 /** DELETE /v1/responses/{id}. */
-export function deleteResponse(ctx: ServingContext, id: string): { id: string; object: string; deleted: boolean } {
-  if (!ctx.responses.delete(id)) throw new NotFoundError(`Response with id '${id}' not found.`, { param: 'response_id', code: 'not_found' });
+export function deleteResponse(ctx: ServingContext, id: string, caller: Caller = ANONYMOUS): { id: string; object: string; deleted: boolean } {
+  if (!ctx.responses.delete(id, caller.key))
+    throw new NotFoundError(`Response with id '${id}' not found.`, { param: 'response_id', code: 'not_found' });
   return { id, object: 'response', deleted: true };
 }

@@ -3,7 +3,7 @@ import type { GrammarRequest } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
 import type { ChatMessage, RenderOptions, ToolCallSyntax, ToolDefinition } from '../text/chat_template.js';
 import type { ChatRequest, MessageInput } from './chat_request.js';
-import type { ServingContext } from './context.js';
+import type { ReasoningEffortBudgets, ServingContext } from './context.js';
 import { forcedCall } from './forced_call.js';
 import { grammarRequest } from './structured_output.js';
 
@@ -82,17 +82,43 @@ export interface ThinkingAsk {
   effort?: 'none' | 'minimal' | 'low' | 'medium' | 'high' | null;
 }
 
+/** What thinking a request gets: on or off, a budget (null: unbounded), and whether an effort level gave it. */
+export interface ThinkingPlan {
+  on: boolean;
+  budget: number | null;
+  fromEffort: boolean;
+}
+
 /** Thinking per request: an explicit on/off, then a budget, then an effort level, then the server default. */
-export function thinkingPlan(ctx: ServingContext, ask: ThinkingAsk): { on: boolean; budget: number | null } {
-  const budget = ask.budget ?? (ask.effort && ask.effort !== 'none' ? ctx.options.reasoningEffortBudgets[ask.effort] : null);
+export function thinkingPlan(ctx: ServingContext, ask: ThinkingAsk): ThinkingPlan {
+  const fromEffort = (ask.budget === null || ask.budget === undefined) && Boolean(ask.effort) && ask.effort !== 'none';
+  const budget = ask.budget ?? (fromEffort ? ctx.options.reasoningEffortBudgets[ask.effort as keyof ReasoningEffortBudgets] : null);
   let on =
     ask.enabled ??
     (ask.effort === 'none' ? false : ask.budget !== null && ask.budget !== undefined ? true : ask.effort ? true : ctx.options.defaultThinking);
   if (budget === 0) on = false;
-  return { on, budget: on ? budget : null };
+  return { on, budget: on ? budget : null, fromEffort: on && fromEffort };
 }
 
-function chatThinking(ctx: ServingContext, req: ChatRequest): { on: boolean; budget: number | null } {
+/**
+ * The share of max_tokens that thinking from an effort level may take, its closing
+ * sentence included: the answer keeps the rest (an explicit budget is taken as given).
+ */
+export const EFFORT_THINKING_SHARE = 0.75;
+
+/**
+ * The engine's thinking budget once max_tokens is known: an effort level's budget capped
+ * to EFFORT_THINKING_SHARE of `maxTokens` (less the closing sentence), so that thinking
+ * ends and the model answers instead of spending every token on thinking.
+ */
+export function thinkingBudgetFor(prepared: PreparedChat, maxTokens: number): PreparedChat['thinkingBudget'] {
+  const b = prepared.thinkingBudget;
+  if (!b || !prepared.budgetFromEffort) return b;
+  const cap = Math.max(0, Math.floor(maxTokens * EFFORT_THINKING_SHARE) - b.transition.length);
+  return b.tokens <= cap ? b : { ...b, tokens: cap };
+}
+
+function chatThinking(ctx: ServingContext, req: ChatRequest): ThinkingPlan {
   const kw = req.chat_template_kwargs?.enable_thinking;
   if (kw !== undefined && kw !== null && typeof kw !== 'boolean') {
     throw new InvalidRequestError('chat_template_kwargs.enable_thinking must be a boolean.', { param: 'chat_template_kwargs.enable_thinking' });
@@ -112,8 +138,10 @@ export interface PreparedChat {
   grammar: GrammarRequest | null;
   /** The token that ends thinking, from which the grammar applies (null: from the start). */
   grammarAfter: number | null;
-  /** The engine's thinking budget (see GenerateRequest.thinkingBudget), or null. */
+  /** The engine's thinking budget (see GenerateRequest.thinkingBudget), or null; see thinkingBudgetFor. */
   thinkingBudget: { tokens: number; endId: number; transition: number[] } | null;
+  /** The budget came from an effort level (capped below max_tokens), not an explicit one. */
+  budgetFromEffort: boolean;
   /** What the prompt was rendered from, to render the conversation's next turn alike. */
   rendered: { messages: ChatMessage[]; options: RenderOptions };
 }
@@ -168,6 +196,7 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
       thinking && plan.budget !== null && thinkEnd !== null
         ? { tokens: plan.budget, endId: thinkEnd, transition: ctx.tokenizer.encode(THINKING_TRANSITION) }
         : null,
+    budgetFromEffort: plan.fromEffort,
     rendered,
   };
 }

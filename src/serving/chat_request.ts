@@ -142,6 +142,8 @@ export const samplingFields = {
   skip_special_tokens: z.boolean().optional(),
   return_tokens_as_token_ids: z.boolean().optional(),
   prompt_logprobs: z.number().int().min(0).max(20).nullable().optional(),
+  /** vLLM's prefix-cache salt (blocks are shared only between requests with the same salt). */
+  cache_salt: z.string().min(1, 'must be a non-empty string').max(1024).nullable().optional(),
 };
 
 export const chatRequestSchema = z

@@ -1,5 +1,6 @@
+import { ANONYMOUS, type Caller } from './caller.js';
 import { ChatChoice, type ChatDelta } from './chat_choice.js';
-import { nextTurnPrefix, type PreparedChat, prepareChat, THINK_END_TOKEN } from './chat_prompt.js';
+import { nextTurnPrefix, type PreparedChat, prepareChat, THINK_END_TOKEN, thinkingBudgetFor } from './chat_prompt.js';
 import type { ChatRequest } from './chat_request.js';
 import type { ServingContext } from './context.js';
 import { engineRequest, resolveMaxTokens, samplingParams, submitAll } from './request.js';
@@ -25,7 +26,7 @@ export interface ChatSession {
  * prompt: the template renders this answer there at other positions than it was generated
  * at (and without its thinking), so without this the next turn computes it again.
  */
-function warmNextTurn(ctx: ServingContext, prepared: PreparedChat, choice: ChatChoice): void {
+function warmNextTurn(ctx: ServingContext, prepared: PreparedChat, choice: ChatChoice, salt: string | null): void {
   let text: string | null;
   try {
     text = nextTurnPrefix(ctx, prepared, choice);
@@ -35,21 +36,21 @@ function warmNextTurn(ctx: ServingContext, prepared: PreparedChat, choice: ChatC
   }
   if (text === null) return;
   ctx.codec.encodeInBackground(text).then(
-    (ids) => ctx.engine.warm(ids),
+    (ids) => ctx.engine.warm(ids, salt),
     () => {},
   );
 }
 
-export async function startChat(ctx: ServingContext, req: ChatRequest, signal: AbortSignal): Promise<ChatSession> {
+export async function startChat(ctx: ServingContext, req: ChatRequest, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<ChatSession> {
   const prepared = await prepareChat(ctx, req);
   const maxTokens = resolveMaxTokens(ctx, prepared.promptIds.length, req.max_completion_tokens ?? req.max_tokens);
   const n = req.n ?? 1;
   const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;
   const requests = Array.from({ length: n }, (_, i) => ({
-    ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req),
+    ...engineRequest(ctx, prepared.promptIds, samplingParams(ctx, req, topLogprobs, i), maxTokens, req, caller),
     grammar: prepared.grammar,
     grammarAfter: prepared.grammarAfter,
-    thinkingBudget: prepared.thinkingBudget,
+    thinkingBudget: thinkingBudgetFor(prepared, maxTokens),
     // The prompt is the same for every choice: the first scores it.
     promptLogprobs: i === 0 ? (req.prompt_logprobs ?? null) : null,
   }));
@@ -66,12 +67,12 @@ export async function startChat(ctx: ServingContext, req: ChatRequest, signal: A
       const d = c.push(ev);
       onDelta?.(c, d);
       if (ev.finishReason && ev.metrics) {
-        ctx.observe(ev.metrics, ev.finishReason);
+        ctx.observe(ev.metrics, ev.finishReason, caller.key);
         if (i === 0) cachedTokens = ev.metrics.cachedTokens;
       }
     }
     if (n === 1 && ctx.options.warmNextTurn && (c.finishReason === 'stop' || c.finishReason === 'length' || c.finishReason === 'tool_calls')) {
-      warmNextTurn(ctx, prepared, c);
+      warmNextTurn(ctx, prepared, c, requests[0].cacheSalt ?? null);
     }
   };
   return {

@@ -35,8 +35,8 @@ export interface ServingContext {
   codec: OffThreadTokenizer;
   template: ChatTemplate;
   generation: GenerationConfig;
-  /** Called once per finished request (the HTTP layer's metrics listen). */
-  observe: (metrics: RequestMetrics, reason: FinishReason) => void;
+  /** Called once per finished generation, with the API key's name (the HTTP layer's metrics and per-key limits listen). */
+  observe: (metrics: RequestMetrics, reason: FinishReason, key: string | null) => void;
   options: ServingOptions;
   /** Responses kept for previous_response_id, retrieve and delete. */
   responses: ResponseStore;

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
 import { type EngineEvent, type GenerateRequest, type SamplingParams, samplingDefaults } from '../engine/types.js';
 import { AppError, ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
+import { type Caller, cacheSalt } from './caller.js';
 import { paramName } from './chat_request.js';
 import type { ServingContext } from './context.js';
 
@@ -85,6 +86,8 @@ export function resolveMaxTokens(ctx: ServingContext, promptTokens: number, requ
 }
 
 export interface CommonGenerationFields {
+  /** vLLM's prefix-cache salt: blocks are shared only between requests with the same one. */
+  cache_salt?: string | null;
   stop?: string | string[] | null;
   stop_token_ids?: number[] | null;
   ignore_eos?: boolean;
@@ -97,6 +100,7 @@ export function engineRequest(
   sampling: SamplingParams,
   maxTokens: number,
   f: CommonGenerationFields,
+  caller: Caller,
 ): GenerateRequest {
   const stop = f.stop === null || f.stop === undefined ? [] : typeof f.stop === 'string' ? [f.stop] : f.stop;
   return {
@@ -108,6 +112,8 @@ export function engineRequest(
     stop: stop.filter((s) => s.length > 0),
     ignoreEos: f.ignore_eos ?? false,
     skipSpecialTokens: f.skip_special_tokens ?? true,
+    cacheSalt: cacheSalt(caller, f.cache_salt),
+    tenant: caller.limits,
   };
 }
 

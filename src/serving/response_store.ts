@@ -3,6 +3,8 @@ export interface StoredResponse {
   response: Record<string, unknown>;
   /** Chat messages of the conversation through this response's output. */
   messages: unknown[];
+  /** The API key's name that created it (null without keys): no other key sees it. */
+  owner: string | null;
 }
 
 /**
@@ -22,11 +24,13 @@ export class ResponseStore {
     while (this.items.size > this.limit) this.items.delete(this.items.keys().next().value!);
   }
 
-  get(id: string): StoredResponse | undefined {
-    return this.items.get(id);
+  /** The response `id`, if `owner` (an API key's name, or null) created it. */
+  get(id: string, owner: string | null): StoredResponse | undefined {
+    const item = this.items.get(id);
+    return item && item.owner === owner ? item : undefined;
   }
 
-  delete(id: string): boolean {
-    return this.items.delete(id);
+  delete(id: string, owner: string | null): boolean {
+    return this.get(id, owner) !== undefined && this.items.delete(id);
   }
 }

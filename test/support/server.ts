@@ -16,10 +16,16 @@ export async function startTestServer(model: string, flags: string[] = [], apiKe
   )!;
   const server = await startServer(config, { logger: pino({ level: 'silent' }) });
   const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey, maxRetries: 0, timeout: 60_000 });
-  const models = (await (await fetch(`${server.url}/v1/models`, { headers: { authorization: `Bearer ${config['api-key'] ?? ''}` } })).json()) as {
-    data: Array<{ id: string }>;
-  };
-  return { ...server, client, model: models.data[0].id };
+  try {
+    const key = config['api-key'] ?? apiKey;
+    const models = (await (await fetch(`${server.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).json()) as {
+      data: Array<{ id: string }>;
+    };
+    return { ...server, client, model: models.data[0].id };
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
 }
 
 /**

@@ -9,7 +9,7 @@ import { respond } from '../sse.js';
 export const anthropicRoutes: FastifyPluginAsync<{ ctx: ServingContext; http: HttpOptions }> = async (app, { ctx, http }) => {
   const config = { envelope: 'anthropic' };
   app.post('/v1/messages', { config }, (request, reply) =>
-    respond(request, reply, http, serveMessages(ctx, request.body, clientAbortSignal(request, reply))),
+    respond(request, reply, http, serveMessages(ctx, request.body, clientAbortSignal(request, reply), request.caller)),
   );
   app.post('/v1/messages/count_tokens', { config }, async (request) => serveCountTokens(ctx, request.body));
 };
