@@ -252,7 +252,6 @@ export class DiskBlockStore {
     this.track(
       this.writeFile(key, file).finally(() => {
         this.writing.delete(key);
-        this.inFlightBytes -= size;
         this.writeBuffers.push(file);
       }),
     );
@@ -265,10 +264,12 @@ export class DiskBlockStore {
       await writeFile(tmp, file);
       await rename(tmp, final);
     } catch (err) {
+      this.inFlightBytes -= file.byteLength;
       await unlink(tmp).catch(() => {});
       this.degrade(err);
       return;
     }
+    this.inFlightBytes -= file.byteLength;
     this.counts.writes++;
     this.add(key, file.byteLength);
     this.evictOver(0);
@@ -330,8 +331,12 @@ export class DiskBlockStore {
       } finally {
         await fh.close();
       }
-    } catch {
+    } catch (err) {
       size = -1;
+      const code = (err as NodeJS.ErrnoException).code;
+      // Gone is ordinary (another server on the directory evicted it); anything else the operator should see.
+      if (code !== 'ENOENT')
+        this.o.warn(`prefix cache disk tier: cannot read block ${key.slice(0, 12)}… (${code ?? (err as Error).message}): computed instead`);
     }
     const expect = { fingerprint: this.o.fingerprint, key: Buffer.from(key, 'hex'), payloadBytes: this.o.payloadBytes };
     const opened = size < 0 ? 'unreadable' : size !== file.byteLength ? `${size} bytes, not ${file.byteLength}` : openBlock(file, expect);

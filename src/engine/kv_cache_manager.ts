@@ -120,24 +120,21 @@ export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
     if (!cache) return { cached: 0, slots: [] };
     // A warm-up needs no logits, only blocks: every cached one serves it.
     const limit = Math.min(seq.warmUp ? target : target - 1, seq.prompt?.scoredTo ?? Infinity);
-    const filled = this.fillFromDisk(seq, limit, kv);
-    if (filled === null) return null;
+    if (this.fillFromDisk(seq, limit, kv) === null) return null;
     const slots = cache.match(seq.tokens, limit, seq.warmUp ? null : target, seq.prefixKeys);
-    this.diskHits += filled;
     return { cached: PrefixCache.covered(seq.prefixKeys, slots.length), slots };
   }
 
   /**
    * Puts the blocks of `seq` the disk tier holds after those in memory into the pool, in
-   * order, as far as they are read: the tokens they hold, or null while the next one is
-   * being read (reads for the blocks after it run meanwhile). Warm-ups compute instead.
+   * order, as far as they are read: null while the next one is being read (reads for
+   * the blocks after it run meanwhile). Warm-ups compute instead.
    */
-  private fillFromDisk(seq: S, limit: number, kv: KvSteps): number | null {
+  private fillFromDisk(seq: S, limit: number, kv: KvSteps): true | null {
     const cache = this.prefixCache!;
     const disk = this.disk;
-    if (!disk || seq.warmUp) return 0;
+    if (!disk || seq.warmUp) return true;
     const keys = seq.prefixKeys;
-    let tokens = 0;
     for (let k = cache.leadingCount(seq.tokens, limit, keys); ; k++) {
       const key = cache.keysFor(seq.tokens, k + 1, keys)[k];
       if (key === undefined || keys.ends[k] > limit) break;
@@ -158,11 +155,11 @@ export class KvCacheManager<S extends CacheableSequence = CacheableSequence> {
       kv.fill.push({ slot, block: got });
       this.fills.push(got);
       this.reserved.push({ seq, index: k });
-      tokens += length;
+      this.diskHits += length;
     }
     disk.want([]);
     this.spill(kv);
-    return tokens;
+    return true;
   }
 
   /** The disk keys of `seq`'s blocks from `k` on that the disk tier holds, in order, up to DISK_WINDOW. */
