@@ -20,6 +20,7 @@ import { requireApiKey } from '../src/http/auth.js';
 import { Drain } from '../src/http/drain.js';
 import { fixtureExport } from './support/engine.js';
 import { containersOf, type K8sObject, manifestDir, podSpecOf, renderKustomization } from './support/kustomize.js';
+import { tempDir } from './support/runner.js';
 
 // deploy/kubernetes, checked as a cluster would: rendered like `kubectl apply -k`,
 // validated against Kubernetes' own schemas (kubernetes-models and its CRD packages),
@@ -112,6 +113,20 @@ test('the overlays: one GPU per replica on GPU hosts, threads matching the CPU r
   assert.equal(envOf(rendered.cpu).QWEN3_SERVE_THREADS, cpu.requests.cpu);
 });
 
+test("the prefix cache's disk tier has a volume of its own, larger than its bound", () => {
+  for (const objects of [rendered.cpu, rendered.gpu]) {
+    const config = parseServeConfig([], envOf(objects))!;
+    const spec = podSpecOf(find(objects, 'Deployment'))! as unknown as { volumes: Array<{ name: string; emptyDir?: { sizeLimit?: string } }> };
+    const mounts = (server(objects) as unknown as { volumeMounts: Array<{ name: string; mountPath: string; readOnly?: boolean }> }).volumeMounts;
+    const mount = mounts.find((m) => m.mountPath === config['prefix-cache-dir']);
+    assert.ok(mount, 'mounted where --prefix-cache-dir points');
+    assert.ok(!mount.readOnly);
+    const volume = spec.volumes.find((v) => v.name === mount.name)!;
+    const limit = /^(\d+)Gi$/.exec(volume.emptyDir?.sizeLimit ?? '')?.[1];
+    assert.ok(limit && Number(limit) * 2 ** 30 > config['prefix-cache-disk'], `${volume.emptyDir?.sizeLimit} holds --prefix-cache-disk`);
+  }
+});
+
 test('draining: the grace period covers preStop and --shutdown-timeout; liveness stays open while readiness refuses', () => {
   for (const objects of [rendered.cpu, rendered.gpu]) {
     const spec = podSpecOf(find(objects, 'Deployment'))! as unknown as { terminationGracePeriodSeconds: number };
@@ -165,6 +180,8 @@ test('probes, ports and every metric the manifests and the InferencePool example
   };
   delete env.QWEN3_SERVE_CACHE;
   delete env.QWEN3_SERVE_DTYPE;
+  assert.equal(env.QWEN3_SERVE_PREFIX_CACHE_DIR, '/prefix-cache');
+  env.QWEN3_SERVE_PREFIX_CACHE_DIR = tempDir('qwen3-serve-deploy-prefix-');
   const s = await startServer(parseServeConfig(['--port', '0'], env)!, { logger: pino({ level: 'silent' }) });
   try {
     const c = container as unknown as Record<string, { httpGet: { path: string; port: string } }>;

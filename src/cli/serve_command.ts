@@ -57,6 +57,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       kvCacheMemory: config['kv-cache-memory'],
       kvCachePrefault: config['kv-cache-prefault'],
       prefixCacheMemory: config['no-prefix-caching'] ? 0 : config['prefix-cache-memory'],
+      prefixCacheDir: config['prefix-cache-dir'] ?? null,
+      prefixCacheDisk: config['prefix-cache-disk'],
       jsonWhitespace: config['json-whitespace'],
       grammarCompileTimeoutMs: config['grammar-compile-timeout'] * 1000,
     },
@@ -135,7 +137,19 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       kv_budget_tokens: info.limits.kvBudgetTokens,
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
       prefix_cache: info.prefixCache
-        ? { block_tokens: info.prefixCache.blockTokens, memory_mib: Math.round(info.prefixCache.capacityBytes / 2 ** 20) }
+        ? {
+            block_tokens: info.prefixCache.blockTokens,
+            memory_mib: Math.round(info.prefixCache.capacityBytes / 2 ** 20),
+            ...(info.prefixCache.disk && {
+              disk: {
+                dir: info.prefixCache.disk.dir,
+                blocks: info.prefixCache.disk.blocks,
+                mib: Math.round(info.prefixCache.disk.bytes / 2 ** 20),
+                capacity_mib: Math.round(info.prefixCache.disk.capacityBytes / 2 ** 20),
+                writable: !info.prefixCache.disk.degraded,
+              },
+            }),
+          }
         : info.prefixCacheNote,
     },
     `serving ${modelName} on ${info.device} at ${address}/v1`,

@@ -133,6 +133,20 @@ export const SERVE_FLAGS = {
     help: 'Memory for cached prompt blocks, on top of the KV budget: bytes (`1GiB`) or a fraction of free memory; the least recently used blocks go first when it is full',
     schema: size(true),
   },
+  'prefix-cache-dir': {
+    type: 'string',
+    env: 'QWEN3_SERVE_PREFIX_CACHE_DIR',
+    defaultText: 'none (memory only)',
+    help: "A directory for the prefix cache's tier below memory: every cached prompt block is also written there (in the background; the model never waits for the disk), and at start the server serves the blocks it finds, so a restart, a crash or a new replica on the same volume does not compute long system prompts and tool lists again. Blocks are used only by the exact export, dtype, KV layout and chunk grid that wrote them, checked by checksum (a torn or edited file is deleted, never served); a full or read-only disk turns writes off with a warning",
+    schema: z.string().min(1).optional(),
+  },
+  'prefix-cache-disk': {
+    type: 'string',
+    env: 'QWEN3_SERVE_PREFIX_CACHE_DISK',
+    default: '10GiB',
+    help: 'Bytes the `--prefix-cache-dir` files may take; the least recently used blocks are deleted first',
+    schema: size(false),
+  },
   'kv-cache-prefault': {
     type: 'boolean',
     env: 'QWEN3_SERVE_KV_CACHE_PREFAULT',

@@ -19,6 +19,11 @@ export class ChunkGrid {
     private readonly joined: ReadonlySet<number> = new Set(),
   ) {}
 
+  /** What decides where chunks end, as text: two grids with the same signature cut every prompt alike. */
+  get signature(): string {
+    return `size=${this.size};markers=${[...this.markers].sort((a, b) => a - b)};joined=${[...this.joined].sort((a, b) => a - b)}`;
+  }
+
   /** The end of the chunk that starts at `start`, at most `tokens.length`. */
   end(tokens: readonly number[], start: number): number {
     const limit = Math.min(tokens.length, start + this.size);

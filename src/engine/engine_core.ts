@@ -3,10 +3,11 @@ import { kvCostModel } from '../runtime/kv_cost.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import type { TokenVocabulary } from '../text/token_vocabulary.js';
 import { messageGrid } from './chunk_grid.js';
+import type { DiskBlockStore } from './disk_block_store.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import { KvCacheManager } from './kv_cache_manager.js';
 import type { Ending } from './output_processor.js';
-import { PrefixCache } from './prefix_cache.js';
+import { PrefixCache, type PrefixCacheStats } from './prefix_cache.js';
 import { type IntakeOptions, RequestIntake } from './request_intake.js';
 import { Scheduler } from './scheduler.js';
 import { newSequence, newWarmUp, type Sequence, type SequenceContext } from './sequence.js';
@@ -47,6 +48,8 @@ export class EngineCore {
     private readonly options: IntakeOptions & {
       /** Prefix caching's pool (blocks of one prefill chunk); absent: every prompt is computed whole. */
       prefixCachePool?: KvBlockPool | null;
+      /** The prefix cache's tier below memory (--prefix-cache-dir); absent: memory only. */
+      prefixCacheDisk?: DiskBlockStore | null;
       /** Idle milliseconds before a warm-up starts, so a client sending its next turn at once never waits for one. */
       warmAfterIdleMs?: number;
       now?: () => number;
@@ -55,8 +58,11 @@ export class EngineCore {
     this.now = options.now ?? (() => performance.now());
     // Chunks end at message starts, with the cache on or off alike (chunk_grid.ts).
     const grid = messageGrid(tokenizer, limits.maxNumBatchedTokens);
-    const prefixCache = options.prefixCachePool ? new PrefixCache(grid, options.prefixCachePool) : null;
-    const kv = new KvCacheManager<Sequence>(kvCostModel(runner.manifest.layout), prefixCache);
+    const pool = options.prefixCachePool ?? null;
+    // With the disk tier the pool's last slot is its scratch (KvCacheManager.save).
+    const disk = pool && pool.slots > 1 ? (options.prefixCacheDisk ?? null) : null;
+    const prefixCache = pool ? new PrefixCache(grid, pool, disk ? pool.slots - 1 : pool.slots) : null;
+    const kv = new KvCacheManager<Sequence>(kvCostModel(runner.manifest.layout), prefixCache, disk);
     this.scheduler = new Scheduler<Sequence>(limits, kv, grid);
     this.executor = new StepExecutor(runner, kv);
     this.intake = new RequestIntake(limits, runner.promptLogits, options);
@@ -84,7 +90,7 @@ export class EngineCore {
         if (promptDone.request.maxTokens === 0) this.finish(promptDone, { reason: 'length', stopReason: null }, true);
         else this.sample(promptDone, logits.prefill!);
       }
-      return resumed || plan.decode.length > 0 || plan.prefill !== null || plan.preempted.length > 0;
+      return resumed || plan.decode.length > 0 || plan.prefill !== null || plan.preempted.length > 0 || plan.kv.fill.length > 0;
     } finally {
       this.stepping = false;
       for (const id of this.abortsAfterStep) this.abort(id);
@@ -151,9 +157,10 @@ export class EngineCore {
     return this.takeEvents();
   }
 
-  /** Stops the grammar thread, if one was started. */
+  /** Stops the grammar thread, if one was started, and waits for the disk tier's writes. */
   async close(): Promise<void> {
     await this.intake.close();
+    await this.scheduler.kv.disk?.close();
   }
 
   hasWork(): boolean {
@@ -175,8 +182,14 @@ export class EngineCore {
       requestsFinished: this.totals.finished,
       steps: this.totals.steps,
       grammar: this.intake.stats(),
-      prefixCache: this.scheduler.kv.prefixCache?.stats() ?? null,
+      prefixCache: this.prefixCacheStats(),
     };
+  }
+
+  private prefixCacheStats(): PrefixCacheStats | null {
+    const { prefixCache, disk, diskHitTokens } = this.scheduler.kv;
+    if (!prefixCache) return null;
+    return { ...prefixCache.stats(), disk: disk?.stats(diskHitTokens) ?? null };
   }
 
   /** Events produced since the last call (including aborts done between steps). */

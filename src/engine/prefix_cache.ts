@@ -1,13 +1,18 @@
 import { createHash } from 'node:crypto';
 import type { KvBlockPool, KvBlockRef } from '../runtime/kv_block_pool.js';
 import type { ChunkGrid } from './chunk_grid.js';
+import type { DiskTierStats } from './disk_block_store.js';
 
 /** One cached block: the keys and values of one prefill chunk's positions, in a pool slot. */
 interface Block {
   /** Hash of every token from the start of the sequence to this block's end. */
   readonly key: string;
   readonly slot: number;
+  /** Positions it holds. */
+  readonly tokens: number;
   readonly parent: Block | null;
+  /** Its slot holds its keys and values (false from `reserve` until the step that fills it ends well). */
+  written: boolean;
   readonly children: Set<Block>;
 }
 
@@ -41,6 +46,13 @@ export function saltPrefix(salt: string): Int32Array {
   return out;
 }
 
+/** A block evicted from the pool with its keys and values still in `slot`, until the next step's writes. */
+export interface EvictedBlock {
+  key: string;
+  slot: number;
+  tokens: number;
+}
+
 export interface PrefixCacheStats {
   /** Prompt tokens looked up and found, in tokens (vLLM's prefix_cache_queries / prefix_cache_hits). */
   queriedTokens: number;
@@ -53,6 +65,8 @@ export interface PrefixCacheStats {
   bytesPerBlock: number;
   /** Blocks the pool can hold. */
   capacityBlocks: number;
+  /** The tier below memory (--prefix-cache-dir), when on. */
+  disk: DiskTierStats | null;
 }
 
 /**
@@ -79,12 +93,19 @@ export class PrefixCache {
   private readonly freeSlots: number[];
   private queried = 0;
   private hits = 0;
+  /** Blocks whose slots were filled by a step that has not ended yet. */
+  private readonly unwritten = new Set<Block>();
+  /** Evicted blocks, kept for `takeEvicted` when `keepEvicted` (the disk tier writes them). */
+  private evicted: EvictedBlock[] = [];
+  keepEvicted = false;
   constructor(
     /** The engine's prefill grid: blocks are its whole chunks. */
     private readonly grid: ChunkGrid,
     readonly pool: KvBlockPool,
+    /** Slots [0, slots) of the pool hold blocks; any after are another's (the disk tier's scratch). */
+    private readonly slots = pool.slots,
   ) {
-    this.freeSlots = Array.from({ length: pool.slots }, (_, i) => pool.slots - 1 - i);
+    this.freeSlots = Array.from({ length: slots }, (_, i) => slots - 1 - i);
   }
 
   /** Tokens of a whole chunk at most: the prefill chunk. */
@@ -143,6 +164,16 @@ export class PrefixCache {
     return PrefixCache.covered(keys, this.leading(tokens, tokens.length, keys).length);
   }
 
+  /** Whether the block named `key` is in the pool. */
+  has(key: string): boolean {
+    return this.blocks.has(key);
+  }
+
+  /** How many whole blocks of `tokens`, ending at or before `limit`, are cached from the start; uses nothing and counts nothing. */
+  leadingCount(tokens: readonly number[], limit: number, keys: PrefixKeys): number {
+    return this.leading(tokens, limit, keys).length;
+  }
+
   private leading(tokens: readonly number[], limit: number, keys: PrefixKeys): Block[] {
     const found: Block[] = [];
     for (let k = 0; ; k++) {
@@ -182,10 +213,25 @@ export class PrefixCache {
     if (index > 0 && !parent) return null;
     if (parent) this.touchChain(parent);
     if (this.freeSlots.length === 0 && !this.evictOldest(parent)) return null;
-    const block: Block = { key, slot: this.freeSlots.pop()!, parent, children: new Set() };
+    const tokenCount = keys.ends[index] - (index === 0 ? 0 : keys.ends[index - 1]);
+    const block: Block = { key, slot: this.freeSlots.pop()!, tokens: tokenCount, parent, children: new Set(), written: false };
+    this.unwritten.add(block);
     parent?.children.add(block);
     this.blocks.set(key, block);
     return block.slot;
+  }
+
+  /** The step that filled the blocks reserved since the last call ended well: their slots hold what they name. */
+  commit(): void {
+    for (const block of this.unwritten) block.written = true;
+    this.unwritten.clear();
+  }
+
+  /** Blocks evicted since the last call whose slots still hold them, until the next step writes to the pool. */
+  takeEvicted(): EvictedBlock[] {
+    const out = this.evicted;
+    this.evicted = [];
+    return out;
   }
 
   /** Drops a block whose slot could not be filled after `reserve`. */
@@ -201,9 +247,10 @@ export class PrefixCache {
       blocks: this.blocks.size,
       blockTokens: this.blockTokens,
       bytes: this.blocks.size * this.pool.bytesPerBlock,
-      capacityBytes: this.pool.slots * this.pool.bytesPerBlock,
+      capacityBytes: this.slots * this.pool.bytesPerBlock,
       bytesPerBlock: this.pool.bytesPerBlock,
-      capacityBlocks: this.pool.slots,
+      capacityBlocks: this.slots,
+      disk: null,
     };
   }
 
@@ -237,6 +284,8 @@ export class PrefixCache {
 
   private evict(block: Block): void {
     for (const child of [...block.children]) this.evict(child);
+    this.unwritten.delete(block);
+    if (this.keepEvicted && block.written) this.evicted.push({ key: block.key, slot: block.slot, tokens: block.tokens });
     block.parent?.children.delete(block);
     this.blocks.delete(block.key);
     this.freeSlots.push(block.slot);

@@ -19,6 +19,10 @@ export interface WorkerOptions {
    * bytes or a fraction (≤ 1) of free memory at start; absent or 0, prefix caching is off.
    */
   prefixCacheMemory?: number | null;
+  /** The prefix cache's tier below memory: a directory of block files, kept across restarts; absent, memory only. */
+  prefixCacheDir?: string | null;
+  /** Bytes the disk tier's files may take. */
+  prefixCacheDisk?: number;
   /** Write the whole KV budget at start (fast layout), so no step waits for fresh pages. */
   kvCachePrefault?: boolean;
   /** Structured JSON output: one line in Qwen3's own spacing, or any whitespace. */

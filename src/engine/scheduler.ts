@@ -1,6 +1,6 @@
 import { KeyLimitError, QueueFullError } from '../errors.js';
 import { ChunkGrid } from './chunk_grid.js';
-import type { KvCacheManager, KvSteps, Lookup } from './kv_cache_manager.js';
+import { type KvCacheManager, type KvSteps, kvSteps, type Lookup } from './kv_cache_manager.js';
 import type { CacheableSequence, ScheduledSequence } from './sequence.js';
 
 export interface SchedulerConfig {
@@ -157,7 +157,7 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
    * `warmUpNow` false holds warm-ups back even when idle.
    */
   schedule(canDecode: (seq: S) => boolean = () => true, warmUpNow = true): StepPlan<S> {
-    const kv: KvSteps = { free: this.kv.takeOrphans(), rows: [], save: null };
+    const kv: KvSteps = kvSteps(this.kv.takeOrphans());
     const plan: StepPlan<S> = { admitted: [], preempted: [], decode: [], prefill: null, dropped: [], kv };
     if (this.warmUp && this.waiting.length > 0) {
       this.running.splice(this.running.indexOf(this.warmUp), 1);
@@ -183,10 +183,15 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
     if (at >= 0) {
       const next = this.waiting[at];
       // Admit only if the whole prefill fits next to what runs now.
-      if (this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0) {
+      // It waits while blocks of its prompt are read from disk, the others decoding meanwhile.
+      const found =
+        this.fits({ seq: next, length: Scheduler.prefillTarget(next) }) || this.running.length === 0
+          ? this.kv.lookUp(next, Scheduler.prefillTarget(next), kv)
+          : null;
+      if (found) {
         this.waiting.splice(at, 1);
         this.lastAdmitted.set(keyOf(next), this.admissions++);
-        this.admit(next, this.kv.lookUp(next, Scheduler.prefillTarget(next)), plan);
+        this.admit(next, found, plan);
         candidate = next;
       }
     }
@@ -196,7 +201,7 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
       const end = Math.min(Scheduler.prefillTarget(candidate), this.grid.end(candidate.tokens, start));
       if (this.fits({ seq: candidate, length: end })) {
         plan.prefill = { seq: candidate, start, end };
-        kv.save = this.kv.save(candidate, start, end);
+        kv.save = this.kv.save(candidate, start, end, kv);
       }
     }
     return plan;
@@ -268,7 +273,8 @@ export class Scheduler<S extends CacheableSequence = CacheableSequence> {
       const next = this.warmUps.shift()!;
       const target = Scheduler.prefillTarget(next);
       if (!this.fits({ seq: next, length: target })) continue;
-      const found = this.kv.lookUp(next, target);
+      // A warm-up computes what the disk tier holds rather than wait for it: never null.
+      const found = this.kv.lookUp(next, target, plan.kv)!;
       if (found.cached >= target) continue;
       this.admit(next, found, plan);
       this.warmUp = next;

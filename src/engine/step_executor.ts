@@ -1,5 +1,6 @@
 import type { KvBlockPool } from '../runtime/kv_block_pool.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
+import type { DiskBlockStore } from './disk_block_store.js';
 import type { KvCacheManager } from './kv_cache_manager.js';
 import { PROMPT_SCORE_SLICE } from './prompt_scores.js';
 import type { StepPlan } from './scheduler.js';
@@ -13,6 +14,7 @@ export interface StepLogits {
 
 /**
  * Runs a step plan on the model runner, doing what it names and nothing else: frees rows,
+ * writes blocks the pool let go to the disk tier, fills the pool with blocks read from it,
  * runs the decode batch, sets up the admitted sequences' rows (prefix blocks loaded),
  * runs the prefill chunk (scoring the prompt if asked) and saves the block it completed.
  */
@@ -36,6 +38,9 @@ export class StepExecutor {
   private async run(plan: StepPlan<Sequence>): Promise<StepLogits> {
     const { runner } = this;
     for (const id of plan.kv.free) runner.removeSequence(id);
+    // Blocks the pool let go are copied out for the disk before this step reuses their slots.
+    for (const s of plan.kv.spill) this.disk().write(s.diskKey, s.tokens, this.pool(), s.slot);
+    for (const f of plan.kv.fill) this.pool().writeSlot(f.slot, f.block.payload);
     const decode =
       plan.decode.length > 0
         ? await runner.decode(
@@ -61,8 +66,17 @@ export class StepExecutor {
       ? await this.prefillScoring(seq, start, end)
       : await runner.prefill(seq.id, seq.tokens.slice(start, end));
     const save = plan.kv.save;
-    if (save) runner.saveBlock(save.id, save.start, save.tokens, this.pool(), save.slot);
+    if (save) {
+      runner.saveBlock(save.id, save.start, save.tokens, this.pool(), save.slot);
+      if (save.diskKey) this.disk().write(save.diskKey, save.tokens, this.pool(), save.slot);
+    }
     return { decode, prefill };
+  }
+
+  private disk(): DiskBlockStore {
+    const disk = this.kv.disk;
+    if (!disk) throw new Error('a plan names disk blocks, but the disk tier is off');
+    return disk;
   }
 
   private pool(): KvBlockPool {

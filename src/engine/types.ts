@@ -129,7 +129,12 @@ export interface EngineInfo {
   /** KV cache and prefix-cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;
   /** Prefix caching's block size and memory bound; null when it is off (and why, in `prefixCacheNote`). */
-  prefixCache: { blockTokens: number; capacityBytes: number } | null;
+  prefixCache: {
+    blockTokens: number;
+    capacityBytes: number;
+    /** The disk tier, when on: its directory, what it held at start, its bound, and whether it can write. */
+    disk: { dir: string; blocks: number; bytes: number; capacityBytes: number; degraded: boolean } | null;
+  } | null;
   prefixCacheNote: string | null;
   /** Why max_model_len is below what was asked (the KV budget), or null. */
   limitsNote: string | null;

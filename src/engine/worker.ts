@@ -18,7 +18,10 @@ import { createSession } from '../runtime/session.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
 import { VocabularyTable } from '../text/token_vocabulary.js';
+import { messageGrid } from './chunk_grid.js';
+import { DiskBlockStore } from './disk_block_store.js';
 import { EngineCore } from './engine_core.js';
+import { blockFingerprint } from './export_fingerprint.js';
 import { GrammarService } from './grammar_service.js';
 import type { MainMessage, WireError, WorkerMessage, WorkerOptions } from './protocol.js';
 import type { EngineInfo, EngineLimits } from './types.js';
@@ -82,6 +85,34 @@ function createPrefixCachePool(runner: ModelRunner, chunk: number): { pool: KvBl
   return { pool: new KvBlockPool(layout, slots), note: null };
 }
 
+/** The prefix cache's disk tier the options ask for, over `pool`'s blocks (see disk_block_store.ts). */
+function openDiskTier(
+  manifest: ReturnType<typeof readManifest>,
+  device: string,
+  pool: KvBlockPool | null,
+  gridSignature: string,
+  wake: () => void,
+): DiskBlockStore | null {
+  const dir = options.prefixCacheDir;
+  if (!dir || !pool) return null;
+  const fingerprint = blockFingerprint({
+    modelDir: options.modelDir,
+    manifest,
+    device,
+    threads: options.threads,
+    layout: pool.layout,
+    gridSignature,
+  });
+  return DiskBlockStore.open({
+    dir,
+    capacityBytes: options.prefixCacheDisk ?? 0,
+    fingerprint,
+    payloadBytes: pool.bytesPerBlock,
+    warn: (message) => post({ type: 'warning', message }),
+    wake,
+  });
+}
+
 async function start(wake: () => void): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
   const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, {
@@ -102,8 +133,10 @@ async function start(wake: () => void): Promise<EngineCore> {
   const { pool, note: prefixCacheNote } = createPrefixCachePool(runner, limits.maxNumBatchedTokens);
   // With --kv-cache-prefault the prefix cache's pool is written too, for the same reason.
   const poolPrefaultedBytes = options.kvCachePrefault && pool ? pool.prefault() : 0;
+  const disk = openDiskTier(manifest, device, pool, messageGrid(tokenizer, limits.maxNumBatchedTokens).signature, wake);
   const core = new EngineCore(runner, tokenizer, limits, {
     prefixCachePool: pool,
+    prefixCacheDisk: disk,
     eosTokenIds: generation.eosTokenIds,
     grammars: () =>
       new GrammarService({
@@ -126,12 +159,18 @@ async function start(wake: () => void): Promise<EngineCore> {
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,
-    prefixCache: pool ? { blockTokens: limits.maxNumBatchedTokens, capacityBytes: pool.slots * pool.bytesPerBlock } : null,
+    prefixCache: pool ? { blockTokens: limits.maxNumBatchedTokens, capacityBytes: pool.slots * pool.bytesPerBlock, disk: diskInfo(disk) } : null,
     prefixCacheNote,
     limitsNote,
   };
   post({ type: 'ready', info });
   return core;
+}
+
+function diskInfo(disk: DiskBlockStore | null): NonNullable<EngineInfo['prefixCache']>['disk'] {
+  if (!disk) return null;
+  const { dir, blocks, bytes, capacityBytes, degraded } = disk.stats(0);
+  return { dir, blocks, bytes, capacityBytes, degraded };
 }
 
 function wireError(err: unknown): WireError {

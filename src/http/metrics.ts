@@ -105,6 +105,54 @@ export class ServerMetrics {
       async () => (await prefix())?.blockTokens ?? 0,
       ['qwen3_serve_prefix_cache_block_tokens'],
     );
+    // The disk tier (--prefix-cache-dir), ours alone. Load latency as a sum and a count, a summary's way.
+    const disk = async () => (await prefix())?.disk ?? null;
+    const ours = (name: string) => [`qwen3_serve_${name}`];
+    gauge('', 'Blocks in the prefix cache disk tier.', async () => (await disk())?.blocks ?? 0, ours('prefix_cache_disk_blocks'));
+    gauge('', 'Bytes the prefix cache disk tier holds.', async () => (await disk())?.bytes ?? 0, ours('prefix_cache_disk_bytes'));
+    gauge(
+      '',
+      'Bytes the prefix cache disk tier may hold (--prefix-cache-disk; 0 when off).',
+      async () => (await disk())?.capacityBytes ?? 0,
+      ours('prefix_cache_disk_capacity_bytes'),
+    );
+    gauge(
+      '',
+      '1 when the disk tier cannot write (a full or read-only disk): prompts are cached in memory and served from the blocks it holds.',
+      async () => ((await disk())?.degraded ? 1 : 0),
+      ours('prefix_cache_disk_degraded'),
+    );
+    engineCounter(
+      '',
+      'Prompt tokens served from blocks read from the disk tier (counted in the hits too).',
+      async () => (await disk())?.hitTokens ?? 0,
+      ours('prefix_cache_disk_hits_total'),
+    );
+    engineCounter(
+      '',
+      'Blocks read from the disk tier, checked and loaded.',
+      async () => (await disk())?.loads ?? 0,
+      ours('prefix_cache_disk_loads_total'),
+    );
+    engineCounter(
+      '',
+      'Seconds the disk tier spent reading the blocks it loaded (divided by loads: the mean latency of a load).',
+      async () => (await disk())?.loadSeconds ?? 0,
+      ours('prefix_cache_disk_load_seconds_total'),
+    );
+    engineCounter('', 'Blocks written to the disk tier.', async () => (await disk())?.writes ?? 0, ours('prefix_cache_disk_writes_total'));
+    engineCounter(
+      '',
+      'Block writes given up because the disk tier was behind (its writer never holds up a step).',
+      async () => (await disk())?.writesDropped ?? 0,
+      ours('prefix_cache_disk_writes_dropped_total'),
+    );
+    engineCounter(
+      '',
+      'Block files found torn, truncated or edited (failing their checksum): deleted, never served.',
+      async () => (await disk())?.corrupt ?? 0,
+      ours('prefix_cache_disk_corrupt_blocks_total'),
+    );
     // vLLM's cache_config_info, read by inference gateways' prefix-aware routing: the block
     // size and block count of the prefix cache (the running sequences' cache is not paged).
     for (const name of prefixes.map((p) => `${p}cache_config_info`)) {

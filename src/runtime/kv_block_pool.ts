@@ -44,6 +44,31 @@ export class KvBlockPool {
     return this.data[plane][layer].subarray(slot * n, (slot + 1) * n);
   }
 
+  /**
+   * Copies slot `slot` into `into` as bytes, plane by plane and layer by layer (the disk
+   * tier's block files, src/engine/disk_block_store.ts); `into` holds `bytesPerBlock`.
+   */
+  readSlot(slot: number, into: Uint8Array): void {
+    this.eachPart(slot, (part, at) => into.set(part, at));
+  }
+
+  /** Fills slot `slot` from bytes laid out as `readSlot` writes them. */
+  writeSlot(slot: number, from: Uint8Array): void {
+    this.eachPart(slot, (part, at) => part.set(from.subarray(at, at + part.byteLength)));
+  }
+
+  private eachPart(slot: number, use: (part: Uint8Array, at: number) => void): void {
+    let at = 0;
+    for (let plane = 0; plane < this.layout.planes.length; plane++) {
+      for (let layer = 0; layer < this.layout.layers; layer++) {
+        const v = this.view(plane, layer, slot);
+        const part = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
+        use(part, at);
+        at += part.byteLength;
+      }
+    }
+  }
+
   /** Writes every page now (see KvCache.prefault): publishing a block then never waits for fresh pages. Returns the bytes. */
   prefault(): number {
     let bytes = 0;
