@@ -4,10 +4,11 @@ import type { ModelRunner } from '../runtime/model_runner.js';
 import type { TokenVocabulary } from '../text/token_vocabulary.js';
 import { messageGrid } from './chunk_grid.js';
 import type { DiskBlockStore } from './disk_block_store.js';
+import { type EngineTotals, engineStats } from './engine_stats.js';
 import type { RemoteConstraint } from './grammar_service.js';
 import { KvCacheManager } from './kv_cache_manager.js';
 import type { Ending } from './output_processor.js';
-import { PrefixCache, type PrefixCacheStats } from './prefix_cache.js';
+import { PrefixCache } from './prefix_cache.js';
 import { type IntakeOptions, RequestIntake } from './request_intake.js';
 import { Scheduler } from './scheduler.js';
 import { newSequence, newWarmUp, type Sequence, type SequenceContext } from './sequence.js';
@@ -28,7 +29,7 @@ export class EngineCore {
   private readonly byRequest = new Map<string, Sequence>();
   private nextId = 0;
   private pendingEvents: EngineEvent[] = [];
-  private readonly totals = { prompt: 0, generation: 0, finished: 0, steps: 0, warmed: 0 };
+  private readonly totals: EngineTotals = { prompt: 0, generation: 0, finished: 0, steps: 0, warmed: 0 };
   /** Aborts during a step wait for its end: freeing a row mid-run would move rows inside buffers the session is reading. */
   private stepping = false;
   private readonly abortsAfterStep = new Set<string>();
@@ -168,28 +169,15 @@ export class EngineCore {
   }
 
   stats(): EngineStats {
-    let used = 0;
-    for (const s of this.byRequest.values()) if (s.state === 'prefill' || s.state === 'decode') used += s.numComputed;
-    return {
-      running: this.scheduler.numRunning,
-      waiting: this.scheduler.numWaiting,
-      kvUsedTokens: used,
-      kvBudgetTokens: this.limits.kvBudgetTokens,
-      kvBytes: this.runner.kvBytes(),
-      promptTokensTotal: this.totals.prompt,
-      generationTokensTotal: this.totals.generation,
-      warmedTokensTotal: this.totals.warmed,
-      requestsFinished: this.totals.finished,
-      steps: this.totals.steps,
+    const { scheduler, limits, totals } = this;
+    return engineStats({
+      scheduler,
+      limits,
+      totals,
+      sequences: this.byRequest.values(),
       grammar: this.intake.stats(),
-      prefixCache: this.prefixCacheStats(),
-    };
-  }
-
-  private prefixCacheStats(): PrefixCacheStats | null {
-    const { prefixCache, disk, diskHitTokens } = this.scheduler.kv;
-    if (!prefixCache) return null;
-    return { ...prefixCache.stats(), disk: disk?.stats(diskHitTokens) ?? null };
+      kvBytes: this.runner.kvBytes(),
+    });
   }
 
   /** Events produced since the last call (including aborts done between steps). */
