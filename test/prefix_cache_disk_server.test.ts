@@ -24,9 +24,10 @@ interface Answer {
   cached: number;
 }
 
-async function complete(url: string, prompt = PROMPT): Promise<Answer> {
+async function complete(url: string, prompt = PROMPT, salt?: string): Promise<Answer> {
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'unused', maxRetries: 0 });
-  const r = await client.completions.create({ model: 'tiny', prompt, max_tokens: 12, temperature: 0, logprobs: 2 });
+  const body = { model: 'tiny', prompt, max_tokens: 12, temperature: 0, logprobs: 2, ...(salt ? { cache_salt: salt } : {}) };
+  const r = await client.completions.create(body as OpenAI.CompletionCreateParamsNonStreaming);
   const usage = r.usage as unknown as { prompt_tokens_details: { cached_tokens: number } };
   return { text: r.choices[0].text, logprobs: r.choices[0].logprobs, cached: usage.prompt_tokens_details.cached_tokens };
 }
@@ -116,6 +117,26 @@ test('a restart (SIGTERM) on the same directory serves the long prompt from disk
   } finally {
     second.child.kill('SIGTERM');
     await exited(second.child);
+  }
+});
+
+test('blocks on disk keep their cache_salt: after a restart only the same salt reads them, and every answer is the cold one', async () => {
+  const model = await fixtureExport('fast');
+  const dir = tempDir('qwen3-serve-disk-');
+  const first = await inProcess(model, ['--prefix-cache-dir', dir]);
+  same(await complete(first.url, PROMPT, 'team-a'), await cold(), 'salted, cold');
+  await first.close();
+  const second = await inProcess(model, ['--prefix-cache-dir', dir]);
+  try {
+    const other = await complete(second.url, PROMPT, 'team-b');
+    const unsalted = await complete(second.url, PROMPT);
+    assert.equal(other.cached, 0, 'another salt finds nothing on disk');
+    assert.equal(unsalted.cached, 0, 'no salt finds nothing either');
+    const owner = await complete(second.url, PROMPT, 'team-a');
+    assert.equal(owner.cached, Math.floor((PROMPT.length - 1) / CHUNK) * CHUNK, 'the same salt reads its blocks');
+    for (const a of [other, unsalted, owner]) same(a, await cold(), 'every answer');
+  } finally {
+    await second.close();
   }
 });
 
