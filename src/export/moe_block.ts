@@ -31,20 +31,20 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
   const [topP, topIdx] = g.node('TopK', [probs, g.int64s([K])], { outputs: 2, attrs: { axis: int(-1), largest: int(1), sorted: int(1) } });
   const topW = moe.normTopkProb ? g.op('Div', [topP, g.op('ReduceSum', [topP, g.int64s([-1])], { keepdims: int(1) })]) : topP;
 
-  // Routing as dense [E, N] tables: whether row n chose expert e, and with what weight
-  // (in the activation type, as transformers casts it before the weighted sum).
+  // Routing as dense [E, N] tables: whether row n chose expert e, and with what weight.
+  // The weighted sum is kept in float32 whatever the activations (ONNX Runtime's CPU
+  // ScatterND cannot add fp16), and cast back once.
   const zero = g.constant('moe_zero', DataType.FLOAT, [], Float32Array.of(0));
   const one = g.constant('moe_one', DataType.FLOAT, [], Float32Array.of(1));
   const none = g.op('Mul', [probs, zero]);
   const scatter = (values: string) => g.op('Transpose', [g.op('ScatterElements', [none, topIdx, values], { axis: int(1) })], { perm: ints([1, 0]) });
   const chosen = g.op('Cast', [scatter(g.op('Add', [g.op('Mul', [topW, zero]), one]))], { to: int(DataType.BOOL) }); // [E, N]
-  const weightsF = scatter(topW);
-  const weights = g.op('Unsqueeze', [w.act === DataType.FLOAT ? weightsF : g.op('Cast', [weightsF], { to: int(w.act) }), g.int64s([-1])]); // [E, N, 1]
+  const weights = g.op('Unsqueeze', [scatter(topW), g.int64s([-1])]); // [E, N, 1]
   const shape = g.op('Shape', [x]);
   const rows = g.op('Gather', [shape, g.int64Scalar(0)], { axis: int(0) });
   const rowIds = g.op('Unsqueeze', [g.op('Range', [g.int64Scalar(0), rows, g.int64Scalar(1)]), g.int64s([-1])]); // [N, 1]
-  const zeroAct = w.act === DataType.FLOAT ? zero : g.op('Cast', [zero], { to: int(w.act) });
-  let acc = g.op('Expand', [zeroAct, shape]);
+  const toFloat = (t: string) => (w.act === DataType.FLOAT ? t : g.op('Cast', [t], { to: int(DataType.FLOAT) }));
+  let acc = g.op('Expand', [zero, shape]);
   for (let e = 0; e < E; e++) {
     const p = `${prefix}.mlp.experts.${e}`;
     const picked = g.op('Gather', [chosen, g.int64Scalar(e)], { axis: int(0) }); // [N] bool
@@ -62,7 +62,8 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
     const out = w.linear(act, `${p}.down_proj.weight`, H, EI);
     const we = g.op('Compress', [g.op('Gather', [weights, g.int64Scalar(e)], { axis: int(0) }), picked], { axis: int(0) }); // [n_e, 1]
     const at = g.op('Compress', [rowIds, picked], { axis: int(0) }); // [n_e, 1]
-    acc = g.op('ScatterND', [acc, at, g.op('Mul', [out, we])], { reduction: string('add') });
+    acc = g.op('ScatterND', [acc, at, g.op('Mul', [toFloat(out), we])], { reduction: string('add') });
   }
-  return g.op('Reshape', [acc, g.op('Shape', [h])]);
+  const sum = w.act === DataType.FLOAT ? acc : g.op('Cast', [acc], { to: int(w.act) });
+  return g.op('Reshape', [sum, g.op('Shape', [h])]);
 }
