@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { exportModel } from '../src/export/exporter.js';
 import type { Layout } from '../src/export/graph_io.js';
 import type { ExportDtype } from '../src/export/weights.js';
-import { type RandomCheckpointOptions, writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
+import { moeCheckpoint as checkpoint, MOE_SHAPES } from './support/moe_checkpoint.js';
 import { argmax, logSoftmax, ReferenceQwen3 } from './support/reference_qwen3.js';
 import { openRunner, tempDir } from './support/runner.js';
 
@@ -12,59 +12,6 @@ import { openRunner, tempDir } from './support/runner.js';
 // small random checkpoints of several shapes the test writes.
 
 const work = tempDir('qwen3-serve-moe-');
-
-/** Router weights wider than the rest, so tokens spread over the experts rather than tie. */
-const routerOverride = (seed: number) => (name: string, shape: number[]) => {
-  if (!name.endsWith('.mlp.gate.weight')) return null;
-  let s = seed;
-  return Float32Array.from({ length: shape[0] * shape[1] }, () => {
-    s = (s * 16807) % 2147483647;
-    return (s / 2147483647 - 0.5) * 1.2;
-  });
-};
-
-export const MOE_SHAPES: Record<string, RandomCheckpointOptions> = {
-  // A dense layer between sparse ones, renormalised top-k, tied embeddings, bf16 in three shards.
-  'renorm-dense-middle': {
-    hiddenSize: 64,
-    intermediateSize: 96,
-    numLayers: 3,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 16,
-    seed: 11,
-    std: 0.05,
-    shards: 3,
-    dtype: 'bf16',
-    moe: { numExperts: 8, topK: 2, expertIntermediateSize: 32, normTopkProb: true, mlpOnlyLayers: [1] },
-    override: routerOverride(5),
-  },
-  // Raw softmax weights, every second layer sparse, untied head, float32 source.
-  'softmax-step2-untied': {
-    hiddenSize: 64,
-    intermediateSize: 80,
-    numLayers: 4,
-    numHeads: 4,
-    numKvHeads: 1,
-    headDim: 16,
-    seed: 12,
-    std: 0.05,
-    dtype: 'f32',
-    tieWordEmbeddings: false,
-    moe: { numExperts: 16, topK: 3, expertIntermediateSize: 24, normTopkProb: false, decoderSparseStep: 2 },
-    override: routerOverride(6),
-  },
-};
-
-const checkpoints = new Map<string, string>();
-function checkpoint(shape: string): string {
-  if (!checkpoints.has(shape)) {
-    const dir = join(work, `ckpt-${shape}`);
-    writeRandomCheckpoint(dir, MOE_SHAPES[shape]);
-    checkpoints.set(shape, dir);
-  }
-  return checkpoints.get(shape)!;
-}
 
 const exported = new Map<string, Promise<string>>();
 function exportOf(shape: string, layout: Layout, dtype: ExportDtype, device: 'cpu' | 'cuda' = 'cpu'): Promise<string> {
