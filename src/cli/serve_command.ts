@@ -122,6 +122,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       device: info.device,
       max_model_len: info.limits.maxModelLen,
       kv_budget_tokens: info.limits.kvBudgetTokens,
+      weights_mib: Math.round(info.memory.weightBytes / 2 ** 20),
+      kv_cache_mib: Math.round(info.memory.kvBytes / 2 ** 20),
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
       prefix_cache: info.prefixCache
         ? { block_tokens: info.prefixCache.blockTokens, memory_mib: Math.round(info.prefixCache.capacityBytes / 2 ** 20) }
