@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
-import { moeCheckpoint } from './support/moe_checkpoint.js';
+import { MOE_SHAPES, moeCheckpoint } from './support/moe_checkpoint.js';
+import type { ReferenceCase } from './support/runner.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
 // A Qwen3-MoE checkpoint served as a user would: its Hugging Face directory as --model
@@ -59,3 +63,52 @@ test("Anthropic's Messages API answers, streamed and not", async () => {
   const final = await claude.messages.stream({ model: 'moe', max_tokens: 12, messages: user }).finalMessage();
   assert.equal(final.usage.output_tokens, 12);
 });
+
+/** test/fixtures/qwen3-moe-tiny.reference.json: scripts/reference_qwen3_moe.py's output on each test checkpoint. */
+const reference = JSON.parse(readFileSync(new URL('../../test/fixtures/qwen3-moe-tiny.reference.json', import.meta.url), 'utf8')) as {
+  checkpoints: Record<string, { weights_sha256: Record<string, string>; cases: ReferenceCase[] }>;
+};
+
+for (const shape of Object.keys(MOE_SHAPES)) {
+  test(`${shape}: the server's top-20 log-probabilities are within 1e-3 of an independent PyTorch Qwen3-MoE, greedy ids equal`, async (t) => {
+    let worst = 0;
+    const dir = moeCheckpoint(shape);
+    const ref = reference.checkpoints[shape];
+    for (const [file, sha] of Object.entries(ref.weights_sha256)) {
+      const got = createHash('sha256')
+        .update(readFileSync(join(dir, file)))
+        .digest('hex');
+      assert.equal(got, sha, `${file}: the test checkpoint changed; run scripts/reference_qwen3_moe.py again`);
+    }
+    const server = shape === 'renorm-dense-middle' ? s : await startTestServer(dir, ['--served-model-name', 'moe']);
+    try {
+      for (const c of ref.cases) {
+        const r = await server.client.completions.create({
+          model: 'moe',
+          prompt: c.prompt_ids,
+          max_tokens: c.steps.length,
+          temperature: 0,
+          logprobs: 20,
+          // vLLM's extension: tokens named by id, so nothing is lost to decoding.
+          ...({ return_tokens_as_token_ids: true } as object),
+        });
+        const lp = r.choices[0].logprobs!;
+        assert.deepEqual(
+          lp.tokens!.map((t) => Number(t.replace('token_id:', ''))),
+          c.greedy_ids,
+        );
+        c.steps.forEach((step, k) => {
+          const top = lp.top_logprobs![k];
+          step.top_ids.forEach((id, j) => {
+            const got = top[`token_id:${id}`];
+            worst = Math.max(worst, Math.abs(got - step.top_logprobs[j]));
+            assert.ok(got !== undefined && Math.abs(got - step.top_logprobs[j]) < 1e-3, `step ${k}, token ${id}: ${got} vs ${step.top_logprobs[j]}`);
+          });
+        });
+      }
+    } finally {
+      if (server !== s) await server.close();
+    }
+    t.diagnostic(`max |logprob error| ${worst.toExponential(2)}`);
+  });
+}
