@@ -150,4 +150,9 @@ test('qwen3_moe: a missing or impossible expert key is named', () => {
   assert.throws(() => parseQwen3Config({ ...qwen3Moe, num_experts_per_tok: 129 }), /num_experts_per_tok \(129\) is more than num_experts \(128\)/);
   assert.throws(() => parseQwen3Config({ ...qwen3Moe, shared_expert_intermediate_size: 5632 }), /shared_expert_intermediate_size/);
   assert.throws(() => parseQwen3Config({ ...qwen3Moe, use_sliding_window: true }), /use_sliding_window/);
+  assert.throws(
+    () => parseQwen3Config({ ...qwen3Moe, layer_types: ['full_attention', 'sliding_attention'] }),
+    /layer_types\[1\] is "sliding_attention"; only "full_attention"/,
+  );
+  assert.equal(parseQwen3Config({ ...qwen3Moe, layer_types: Array(48).fill('full_attention') }).moe?.topK, 8);
 });

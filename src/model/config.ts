@@ -93,6 +93,8 @@ const rawConfigSchema = z.object({
   rope_parameters: z.record(z.string(), z.unknown()).nullable().optional(),
   // Sliding-window attention is off in every Qwen3 checkpoint; on, it would change which keys each query sees.
   use_sliding_window: z.boolean().optional(),
+  // transformers v5 lists each layer's attention kind; only full attention is Qwen3's.
+  layer_types: z.array(z.string()).optional(),
 });
 
 const rawMoeSchema = z.object({
@@ -215,6 +217,12 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
   }
   if (c.use_sliding_window) {
     throw new ModelFormatError(`${source}: use_sliding_window true is not supported (Qwen3 attends over the whole context).`);
+  }
+  const windowed = c.layer_types?.findIndex((t) => t !== 'full_attention') ?? -1;
+  if (windowed >= 0) {
+    throw new ModelFormatError(
+      `${source}: layer_types[${windowed}] is ${JSON.stringify(c.layer_types?.[windowed])}; only "full_attention" is supported.`,
+    );
   }
   const maxPositions = c.max_position_embeddings ?? 40960;
   const ropeRaw = c.rope_scaling ?? c.rope_parameters ?? null;
