@@ -28,7 +28,7 @@ export function checkFits(weights: number, kvSetting: number, available: number,
   if (device === 'cuda') return;
   if (weights > available) {
     throw new ConfigError(
-      `the model's weights take ${mib(weights)}, more than the ${mib(available)} of memory available: use a smaller export (--dtype int4) or a machine with more memory.`,
+      `the model's weights take ${mib(weights)}, more than the ${mib(available)} of memory available: use a smaller --dtype (int4 takes about a sixth of fp32) or a machine with more memory.`,
     );
   }
   if (kvSetting > 1 && weights + kvSetting > available) {
