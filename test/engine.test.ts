@@ -7,6 +7,7 @@ import type { QueueFullError } from '../src/errors.js';
 import { exportModel } from '../src/export/exporter.js';
 import { writeRandomCheckpoint } from '../src/model/random_checkpoint.js';
 import { type Collected, collect, Engine, engineOptions, fixtureExport, request } from './support/engine.js';
+import { moeExport } from './support/moe_checkpoint.js';
 import { FIXTURE_REFERENCE, type ReferenceCase, tempDir } from './support/runner.js';
 
 const cases = (JSON.parse(readFileSync(FIXTURE_REFERENCE, 'utf8')) as { cases: ReferenceCase[] }).cases;
@@ -62,6 +63,28 @@ for (const layout of ['fast', 'standard'] as const) {
     const stats = await engine.stats();
     assert.equal(stats.running, 0);
     assert.equal(stats.waiting, 0);
+  });
+}
+
+for (const dtype of ['fp32', 'int4'] as const) {
+  test(`Qwen3-MoE (${dtype}): prompts routed to different experts give the same tokens and log-probabilities alone and batched`, async () => {
+    const engine = await startEngine(await moeExport('renorm-dense-middle', dtype), { maxNumBatchedTokens: 16 });
+    const prompts = [...cases.map((c) => c.prompt_ids), ...extraPrompts];
+    const ask = (p: number[]) => request(p, { maxTokens: 10, ignoreEos: true, sampling: { logprobs: 2 } });
+    const logprobsOf = async (p: number[]) => {
+      const seen: unknown[] = [];
+      const r = await collect(engine, ask(p), undefined, (e) => seen.push(...(e.logprobs ?? [])));
+      return { tokens: r.tokens, logprobs: seen };
+    };
+    const alone: Array<{ tokens: number[]; logprobs: unknown[] }> = [];
+    for (const p of prompts) alone.push(await logprobsOf(p));
+    assert.ok(alone.every((a) => a.logprobs.length === 10));
+    // All again at once: each step's batch mixes prefill chunks and decode rows with different routes.
+    const together = await Promise.all(prompts.map((p) => logprobsOf(p)));
+    together.forEach((r, i) => {
+      assert.deepEqual(r.tokens, alone[i].tokens, `prompt ${i}`);
+      if (dtype === 'fp32') assert.deepEqual(r.logprobs, alone[i].logprobs, `prompt ${i}: the same bits`);
+    });
   });
 }
 

@@ -58,13 +58,35 @@ test('missing model_type is named', async () => {
 test('unknown model_type is named', async () => {
   const dir = copyOfGood();
   editConfig(dir, (c) => (c.model_type = 'llama'));
-  await expectFailure(dir, /model_type "llama".*only "qwen3"/, ModelFormatError);
+  await expectFailure(dir, /model_type "llama".*only "qwen3" and "qwen3_moe"/, ModelFormatError);
 });
 
-test('qwen3_moe says it is not supported yet', async () => {
+test('a qwen3_moe config without its expert keys names the first missing one', async () => {
   const dir = copyOfGood();
   editConfig(dir, (c) => (c.model_type = 'qwen3_moe'));
-  await expectFailure(dir, /qwen3_moe.*not supported yet/, ModelFormatError);
+  await expectFailure(dir, /field num_experts: /, ModelFormatError);
+});
+
+test('qwen3_moe keys that would change the computation and are not supported are named', async () => {
+  const moe = { model_type: 'qwen3_moe', num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32 };
+  const cases: Array<[Record<string, unknown>, RegExp]> = [
+    [{ shared_expert_intermediate_size: 64 }, /shared_expert_intermediate_size 64 is not supported/],
+    [{ use_sliding_window: true }, /use_sliding_window true is not supported/],
+    [{ num_experts_per_tok: 5 }, /num_experts_per_tok \(5\) is more than num_experts \(4\)/],
+    [{ mlp_only_layers: [3] }, /mlp_only_layers names layer 3, but the model has 1 layers/],
+    [{ norm_topk_prob: 'yes' }, /field norm_topk_prob: /],
+  ];
+  for (const [edit, pattern] of cases) {
+    const dir = copyOfGood();
+    editConfig(dir, (c) => Object.assign(c, moe, edit));
+    await expectFailure(dir, pattern, ModelFormatError);
+  }
+});
+
+test('a qwen3_moe checkpoint missing an expert names the tensor', async () => {
+  const dir = copyOfGood();
+  editConfig(dir, (c) => Object.assign(c, { model_type: 'qwen3_moe', num_experts: 4, num_experts_per_tok: 2, moe_intermediate_size: 32 }));
+  await expectFailure(dir, /missing tensor model\.layers\.0\.mlp\.gate\.weight/, ModelFormatError);
 });
 
 test('a missing tensor is named', async () => {

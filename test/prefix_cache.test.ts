@@ -9,6 +9,7 @@ import { bytesPerBlock, KvBlockPool } from '../src/runtime/kv_block_pool.js';
 import type { ModelRunner } from '../src/runtime/model_runner.js';
 import { QwenTokenizer } from '../src/text/tokenizer.js';
 import { fixtureExport, request } from './support/engine.js';
+import { moeExport } from './support/moe_checkpoint.js';
 import { FIXTURE_DIR, openRunner, tempDir } from './support/runner.js';
 
 // Prefix caching must never change a result: every test runs the same requests with the
@@ -121,6 +122,9 @@ const variants: Array<[string, () => Promise<string>]> = [
   ['fixture, fp32 standard', () => fixtureExport('standard')],
   ['5-layer checkpoint, int4 fast', () => ownCheckpoint('int4')],
   ['5-layer checkpoint, fp16 fast', () => ownCheckpoint('fp16')],
+  // Qwen3-MoE: a dense layer between sparse ones, then every second layer sparse (int4).
+  ['MoE checkpoint, fp32 fast', () => moeExport('renorm-dense-middle')],
+  ['MoE checkpoint, int4 fast', () => moeExport('softmax-step2-untied', 'int4')],
 ];
 
 for (const [name, exportDir] of variants) {
@@ -162,25 +166,30 @@ test('a raw-prompt conversation (each prompt the last one plus its answer) reuse
   });
 });
 
-test('prompts sharing a prefix, batched together (and n > 1 sampling from one prompt), give the same results with the cache on and off', async () => {
-  const dir = await fixtureExport('fast');
-  const shared = ids(70, 3);
-  const make = () => [
-    ...[0, 1, 2, 3].map((k) => ({ req: greedy([...shared, ...ids(9 + k * 7, 10 + k)], 12), atStep: k })),
-    // Two choices of one seeded, sampled prompt (as the API submits n = 2).
-    ...[0, 1].map((k) => ({
-      req: request([...shared, 5, 6, 7], { maxTokens: 12, ignoreEos: true, sampling: { temperature: 1, seed: 40 + k, logprobs: 2 } }),
-    })),
-  ];
-  const on = await run(dir, make(), { cacheBlocks: 64 });
-  const off = await run(dir, make(), {});
-  on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
-  // The first admitted computes the shared 64 tokens (two blocks); every later one takes them.
-  assert.deepEqual(
-    on.outcomes.map((o) => o.cached).sort((a, b) => a - b),
-    [0, 64, 64, 64, 64, 64],
-  );
-});
+for (const [name, exportDir] of [
+  ['fixture', () => fixtureExport('fast')],
+  ['MoE checkpoint', () => moeExport('softmax-step2-untied')],
+] as const) {
+  test(`${name}: prompts sharing a prefix, batched together (and n > 1 sampling from one prompt), give the same results with the cache on and off`, async () => {
+    const dir = await exportDir();
+    const shared = ids(70, 3);
+    const make = () => [
+      ...[0, 1, 2, 3].map((k) => ({ req: greedy([...shared, ...ids(9 + k * 7, 10 + k)], 12), atStep: k })),
+      // Two choices of one seeded, sampled prompt (as the API submits n = 2).
+      ...[0, 1].map((k) => ({
+        req: request([...shared, 5, 6, 7], { maxTokens: 12, ignoreEos: true, sampling: { temperature: 1, seed: 40 + k, logprobs: 2 } }),
+      })),
+    ];
+    const on = await run(dir, make(), { cacheBlocks: 64 });
+    const off = await run(dir, make(), {});
+    on.outcomes.forEach((o, i) => assert.deepEqual(strip(o), strip(off.outcomes[i]), `request ${i}`));
+    // The first admitted computes the shared 64 tokens (two blocks); every later one takes them.
+    assert.deepEqual(
+      on.outcomes.map((o) => o.cached).sort((a, b) => a - b),
+      [0, 64, 64, 64, 64, 64],
+    );
+  });
+}
 
 test('results stay the same across a preemption, and the recompute takes the blocks its first pass left', async () => {
   const dir = await fixtureExport('fast');

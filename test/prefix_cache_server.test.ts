@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import Anthropic from '@anthropic-ai/sdk';
 import { pino } from 'pino';
 import { parseServeConfig, startServer } from '../src/cli/serve_command.js';
 import { WARM_AFTER_IDLE_MS } from '../src/engine/engine_core.js';
+import { readManifest } from '../src/export/manifest.js';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -379,7 +382,23 @@ test('the start log states the setting', async () => {
     const config = parseServeConfig(['--model', dir, '--port', '0', '--threads', '1', '--kv-cache-memory', '64MiB', ...flags], {})!;
     const server = await startServer(config, { logger });
     await server.close();
-    const start = lines.map((l) => JSON.parse(l) as { msg: string; prefix_cache?: unknown }).find((l) => l.msg.startsWith('serving '));
+    const start = lines
+      .map((l) => JSON.parse(l) as { msg: string; prefix_cache?: unknown; weights_mib?: number; kv_cache_mib?: number })
+      .find((l) => l.msg.startsWith('serving '));
     assert.deepEqual(start?.prefix_cache, want);
+    // What the model takes: the export's files, and the KV budget asked for.
+    const files = readManifest(dir);
+    const weights = statSync(join(dir, files.model)).size + statSync(join(dir, files.externalData)).size;
+    assert.equal(start?.weights_mib, Math.round(weights / 2 ** 20));
+    assert.equal(start?.kv_cache_mib, 64);
   }
+});
+
+test('a model that cannot fit beside its KV cache is refused at start, naming the numbers', async () => {
+  const dir = await fixtureExport('fast');
+  const config = parseServeConfig(['--model', dir, '--port', '0', '--threads', '1', '--kv-cache-memory', '65536GiB'], {})!;
+  await assert.rejects(
+    startServer(config, { logger: pino({ level: 'silent' }) }),
+    /the model's weights \(\d+ MiB\) and the KV cache \(--kv-cache-memory, 67108864 MiB\) take \d+ MiB, more than the \d+ MiB of memory available/,
+  );
 });

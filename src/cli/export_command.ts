@@ -63,6 +63,6 @@ export async function exportCommand(argv: string[]): Promise<void> {
   });
   const c = manifest.config;
   process.stderr.write(
-    `exported ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize} as ${o.dtype}/${o.layout} to ${o.out} in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+    `exported ${c.numLayers} layers${c.moe ? ` (${c.moe.sparseLayers.length} with ${c.moe.numExperts} experts, top ${c.moe.topK})` : ''}, hidden ${c.hiddenSize}, vocab ${c.vocabSize} as ${o.dtype}/${o.layout} to ${o.out} in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
   );
 }

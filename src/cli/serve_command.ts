@@ -135,6 +135,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       api_keys: keys.enabled ? keys.size : 'none',
       prefix_cache_scope: http.prefixCacheScope,
       kv_budget_tokens: info.limits.kvBudgetTokens,
+      weights_mib: Math.round(info.memory.weightBytes / 2 ** 20),
+      kv_cache_mib: Math.round(info.memory.kvBytes / 2 ** 20),
       kv_cache_prefaulted_mib: Math.round(info.kvPrefaultedBytes / 2 ** 20),
       prefix_cache: info.prefixCache
         ? {

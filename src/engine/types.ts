@@ -125,6 +125,8 @@ export interface EngineInfo {
   deviceNoteIsWarning: boolean;
   vocabSize: number;
   limits: EngineLimits;
+  /** What the model takes: its weights (the export's files) and the KV cache budget, in bytes. */
+  memory: { weightBytes: number; kvBytes: number };
   eosTokenIds: number[];
   /** KV cache and prefix-cache bytes written at start (--kv-cache-prefault), 0 without it. */
   kvPrefaultedBytes: number;

@@ -13,6 +13,7 @@ import { FastRunner } from '../runtime/fast_runner.js';
 import { bytesPerBlock, KvBlockPool } from '../runtime/kv_block_pool.js';
 import { kvBudget, memoryBytes } from '../runtime/kv_budget.js';
 import { slotsForOne } from '../runtime/kv_cost.js';
+import { availableBytes, checkFits, weightBytes } from '../runtime/memory_plan.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import { createSession } from '../runtime/session.js';
 import { StagedFastRunner } from '../runtime/staged_runner.js';
@@ -43,7 +44,10 @@ function defaultPrefillChunk(device: 'cuda' | 'cpu'): number {
   return device === 'cuda' ? 512 : 64;
 }
 
-function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda' | 'cpu'): { limits: EngineLimits; note: string | null } {
+function resolveLimits(
+  manifest: ReturnType<typeof readManifest>,
+  device: 'cuda' | 'cpu',
+): { limits: EngineLimits; kvBytes: number; note: string | null } {
   const positions = manifest.config.maxPositionEmbeddings;
   // Positions past the checkpoint's own are untrained: asking for them is a mistake to report, not to shrink quietly.
   if (options.maxModelLen !== null && options.maxModelLen > positions) {
@@ -66,6 +70,7 @@ function resolveLimits(manifest: ReturnType<typeof readManifest>, device: 'cuda'
       maxModelLen: budget.maxModelLen,
       kvBudgetTokens: budget.kvBudgetTokens,
     },
+    kvBytes: budget.bytes,
     note,
   };
 }
@@ -115,11 +120,14 @@ function openDiskTier(
 
 async function start(wake: () => void): Promise<EngineCore> {
   const manifest = readManifest(options.modelDir);
+  const weights = weightBytes(options.modelDir, manifest);
+  // Before the session reads a byte: a model that cannot fit is an error naming the numbers, not a swapping or killed process.
+  checkFits(weights, options.kvCacheMemory, availableBytes(), options.device === 'cuda' || manifest.device === 'cuda' ? 'cuda' : 'cpu');
   const { session, device, fallbackReason, cudaFailed } = await createSession(options.modelDir, manifest, {
     device: options.device,
     threads: options.threads,
   });
-  const { limits, note: limitsNote } = resolveLimits(manifest, device);
+  const { limits, kvBytes, note: limitsNote } = resolveLimits(manifest, device);
   const fastRunner = () => new FastRunner(session, manifest, limits.maxNumSeqs, limits.maxModelLen, limits.kvBudgetTokens);
   // Prompts prefill apart only when the decoding buffers are prefaulted: otherwise a long
   // prompt moving in grows the decoding buffer into fresh pages all in one step, where
@@ -157,6 +165,7 @@ async function start(wake: () => void): Promise<EngineCore> {
     deviceNoteIsWarning: cudaFailed,
     vocabSize: manifest.config.vocabSize,
     limits,
+    memory: { weightBytes: weights, kvBytes },
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,
     prefixCache: pool ? { blockTokens: limits.maxNumBatchedTokens, capacityBytes: pool.slots * pool.bytesPerBlock, disk: diskInfo(disk) } : null,

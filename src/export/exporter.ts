@@ -69,6 +69,16 @@ export function expectedTensors(cfg: Qwen3Config): Map<string, number[]> {
       m.set(`${p}.self_attn.k_proj.bias`, [KVH * HD]);
       m.set(`${p}.self_attn.v_proj.bias`, [KVH * HD]);
     }
+    if (cfg.moe?.sparseLayers.includes(l)) {
+      const { numExperts: E, expertIntermediateSize: EI } = cfg.moe;
+      m.set(`${p}.mlp.gate.weight`, [E, H]);
+      for (let e = 0; e < E; e++) {
+        m.set(`${p}.mlp.experts.${e}.gate_proj.weight`, [EI, H]);
+        m.set(`${p}.mlp.experts.${e}.up_proj.weight`, [EI, H]);
+        m.set(`${p}.mlp.experts.${e}.down_proj.weight`, [H, EI]);
+      }
+      continue;
+    }
     m.set(`${p}.mlp.gate_proj.weight`, [I, H]);
     m.set(`${p}.mlp.up_proj.weight`, [I, H]);
     m.set(`${p}.mlp.down_proj.weight`, [H, I]);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelFormatError } from '../errors.js';
-import { readJsonFile, ropeScalingSchema } from '../model/config.js';
+import { moeConfigSchema, readJsonFile, ropeScalingSchema } from '../model/config.js';
 
 export const MANIFEST_FILE = 'qwen3-serve.json';
 export const MANIFEST_FORMAT = 'qwen3-serve-onnx';
@@ -29,6 +29,8 @@ const configSchema = z.object({
   attentionBias: z.boolean(),
   /** Baked into the rotary tables at export; recorded for what the export is. */
   ropeScaling: ropeScalingSchema.nullable().default(null),
+  /** Qwen3-MoE's experts (null for dense models and exports before MoE support). */
+  moe: moeConfigSchema.nullable().default(null),
 });
 
 const manifestSchema = z.object({

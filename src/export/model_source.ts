@@ -3,13 +3,16 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { basename, join, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
+import { loadQwen3Config } from '../model/config.js';
 import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
+import { availableBytes, checkFits } from '../runtime/memory_plan.js';
 import type { Progress } from '../util/progress.js';
+import { estimateWeightBytes } from './export_size.js';
 import { exportModel } from './exporter.js';
 import type { Layout } from './graph_io.js';
 import { GRAPH_REVISION, isExportDir, readManifest } from './manifest.js';
-import type { ExportDtype } from './weights.js';
+import { type ExportDtype, INT4_BLOCK_SIZE } from './weights.js';
 
 export interface ModelSourceOptions {
   /** An export directory, a Hugging Face checkpoint directory, or undefined for the demo model. */
@@ -153,7 +156,10 @@ async function exportCached(source: string, name: string, o: ModelSourceOptions)
     o.log(`using the cached export ${dir}`);
     return dir;
   }
-  o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout); later starts reuse it`);
+  // A model that cannot fit is refused now, not after minutes of exporting what could never be served.
+  const weights = estimateWeightBytes(loadQwen3Config(source), o.dtype, o.dtype === 'fp16' || o.device === 'cuda', INT4_BLOCK_SIZE);
+  checkFits(weights, 0, availableBytes(), o.device);
+  o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout, weights about ${Math.ceil(weights / 2 ** 20)} MiB); later starts reuse it`);
   await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress });
   return dir;
 }

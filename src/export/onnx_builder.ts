@@ -14,6 +14,7 @@ export type Attr =
 export const int = (value: number): Attr => ({ kind: 'int', value });
 export const float = (value: number): Attr => ({ kind: 'float', value });
 export const ints = (value: number[]): Attr => ({ kind: 'ints', value });
+export const string = (value: string): Attr => ({ kind: 'string', value });
 
 const BYTES_PER_ELEMENT: Partial<Record<ElemType, number>> = {
   [DataType.FLOAT]: 4,

@@ -1,4 +1,5 @@
 import type { Qwen3Config } from '../model/config.js';
+import { moeBlock } from './moe_block.js';
 import { DataType, type GraphBuilder, int, ints } from './onnx_builder.js';
 import type { WeightEmitter } from './weights.js';
 
@@ -70,14 +71,17 @@ export interface LayerWiring {
 
 /**
  * One Qwen3 decoder block, as the reference implementation reads: attention over the
- * normed input added to the residual, then the gated MLP over the normed result added.
+ * normed input added to the residual, then the gated MLP (or expert block) over the normed result added.
  */
 export function decoderLayer(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, x: string, l: number, wiring: LayerWiring): string {
   const { hiddenSize: H, numHeads: NH, headDim: HD, intermediateSize: I } = cfg;
   const { prefix } = layerPrefix(l);
   const attn = wiring.attention(wiring.norm(x, w.vector(`${prefix}.input_layernorm.weight`, H)), l, prefix);
   const afterAttn = g.op('Add', [x, w.linear(attn, `${prefix}.self_attn.o_proj.weight`, H, NH * HD)]);
-  return g.op('Add', [afterAttn, mlp(g, w, wiring.norm(afterAttn, w.vector(`${prefix}.post_attention_layernorm.weight`, H)), prefix, H, I)]);
+  const h = wiring.norm(afterAttn, w.vector(`${prefix}.post_attention_layernorm.weight`, H));
+  // Qwen3-MoE: the expert block on its sparse layers, the dense MLP on the others (mlp_only_layers, decoder_sparse_step).
+  const sparse = cfg.moe?.sparseLayers.includes(l) ?? false;
+  return g.op('Add', [afterAttn, sparse ? moeBlock(g, w, cfg, h, prefix) : mlp(g, w, h, prefix, H, I)]);
 }
 
 /**

@@ -99,3 +99,60 @@ test("YaRN inverse frequencies equal transformers' formula (values computed sepa
   const linear = ropeInverseFrequencies({ headDim: 128, ropeTheta: 1e6, ropeScaling: { type: 'linear', factor: 2 } });
   assert.ok(Math.abs(linear[10] - 0.1154781984689458 / 2) < 1e-15);
 });
+
+// Qwen3-30B-A3B's config.json, abridged to what the parser reads.
+const qwen3Moe = {
+  ...qwen3,
+  model_type: 'qwen3_moe',
+  hidden_size: 2048,
+  intermediate_size: 6144,
+  num_hidden_layers: 48,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  decoder_sparse_step: 1,
+  mlp_only_layers: [],
+  moe_intermediate_size: 768,
+  norm_topk_prob: true,
+  num_experts: 128,
+  num_experts_per_tok: 8,
+  output_router_logits: false,
+  router_aux_loss_coef: 0.001,
+  use_sliding_window: false,
+  tie_word_embeddings: false,
+};
+
+test('qwen3_moe: the experts of Qwen3-30B-A3B, every layer sparse; dense Qwen3 has none', () => {
+  assert.equal(parseQwen3Config(qwen3).moe, null);
+  const c = parseQwen3Config(qwen3Moe);
+  assert.deepEqual(
+    { ...c.moe, sparseLayers: c.moe?.sparseLayers.length },
+    {
+      numExperts: 128,
+      topK: 8,
+      expertIntermediateSize: 768,
+      normTopkProb: true,
+      sparseLayers: 48,
+    },
+  );
+});
+
+test("qwen3_moe: decoder_sparse_step and mlp_only_layers choose the dense layers; norm_topk_prob defaults to transformers' false", () => {
+  const c = parseQwen3Config({ ...qwen3Moe, num_hidden_layers: 8, decoder_sparse_step: 2, mlp_only_layers: [3, 4], norm_topk_prob: undefined });
+  assert.deepEqual(c.moe?.sparseLayers, [1, 5, 7]);
+  assert.equal(c.moe?.normTopkProb, false);
+  const defaults = parseQwen3Config({ ...qwen3Moe, num_hidden_layers: 3, decoder_sparse_step: undefined, mlp_only_layers: undefined });
+  assert.deepEqual(defaults.moe?.sparseLayers, [0, 1, 2]);
+});
+
+test('qwen3_moe: a missing or impossible expert key is named', () => {
+  assert.throws(() => parseQwen3Config({ ...qwen3Moe, num_experts: undefined }), /field num_experts/);
+  assert.throws(() => parseQwen3Config({ ...qwen3Moe, moe_intermediate_size: 0 }), /field moe_intermediate_size/);
+  assert.throws(() => parseQwen3Config({ ...qwen3Moe, num_experts_per_tok: 129 }), /num_experts_per_tok \(129\) is more than num_experts \(128\)/);
+  assert.throws(() => parseQwen3Config({ ...qwen3Moe, shared_expert_intermediate_size: 5632 }), /shared_expert_intermediate_size/);
+  assert.throws(() => parseQwen3Config({ ...qwen3Moe, use_sliding_window: true }), /use_sliding_window/);
+  assert.throws(
+    () => parseQwen3Config({ ...qwen3Moe, layer_types: ['full_attention', 'sliding_attention'] }),
+    /layer_types\[1\] is "sliding_attention"; only "full_attention"/,
+  );
+  assert.equal(parseQwen3Config({ ...qwen3Moe, layer_types: Array(48).fill('full_attention') }).moe?.topK, 8);
+});

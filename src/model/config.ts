@@ -24,7 +24,30 @@ export interface Qwen3Config {
   attentionBias: boolean;
   /** Static RoPE scaling from config.json (Qwen3 documents YaRN for contexts past 32,768). */
   ropeScaling: RopeScaling | null;
+  /** Mixture-of-experts MLPs (model_type qwen3_moe); null for dense Qwen3. */
+  moe: MoeConfig | null;
 }
+
+/** A Qwen3-MoE checkpoint's experts: which layers route, and how. */
+export interface MoeConfig {
+  numExperts: number;
+  /** Experts each token is routed to (num_experts_per_tok). */
+  topK: number;
+  /** Width of each expert's gated MLP (moe_intermediate_size). */
+  expertIntermediateSize: number;
+  /** Renormalise the top-k routing weights to sum to 1 (norm_topk_prob). */
+  normTopkProb: boolean;
+  /** Layers whose MLP is the sparse expert block; the others keep a dense MLP of intermediate_size. */
+  sparseLayers: number[];
+}
+
+export const moeConfigSchema = z.object({
+  numExperts: z.number().int(),
+  topK: z.number().int(),
+  expertIntermediateSize: z.number().int(),
+  normTopkProb: z.boolean(),
+  sparseLayers: z.array(z.number().int()),
+});
 
 /**
  * RoPE scaling that is fixed at export: the rotary tables change, nothing else. One
@@ -68,6 +91,22 @@ const rawConfigSchema = z.object({
   rope_scaling: z.record(z.string(), z.unknown()).nullable().optional(),
   // transformers v5 writes rope_theta and the scaling together under rope_parameters.
   rope_parameters: z.record(z.string(), z.unknown()).nullable().optional(),
+  // Sliding-window attention is off in every Qwen3 checkpoint; on, it would change which keys each query sees.
+  use_sliding_window: z.boolean().optional(),
+  // transformers v5 lists each layer's attention kind; only full attention is Qwen3's.
+  layer_types: z.array(z.string()).optional(),
+});
+
+const rawMoeSchema = z.object({
+  num_experts: positiveInt,
+  num_experts_per_tok: positiveInt,
+  moe_intermediate_size: positiveInt,
+  // transformers' Qwen3MoeConfig defaults: no renormalisation, every layer sparse, none forced dense.
+  norm_topk_prob: z.boolean().optional(),
+  decoder_sparse_step: positiveInt.optional(),
+  mlp_only_layers: z.array(z.number().int().nonnegative()).optional(),
+  // Qwen2-MoE's always-on shared expert: Qwen3-MoE has none, and a checkpoint with one computes more than we would.
+  shared_expert_intermediate_size: z.number().int().nonnegative().optional(),
 });
 
 const rawRopeScalingSchema = z.object({
@@ -124,19 +163,48 @@ function parseRopeScaling(raw: Record<string, unknown>, maxPositions: number, so
   );
 }
 
-const SUPPORTED = 'qwen3';
-const NOT_YET: Record<string, string> = {
-  qwen3_moe: 'qwen3_moe (mixture-of-experts) checkpoints are not supported yet; only dense Qwen3 (model_type "qwen3") is.',
-};
+const SUPPORTED = ['qwen3', 'qwen3_moe'];
+
+/** Layers with the expert block: those not in mlp_only_layers whose number (from 1) is a multiple of decoder_sparse_step. */
+export function moeSparseLayers(numLayers: number, decoderSparseStep: number, mlpOnlyLayers: number[]): number[] {
+  return Array.from({ length: numLayers }, (_, l) => l).filter((l) => !mlpOnlyLayers.includes(l) && (l + 1) % decoderSparseStep === 0);
+}
+
+/** The expert block of a qwen3_moe config, checked; the layers that route follow transformers' Qwen3MoeDecoderLayer. */
+function parseMoe(raw: unknown, numLayers: number, source: string): MoeConfig {
+  const parsed = rawMoeSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ModelFormatError(`${source}: field ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  const m = parsed.data;
+  if (m.shared_expert_intermediate_size) {
+    throw new ModelFormatError(
+      `${source}: shared_expert_intermediate_size ${m.shared_expert_intermediate_size} is not supported (Qwen3-MoE has no shared expert).`,
+    );
+  }
+  if (m.num_experts_per_tok > m.num_experts) {
+    throw new ModelFormatError(`${source}: num_experts_per_tok (${m.num_experts_per_tok}) is more than num_experts (${m.num_experts}).`);
+  }
+  const bad = (m.mlp_only_layers ?? []).find((l) => l >= numLayers);
+  if (bad !== undefined) throw new ModelFormatError(`${source}: mlp_only_layers names layer ${bad}, but the model has ${numLayers} layers.`);
+  const sparseLayers = moeSparseLayers(numLayers, m.decoder_sparse_step ?? 1, m.mlp_only_layers ?? []);
+  return {
+    numExperts: m.num_experts,
+    topK: m.num_experts_per_tok,
+    expertIntermediateSize: m.moe_intermediate_size,
+    normTopkProb: m.norm_topk_prob ?? false,
+    sparseLayers,
+  };
+}
 
 export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Config {
   const modelType = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>).model_type : undefined;
   if (modelType === undefined) {
-    throw new ModelFormatError(`${source} has no model_type; expected "${SUPPORTED}".`);
+    throw new ModelFormatError(`${source} has no model_type; expected "qwen3" or "qwen3_moe".`);
   }
-  if (typeof modelType === 'string' && NOT_YET[modelType]) throw new ModelFormatError(`${source}: ${NOT_YET[modelType]}`);
-  if (modelType !== SUPPORTED) {
-    throw new ModelFormatError(`${source} has model_type ${JSON.stringify(modelType)}; only "${SUPPORTED}" is supported.`);
+  if (typeof modelType !== 'string' || !SUPPORTED.includes(modelType)) {
+    throw new ModelFormatError(`${source} has model_type ${JSON.stringify(modelType)}; only "qwen3" and "qwen3_moe" are supported.`);
   }
   const parsed = rawConfigSchema.safeParse(raw);
   if (!parsed.success) {
@@ -146,6 +214,15 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
   const c = parsed.data;
   if (c.hidden_act !== undefined && c.hidden_act !== 'silu') {
     throw new ModelFormatError(`${source}: hidden_act ${JSON.stringify(c.hidden_act)} is not supported (Qwen3 uses "silu").`);
+  }
+  if (c.use_sliding_window) {
+    throw new ModelFormatError(`${source}: use_sliding_window true is not supported (Qwen3 attends over the whole context).`);
+  }
+  const windowed = c.layer_types?.findIndex((t) => t !== 'full_attention') ?? -1;
+  if (windowed >= 0) {
+    throw new ModelFormatError(
+      `${source}: layer_types[${windowed}] is ${JSON.stringify(c.layer_types?.[windowed])}; only "full_attention" is supported.`,
+    );
   }
   const maxPositions = c.max_position_embeddings ?? 40960;
   const ropeRaw = c.rope_scaling ?? c.rope_parameters ?? null;
@@ -179,6 +256,7 @@ export function parseQwen3Config(raw: unknown, source = 'config.json'): Qwen3Con
           : maxPositions,
     attentionBias: c.attention_bias ?? false,
     ropeScaling,
+    moe: modelType === 'qwen3_moe' ? parseMoe(raw, c.num_hidden_layers, source) : null,
   };
 }
 

@@ -2,6 +2,7 @@ import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync 
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../util/random.js';
+import { moeSparseLayers } from './config.js';
 import { floatToBf16, floatToHalf } from './dtype.js';
 
 /** The real Qwen3 tokenizer files, shipped with the package. */
@@ -31,6 +32,18 @@ export interface RandomCheckpointOptions {
   std?: number;
   /** Values for chosen tensors instead of random ones (e.g. hand-built test models). */
   override?: (name: string, shape: number[]) => Float32Array | null;
+  /** A Qwen3-MoE checkpoint (model_type qwen3_moe) with these experts. */
+  moe?: RandomMoeOptions | null;
+}
+
+/** config.json's expert keys, as Qwen3MoeConfig names them. */
+export interface RandomMoeOptions {
+  numExperts: number;
+  topK: number;
+  expertIntermediateSize: number;
+  normTopkProb: boolean;
+  decoderSparseStep?: number;
+  mlpOnlyLayers?: number[];
 }
 
 /** The 0.6B shape (Qwen3-0.6B's config), for benchmarks. */
@@ -61,6 +74,27 @@ interface PlannedTensor {
 function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype' | 'override'>>): PlannedTensor[] {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = o;
   const t: PlannedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, H], kind: 'weight' }];
+  const sparse = o.moe ? moeSparseLayers(o.numLayers, o.moe.decoderSparseStep ?? 1, o.moe.mlpOnlyLayers ?? []) : [];
+  /** Hugging Face's names: a router `mlp.gate` and `mlp.experts.N.*` projections on sparse layers. */
+  const mlp = (p: string, l: number): PlannedTensor[] => {
+    if (!o.moe || !sparse.includes(l)) {
+      return [
+        { name: `${p}.mlp.gate_proj.weight`, shape: [I, H], kind: 'weight' },
+        { name: `${p}.mlp.up_proj.weight`, shape: [I, H], kind: 'weight' },
+        { name: `${p}.mlp.down_proj.weight`, shape: [H, I], kind: 'weight' },
+      ];
+    }
+    const EI = o.moe.expertIntermediateSize;
+    const experts: PlannedTensor[] = [{ name: `${p}.mlp.gate.weight`, shape: [o.moe.numExperts, H], kind: 'weight' }];
+    for (let e = 0; e < o.moe.numExperts; e++) {
+      experts.push(
+        { name: `${p}.mlp.experts.${e}.gate_proj.weight`, shape: [EI, H], kind: 'weight' },
+        { name: `${p}.mlp.experts.${e}.up_proj.weight`, shape: [EI, H], kind: 'weight' },
+        { name: `${p}.mlp.experts.${e}.down_proj.weight`, shape: [H, EI], kind: 'weight' },
+      );
+    }
+    return experts;
+  };
   for (let l = 0; l < o.numLayers; l++) {
     const p = `model.layers.${l}`;
     t.push(
@@ -79,9 +113,7 @@ function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std
       { name: `${p}.self_attn.q_norm.weight`, shape: [HD], kind: 'norm' },
       { name: `${p}.self_attn.k_norm.weight`, shape: [HD], kind: 'norm' },
       { name: `${p}.post_attention_layernorm.weight`, shape: [H], kind: 'norm' },
-      { name: `${p}.mlp.gate_proj.weight`, shape: [I, H], kind: 'weight' },
-      { name: `${p}.mlp.up_proj.weight`, shape: [I, H], kind: 'weight' },
-      { name: `${p}.mlp.down_proj.weight`, shape: [H, I], kind: 'weight' },
+      ...mlp(p, l),
     );
   }
   t.push({ name: 'model.norm.weight', shape: [H], kind: 'norm' });
@@ -111,6 +143,7 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     ropeTheta: 1_000_000,
     attentionBias: false,
     ropeScaling: null,
+    moe: null,
     ...options,
   };
   const dtype = options.dtype ?? 'bf16';
@@ -162,9 +195,21 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
   if (shards > 1) {
     writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2));
   }
+  const moe = o.moe
+    ? {
+        num_experts: o.moe.numExperts,
+        num_experts_per_tok: o.moe.topK,
+        moe_intermediate_size: o.moe.expertIntermediateSize,
+        norm_topk_prob: o.moe.normTopkProb,
+        decoder_sparse_step: o.moe.decoderSparseStep ?? 1,
+        mlp_only_layers: o.moe.mlpOnlyLayers ?? [],
+        router_aux_loss_coef: 0.001,
+        output_router_logits: false,
+      }
+    : {};
   const config = {
-    architectures: ['Qwen3ForCausalLM'],
-    model_type: 'qwen3',
+    architectures: [o.moe ? 'Qwen3MoeForCausalLM' : 'Qwen3ForCausalLM'],
+    model_type: o.moe ? 'qwen3_moe' : 'qwen3',
     vocab_size: o.vocabSize,
     hidden_size: o.hiddenSize,
     intermediate_size: o.intermediateSize,
@@ -182,6 +227,8 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     torch_dtype: { bf16: 'bfloat16', f16: 'float16', f32: 'float32' }[dtype],
     bos_token_id: 151643,
     eos_token_id: 151645,
+    use_sliding_window: false,
+    ...moe,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
   writeFileSync(

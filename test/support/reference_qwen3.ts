@@ -94,8 +94,63 @@ export class ReferenceQwen3 {
     return out;
   }
 
+  /** SwiGLU MLP: down(silu(gate(x)) · up(x)). */
+  private gatedMlp(h: Float64Array, p: string, width: number): Float64Array {
+    const g = this.linear(h, this.get(`${p}.gate_proj.weight`), width);
+    const u = this.linear(h, this.get(`${p}.up_proj.weight`), width);
+    const act = g.map((gv, i) => (gv / (1 + Math.exp(-gv))) * u[i]);
+    return this.linear(act, this.get(`${p}.down_proj.weight`), this.cfg.hiddenSize);
+  }
+
+  /**
+   * Qwen3-MoE layers, read from config.json itself (not the exporter's parse): a layer is
+   * sparse unless listed in mlp_only_layers, when num_experts > 0 and (layer + 1) is a
+   * multiple of decoder_sparse_step (transformers' Qwen3MoeDecoderLayer).
+   */
+  private isSparse(l: number): boolean {
+    if (this.raw.model_type !== 'qwen3_moe') return false;
+    const step = (this.raw.decoder_sparse_step as number | undefined) ?? 1;
+    const only = (this.raw.mlp_only_layers as number[] | undefined) ?? [];
+    return !only.includes(l) && (this.raw.num_experts as number) > 0 && (l + 1) % step === 0;
+  }
+
+  /**
+   * Qwen3MoeSparseMoeBlock for one token: softmax over all router logits, the top
+   * num_experts_per_tok, renormalised to sum 1 when norm_topk_prob, then the weighted sum
+   * of those experts' MLPs.
+   */
+  private sparseMlp(h: Float64Array, p: string): Float64Array {
+    const E = this.raw.num_experts as number;
+    const k = this.raw.num_experts_per_tok as number;
+    const logits = this.linear(h, this.get(`${p}.mlp.gate.weight`), E);
+    const m = Math.max(...logits);
+    const e = logits.map((v) => Math.exp(v - m));
+    const z = e.reduce((a, b) => a + b, 0);
+    const top = [...e.keys()].sort((a, b) => e[b] - e[a] || a - b).slice(0, k);
+    const sum = top.reduce((s, i) => s + e[i] / z, 0);
+    const out = new Float64Array(h.length);
+    for (const i of top.sort((a, b) => a - b)) {
+      const weight = this.raw.norm_topk_prob === true ? e[i] / z / sum : e[i] / z;
+      const y = this.gatedMlp(h, `${p}.mlp.experts.${i}`, this.raw.moe_intermediate_size as number);
+      y.forEach((v, j) => (out[j] += weight * v));
+    }
+    return out;
+  }
+
+  /** The experts each of `tokens`' positions routes to in layer l (to check a test model's routing is varied). */
+  routedExperts(tokens: number[], l: number): number[][] {
+    const seen: number[][] = [];
+    this.lastLogits(tokens, (layer, h) => {
+      if (layer !== l) return;
+      const E = this.raw.num_experts as number;
+      const logits = this.linear(h, this.get(`model.layers.${l}.mlp.gate.weight`), E);
+      seen.push([...logits.keys()].sort((a, b) => logits[b] - logits[a]).slice(0, this.raw.num_experts_per_tok as number));
+    });
+    return seen;
+  }
+
   /** Logits of the last position after running `tokens` from position 0. */
-  lastLogits(tokens: number[]): Float64Array {
+  lastLogits(tokens: number[], seeMlpInput?: (layer: number, h: Float64Array) => void): Float64Array {
     const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = this.cfg;
     const embed = this.get('model.embed_tokens.weight');
     let xs = tokens.map((t) => Float64Array.from(embed.subarray(t * H, (t + 1) * H)));
@@ -143,10 +198,8 @@ export class ReferenceQwen3 {
         const o = this.linear(attn, this.get(`${p}.self_attn.o_proj.weight`), H);
         const x1 = x.map((v, i) => v + o[i]);
         const h2 = this.rmsNorm(x1, this.get(`${p}.post_attention_layernorm.weight`));
-        const g = this.linear(h2, this.get(`${p}.mlp.gate_proj.weight`), I);
-        const u = this.linear(h2, this.get(`${p}.mlp.up_proj.weight`), I);
-        const act = g.map((gv, i) => (gv / (1 + Math.exp(-gv))) * u[i]);
-        const d = this.linear(act, this.get(`${p}.mlp.down_proj.weight`), H);
+        seeMlpInput?.(l, h2);
+        const d = this.isSparse(l) ? this.sparseMlp(h2, p) : this.gatedMlp(h2, `${p}.mlp`, I);
         return x1.map((v, i) => v + d[i]);
       });
     }
