@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseScenarios, runComparison } from '../src/bench/compare.js';
 import { comparisonTable } from '../src/bench/compare_report.js';
-import { loadBetween, loadSnapshot, treeUsage } from '../src/bench/proc_stats.js';
+import { loadBetween, loadSnapshot, treeUsage, waitForIdle } from '../src/bench/proc_stats.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
 import { startTestServer, until } from './support/server.js';
@@ -49,6 +49,24 @@ test("/proc readings: this process's tree, its CPU time and the machine's load",
   // /proc counts in hundredths of a second.
   assert.ok(Math.abs(share.known[0] - used) < 0.05, `/proc says ${share.known[0]} s, getrusage ${used} s`);
   assert.ok(share.others >= 0 && share.others <= 1 && share.seconds > 0);
+});
+
+test('the wait for an idle machine is bounded, and a busy process other than the servers keeps it waiting', async () => {
+  const busy = spawn(process.execPath, ['-e', 'for (;;);'], { stdio: 'ignore' });
+  try {
+    await until(() => (treeUsage(busy.pid!)?.cpuS ?? 0) > 0.05, 'the busy process running');
+    const waited = (await waitForIdle([], 0.001, 1, 0.25))!;
+    assert.equal(waited.idle, false);
+    assert.ok(waited.waitedS >= 1 && waited.waitedS < 5, `${waited.waitedS} s`);
+    assert.ok(waited.others > 0.001, `others ${waited.others}`);
+    // Counted as a server, the same process's CPU time is the server's, not other processes'.
+    const a = loadSnapshot([busy.pid!])!;
+    await until(() => loadSnapshot([busy.pid!])!.known[0] - a.known[0] >= 0.1, 'the busy process using 0.1 s of CPU');
+    const share = loadBetween(a, loadSnapshot([busy.pid!])!);
+    assert.ok(share.known[0] >= 0.1 && share.others <= 1 - share.known[0] / share.seconds + 1e-9, JSON.stringify(share));
+  } finally {
+    busy.kill('SIGKILL');
+  }
 });
 
 test("bench:compare against running servers: alternated rounds, the same prompts, each one's median and the ratio, the models named, failures counted", async () => {
