@@ -131,6 +131,8 @@ test('bench:compare starts both servers itself, measures their memory and CPU, k
       'theirs',
       '--scenarios',
       '12:4:1,100:4:1,agent:500:4',
+      '--long-context',
+      '8',
       '--rounds',
       '2',
       '--num-prompts',
@@ -144,8 +146,8 @@ test('bench:compare starts both servers itself, measures their memory and CPU, k
   );
   assert.equal(run.status, 0, run.stderr);
   assert.match(run.stderr, /theirs ready in [\d.]+ s at http:\/\/127\.0\.0\.1:\d+\/v1 \(pid \d+;/);
-  assert.match(run.stderr, /12 runs \(2 rounds × 3 scenarios × 2 servers\), about .* in all/);
-  assert.match(run.stderr, /\[12\/12\] round 2/);
+  assert.match(run.stderr, /16 runs \(2 rounds × 4 scenarios × 2 servers\), about .* in all/);
+  assert.match(run.stderr, /\[16\/16\] round 2/);
   const report = JSON.parse(readFileSync(`${out}.json`, 'utf8'));
   assert.equal(report.complete, true);
   for (const side of ['ours', 'peer']) {
@@ -159,7 +161,9 @@ test('bench:compare starts both servers itself, measures their memory and CPU, k
   }
   assert.deepEqual(report.models.peer.answered, ['their-model']);
   assert.deepEqual(report.models.ours.answered, report.models.ours.listed);
-  const [short, long, agent] = report.results;
+  const [short, long, agent, longContext] = report.results;
+  assert.equal(longContext.label, '8 / 128, 1 (2 requests)');
+  assert.equal(longContext.ours[0].completed, 2);
   for (const r of [short.ours, short.peer, long.ours].flat()) {
     assert.equal(r.failed, 0);
     assert.ok(r.serverCpuS > 0 && r.otherCpuShare >= 0 && r.otherCpuShare <= 1, JSON.stringify(r));
@@ -225,6 +229,23 @@ test('bench:compare interrupted: the servers it started stop, and the reports ke
   const runs = report.results[0].ours.length + report.results[0].peer.length;
   assert.ok(runs >= 2 && runs < 200, `${runs} runs kept`);
   assert.match(readFileSync(`${out}.md`, 'utf8'), /Interrupted: partial results/);
+});
+
+test('bench:compare with a server that does not start: the error, the reports, and the other server stopped', async () => {
+  const out = join(tempDir(), 'fail');
+  const run = spawnSync(
+    process.execPath,
+    [CLI, 'compare', '--ours-serve', await serveFlags(), '--peer-command', "sh -c 'echo no such model >&2; exit 3'", '--out', out],
+    { encoding: 'utf8', timeout: 120_000 },
+  );
+  assert.equal(run.status, 1);
+  assert.match(run.stderr, /peer .* ended before it was ready \(exit code 3\):\nno such model/);
+  const report = JSON.parse(readFileSync(`${out}.json`, 'utf8'));
+  assert.equal(report.complete, false);
+  assert.match(report.error, /ended before it was ready/);
+  const pid = Number(/qwen3-serve ready in .* \(pid (\d+);/.exec(run.stderr)![1]);
+  assert.ok(!alive(pid), 'our server, started, was stopped');
+  assert.match(readFileSync(`${out}.md`, 'utf8'), /\*\*Stopped by an error:\*\*/);
 });
 
 test("bench:compare's command: a peer is required and scenarios are checked (exit 2)", () => {

@@ -153,6 +153,7 @@ export async function runComparison(
   const target = (side: Side) => ({ baseUrl: o[side].baseUrl, apiKey: o[side].apiKey, model: state.models[side].asked ?? 'default' });
   for (const s of o.scenarios) {
     if (s.kind !== 'agent' || state.agentSizes[s.promptTokens]) continue;
+    log(`sizing a ${s.promptTokens}-token agent prompt (three short requests)`);
     for (const side of sides) {
       try {
         state.agentSizes[s.promptTokens] = await sizeAgentPrompt(target(side), s.promptTokens, o.timeout, o.signal);
@@ -164,6 +165,7 @@ export async function runComparison(
     // Neither server answered: a guess of about two tokens a word, and the runs will count the failures.
     state.agentSizes[s.promptTokens] ??= { systemWords: Math.round(s.promptTokens / 10), tools: Math.max(1, Math.round(s.promptTokens / 200)) };
   }
+  log('probing both servers with one short request each, for an estimate of the duration');
   const inputs = o.scenarios.flatMap((s) => (s.kind === 'load' ? [s.inputLen] : []));
   for (const side of sides) state.probes[side] = await probeServer(target(side), Math.min(128, ...inputs), o.timeout, o.signal);
   const plan = Array.from({ length: o.rounds }, (_, round) =>

@@ -192,21 +192,26 @@ export async function compareCommand(argv: string[]): Promise<void> {
   };
 
   try {
-    for (const side of ['ours', 'peer'] as const) {
-      const command = commands[side];
-      if (command === null) continue;
-      log(`starting ${targets[side].name}: ${command}`);
-      const server = await launchServer({
-        name: targets[side].name,
-        command,
-        startTimeoutS: o['start-timeout'],
-        logFile: `${o.out}.${side}.log`,
-        signal: controller.signal,
-      });
-      launched[side] = server;
-      targets[side] = { ...targets[side], baseUrl: server.baseUrl, pid: server.pid };
-      log(`${targets[side].name} ready in ${server.startS.toFixed(1)} s at ${server.baseUrl} (pid ${server.pid}; its output: ${o.out}.${side}.log)`);
-    }
+    // Both load at once: the wait is the longer of the two, and nothing is measured yet.
+    const starts = await Promise.allSettled(
+      (['ours', 'peer'] as const).map(async (side) => {
+        const command = commands[side];
+        if (command === null) return;
+        log(`starting ${targets[side].name}: ${command}`);
+        const logFile = `${o.out}.${side}.log`;
+        const server = await launchServer({
+          name: targets[side].name,
+          command,
+          startTimeoutS: o['start-timeout'],
+          logFile,
+          signal: controller.signal,
+        });
+        launched[side] = server;
+        targets[side] = { ...targets[side], baseUrl: server.baseUrl, pid: server.pid };
+        log(`${targets[side].name} ready in ${server.startS.toFixed(1)} s at ${server.baseUrl} (pid ${server.pid}; its output: ${logFile})`);
+      }),
+    );
+    for (const s of starts) if (s.status === 'rejected') throw s.reason;
     for (const side of ['ours', 'peer'] as const) {
       const pid = targets[side].pid;
       if (pid !== null) monitors[side] = new TreeMonitor(pid);
