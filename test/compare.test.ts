@@ -5,7 +5,6 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { parseScenarios, runComparison } from '../src/bench/compare.js';
 import { comparisonTable } from '../src/bench/compare_report.js';
-import { loadBetween, loadSnapshot, treeUsage, waitForIdle } from '../src/bench/proc_stats.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
 import { startTestServer, until } from './support/server.js';
@@ -24,50 +23,6 @@ const alive = (pid: number) => {
 async function serveFlags(extra = ''): Promise<string> {
   return `--model ${await fixtureExport('fast')} --threads 1 --cache-dir ${tempDir('qwen3-serve-cache-')} --kv-cache-memory 64MiB --log-level warn --no-ui ${extra}`;
 }
-
-test('scenarios: load rows with an optional request count, and agent rows', () => {
-  assert.deepEqual(parseScenarios('12:4:1, 4096:128:1:2,agent:12000,agent:300:8'), [
-    { kind: 'load', inputLen: 12, outputLen: 4, concurrency: 1, numPrompts: null },
-    { kind: 'load', inputLen: 4096, outputLen: 128, concurrency: 1, numPrompts: 2 },
-    { kind: 'agent', promptTokens: 12000, outputLen: 32 },
-    { kind: 'agent', promptTokens: 300, outputLen: 8 },
-  ]);
-  assert.throws(() => parseScenarios('128:128'), /expected input:output:concurrency/);
-  assert.throws(() => parseScenarios('8:8:0'), /at least 1/);
-});
-
-test("/proc readings: this process's tree, its CPU time and the machine's load", () => {
-  const before = loadSnapshot([process.pid])!;
-  const me = treeUsage(process.pid)!;
-  assert.ok(me.pids.includes(process.pid));
-  assert.ok(me.rssBytes > 10 * 2 ** 20 && me.hwmBytes >= me.rssBytes, `${me.rssBytes} ${me.hwmBytes}`);
-  // Spin until the kernel has charged this process 0.2 s of CPU, however busy the machine is.
-  const cpu = process.cpuUsage();
-  while (process.cpuUsage(cpu).user + process.cpuUsage(cpu).system < 200_000);
-  const used = (process.cpuUsage(cpu).user + process.cpuUsage(cpu).system) / 1e6;
-  const share = loadBetween(before, loadSnapshot([process.pid])!);
-  // /proc counts in hundredths of a second.
-  assert.ok(Math.abs(share.known[0] - used) < 0.05, `/proc says ${share.known[0]} s, getrusage ${used} s`);
-  assert.ok(share.others >= 0 && share.others <= 1 && share.seconds > 0);
-});
-
-test('the wait for an idle machine is bounded, and a busy process other than the servers keeps it waiting', async () => {
-  const busy = spawn(process.execPath, ['-e', 'for (;;);'], { stdio: 'ignore' });
-  try {
-    await until(() => (treeUsage(busy.pid!)?.cpuS ?? 0) > 0.05, 'the busy process running');
-    const waited = (await waitForIdle([], 0.001, 1, 0.25))!;
-    assert.equal(waited.idle, false);
-    assert.ok(waited.waitedS >= 1 && waited.waitedS < 5, `${waited.waitedS} s`);
-    assert.ok(waited.others > 0.001, `others ${waited.others}`);
-    // Counted as a server, the same process's CPU time is the server's, not other processes'.
-    const a = loadSnapshot([busy.pid!])!;
-    await until(() => loadSnapshot([busy.pid!])!.known[0] - a.known[0] >= 0.1, 'the busy process using 0.1 s of CPU');
-    const share = loadBetween(a, loadSnapshot([busy.pid!])!);
-    assert.ok(share.known[0] >= 0.1 && share.others <= 1 - share.known[0] / share.seconds + 1e-9, JSON.stringify(share));
-  } finally {
-    busy.kill('SIGKILL');
-  }
-});
 
 test("bench:compare against running servers: alternated rounds, the same prompts, each one's median and the ratio, the models named, failures counted", async () => {
   const [ours, peer] = await Promise.all([
