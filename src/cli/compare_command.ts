@@ -159,6 +159,7 @@ export async function compareCommand(argv: string[]): Promise<void> {
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
 
+  const started = performance.now();
   let state: ComparisonState | null = null;
   let error: string | null = null;
   const write = (final: boolean) => {
@@ -181,7 +182,17 @@ export async function compareCommand(argv: string[]): Promise<void> {
       interrupted: controller.signal.aborted,
     };
     const heading = `${servers.ours.name} vs ${servers.peer.name}, ${o.rounds} alternated round${o.rounds === 1 ? '' : 's'}, medians; ratio = ${servers.ours.name} / ${servers.peer.name}`;
-    const json = { date: new Date().toISOString(), complete: final && !error && !s.interrupted, error, rounds: o.rounds, servers, ...s };
+    const options = {
+      scenarios,
+      rounds: o.rounds,
+      numPrompts: o['num-prompts'],
+      seed: o.seed,
+      timeout: o.timeout,
+      idleThreshold: o['idle-threshold'],
+      idleWaitS: o['idle-wait'],
+    };
+    const elapsedS = (performance.now() - started) / 1000;
+    const json = { date: new Date().toISOString(), complete: final && !error && !s.interrupted, error, elapsedS, options, servers, ...s };
     writeFileSync(
       `${o.out}.json`,
       JSON.stringify(json, (k, v) => (k === 'apiKey' ? undefined : v), 2),
