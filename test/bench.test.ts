@@ -4,7 +4,6 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { renderChart } from '../src/bench/chart.js';
-import { comparisonTable, parseScenarios, runComparison } from '../src/bench/compare.js';
 import { markdownTable, randomPrompts, runLoadBench, sharedPrefixPrompts, summarize } from '../src/bench/load_bench.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
@@ -169,68 +168,4 @@ test("the shared-prefix and multi-turn datasets: prompts share their prefix, con
     second.sentAt - (first.sentAt + first.e2eMs) >= 280,
     `the second turn went out ${second.sentAt - first.sentAt - first.e2eMs} ms after the first answer ended`,
   );
-});
-
-test("bench:compare runs both servers in turn with the same prompts, and reports each one's median and the ratio", async () => {
-  const peer = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'their-model', '--no-prefix-caching']);
-  try {
-    const lines: string[] = [];
-    const ours = { name: 'ours', baseUrl: `${s.url}/v1`, model: null, apiKey: null };
-    const theirs = { name: 'theirs', baseUrl: `${peer.url}/v1`, model: null, apiKey: null };
-    const scenarios = parseScenarios('12:4:1, 20:3:2');
-    assert.deepEqual(scenarios, [
-      { inputLen: 12, outputLen: 4, concurrency: 1 },
-      { inputLen: 20, outputLen: 3, concurrency: 2 },
-    ]);
-    const results = await runComparison({ ours, peer: theirs, scenarios, rounds: 3, numPrompts: 3, seed: 5, timeout: 60 }, (l) => lines.push(l));
-    // Alternated: each round runs every scenario on both, and the next round starts with the other server.
-    const sides = lines.map((l) => /, (ours|theirs):/.exec(l)?.[1]);
-    assert.deepEqual(sides, ['ours', 'theirs', 'ours', 'theirs', 'theirs', 'ours', 'theirs', 'ours', 'ours', 'theirs', 'ours', 'theirs']);
-    const median3 = (xs: number[]) => [...xs].sort((a, b) => a - b)[1];
-    for (const [i, r] of results.entries()) {
-      for (const level of [...r.ours, ...r.peer]) {
-        assert.equal(level.completed, Math.max(3, 2 * scenarios[i].concurrency));
-        assert.equal(level.meanInputTokens, scenarios[i].inputLen);
-        assert.equal(level.meanOutputTokens, scenarios[i].outputLen);
-      }
-      assert.equal(r.ours.length, 3);
-      const a = median3(r.ours.map((l) => l.outputThroughput));
-      const b = median3(r.peer.map((l) => l.outputThroughput));
-      assert.deepEqual(r.measures.outputThroughput, { ours: a, peer: b, ratio: a / b });
-      assert.equal(r.measures.ttftP99.ours, median3(r.ours.map((l) => l.ttftMs.p99)));
-      assert.equal(r.measures.tpotMean.peer, median3(r.peer.map((l) => l.tpotMs.mean)));
-    }
-    const table = comparisonTable(results, 'ours', 'theirs').split('\n');
-    assert.equal(table.length, 2 + 2 * 4);
-    assert.match(table[0], /\| ours \| theirs \| ratio \| better \|/);
-    assert.match(table[2], /^\| 12 \/ 4, 1 \| output tok\/s \| [\d.]+ \| [\d.]+ \| \d+\.\d\d \| (ours|theirs|even) \|$/);
-    // A peer whose requests fail is an error, never a ratio over different work.
-    await assert.rejects(
-      runComparison({
-        ours,
-        peer: { ...theirs, model: 'no-such-model' },
-        scenarios: scenarios.slice(0, 1),
-        rounds: 1,
-        numPrompts: 1,
-        seed: 1,
-        timeout: 60,
-      }),
-      /theirs: 2 of 2 requests failed .*HTTP 404/,
-    );
-  } finally {
-    await peer.close();
-  }
-});
-
-test("bench:compare's command: --peer-url is required and scenarios are checked (exit 2)", () => {
-  const cli = new URL('../src/cli.js', import.meta.url).pathname;
-  const none = spawnSync(process.execPath, [cli, 'compare'], { encoding: 'utf8' });
-  assert.equal(none.status, 2);
-  assert.match(none.stderr, /--peer-url is required/);
-  const bad = spawnSync(process.execPath, [cli, 'compare', '--peer-url', 'http://127.0.0.1:9/v1', '--scenarios', '128:128'], { encoding: 'utf8' });
-  assert.equal(bad.status, 2);
-  assert.match(bad.stderr, /expected input:output:concurrency/);
-  const help = spawnSync(process.execPath, [cli, 'compare', '--help'], { encoding: 'utf8' });
-  assert.equal(help.status, 0);
-  assert.match(help.stdout, /--scenarios/);
 });

@@ -6,6 +6,9 @@
  * prefix (vLLM's `prefix_repetition`), and multi-turn conversations.
  */
 import { mulberry32 } from '../util/random.js';
+import { type RequestResult, streamRequest } from './stream_request.js';
+
+export type { RequestResult } from './stream_request.js';
 
 export type Dataset = 'random' | 'shared-prefix' | 'multi-turn';
 export type ChatMessage = { role: 'user' | 'assistant'; content: string };
@@ -35,24 +38,8 @@ export interface LoadBenchOptions {
   thinkTime?: number;
   /** Chat: ask for Qwen3 thinking on or off (`chat_template_kwargs.enable_thinking`); null sends nothing. */
   thinking?: boolean | null;
-}
-
-export interface RequestResult {
-  ok: boolean;
-  error: string | null;
-  /** How it failed, for counting: `HTTP <status>`, `network` (connection refused or cut), `stream cut` (ended without [DONE]), `timeout`. */
-  failure: string | null;
-  /** When it was sent (epoch ms), to line requests up with events such as a replica's restart. */
-  sentAt: number;
-  promptTokens: number;
-  /** Prompt tokens the server served from its prefix cache (usage.prompt_tokens_details.cached_tokens), when it says. */
-  cachedTokens: number;
-  /** The answer's text (content only), for the next turn of a conversation. */
-  content: string;
-  outputTokens: number;
-  ttft: number;
-  e2e: number;
-  itls: number[];
+  /** Ends the run early: requests in flight are cut, and no new ones start. */
+  signal?: AbortSignal;
 }
 
 export interface Summary {
@@ -79,6 +66,8 @@ export interface LevelResult {
   e2eMs: Summary;
   /** Mean prompt tokens served from the server's prefix cache. */
   meanCachedTokens: number;
+  /** The models the server said it ran (the `model` field of its answers). */
+  models: string[];
   /** Failed requests by how they failed (see RequestResult.failure). */
   failures: Record<string, number>;
   /** Every request: when it was sent (epoch ms), its latencies and how it failed. */
@@ -131,7 +120,7 @@ export function summarize(values: number[]): Summary {
   return { mean: s.reduce((a, b) => a + b, 0) / s.length, median: q(0.5), p99: q(0.99), max: s[s.length - 1] };
 }
 
-async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string | ChatMessage[]): Promise<RequestResult> {
+function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] | string | ChatMessage[]): Promise<RequestResult> {
   const body =
     o.endpoint === 'completions'
       ? { model, prompt, max_tokens: o.outputLen, ignore_eos: true, temperature: 0, stream: true, stream_options: { include_usage: true } }
@@ -145,87 +134,7 @@ async function oneRequest(o: LoadBenchOptions, model: string, prompt: number[] |
           stream_options: { include_usage: true },
           ...(o.thinking === null || o.thinking === undefined ? {} : { chat_template_kwargs: { enable_thinking: o.thinking } }),
         };
-  const started = performance.now();
-  const result: RequestResult = {
-    ok: false,
-    error: null,
-    failure: null,
-    sentAt: Date.now(),
-    promptTokens: 0,
-    cachedTokens: 0,
-    content: '',
-    outputTokens: 0,
-    ttft: 0,
-    e2e: 0,
-    itls: [],
-  };
-  let done = false;
-  try {
-    const res = await fetch(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', ...(o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {}) },
-      body: JSON.stringify(body),
-      signal: AbortSignal.timeout(o.timeout * 1000),
-    });
-    if (!res.ok || !res.body) {
-      result.failure = `HTTP ${res.status}`;
-      throw new Error(`HTTP ${res.status}: ${(await res.text()).slice(0, 200)}`);
-    }
-    const decoder = new TextDecoder();
-    let buffer = '';
-    let last = 0;
-    let chunks = 0;
-    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffer += decoder.decode(part, { stream: true });
-      let sep: number;
-      while ((sep = buffer.indexOf('\n\n')) >= 0) {
-        const event = buffer.slice(0, sep);
-        buffer = buffer.slice(sep + 2);
-        const data = event
-          .split('\n')
-          .find((l) => l.startsWith('data: '))
-          ?.slice(6);
-        if (data === '[DONE]') done = true;
-        if (!data || data === '[DONE]') continue;
-        const json = JSON.parse(data) as {
-          choices?: Array<{ text?: string; delta?: { content?: string; reasoning_content?: string; reasoning?: string } }>;
-          usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } | null } | null;
-          error?: { message: string };
-        };
-        if (json.error) {
-          result.failure = 'error event';
-          throw new Error(json.error.message);
-        }
-        if (json.usage) {
-          result.promptTokens = json.usage.prompt_tokens;
-          result.outputTokens = json.usage.completion_tokens;
-          result.cachedTokens = json.usage.prompt_tokens_details?.cached_tokens ?? 0;
-        }
-        const c = json.choices?.[0];
-        result.content += c?.text ?? c?.delta?.content ?? '';
-        const text = c?.text ?? c?.delta?.content ?? c?.delta?.reasoning_content ?? c?.delta?.reasoning ?? '';
-        if (!text) continue;
-        const now = performance.now();
-        if (chunks === 0) result.ttft = now - started;
-        else result.itls.push(now - last);
-        last = now;
-        chunks++;
-      }
-    }
-    result.e2e = performance.now() - started;
-    if (!done) {
-      result.failure = 'stream cut';
-      throw new Error('the stream ended without [DONE]');
-    }
-    if (result.outputTokens === 0) result.outputTokens = chunks;
-    result.ok = true;
-  } catch (err) {
-    const e = err as Error;
-    result.error = e.message;
-    result.failure ??= e.name === 'TimeoutError' ? 'timeout' : 'network';
-    result.e2e = performance.now() - started;
-  }
-  return result;
+  return streamRequest(`${o.baseUrl}/${o.endpoint === 'chat' ? 'chat/completions' : 'completions'}`, o.apiKey, body, o.timeout, o.signal);
 }
 
 /** One unit of work for a client: a prompt, or a conversation whose turns run one after another. */
@@ -262,7 +171,7 @@ async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurr
   } else {
     let next = 0;
     const worker = async () => {
-      while (next < jobs.length) await runJob(jobs[next++]);
+      while (next < jobs.length && !o.signal?.aborted) await runJob(jobs[next++]);
     };
     await Promise.all(Array.from({ length: concurrency ?? 1 }, worker));
   }
@@ -287,6 +196,7 @@ async function runLevel(o: LoadBenchOptions, model: string, jobs: Job[], concurr
     itlMs: summarize(ok.flatMap((r) => r.itls)),
     e2eMs: summarize(ok.map((r) => r.e2e)),
     meanCachedTokens: mean(ok, (r) => r.cachedTokens),
+    models: [...new Set(results.flatMap((r) => (r.model ? [r.model] : [])))],
     failures: results.reduce<Record<string, number>>((f, r) => {
       if (r.failure) f[r.failure] = (f[r.failure] ?? 0) + 1;
       return f;
