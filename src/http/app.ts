@@ -43,7 +43,8 @@ function callerOf(key: ApiKey | null, scope: HttpOptions['prefixCacheScope']): C
   const { maxConcurrent, maxQueued } = key.limits;
   return {
     key: key.name,
-    limits: maxConcurrent === null && maxQueued === null ? null : { name: key.name, maxConcurrent, maxQueued },
+    // Always named, limits or not: the scheduler shares the batch between keys by their names.
+    limits: { name: key.name, maxConcurrent, maxQueued },
     cacheScope: scope === 'key' ? key.name : null,
   };
 }

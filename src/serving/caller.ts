@@ -4,7 +4,7 @@ import type { TenantLimits } from '../engine/types.js';
 export interface Caller {
   /** The API key's name (`default` for --api-key), or null when the server needs no key. */
   key: string | null;
-  /** The key's bounds in the engine's scheduler, or null for none. */
+  /** The key's name and bounds for the engine's scheduler (which admits round robin over keys), or null without a key. */
   limits: TenantLimits | null;
   /** The prefix cache scope the key gives: its name under --prefix-cache-scope key, null when shared. */
   cacheScope: string | null;
