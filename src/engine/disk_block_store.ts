@@ -223,12 +223,14 @@ export class DiskBlockStore {
     void p.finally(() => this.pending.delete(p));
   }
 
+  /** Writes are off from now on, for `err` (an error, or its code as the I/O thread gives it). */
   private degrade(err: unknown): void {
     if (!this.writable) return;
     this.writable = false;
     const e = err as NodeJS.ErrnoException;
+    const why = typeof err === 'string' ? err : (e.code ?? e.message);
     this.o.warn(
-      `prefix cache disk tier: cannot write to ${this.o.dir} (${e.code ?? e.message}); writes are off until a restart, and prompts are cached in memory and served from the blocks the directory holds`,
+      `prefix cache disk tier: cannot write to ${this.o.dir} (${why}); writes are off until a restart, and prompts are cached in memory and served from the blocks the directory holds`,
     );
   }
 
