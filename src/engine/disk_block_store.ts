@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { open, rename, unlink, utimes, writeFile } from 'node:fs/promises';
+import { unlink, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KvBlockPool } from '../runtime/kv_block_pool.js';
-import { HEADER_BYTES, openBlock, sealBlock } from './disk_block_file.js';
+import { HEADER_BYTES, sealBlock } from './disk_block_file.js';
+import { DiskIo } from './disk_io.js';
 
 export interface DiskStoreOptions {
   dir: string;
@@ -58,10 +59,10 @@ const NAME = /^([0-9a-f]{16})-([0-9a-f]{64})\.kvb(\.tmp-.*)?$/;
 /**
  * The prefix cache's tier below memory: block files in one directory, named by the
  * fingerprint of what computed them and a key derived from the memory cache's own block
- * hash (so whatever isolates blocks in memory, isolates them here). Reads and writes go
- * through node:fs/promises, off the step loop: a write copies the block into a buffer of
- * a bounded queue at once and is dropped when the queue is full; a read fills one of a few
- * other buffers and is handed over, checked, when done. A file is written whole under a temporary name
+ * hash (so whatever isolates blocks in memory, isolates them here). Reads and writes run
+ * on an I/O thread (disk_io_thread.ts), off the step loop: a write copies the block into a
+ * buffer of a bounded queue at once and is dropped when the queue is full; a read fills
+ * one of a few other buffers and is handed over, checked, when done. A file is written whole under a temporary name
  * and renamed, and checked against its checksums when read: a torn, truncated or edited
  * one is deleted, never served. Bounded by bytes, the least recently used going first;
  * a full or read-only disk turns writes off with one warning.
@@ -82,6 +83,7 @@ export class DiskBlockStore {
   private readonly fingerprintHex: string;
   private writable = true;
   private tmpCount = 0;
+  private readonly io = new DiskIo();
   private readonly counts = { loads: 0, loadSeconds: 0, writes: 0, writesDropped: 0, corrupt: 0 };
 
   /** Write buffers, and read buffers, there may be. */
@@ -221,12 +223,14 @@ export class DiskBlockStore {
     void p.finally(() => this.pending.delete(p));
   }
 
+  /** Writes are off from now on, for `err` (an error, or its code as the I/O thread gives it). */
   private degrade(err: unknown): void {
     if (!this.writable) return;
     this.writable = false;
     const e = err as NodeJS.ErrnoException;
+    const why = typeof err === 'string' ? err : (e.code ?? e.message);
     this.o.warn(
-      `prefix cache disk tier: cannot write to ${this.o.dir} (${e.code ?? e.message}); writes are off until a restart, and prompts are cached in memory and served from the blocks the directory holds`,
+      `prefix cache disk tier: cannot write to ${this.o.dir} (${why}); writes are off until a restart, and prompts are cached in memory and served from the blocks the directory holds`,
     );
   }
 
@@ -249,30 +253,26 @@ export class DiskBlockStore {
     this.evictOver(size);
     this.writing.add(key);
     this.inFlightBytes += size;
-    this.track(
-      this.writeFile(key, file).finally(() => {
-        this.writing.delete(key);
-        this.writeBuffers.push(file);
-      }),
-    );
+    this.track(this.writeFile(key, file));
   }
 
   private async writeFile(key: string, file: Uint8Array): Promise<void> {
-    const final = this.path(key);
-    const tmp = `${final}.tmp-${process.pid}-${this.tmpCount++}`;
-    try {
-      await writeFile(tmp, file);
-      await rename(tmp, final);
-    } catch (err) {
-      this.inFlightBytes -= file.byteLength;
-      await unlink(tmp).catch(() => {});
-      this.degrade(err);
-      return;
+    const path = this.path(key);
+    const size = file.byteLength;
+    const reply = await this.io.call({ op: 'write', tmp: `${path}.tmp-${process.pid}-${this.tmpCount++}`, path, file });
+    this.writing.delete(key);
+    this.writeBuffers.push(reply.file);
+    this.inFlightBytes -= size;
+    if (reply.error === 'ENOENT') {
+      // A temporary file another server on the directory deleted at its start loses this write alone.
+      this.counts.writesDropped++;
+    } else if (reply.error !== null) {
+      this.degrade(reply.error);
+    } else {
+      this.counts.writes++;
+      this.add(key, size);
+      this.evictOver(0);
     }
-    this.inFlightBytes -= file.byteLength;
-    this.counts.writes++;
-    this.add(key, file.byteLength);
-    this.evictOver(0);
   }
 
   /**
@@ -321,33 +321,21 @@ export class DiskBlockStore {
 
   private async readFile(key: string, file: Uint8Array, read: Read & { state: 'reading' }): Promise<void> {
     const started = performance.now();
-    // The file's length, or -1 when it is gone (another server sharing the directory evicted it) or unreadable.
-    let size = -1;
-    try {
-      const fh = await open(this.path(key), 'r');
-      try {
-        size = (await fh.stat()).size;
-        if (size === file.byteLength) await fh.read(file, 0, file.byteLength, 0);
-      } finally {
-        await fh.close();
-      }
-    } catch (err) {
-      size = -1;
-      const code = (err as NodeJS.ErrnoException).code;
-      // Gone is ordinary (another server on the directory evicted it); anything else the operator should see.
-      if (code !== 'ENOENT')
-        this.o.warn(`prefix cache disk tier: cannot read block ${key.slice(0, 12)}… (${code ?? (err as Error).message}): computed instead`);
-    }
-    const expect = { fingerprint: this.o.fingerprint, key: Buffer.from(key, 'hex'), payloadBytes: this.o.payloadBytes };
-    const opened = size < 0 ? 'unreadable' : size !== file.byteLength ? `${size} bytes, not ${file.byteLength}` : openBlock(file, expect);
-    if (typeof opened === 'string') {
+    const keyBytes = Buffer.from(key, 'hex');
+    const path = this.path(key);
+    const reply = await this.io.call({ op: 'read', path, file, fingerprint: this.o.fingerprint, key: keyBytes, payloadBytes: this.o.payloadBytes });
+    const check = reply.check;
+    if (typeof check === 'string') {
       this.drop(key);
-      if (size >= 0) {
+      if (reply.size >= 0) {
         this.counts.corrupt++;
-        this.o.warn(`prefix cache disk tier: block ${key.slice(0, 12)}… failed its check (${opened}): deleted, computed instead`);
-        await unlink(this.path(key)).catch(() => {});
+        this.o.warn(`prefix cache disk tier: block ${key.slice(0, 12)}… failed its check (${check}): deleted, computed instead`);
+        this.track(unlink(path).catch(() => {}));
+      } else if (reply.error !== 'ENOENT') {
+        // Gone is ordinary (another server on the directory evicted it); anything else the operator should see.
+        this.o.warn(`prefix cache disk tier: cannot read block ${key.slice(0, 12)}… (${reply.error}): computed instead`);
       }
-      this.finishRead(key, read, { state: 'failed' }, file);
+      this.finishRead(key, read, { state: 'failed' }, reply.file);
       return;
     }
     this.counts.loads++;
@@ -358,10 +346,10 @@ export class DiskBlockStore {
       this.index.delete(key);
       this.index.set(key, bytes);
       const now = new Date();
-      this.track(utimes(this.path(key), now, now).catch(() => {}));
+      this.track(utimes(path, now, now).catch(() => {}));
     }
-    const block = { key, tokens: opened.tokens, payload: opened.payload, file };
-    this.finishRead(key, read, { state: 'ready', block, file }, file);
+    const block = { key, tokens: check.tokens, payload: reply.file.subarray(HEADER_BYTES), file: reply.file };
+    this.finishRead(key, read, { state: 'ready', block, file: reply.file }, reply.file);
   }
 
   private finishRead(key: string, read: Read & { state: 'reading' }, done: Read, file: Uint8Array): void {
@@ -375,9 +363,10 @@ export class DiskBlockStore {
     this.o.wake?.();
   }
 
-  /** Waits for every write, read and deletion under way (the engine's shutdown). */
-  async close(): Promise<void> {
+  /** Waits for every write, read and deletion under way; `stop` then ends the I/O thread (the engine's shutdown). */
+  async close(stop = true): Promise<void> {
     while (this.pending.size > 0) await Promise.all([...this.pending]);
+    if (stop) await this.io.stop();
   }
 
   /** Its counters, with `hitTokens` as the KV cache manager counts them. */
