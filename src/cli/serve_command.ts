@@ -1,13 +1,15 @@
 import { availableParallelism } from 'node:os';
 import { pino } from 'pino';
 import { Engine } from '../engine/engine.js';
-import { AppError } from '../errors.js';
+import { AppError, ConfigError } from '../errors.js';
+import { readManifest } from '../export/manifest.js';
 import { DEMO_NAME, defaultCacheDir, resolveExportTarget, resolveModel } from '../export/model_source.js';
 import { buildApp } from '../http/app.js';
 import { Drain } from '../http/drain.js';
 import { ServerMetrics } from '../http/metrics.js';
 import type { HttpOptions } from '../http/options.js';
 import { readGenerationConfig } from '../model/generation_config.js';
+import { appendedSpecialToken, type ModelTask } from '../model/task.js';
 import { cudaUsable } from '../runtime/session.js';
 import type { ServingContext } from '../serving/context.js';
 import { ReasoningSeal } from '../serving/reasoning_seal.js';
@@ -40,7 +42,9 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     device: target.device,
     progress: createProgress(),
     log: (msg) => log.info(msg),
+    ...(config.task !== 'auto' ? { task: config.task } : {}),
   });
+  const task = servedTask(config.task, readManifest(resolved.exportDir).task, resolved.exportDir);
   const engine = await Engine.start(
     {
       modelDir: resolved.exportDir,
@@ -83,6 +87,8 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
       strictMaxTokens: config['strict-max-tokens'],
     },
     createdAt: Math.floor(Date.now() / 1000),
+    task,
+    inputEndToken: task === 'embed' ? appendedSpecialToken(files.tokenizer) : null,
   };
   const http: HttpOptions = {
     apiKey: config['api-key'] ?? null,
@@ -116,6 +122,7 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
   log.info(
     {
       model: modelName,
+      ...(task !== 'chat' ? { task } : {}),
       export: resolved.exportDir,
       layout: info.layout,
       dtype: info.dtype,
@@ -177,6 +184,16 @@ export async function startServer(config: ServeConfig, opts: { logger?: pino.Log
     }
   }
   return { url: address, close, engine };
+}
+
+/** The task a model is served for: the flag's, which an export must have been made for when it is `embed`. */
+function servedTask(flag: ServeConfig['task'], exported: ModelTask, dir: string): ModelTask {
+  if (flag === 'auto') return exported;
+  if ((flag === 'embed') !== (exported === 'embed'))
+    throw new ConfigError(
+      `--task ${flag}: ${dir} was exported ${exported === 'embed' ? 'as an embedding model' : 'with a language-model head'}; serve its checkpoint with --task ${flag} to export it for that.`,
+    );
+  return flag;
 }
 
 export async function serveCommand(argv: string[]): Promise<void> {

@@ -59,6 +59,13 @@ export const SERVE_FLAGS = {
     help: 'Graph layout when exporting a checkpoint: `fast`, `standard`',
     schema: z.enum(['fast', 'standard']),
   },
+  task: {
+    type: 'string',
+    env: 'QWEN3_SERVE_TASK',
+    default: 'auto',
+    help: "What the model serves: `chat`, `embed` (`/v1/embeddings`), `rerank` (`/v1/rerank`); `auto` reads it from the checkpoint (sentence-transformers' `modules.json`: embed; the model card's `pipeline_tag: text-ranking`: rerank; else chat)",
+    schema: z.enum(['auto', 'chat', 'embed', 'rerank']),
+  },
   'cache-dir': {
     type: 'string',
     env: 'QWEN3_SERVE_CACHE',

@@ -34,6 +34,12 @@ export interface GenerateRequest {
    * alternatives each; absent or null for none. With maxTokens 0 the prompt is only run.
    */
   promptLogprobs?: number | null;
+  /**
+   * With maxTokens 0: the prompt's last position's output, on the request's first event:
+   * the whole row ('row': an embedding model's hidden state) or the values at these
+   * indices (a reranker's "yes" / "no" logits). Absent or null: none.
+   */
+  promptOutput?: 'row' | number[] | null;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
@@ -61,6 +67,8 @@ export interface EngineEvent {
    * token, the first null (nothing precedes it).
    */
   promptLogprobs?: Array<TokenLogprob | null>;
+  /** What `promptOutput` asked for, on the first event of a prompt-only request. */
+  promptOutput?: Float32Array;
   /** Prompt tokens served from the prefix cache, on every token's event (known once the prompt was admitted). */
   cachedTokens?: number;
   finishReason: FinishReason | null;
@@ -107,6 +115,10 @@ export interface EngineInfo {
   /** The note is a warning: CUDA was tried and failed. */
   deviceNoteIsWarning: boolean;
   vocabSize: number;
+  /** Values in an embedding model's vector. */
+  hiddenSize: number;
+  /** What the export serves (manifest `task`): an `embed` engine's rows are hidden states, not logits. */
+  task: 'chat' | 'embed' | 'rerank';
   limits: EngineLimits;
   eosTokenIds: number[];
   /** KV cache and prefix-cache bytes written at start (--kv-cache-prefault), 0 without it. */

@@ -123,6 +123,8 @@ async function start(wake: () => void): Promise<EngineCore> {
     deviceNote: fallbackReason,
     deviceNoteIsWarning: cudaFailed,
     vocabSize: manifest.config.vocabSize,
+    hiddenSize: manifest.config.hiddenSize,
+    task: manifest.task,
     limits,
     eosTokenIds: generation.eosTokenIds,
     kvPrefaultedBytes: kvPrefaultedBytes + poolPrefaultedBytes,

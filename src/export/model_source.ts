@@ -5,6 +5,7 @@ import { basename, join, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
 import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
+import { detectTask, type ModelTask } from '../model/task.js';
 import type { Progress } from '../util/progress.js';
 import { exportModel } from './exporter.js';
 import type { Layout } from './graph_io.js';
@@ -20,6 +21,8 @@ export interface ModelSourceOptions {
   device: 'cpu' | 'cuda';
   progress: Progress;
   log: (msg: string) => void;
+  /** What to export the checkpoint for; absent: what it says (src/model/task.ts). */
+  task?: ModelTask;
 }
 
 export interface ResolvedModel {
@@ -75,11 +78,11 @@ export const DEMO_NAME = 'qwen3-demo-random';
  * Is the export in `dir` still the export of `source` as it is now (sizes and mtimes), by
  * the graphs this version writes?
  */
-function exportIsCurrent(dir: string, source: string): boolean {
+function exportIsCurrent(dir: string, source: string, task: ModelTask): boolean {
   if (!isExportDir(dir)) return false;
   try {
     const m = readManifest(dir);
-    if (m.exporter.graphRevision !== GRAPH_REVISION) return false;
+    if (m.exporter.graphRevision !== GRAPH_REVISION || m.task !== task) return false;
     return m.source.files.every((f) => {
       const p = join(source, f.name);
       if (!existsSync(p)) return false;
@@ -148,12 +151,14 @@ function describeFetchError(err: unknown): string {
 
 async function exportCached(source: string, name: string, o: ModelSourceOptions): Promise<string> {
   const key = createHash('sha256').update(resolve(source)).digest('hex').slice(0, 12);
-  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}`);
-  if (exportIsCurrent(dir, source)) {
+  const task = o.task ?? detectTask(source).task;
+  // An embedding graph differs (no head): it has an export of its own.
+  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}${task === 'embed' ? '-embed' : ''}`);
+  if (exportIsCurrent(dir, source, task)) {
     o.log(`using the cached export ${dir}`);
     return dir;
   }
   o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout); later starts reuse it`);
-  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress });
+  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress, task });
   return dir;
 }

@@ -13,6 +13,7 @@ import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
+import { retrievalRoutes } from './routes/retrieval.js';
 import { uiRoutes } from './routes/ui.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
@@ -114,6 +115,7 @@ export async function buildApp(
 
   await app.register(generationRoutes, { ctx, http });
   await app.register(anthropicRoutes, { ctx, http });
+  await app.register(retrievalRoutes, { ctx, http });
   await app.register(infoRoutes, { ctx });
   await app.register(operationsRoutes, { ctx, metrics });
   if (http.ui) await app.register(uiRoutes);

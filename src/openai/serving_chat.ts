@@ -2,7 +2,7 @@ import type { ChatChoice } from '../serving/chat_choice.js';
 import { chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
+import { checkModel, checkTask, newId, parseBody, unixNow } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
 
@@ -14,6 +14,7 @@ import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
 export async function serveChat(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
   const req = parseBody(chatRequestSchema, body);
   checkModel(ctx, req.model);
+  checkTask(ctx, 'chat');
   const session = await startChat(ctx, req, signal);
   const { prepared, choices } = session;
   const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;

@@ -1,6 +1,7 @@
 import type { Engine } from '../engine/engine.js';
 import type { FinishReason, RequestMetrics } from '../engine/types.js';
 import type { GenerationConfig } from '../model/generation_config.js';
+import type { ModelTask } from '../model/task.js';
 import type { ChatTemplate } from '../text/chat_template.js';
 import type { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
@@ -44,4 +45,8 @@ export interface ServingContext {
   seal: ReasoningSeal;
   /** Unix seconds the model was loaded (for `created`). */
   createdAt: number;
+  /** What the model serves: chat and completions, embeddings (/v1/embeddings), or reranking (/v1/rerank). */
+  task: ModelTask;
+  /** The token an embedding model's tokenizer appends to every text (Qwen3-Embedding's `<|endoftext|>`), or null. */
+  inputEndToken: number | null;
 }

@@ -1,0 +1,13 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { serveEmbeddings } from '../../openai/serving_embeddings.js';
+import type { ServingContext } from '../../serving/context.js';
+import { clientAbortSignal } from '../disconnect.js';
+import type { HttpOptions } from '../options.js';
+import { respond } from '../sse.js';
+
+/** OpenAI's embeddings. */
+export const retrievalRoutes: FastifyPluginAsync<{ ctx: ServingContext; http: HttpOptions }> = async (app, { ctx, http }) => {
+  app.post('/v1/embeddings', (request, reply) =>
+    respond(request, reply, http, serveEmbeddings(ctx, request.body, clientAbortSignal(request, reply))),
+  );
+};
