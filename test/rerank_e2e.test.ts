@@ -67,7 +67,13 @@ test("documents share the template's system turn through the prefix cache", asyn
 });
 
 test('bad bodies are 400s; an unknown model is a 404; the reranker refuses embeddings', async () => {
-  for (const body of [{}, { query: 'q' }, { query: 'q', documents: [] }, { query: 'q', documents: [1] }, { query: 'q', documents: ['a'], top_n: -1 }]) {
+  for (const body of [
+    {},
+    { query: 'q' },
+    { query: 'q', documents: [] },
+    { query: 'q', documents: [1] },
+    { query: 'q', documents: ['a'], top_n: -1 },
+  ]) {
     const r = await post('/v1/rerank', body);
     assert.equal(r.status, 400, JSON.stringify(body));
     assert.equal(r.body.error?.type, 'invalid_request_error');
