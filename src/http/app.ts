@@ -4,15 +4,18 @@ import cors from '@fastify/cors';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
 import { NotFoundError } from '../errors.js';
 import type { ServingContext } from '../serving/context.js';
+import { ModelRegistry } from '../serving/model_registry.js';
 import { requireApiKey } from './auth.js';
 import type { Drain } from './drain.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
-import type { ServerMetrics } from './metrics.js';
+import type { MetricsText, ServerMetrics } from './metrics.js';
+import { routeByModel, singleModel } from './model_routing.js';
 import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
+import { modelsRoutes } from './routes/models.js';
 import { retrievalRoutes } from './routes/retrieval.js';
 import { uiRoutes } from './routes/ui.js';
 
@@ -41,9 +44,10 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
 export async function buildApp(
-  ctx: ServingContext,
+  /** The model served, or the registry of a server of several (model_routing.ts). */
+  ctx: ServingContext | ModelRegistry,
   http: HttpOptions,
-  metrics: ServerMetrics,
+  metrics: ServerMetrics | MetricsText,
   drain: Drain,
   logger?: FastifyBaseLogger,
 ): Promise<FastifyInstance> {
@@ -113,11 +117,15 @@ export async function buildApp(
     void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
-  await app.register(generationRoutes, { ctx, http });
-  await app.register(anthropicRoutes, { ctx, http });
-  await app.register(retrievalRoutes, { ctx, http });
-  await app.register(infoRoutes, { ctx });
-  await app.register(operationsRoutes, { ctx, metrics });
+  const ctxFor = ctx instanceof ModelRegistry ? routeByModel(app, ctx) : singleModel(ctx);
+  await app.register(generationRoutes, { ctxFor, http });
+  await app.register(anthropicRoutes, { ctxFor, http });
+  await app.register(retrievalRoutes, { ctxFor, http });
+  if (ctx instanceof ModelRegistry) await app.register(modelsRoutes, { registry: ctx, ctxFor, metrics });
+  else {
+    await app.register(infoRoutes, { ctx });
+    await app.register(operationsRoutes, { ctx, metrics: metrics as ServerMetrics });
+  }
   if (http.ui) await app.register(uiRoutes);
   return app;
 }

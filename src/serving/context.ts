@@ -15,6 +15,8 @@ export type ReasoningEffortBudgets = Record<'minimal' | 'low' | 'medium' | 'high
 export interface ServingOptions {
   /** The model id clients name in requests and see in /v1/models. */
   modelName: string;
+  /** Other names requests may give it (a server of several models: docs/models.md). */
+  aliases?: string[];
   reasoningField: ReasoningField;
   /** Thinking on unless a request turns it off. */
   defaultThinking: boolean;

@@ -21,7 +21,7 @@ export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infe
 }
 
 export function checkModel(ctx: ServingContext, model: string | undefined): void {
-  if (model !== undefined && model !== ctx.options.modelName) {
+  if (model !== undefined && model !== ctx.options.modelName && !ctx.options.aliases?.includes(model)) {
     throw new NotFoundError(`The model \`${model}\` does not exist. This server serves \`${ctx.options.modelName}\`.`, {
       param: 'model',
       code: 'model_not_found',
