@@ -3,6 +3,7 @@ import { after, before, test } from 'node:test';
 import { createOpenAI } from '@ai-sdk/openai';
 import { OpenAIEmbeddings } from '@langchain/openai';
 import { embed, embedMany } from 'ai';
+import { runRetrievalBench } from '../src/bench/retrieval_bench.js';
 import { RETRIEVAL_CASES, retrievalCheckpoint } from './support/retrieval_models.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -191,4 +192,27 @@ test("the Vercel AI SDK's embed and embedMany match the API's vectors", async ()
   assert.deepEqual(one.embedding, api[0]);
   assert.deepEqual(many.embeddings, api);
   assert.equal(one.usage.tokens, 3);
+});
+
+test('bench --endpoint embeddings: every input sent once per batch size, inputs per second reported', async () => {
+  const { model, levels } = await runRetrievalBench({
+    baseUrl: `${server.url}/v1`,
+    model: null,
+    apiKey: null,
+    endpoint: 'embeddings',
+    inputLen: 16,
+    batchSizes: [1, 4],
+    numInputs: 8,
+    seed: 1,
+    timeout: 60,
+  });
+  assert.equal(model, MODEL);
+  assert.deepEqual(
+    levels.map((l) => [l.batch, l.requests, l.inputs]),
+    [
+      [1, 8, 8],
+      [4, 2, 8],
+    ],
+  );
+  for (const l of levels) assert.ok(l.inputsPerSecond > 0 && l.inputsPerSecond === l.inputs / l.seconds);
 });

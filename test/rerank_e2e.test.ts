@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { runRetrievalBench } from '../src/bench/retrieval_bench.js';
 import { RETRIEVAL_CASES, retrievalCheckpoint } from './support/retrieval_models.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
@@ -84,4 +85,22 @@ test('bad bodies are 400s; an unknown model is a 404; the reranker refuses embed
   const embed = await post('/v1/embeddings', { input: 'x' });
   assert.equal(embed.status, 400);
   assert.equal(embed.body.error?.code, 'model_task_mismatch');
+});
+
+test('bench --endpoint rerank: documents per query at each batch size', async () => {
+  const { levels } = await runRetrievalBench({
+    baseUrl: `${server.url}/v1`,
+    model: MODEL,
+    apiKey: null,
+    endpoint: 'rerank',
+    inputLen: 8,
+    batchSizes: [2],
+    numInputs: 6,
+    seed: 1,
+    timeout: 60,
+  });
+  assert.deepEqual(
+    levels.map((l) => [l.batch, l.requests, l.inputs]),
+    [[2, 3, 6]],
+  );
 });
