@@ -37,11 +37,11 @@ export async function serveRerank(ctx: ServingContext, body: unknown, signal: Ab
   const instruction = req.instruction ?? RERANK_DEFAULT_INSTRUCTION;
   const [prefix, suffix] = await Promise.all([ctx.codec.encode(RERANK_PREFIX), ctx.codec.encode(RERANK_SUFFIX)]);
   const room = ctx.engine.info!.limits.maxModelLen - prefix.length - suffix.length;
+  if (room < 1) throw new InvalidRequestError('The context is too short for the reranker template.', { code: 'context_length_exceeded' });
   // The model card cuts the query and document text to the room the template leaves.
   const prompts = await Promise.all(
     texts.map(async (doc) => [...prefix, ...(await ctx.codec.encode(rerankBody(instruction, req.query, doc))).slice(0, room), ...suffix]),
   );
-  if (room < 1) throw new InvalidRequestError('The context is too short for the reranker template.', { code: 'context_length_exceeded' });
   const run = await runPromptOutputs(
     ctx,
     prompts.map((ids) => promptOnlyRequest(ids, [yes, no])),
