@@ -5,7 +5,7 @@ import { prepareChat } from '../serving/chat_prompt.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { newId, parseBody } from '../serving/request.js';
+import { checkTask, newId, parseBody } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import {
   type AnthropicMessage,
@@ -162,6 +162,7 @@ function stopReason(c: ChatChoice): { stop_reason: string; stop_sequence: string
 
 export async function serveMessages(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(messagesRequestSchema, body);
+  checkTask(ctx, 'chat');
   const session = await startChat(ctx, toChatRequest(ctx, req), signal, caller);
   const notes = { ignoredTools: splitTools(req.tools).ignored };
   const c = session.choices[0];

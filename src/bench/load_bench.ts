@@ -237,7 +237,7 @@ export function datasetJobs(o: LoadBenchOptions, level: number): Job[] {
   }
 }
 
-export async function resolveModelName(o: LoadBenchOptions): Promise<string> {
+export async function resolveModelName(o: Pick<LoadBenchOptions, 'baseUrl' | 'model' | 'apiKey'>): Promise<string> {
   if (o.model) return o.model;
   const res = await fetch(`${o.baseUrl}/models`, { headers: o.apiKey ? { authorization: `Bearer ${o.apiKey}` } : {} });
   if (!res.ok) throw new Error(`GET ${o.baseUrl}/models: HTTP ${res.status}`);

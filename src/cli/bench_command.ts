@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { z } from 'zod';
 import { renderChart } from '../bench/chart.js';
 import { markdownTable, runLoadBench } from '../bench/load_bench.js';
+import { retrievalTable, runRetrievalBench } from '../bench/retrieval_bench.js';
 import { type Flags, formatHelp, parseCommand, seconds, wholeNumber } from './flags.js';
 
 export const BENCH_FLAGS = {
@@ -17,8 +18,17 @@ export const BENCH_FLAGS = {
   endpoint: {
     type: 'string',
     default: 'completions',
-    help: 'completions (token-id prompts, exact lengths) or chat',
-    schema: z.enum(['completions', 'chat']),
+    help: 'completions (token-id prompts, exact lengths) or chat; `embeddings` or `rerank` measure inputs per second at each `--batch` size',
+    schema: z.enum(['completions', 'chat', 'embeddings', 'rerank']),
+  },
+  batch: {
+    type: 'string',
+    default: '1,32',
+    help: 'embeddings / rerank: inputs per request (rerank: documents per query), comma-separated sizes',
+    schema: z
+      .string()
+      .regex(/^\d+(,\d+)*$/, 'expected numbers separated by commas')
+      .transform((s) => s.split(',').map(Number)),
   },
   dataset: {
     type: 'string',
@@ -79,12 +89,14 @@ export const BENCH_HELP = formatHelp(
 export async function benchCommand(argv: string[]): Promise<void> {
   const o = parseCommand(BENCH_FLAGS, argv, BENCH_HELP);
   if (!o) return;
+  if (o.endpoint === 'embeddings' || o.endpoint === 'rerank') return retrievalBench(o);
+  const endpoint = o.endpoint;
   const { model, levels } = await runLoadBench(
     {
       baseUrl: o['base-url'].replace(/\/+$/, ''),
       model: o.model ?? null,
       apiKey: o['api-key'] ?? null,
-      endpoint: o.endpoint,
+      endpoint,
       inputLen: o['input-len'],
       outputLen: o['output-len'],
       numPrompts: o['num-prompts'],
@@ -127,4 +139,30 @@ export async function benchCommand(argv: string[]): Promise<void> {
     writeFileSync(`${o.out}.png`, await renderChart(levels, `${model}: input ${o['input-len']}, output ${o['output-len']}`));
   }
   process.stderr.write(`wrote ${o.out}.json, ${o.out}.md${levels[0]?.concurrency !== null ? `, ${o.out}.png` : ''}\n`);
+}
+
+/** `--endpoint embeddings|rerank`: inputs per second at each batch size. */
+async function retrievalBench(o: NonNullable<ReturnType<typeof parseCommand<typeof BENCH_FLAGS>>>): Promise<void> {
+  const endpoint = o.endpoint as 'embeddings' | 'rerank';
+  const { model, levels } = await runRetrievalBench(
+    {
+      baseUrl: o['base-url'].replace(/\/+$/, ''),
+      model: o.model ?? null,
+      apiKey: o['api-key'] ?? null,
+      endpoint,
+      inputLen: o['input-len'],
+      batchSizes: o.batch,
+      numInputs: o['num-prompts'],
+      seed: o.seed,
+      timeout: o.timeout,
+    },
+    (line) => process.stderr.write(`${line}\n`),
+  );
+  const table = retrievalTable(levels);
+  process.stdout.write(`\n${model} via ${endpoint}, ${o['input-len']} words per input, ${o['num-prompts']} inputs per batch size\n\n${table}\n`);
+  mkdirSync(dirname(o.out) || '.', { recursive: true });
+  const meta = { model, baseUrl: o['base-url'], endpoint, inputLen: o['input-len'], numInputs: o['num-prompts'], date: new Date().toISOString() };
+  writeFileSync(`${o.out}.json`, JSON.stringify({ ...meta, levels }, null, 2));
+  writeFileSync(`${o.out}.md`, `${table}\n`);
+  process.stderr.write(`wrote ${o.out}.json, ${o.out}.md\n`);
 }

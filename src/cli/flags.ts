@@ -15,11 +15,13 @@ export interface Flag<S extends z.ZodType = z.ZodType> {
   /** Shown instead of `default` for a default the code works out (e.g. "all cores"). */
   defaultText?: string;
   help: string;
+  /** The flag may be given several times; its value is then the list (a variable gives one). */
+  multiple?: true;
   schema: S;
 }
 
 export type Flags = Record<string, Flag>;
-export type FlagValues = Record<string, string | boolean | undefined>;
+export type FlagValues = Record<string, string | string[] | boolean | undefined>;
 export type ConfigOf<F extends Flags> = { [K in keyof F]: z.output<F[K]['schema']> };
 
 /** The zod object validating a command's flags (after defaults are filled in). */
@@ -34,8 +36,8 @@ export function flagSchema<F extends Flags>(flags: F): z.ZodType<ConfigOf<F>> {
  * fills absent flags from their environment variables, then from their defaults.
  */
 export function parseFlags(flags: Flags, argv: string[], env: NodeJS.ProcessEnv = process.env): FlagValues {
-  const options: Record<string, { type: 'string' | 'boolean' }> = { help: { type: 'boolean' } };
-  for (const [name, f] of Object.entries(flags)) options[name] = { type: f.type };
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' } };
+  for (const [name, f] of Object.entries(flags)) options[name] = f.multiple ? { type: f.type, multiple: true } : { type: f.type };
   let values: FlagValues;
   try {
     const parsed = parseArgs({ args: argv, options, strict: true, allowPositionals: false });
@@ -51,12 +53,12 @@ export function parseFlags(flags: Flags, argv: string[], env: NodeJS.ProcessEnv 
         if (!/^(1|0|true|false|yes|no)$/i.test(raw)) throw new ConfigError(`${f.env}=${raw}: expected true or false.`);
         values[name] = /^(1|true|yes)$/i.test(raw);
       } else {
-        values[name] = raw;
+        values[name] = f.multiple ? [raw] : raw;
       }
     } else if (f.type === 'boolean') {
       values[name] = false;
     } else if (f.default !== undefined) {
-      values[name] = f.default;
+      values[name] = f.multiple ? [f.default] : f.default;
     }
   }
   return values;

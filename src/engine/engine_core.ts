@@ -66,7 +66,7 @@ export class EngineCore {
     const kv = new KvCacheManager<Sequence>(kvCostModel(runner.manifest.layout), prefixCache, disk);
     this.scheduler = new Scheduler<Sequence>(limits, kv, grid);
     this.executor = new StepExecutor(runner, kv);
-    this.intake = new RequestIntake(limits, runner.promptLogits, options);
+    this.intake = new RequestIntake(limits, runner.promptLogits, options, runner.vocabSize);
   }
 
   /** Runs one step; false when nothing could move (every running sequence waits for its grammar). */
@@ -88,7 +88,7 @@ export class EngineCore {
       if (promptDone) {
         this.totals.prompt += promptDone.promptLength;
         // The prompt alone was asked for (echo, max_tokens 0): its scores if asked, no token.
-        if (promptDone.request.maxTokens === 0) this.finish(promptDone, { reason: 'length', stopReason: null }, true);
+        if (promptDone.request.maxTokens === 0) this.finish(promptDone, { reason: 'length', stopReason: null }, true, logits.prefill);
         else this.sample(promptDone, logits.prefill!);
       }
       return resumed || plan.decode.length > 0 || plan.prefill !== null || plan.preempted.length > 0 || plan.kv.fill.length > 0;
@@ -218,9 +218,9 @@ export class EngineCore {
     this.holding.delete(seq);
   }
 
-  /** Ends a request; `promptOnly` sends its (empty) first event, which carries the prompt's scores, first. */
-  private finish(seq: Sequence, ending: Ending, promptOnly = false): void {
-    if (promptOnly) this.pendingEvents.push(seq.output.event([], '', null, seq.cachedTokens ?? 0));
+  /** Ends a request; `promptOnly` sends its first event (output_processor.ts promptEvent) first. */
+  private finish(seq: Sequence, ending: Ending, promptOnly = false, last: Float32Array | null = null): void {
+    if (promptOnly) this.pendingEvents.push(seq.output.promptEvent(seq.cachedTokens ?? 0, last));
     this.remove(seq);
     this.totals.finished++;
     this.pendingEvents.push(seq.output.finished(ending, seq.cachedTokens ?? 0, seq.preemptions, this.now()));

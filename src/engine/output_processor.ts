@@ -69,6 +69,18 @@ export class OutputProcessor {
   }
 
   /** A request's event; the first one carries the prompt's scores when they were asked for. */
+  /**
+   * A prompt-only request's (empty) first event: the prompt's scores, and the output it
+   * asked for of `last`, its last position's row (see GenerateRequest.promptOutput).
+   */
+  promptEvent(cachedTokens: number, last: Float32Array | null): EngineEvent {
+    const event = this.event([], '', null, cachedTokens);
+    const wanted = this.request.promptOutput;
+    // A copy: the row lies in a buffer the runner may reuse.
+    if (wanted && last) event.promptOutput = wanted === 'row' ? last.slice() : Float32Array.from(wanted, (i) => last[i]);
+    return event;
+  }
+
   event(tokenIds: number[], text: string, logprobs: TokenLogprob[] | null, cachedTokens: number): EngineEvent {
     const promptLogprobs = this.prompt?.scoredTo === Infinity ? undefined : this.prompt?.take();
     return {

@@ -25,6 +25,8 @@ export class RequestIntake {
     /** The export returns every position's logits (prompt log-probabilities). */
     private readonly promptLogits: boolean,
     private readonly options: IntakeOptions,
+    /** Values per output row (the vocabulary, or an embedding model's hidden size). */
+    private readonly rowWidth = Infinity,
   ) {}
 
   /** Throws why the engine cannot take `req`, if it cannot. */
@@ -36,6 +38,11 @@ export class RequestIntake {
       const message =
         "This export returns only the last position's logits, so prompt log-probabilities (echo with logprobs) are unavailable; export the model again.";
       throw new InvalidRequestError(message, { code: 'prompt_logprobs_unavailable' });
+    }
+    if (req.promptOutput !== null && req.promptOutput !== undefined) {
+      if (req.maxTokens !== 0) throw new Error('a prompt output is for prompt-only requests (maxTokens 0)');
+      if (Array.isArray(req.promptOutput) && req.promptOutput.some((i) => !Number.isInteger(i) || i < 0 || i >= this.rowWidth))
+        throw new Error(`a prompt output index is outside the row (${this.rowWidth})`);
     }
     // The one context-length check: the serving layer only fills in max_tokens when absent.
     const { maxModelLen } = this.limits;

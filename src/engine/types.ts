@@ -35,6 +35,12 @@ export interface GenerateRequest {
    */
   promptLogprobs?: number | null;
   /**
+   * With maxTokens 0: the prompt's last position's output, on the request's first event:
+   * the whole row ('row': an embedding model's hidden state) or the values at these
+   * indices (a reranker's "yes" / "no" logits). Absent or null: none.
+   */
+  promptOutput?: 'row' | number[] | null;
+  /**
    * The prefix cache's scope for this request (the key's scope and the request's
    * cache_salt, src/serving/cache_scope.ts): its blocks are shared only with requests of
    * the same salt. Absent or null: the shared scope.
@@ -78,6 +84,8 @@ export interface EngineEvent {
    * token, the first null (nothing precedes it).
    */
   promptLogprobs?: Array<TokenLogprob | null>;
+  /** What `promptOutput` asked for, on the first event of a prompt-only request. */
+  promptOutput?: Float32Array;
   /** Prompt tokens served from the prefix cache, on every token's event (known once the prompt was admitted). */
   cachedTokens?: number;
   finishReason: FinishReason | null;
@@ -124,6 +132,10 @@ export interface EngineInfo {
   /** The note is a warning: CUDA was tried and failed. */
   deviceNoteIsWarning: boolean;
   vocabSize: number;
+  /** Values in an embedding model's vector. */
+  hiddenSize: number;
+  /** What the export serves (manifest `task`): an `embed` engine's rows are hidden states, not logits. */
+  task: 'chat' | 'embed' | 'rerank';
   limits: EngineLimits;
   /** What the model takes: its weights (the export's files) and the KV cache budget, in bytes. */
   memory: { weightBytes: number; kvBytes: number };

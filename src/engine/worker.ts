@@ -164,6 +164,8 @@ async function start(wake: () => void): Promise<EngineCore> {
     deviceNote: fallbackReason,
     deviceNoteIsWarning: cudaFailed,
     vocabSize: manifest.config.vocabSize,
+    hiddenSize: manifest.config.hiddenSize,
+    task: manifest.task,
     limits,
     memory: { weightBytes: weights, kvBytes },
     eosTokenIds: generation.eosTokenIds,

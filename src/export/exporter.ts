@@ -4,6 +4,7 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { ConfigError, ModelFormatError } from '../errors.js';
 import { loadQwen3Config, type Qwen3Config } from '../model/config.js';
 import { SafetensorsCheckpoint } from '../model/safetensors.js';
+import { detectTask, MODEL_TASKS, type ModelTask } from '../model/task.js';
 import { type Progress, silentProgress } from '../util/progress.js';
 import { PACKAGE_VERSION } from '../version.js';
 import type { GraphIo, Layout } from './graph_io.js';
@@ -33,6 +34,8 @@ export interface ExportOptions {
   int4AccuracyLevel?: number;
   /** int4: weights per scale along the input dimension (a power of two, 16–256). */
   int4BlockSize?: number;
+  /** What the model is for (default: what the checkpoint says, src/model/task.ts); `embed` graphs output the last hidden state. */
+  task?: ModelTask;
   progress?: Progress;
 }
 
@@ -48,12 +51,13 @@ const OPTIONAL_FILES = [
 ];
 
 /** Every tensor the graph reads, with the shape config.json implies. */
-export function expectedTensors(cfg: Qwen3Config): Map<string, number[]> {
+export function expectedTensors(cfg: Qwen3Config, task: ModelTask = 'chat'): Map<string, number[]> {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = cfg;
   const m = new Map<string, number[]>();
   m.set('model.embed_tokens.weight', [V, H]);
   m.set('model.norm.weight', [H]);
-  if (!cfg.tieWordEmbeddings) m.set('lm_head.weight', [V, H]);
+  // An embedding model has no head (Qwen3-Embedding ships none).
+  if (!cfg.tieWordEmbeddings && task !== 'embed') m.set('lm_head.weight', [V, H]);
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
     m.set(`${p}.input_layernorm.weight`, [H]);
@@ -106,7 +110,7 @@ export async function sourceFingerprint(modelDir: string, weightFiles: string[])
   return out;
 }
 
-type ValidOptions = Required<Omit<ExportOptions, 'progress' | 'int4AccuracyLevel' | 'int4BlockSize'>> & {
+type ValidOptions = Required<Omit<ExportOptions, 'progress' | 'int4AccuracyLevel' | 'int4BlockSize' | 'task'>> & {
   int4: { blockSize: number; accuracyLevel: number };
 };
 
@@ -172,13 +176,15 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
     throw new ConfigError(`output directory ${o.outDir} exists; pass --force to replace it.`);
   }
   const cfg = loadQwen3Config(o.modelDir);
+  const task = options.task ?? detectTask(o.modelDir).task;
+  if (!MODEL_TASKS.includes(task)) throw new ConfigError(`unknown task ${JSON.stringify(task)}; expected ${MODEL_TASKS.join(', ')}.`);
   for (const f of REQUIRED_FILES) {
     if (!existsSync(join(o.modelDir, f))) throw new ModelFormatError(`${o.modelDir} is missing ${f}.`);
   }
   const ckpt = new SafetensorsCheckpoint(o.modelDir);
   // Check every tensor before writing anything: a missing or mis-shaped tensor is
   // reported in a second, not after minutes of export.
-  for (const [name, shape] of expectedTensors(cfg)) ckpt.info(name, shape);
+  for (const [name, shape] of expectedTensors(cfg, task)) ckpt.info(name, shape);
 
   const activationFp16 = o.dtype === 'fp16' || o.device === 'cuda';
   const kvType = { fp16: DataType.FLOAT16, fp32: DataType.FLOAT, int8: DataType.INT8 }[o.kvDtype];
@@ -192,12 +198,13 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
   try {
     const writer = new ExternalDataWriter(join(tmp, dataRel), basename(dataRel));
     let io: GraphIo;
-    const total = [...expectedTensors(cfg).keys()].reduce((n, name) => n + ckpt.info(name).end - ckpt.info(name).start, 0);
+    const total = [...expectedTensors(cfg, task).keys()].reduce((n, name) => n + ckpt.info(name).end - ckpt.info(name).start, 0);
     progress.start(total, `export ${o.dtype}/${o.layout}`);
     try {
       const g = new GraphBuilder(writer);
       const w = new WeightEmitter(g, ckpt, o.dtype, activationFp16, o.int4, (name, bytes) => progress.advance(bytes, name));
-      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType, o.attention) : buildStandardGraph(g, w, cfg);
+      const output = task === 'embed' ? 'hidden' : 'logits';
+      io = o.layout === 'fast' ? buildFastGraph(g, w, cfg, kvType, o.attention, output) : buildStandardGraph(g, w, cfg, output);
       writeFileSync(join(tmp, modelRel), g.encode({ '': 17, 'com.microsoft': 1 }, 'qwen3-serve'));
     } finally {
       writer.close();
@@ -210,6 +217,7 @@ export async function exportModel(options: ExportOptions): Promise<Manifest> {
       format: MANIFEST_FORMAT,
       version: MANIFEST_VERSION,
       layout: o.layout,
+      task,
       dtype: o.dtype,
       kvDtype: ({ fp16: 'float16', fp32: 'float32', int8: 'int8' } as const)[o.kvDtype],
       activationDtype: activationFp16 ? 'float16' : 'float32',

@@ -37,6 +37,8 @@ const manifestSchema = z.object({
   format: z.literal(MANIFEST_FORMAT),
   version: z.literal(MANIFEST_VERSION),
   layout: z.enum(['fast', 'standard']),
+  /** What the model serves: `embed` graphs output `hidden_states` (the final norm's, per position) instead of logits. */
+  task: z.enum(['chat', 'embed', 'rerank']).default('chat'),
   dtype: z.enum(['fp32', 'fp16', 'int4']),
   /** Element type of the KV cache inputs/outputs (activations may differ, see below). */
   kvDtype: z.enum(['float32', 'float16', 'int8']),
@@ -78,6 +80,11 @@ const manifestSchema = z.object({
 });
 
 export type Manifest = z.infer<typeof manifestSchema>;
+
+/** The graph output the runtime reads, and its width per position. */
+export function graphOutput(m: Manifest): { name: 'logits' | 'hidden_states'; width: number } {
+  return m.task === 'embed' ? { name: 'hidden_states', width: m.config.hiddenSize } : { name: 'logits', width: m.config.vocabSize };
+}
 
 export function ioName(template: string, layer: number): string {
   return template.replace('{layer}', String(layer));

@@ -6,6 +6,7 @@ import { ConfigError, ModelFormatError } from '../errors.js';
 import { loadQwen3Config } from '../model/config.js';
 import { downloadFromHub, HUB_REPO_ID } from '../model/hub.js';
 import { writeRandomCheckpoint } from '../model/random_checkpoint.js';
+import { detectTask, type ModelTask } from '../model/task.js';
 import { availableBytes, checkFits } from '../runtime/memory_plan.js';
 import type { Progress } from '../util/progress.js';
 import { estimateWeightBytes } from './export_size.js';
@@ -23,6 +24,8 @@ export interface ModelSourceOptions {
   device: 'cpu' | 'cuda';
   progress: Progress;
   log: (msg: string) => void;
+  /** What to export the checkpoint for; absent: what it says (src/model/task.ts). */
+  task?: ModelTask;
 }
 
 export interface ResolvedModel {
@@ -78,11 +81,11 @@ export const DEMO_NAME = 'qwen3-demo-random';
  * Is the export in `dir` still the export of `source` as it is now (sizes and mtimes), by
  * the graphs this version writes?
  */
-function exportIsCurrent(dir: string, source: string): boolean {
+function exportIsCurrent(dir: string, source: string, task: ModelTask): boolean {
   if (!isExportDir(dir)) return false;
   try {
     const m = readManifest(dir);
-    if (m.exporter.graphRevision !== GRAPH_REVISION) return false;
+    if (m.exporter.graphRevision !== GRAPH_REVISION || m.task !== task) return false;
     return m.source.files.every((f) => {
       const p = join(source, f.name);
       if (!existsSync(p)) return false;
@@ -151,8 +154,10 @@ function describeFetchError(err: unknown): string {
 
 async function exportCached(source: string, name: string, o: ModelSourceOptions): Promise<string> {
   const key = createHash('sha256').update(resolve(source)).digest('hex').slice(0, 12);
-  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}`);
-  if (exportIsCurrent(dir, source)) {
+  const task = o.task ?? detectTask(source).task;
+  // An embedding graph differs (no head): it has an export of its own.
+  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}${task === 'embed' ? '-embed' : ''}`);
+  if (exportIsCurrent(dir, source, task)) {
     o.log(`using the cached export ${dir}`);
     return dir;
   }
@@ -160,6 +165,6 @@ async function exportCached(source: string, name: string, o: ModelSourceOptions)
   const weights = estimateWeightBytes(loadQwen3Config(source), o.dtype, o.dtype === 'fp16' || o.device === 'cuda', INT4_BLOCK_SIZE);
   checkFits(weights, 0, availableBytes(), o.device);
   o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout, weights about ${Math.ceil(weights / 2 ** 20)} MiB); later starts reuse it`);
-  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress });
+  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress, task });
   return dir;
 }

@@ -13,6 +13,8 @@ const INT64_MAX = Number.MAX_SAFE_INTEGER;
  * token only.
  */
 export type AttentionKind = 'matmul' | 'gqa';
+/** What leaves the graph per position: the head's logits, or the final norm's hidden state (embedding models). */
+export type GraphOutput = 'logits' | 'hidden';
 
 /**
  * Attention over the caller's capacity buffer read in place (CPU default): scores against
@@ -79,6 +81,7 @@ export function buildFastGraph(
   cfg: Qwen3Config,
   kvType: ElemType = w.act,
   attention: AttentionKind = 'gqa',
+  output: GraphOutput = 'logits',
 ): GraphIo {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, vocabSize: V } = cfg;
   const T = kvType;
@@ -97,7 +100,7 @@ export function buildFastGraph(
   const seqlensK = g.input('seqlens_k', DataType.INT32, ['batch']);
   const totalLen = g.input('total_sequence_length', DataType.INT32, []);
   const inputs = [ids, pos, seqlensK, totalLen];
-  const outputs = ['logits'];
+  const outputs = [output === 'hidden' ? 'hidden_states' : 'logits'];
 
   const rope = ropeTables(cfg);
   const cos = w.floatTensor('rope.cos', [cfg.maxPositionEmbeddings, HD / 2], rope.cos);
@@ -211,8 +214,13 @@ export function buildFastGraph(
   inputs.push(logitsStart);
   const kept = g.op('Slice', [x, logitsStart, g.int64s([INT64_MAX]), g.int64s([1])]);
   const h = norm(g.op('Reshape', [kept, g.int64s([-1, H])]), w.vector('model.norm.weight', H));
-  g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
-  g.output('logits', DataType.FLOAT, ['logit_rows', V]);
+  if (output === 'hidden') {
+    g.node('Identity', [castToFloat(g, w, h)], { outputs: ['hidden_states'] });
+    g.output('hidden_states', DataType.FLOAT, ['logit_rows', H]);
+  } else {
+    g.node('Identity', [castToFloat(g, w, lmHead(h))], { outputs: ['logits'] });
+    g.output('logits', DataType.FLOAT, ['logit_rows', V]);
+  }
   const { pastKeyScale, pastValueScale, newKeyScale, newValueScale, ...kvNames } = FAST_IO_NAMES;
   return { inputs, outputs, ...kvNames, ...(quantKv ? { pastKeyScale, pastValueScale, newKeyScale, newValueScale } : {}) };
 }
@@ -222,7 +230,7 @@ export function buildFastGraph(
  * attention_mask + past_key_values.N.key/value in, logits for every position and
  * present.N.key/value out. transformers.js and other ONNX tools run it as is.
  */
-export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config): GraphIo {
+export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, output: GraphOutput = 'logits'): GraphIo {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, vocabSize: V } = cfg;
   const T = w.act;
   const groups = NH / KVH;
@@ -230,7 +238,7 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
   const mask = g.input('attention_mask', DataType.INT64, ['batch_size', 'total_sequence_length']);
   const pos = g.input('position_ids', DataType.INT64, ['batch_size', 'sequence_length']);
   const inputs = [ids, mask, pos];
-  const outputs = ['logits'];
+  const outputs = [output === 'hidden' ? 'hidden_states' : 'logits'];
   const eps = cfg.rmsNormEps;
 
   // RMSNorm in float32 whatever the graph dtype, like the reference implementation.
@@ -314,9 +322,11 @@ export function buildStandardGraph(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3
   for (let l = 0; l < cfg.numLayers; l++) x = decoderLayer(g, w, cfg, x, l, { norm: rmsNorm, attention });
   const h = rmsNorm(x, w.vector('model.norm.weight', H));
   const h2d = g.op('Reshape', [h, g.int64s([-1, H])]);
-  const logits2d = castToFloat(g, w, lmHead(h2d));
-  const outShape = g.op('Concat', [shapeIds, g.int64s([V])], { axis: int(0) });
-  g.node('Reshape', [logits2d, outShape], { outputs: ['logits'] });
-  g.output('logits', DataType.FLOAT, ['batch_size', 'sequence_length', V]);
+  const name = outputs[0];
+  const width = output === 'hidden' ? H : V;
+  const out2d = castToFloat(g, w, output === 'hidden' ? h2d : lmHead(h2d));
+  const outShape = g.op('Concat', [shapeIds, g.int64s([width])], { axis: int(0) });
+  g.node('Reshape', [out2d, outShape], { outputs: [name] });
+  g.output(name, DataType.FLOAT, ['batch_size', 'sequence_length', width]);
   return { inputs, outputs, ...STANDARD_IO_NAMES };
 }

@@ -5,17 +5,21 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import { AppError, NotFoundError } from '../errors.js';
 import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
+import { ModelRegistry } from '../serving/model_registry.js';
 import type { ApiKey, Keyring } from './api_keys.js';
 import { requireApiKey } from './auth.js';
 import type { Drain } from './drain.js';
 import { clientErrorResponse, frameworkError, toAnthropicError, toOpenAIError } from './error_envelope.js';
 import { parseJsonBodies } from './json_body.js';
 import { anthropicRateHeaders, type KeyLimiter, openAIRateHeaders } from './key_limits.js';
-import type { ServerMetrics } from './metrics.js';
+import type { MetricsText, ServerMetrics } from './metrics.js';
+import { routeByModel, singleModel } from './model_routing.js';
 import type { HttpOptions } from './options.js';
 import { anthropicRoutes } from './routes/anthropic.js';
 import { generationRoutes } from './routes/generation.js';
 import { infoRoutes, operationsRoutes } from './routes/info.js';
+import { modelsRoutes } from './routes/models.js';
+import { retrievalRoutes } from './routes/retrieval.js';
 import { uiRoutes } from './routes/ui.js';
 
 const REQUEST_ID = /^[\w\-.:]{1,128}$/;
@@ -78,9 +82,10 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
 export async function buildApp(
-  ctx: ServingContext,
+  /** The model served, or the registry of a server of several (model_routing.ts). */
+  ctx: ServingContext | ModelRegistry,
   http: HttpOptions,
-  metrics: ServerMetrics,
+  metrics: ServerMetrics | MetricsText,
   drain: Drain,
   tenancy: Tenancy,
   logger?: FastifyBaseLogger,
@@ -167,7 +172,7 @@ export async function buildApp(
       void discardBody(request.raw, Math.max(4 * http.bodyLimit, 64 * 2 ** 20));
     }
     if (err instanceof AppError && err.code === 'rate_limit_exceeded' && request.caller.key)
-      metrics.rateLimited(request.caller.key, err.param ?? 'unknown');
+      metrics.rateLimited?.(request.caller.key, err.param ?? 'unknown');
     if (mapped.internal) request.log.error({ err, request_id: request.id }, 'internal error');
     else request.log.info({ status: mapped.status, message: mapped.body.error.message }, 'request rejected');
     return reply.code(mapped.status).headers(mapped.headers).send(mapped.body);
@@ -178,10 +183,15 @@ export async function buildApp(
     void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
-  await app.register(generationRoutes, { ctx, http });
-  await app.register(anthropicRoutes, { ctx, http });
-  await app.register(infoRoutes, { ctx });
-  await app.register(operationsRoutes, { ctx, metrics });
+  const ctxFor = ctx instanceof ModelRegistry ? routeByModel(app, ctx) : singleModel(ctx);
+  await app.register(generationRoutes, { ctxFor, http });
+  await app.register(anthropicRoutes, { ctxFor, http });
+  await app.register(retrievalRoutes, { ctxFor, http });
+  if (ctx instanceof ModelRegistry) await app.register(modelsRoutes, { registry: ctx, ctxFor, metrics });
+  else {
+    await app.register(infoRoutes, { ctx });
+    await app.register(operationsRoutes, { ctx, metrics: metrics as ServerMetrics });
+  }
   if (http.ui) await app.register(uiRoutes);
   return app;
 }

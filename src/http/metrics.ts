@@ -250,4 +250,27 @@ export class ServerMetrics {
       this.snapshot = null;
     }
   }
+
+  /** The metrics as prom-client's JSON, for a server of several models to merge (mergedMetricsText). */
+  async json(): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[]> {
+    this.snapshot = this.engine.stats();
+    try {
+      return await this.registry.getMetricsAsJSON();
+    } finally {
+      this.snapshot = null;
+    }
+  }
+}
+
+/** What /metrics serves of a server of several models: each loaded model's series, told apart by `model_name`. */
+export interface MetricsText {
+  text(): Promise<string>;
+  /** Counts a 429 for an API key's limit, where the metrics keep per-key counters. */
+  rateLimited?(key: string, limit: string): void;
+}
+
+export async function mergedMetricsText(parts: ServerMetrics[]): Promise<string> {
+  if (parts.length === 0) return '';
+  const merged = client.AggregatorRegistry.aggregate(await Promise.all(parts.map((m) => m.json())));
+  return merged.metrics();
 }

@@ -1,4 +1,4 @@
-import { closeSync, copyFileSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mulberry32 } from '../util/random.js';
@@ -30,6 +30,12 @@ export interface RandomCheckpointOptions {
   seed?: number;
   /** Standard deviation of the projection weights (trained Qwen3 models are near 0.02). */
   std?: number;
+  /**
+   * What the checkpoint is laid out as: a causal LM (default); Qwen3-Embedding's bare
+   * Qwen3Model (no `model.` prefix, no lm_head) with its sentence-transformers files and
+   * end-of-text post-processor; or Qwen3-Reranker's causal LM with a `text-ranking` model card.
+   */
+  kind?: 'causal' | 'embedding' | 'reranker';
   /** Values for chosen tensors instead of random ones (e.g. hand-built test models). */
   override?: (name: string, shape: number[]) => Float32Array | null;
   /** A Qwen3-MoE checkpoint (model_type qwen3_moe) with these experts. */
@@ -71,7 +77,7 @@ interface PlannedTensor {
   kind: 'weight' | 'norm';
 }
 
-function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype' | 'override'>>): PlannedTensor[] {
+function plan(o: Required<Omit<RandomCheckpointOptions, 'shards' | 'seed' | 'std' | 'dtype' | 'override' | 'kind'>>): PlannedTensor[] {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD, intermediateSize: I, vocabSize: V } = o;
   const t: PlannedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [V, H], kind: 'weight' }];
   const sparse = o.moe ? moeSparseLayers(o.numLayers, o.moe.decoderSparseStep ?? 1, o.moe.mlpOnlyLayers ?? []) : [];
@@ -153,7 +159,12 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
   const bytesPer = dtype === 'f32' ? 4 : 2;
   mkdirSync(dir, { recursive: true });
 
-  const tensors = plan(o);
+  const kind = options.kind ?? 'causal';
+  // The bare model's names lose the prefix; random values are drawn in the same order, so
+  // an embedding checkpoint has the weights of the causal one with the same seed.
+  const tensors = plan(o)
+    .filter((t) => kind !== 'embedding' || t.name !== 'lm_head.weight')
+    .map((t) => (kind === 'embedding' ? { ...t, name: t.name.replace(/^model\./, '') } : t));
   const perShard = Math.ceil(tensors.length / shards);
   const weightMap: Record<string, string> = {};
   let totalSize = 0;
@@ -240,4 +251,31 @@ export function writeRandomCheckpoint(dir: string, options: RandomCheckpointOpti
     ),
   );
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(TOKENIZER_ASSETS, f), join(dir, f));
+  if (kind === 'embedding') writeEmbeddingFiles(dir);
+  if (kind === 'reranker')
+    writeFileSync(join(dir, 'README.md'), '---\nlicense: apache-2.0\npipeline_tag: text-ranking\n---\n# A random Qwen3 reranker\n');
+}
+
+/** What Qwen3-Embedding ships beside its weights: sentence-transformers' modules and a tokenizer that appends `<|endoftext|>`. */
+function writeEmbeddingFiles(dir: string): void {
+  const modules = [
+    { idx: 0, name: '0', path: '', type: 'sentence_transformers.models.Transformer' },
+    { idx: 1, name: '1', path: '1_Pooling', type: 'sentence_transformers.models.Pooling' },
+    { idx: 2, name: '2', path: '2_Normalize', type: 'sentence_transformers.models.Normalize' },
+  ];
+  writeFileSync(join(dir, 'modules.json'), JSON.stringify(modules, null, 2));
+  mkdirSync(join(dir, '1_Pooling'), { recursive: true });
+  writeFileSync(
+    join(dir, '1_Pooling', 'config.json'),
+    JSON.stringify({ word_embedding_dimension: 0, pooling_mode_cls_token: false, pooling_mode_mean_tokens: false, pooling_mode_lasttoken: true }),
+  );
+  const tokenizer = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
+  const eot = '<|endoftext|>';
+  tokenizer.post_processor = {
+    type: 'TemplateProcessing',
+    single: [{ Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: eot, type_id: 0 } }],
+    pair: [{ Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }, { SpecialToken: { id: eot, type_id: 1 } }],
+    special_tokens: { [eot]: { id: eot, ids: [151643], tokens: [eot] } },
+  };
+  writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
 }

@@ -99,6 +99,14 @@ export class SafetensorsCheckpoint {
     for (const f of files) {
       for (const t of readSafetensorsHeader(f)) this.tensors.set(t.name, t);
     }
+    // Qwen3-Embedding ships a bare Qwen3Model: its tensors lack the causal LM's `model.` prefix.
+    if (!this.tensors.has('model.embed_tokens.weight') && this.tensors.has('embed_tokens.weight')) {
+      for (const [name, t] of [...this.tensors]) {
+        if (name.startsWith('model.') || name === 'lm_head.weight') continue;
+        this.tensors.delete(name);
+        this.tensors.set(`model.${name}`, { ...t, name: `model.${name}` });
+      }
+    }
   }
 
   has(name: string): boolean {

@@ -3,7 +3,7 @@ import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
+import { checkModel, checkTask, newId, parseBody, unixNow } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
 
@@ -15,6 +15,7 @@ import { chatLogprobs, vllmPromptLogprobs } from './logprobs.js';
 export async function serveChat(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(chatRequestSchema, body);
   checkModel(ctx, req.model);
+  checkTask(ctx, 'chat');
   const session = await startChat(ctx, req, signal, caller);
   const { prepared, choices } = session;
   const topLogprobs = req.logprobs ? (req.top_logprobs ?? 0) : null;

@@ -4,6 +4,7 @@ import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
 import {
   checkModel,
+  checkTask,
   checkTokenIds,
   engineRequest,
   newId,
@@ -34,6 +35,7 @@ async function promptsOf(ctx: ServingContext, prompt: CompletionRequest['prompt'
 export async function serveCompletions(ctx: ServingContext, input: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(completionRequestSchema, input);
   checkModel(ctx, req.model);
+  checkTask(ctx, 'chat');
   if (req.suffix) throw new InvalidRequestError('suffix is not supported.', { param: 'suffix' });
   const n = req.n ?? 1;
   if (req.best_of !== null && req.best_of !== undefined && req.best_of !== n) {

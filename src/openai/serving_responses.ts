@@ -4,7 +4,7 @@ import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkModel, newId, parseBody, unixNow } from '../serving/request.js';
+import { checkModel, checkTask, newId, parseBody, unixNow } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import { type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest, responsesRequestSchema } from './responses_schemas.js';
 import { allowedTools, planTools, qualifiedName, type ToolPlan } from './responses_tools.js';
@@ -115,6 +115,7 @@ function customInput(args: string): string {
 export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(responsesRequestSchema, body);
   checkModel(ctx, req.model);
+  checkTask(ctx, 'chat');
   let history: unknown[] = [];
   if (req.previous_response_id) {
     const prev = ctx.responses.get(req.previous_response_id, caller.key);

@@ -1,4 +1,4 @@
-import type { Manifest } from '../export/manifest.js';
+import { graphOutput, type Manifest } from '../export/manifest.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import { KvCache } from './kv_cache.js';
 import type { ModelRunner } from './model_runner.js';
@@ -18,6 +18,7 @@ export class FastRunner implements ModelRunner {
   readonly vocabSize: number;
   readonly promptLogits: boolean;
   readonly cache: KvCache;
+  private readonly outputName: string;
   /** One row of logits, kept for reordering rows in place (see gatherRows). */
   private spareRow: Float32Array | null = null;
 
@@ -30,7 +31,10 @@ export class FastRunner implements ModelRunner {
     /** The KV budget in token slots; each buffer is reserved at that size once. */
     kvBudgetTokens = 0,
   ) {
-    this.vocabSize = manifest.config.vocabSize;
+    const output = graphOutput(manifest);
+    // An embedding model's rows are hidden states: the engine handles them as logits of that width.
+    this.vocabSize = output.width;
+    this.outputName = output.name;
     this.promptLogits = manifest.io.inputs.includes('logits_start');
     this.cache = new KvCache(manifest, maxSequences, maxLength, kvBudgetTokens);
   }
@@ -126,7 +130,7 @@ export class FastRunner implements ModelRunner {
     const positions = Array.from({ length: s }, (_, i) => past + i);
     const out = await this.run(tokens, positions, [past + s - 1], past + s, 1, row, s, everyPosition);
     this.cache.append(out, 0, row, s, past);
-    return out.logits.data as Float32Array;
+    return out[this.outputName].data as Float32Array;
   }
 
   async decode(ids: number[], tokens: number[]): Promise<Float32Array> {
@@ -153,7 +157,7 @@ export class FastRunner implements ModelRunner {
     });
     // For S = 1, seqlens_k (past + S − 1) equals the position.
     const out = await this.run(inputIds, positions, positions, total, rows, 0, 1);
-    const logits = out.logits.data as Float32Array;
+    const logits = out[this.outputName].data as Float32Array;
     const source = ids.map((id) => {
       const row = this.cache.row(id);
       this.cache.append(out, row, row, 1, this.cache.lengthOfRow(row));

@@ -1,4 +1,4 @@
-import { ioName, type Manifest } from '../export/manifest.js';
+import { graphOutput, ioName, type Manifest } from '../export/manifest.js';
 import { BYTES, copyRuns, type KvArray, kvArray } from './kv_array.js';
 import type { KvBlockLayout, KvBlockPool, KvBlockRef } from './kv_block_pool.js';
 import type { ModelRunner } from './model_runner.js';
@@ -22,6 +22,7 @@ export class StandardRunner implements ModelRunner {
   readonly vocabSize: number;
   /** The standard graph returns logits for every position anyway. */
   readonly promptLogits = true;
+  private readonly outputName: string;
   private readonly kvHeads: number;
   private readonly headDim: number;
   private readonly layers: number;
@@ -34,7 +35,9 @@ export class StandardRunner implements ModelRunner {
     readonly maxSequences: number,
   ) {
     const c = manifest.config;
-    this.vocabSize = c.vocabSize;
+    const output = graphOutput(manifest);
+    this.vocabSize = output.width;
+    this.outputName = output.name;
     this.kvHeads = c.numKvHeads;
     this.headDim = c.headDim;
     this.layers = c.numLayers;
@@ -196,7 +199,7 @@ export class StandardRunner implements ModelRunner {
       s.length += seqLen;
     });
     // logits [b, seqLen, vocab]: keep each row's last position, or all of them when asked.
-    const logits = out.logits.data as Float32Array;
+    const logits = out[this.outputName].data as Float32Array;
     if (everyPosition) return logits;
     const v = this.vocabSize;
     const result = new Float32Array(b * v);

@@ -1,6 +1,7 @@
 import type { Engine } from '../engine/engine.js';
 import type { FinishReason, RequestMetrics } from '../engine/types.js';
 import type { GenerationConfig } from '../model/generation_config.js';
+import type { ModelTask } from '../model/task.js';
 import type { ChatTemplate } from '../text/chat_template.js';
 import type { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
 import type { QwenTokenizer } from '../text/tokenizer.js';
@@ -14,6 +15,8 @@ export type ReasoningEffortBudgets = Record<'minimal' | 'low' | 'medium' | 'high
 export interface ServingOptions {
   /** The model id clients name in requests and see in /v1/models. */
   modelName: string;
+  /** Other names requests may give it (a server of several models: docs/models.md). */
+  aliases?: string[];
   reasoningField: ReasoningField;
   /** Thinking on unless a request turns it off. */
   defaultThinking: boolean;
@@ -44,4 +47,8 @@ export interface ServingContext {
   seal: ReasoningSeal;
   /** Unix seconds the model was loaded (for `created`). */
   createdAt: number;
+  /** What the model serves: chat and completions, embeddings (/v1/embeddings), or reranking (/v1/rerank). */
+  task: ModelTask;
+  /** The token an embedding model's tokenizer appends to every text (Qwen3-Embedding's `<|endoftext|>`), or null. */
+  inputEndToken: number | null;
 }

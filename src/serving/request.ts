@@ -22,10 +22,30 @@ export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infe
 }
 
 export function checkModel(ctx: ServingContext, model: string | undefined): void {
-  if (model !== undefined && model !== ctx.options.modelName) {
+  if (model !== undefined && model !== ctx.options.modelName && !ctx.options.aliases?.includes(model)) {
     throw new NotFoundError(`The model \`${model}\` does not exist. This server serves \`${ctx.options.modelName}\`.`, {
       param: 'model',
       code: 'model_not_found',
+    });
+  }
+}
+
+const TASK_APIS: Readonly<Record<string, string>> = {
+  chat: 'chat and completions (/v1/chat/completions, /v1/completions, /v1/responses, /v1/messages)',
+  embed: 'embeddings (/v1/embeddings)',
+  rerank: 'reranking (/v1/rerank)',
+};
+
+/**
+ * Refuses a request for an API the model does not serve: an embedding model has no
+ * logits to generate from; a reranker is a causal LM, so it serves chat as well.
+ */
+export function checkTask(ctx: ServingContext, api: 'chat' | 'embed' | 'rerank'): void {
+  const served = ctx.task === api || (api === 'chat' && ctx.task === 'rerank');
+  if (!served) {
+    throw new InvalidRequestError(`The model \`${ctx.options.modelName}\` serves ${TASK_APIS[ctx.task]}, not ${TASK_APIS[api]}.`, {
+      param: 'model',
+      code: 'model_task_mismatch',
     });
   }
 }
