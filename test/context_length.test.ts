@@ -49,3 +49,12 @@ test('a KV budget too small for the whole context lowers max_model_len with a wa
     await server.close();
   }
 });
+
+test('a model that cannot fit beside its KV cache is refused at start, naming the numbers', async () => {
+  const dir = await fixtureExport('fast');
+  const config = parseServeConfig(['--model', dir, '--port', '0', '--threads', '1', '--kv-cache-memory', '65536GiB'], {})!;
+  await assert.rejects(
+    startServer(config, { logger: pino({ level: 'silent' }) }),
+    /the model's weights \(\d+ MiB\) and the KV cache \(--kv-cache-memory, 67108864 MiB\) take \d+ MiB, more than the \d+ MiB of memory available/,
+  );
+});
