@@ -3,7 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { tempDir } from './support/runner.js';
-import { healthOf, until } from './support/server.js';
+import { healthOf, spawnServer, until } from './support/server.js';
 
 const CLI = new URL('../src/cli.js', import.meta.url).pathname;
 
@@ -91,24 +91,6 @@ test('npm start with nothing configured serves the demo model: a streamed chat c
     child.kill('SIGKILL');
   }
 });
-
-/** Starts `qwen3-serve serve` on a free port; resolves with its URL, the child and its log. */
-async function spawnServer(args: string[]) {
-  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const out = { log: '' };
-  child.stdout.on('data', (d: Buffer) => (out.log += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out.log += d.toString()));
-  const started = Date.now();
-  let url = '';
-  while (!url && Date.now() - started < 60_000 && child.exitCode === null) {
-    url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
-    await sleep(50);
-  }
-  assert.ok(url, `the server started:\n${out.log}`);
-  return { url, child, out };
-}
 
 test('SIGTERM under load with a short --shutdown-timeout: requests end cleanly at the deadline and the process exits 0, every time', async () => {
   const { fixtureExport } = await import('./support/engine.js');

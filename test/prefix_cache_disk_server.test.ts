@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -9,12 +9,13 @@ import { pino } from 'pino';
 import { parseServeConfig, type RunningServer, startServer } from '../src/cli/serve_command.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
+import { spawnServer } from './support/server.js';
 
 // The prefix cache's disk tier through the server: restarts (SIGTERM, SIGKILL mid-write)
 // on the same directory, another export's files, a full disk and a read-only one. Every
 // answer is compared, tokens and log-probabilities, with a cold one.
 
-const CLI = new URL('../src/cli.js', import.meta.url).pathname;
+const _CLI = new URL('../src/cli.js', import.meta.url).pathname;
 const CHUNK = 64;
 const PROMPT = Array.from({ length: 1000 }, (_, i) => 1000 + ((i * 7919) % 60000));
 
@@ -67,24 +68,9 @@ function cold(): Promise<Answer> {
   return coldAnswer;
 }
 
-/** `qwen3-serve serve` as its own process, started and listening. */
-async function spawnServer(model: string, flags: string[]): Promise<{ url: string; child: ChildProcess; out: { log: string } }> {
-  const args = [CLI, 'serve', '--model', model, '--port', '0', '--host', '127.0.0.1', '--threads', '1', '--served-model-name', 'tiny'];
-  const child = spawn(process.execPath, [...args, '--kv-cache-memory', '64MiB', '--log-level', 'info', ...flags], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const out = { log: '' };
-  child.stdout!.on('data', (d: Buffer) => (out.log += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out.log += d.toString()));
-  const started = Date.now();
-  let url = '';
-  while (!url && Date.now() - started < 60_000 && child.exitCode === null) {
-    url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
-    await sleep(50);
-  }
-  assert.ok(url, `the server started:\n${out.log}`);
-  return { url, child, out };
-}
+/** `qwen3-serve serve` on `model` as its own process, started and listening. */
+const spawnOn = (model: string, flags: string[]) =>
+  spawnServer(['--model', model, '--served-model-name', 'tiny', '--kv-cache-memory', '64MiB', '--log-level', 'info', ...flags]);
 
 const exited = (child: ChildProcess) =>
   new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
@@ -92,7 +78,7 @@ const exited = (child: ChildProcess) =>
 test('a restart (SIGTERM) on the same directory serves the long prompt from disk: cached_tokens > 0, identical tokens and log-probabilities', async () => {
   const model = await fixtureExport('fast');
   const dir = tempDir('qwen3-serve-disk-');
-  const first = await spawnServer(model, ['--prefix-cache-dir', dir]);
+  const first = await spawnOn(model, ['--prefix-cache-dir', dir]);
   const before = await complete(first.url);
   same(before, await cold(), 'the first answer is the cold one');
   first.child.kill('SIGTERM');
@@ -101,7 +87,7 @@ test('a restart (SIGTERM) on the same directory serves the long prompt from disk
   const whole = Math.floor((PROMPT.length - 1) / CHUNK);
   assert.ok(readdirSync(dir).filter((f) => f.endsWith('.kvb')).length >= whole);
 
-  const second = await spawnServer(model, ['--prefix-cache-dir', dir]);
+  const second = await spawnOn(model, ['--prefix-cache-dir', dir]);
   try {
     assert.match(second.out.log, new RegExp(`"disk":\\{"dir":"${dir}","blocks":\\d+`), 'the start log says what the directory holds');
     const after = await complete(second.url);
@@ -143,7 +129,7 @@ test('blocks on disk keep their cache_salt: after a restart only the same salt r
 test('a SIGKILL while blocks are being written leaves no corrupt block served: the restart deletes unfinished writes and answers as cold', async () => {
   const model = await fixtureExport('fast');
   const dir = tempDir('qwen3-serve-disk-');
-  const victim = await spawnServer(model, ['--prefix-cache-dir', dir]);
+  const victim = await spawnOn(model, ['--prefix-cache-dir', dir]);
   // Killed as soon as a block file is being written.
   const watcher = watch(dir, (_, name) => {
     if (name?.includes('.tmp-')) victim.child.kill('SIGKILL');
@@ -155,7 +141,7 @@ test('a SIGKILL while blocks are being written leaves no corrupt block served: t
     watcher.close();
     victim.child.kill('SIGKILL');
   }
-  const second = await spawnServer(model, ['--prefix-cache-dir', dir]);
+  const second = await spawnOn(model, ['--prefix-cache-dir', dir]);
   try {
     assert.deepEqual(
       readdirSync(dir).filter((f) => f.includes('.tmp-')),

@@ -162,6 +162,16 @@ export async function compareCommand(argv: string[]): Promise<void> {
   const started = performance.now();
   let state: ComparisonState | null = null;
   let error: string | null = null;
+  // What the run was asked for: written with every report, and what runComparison measures.
+  const options = {
+    scenarios,
+    rounds: o.rounds,
+    numPrompts: o['num-prompts'],
+    seed: o.seed,
+    timeout: o.timeout,
+    idleThreshold: o['idle-threshold'],
+    idleWaitS: o['idle-wait'],
+  };
   const write = (final: boolean) => {
     const report = (side: Side): ServerReport => ({
       name: targets[side].name,
@@ -182,15 +192,6 @@ export async function compareCommand(argv: string[]): Promise<void> {
       interrupted: controller.signal.aborted,
     };
     const heading = `${servers.ours.name} vs ${servers.peer.name}, ${o.rounds} alternated round${o.rounds === 1 ? '' : 's'}, medians; ratio = ${servers.ours.name} / ${servers.peer.name}`;
-    const options = {
-      scenarios,
-      rounds: o.rounds,
-      numPrompts: o['num-prompts'],
-      seed: o.seed,
-      timeout: o.timeout,
-      idleThreshold: o['idle-threshold'],
-      idleWaitS: o['idle-wait'],
-    };
     const elapsedS = (performance.now() - started) / 1000;
     const json = { date: new Date().toISOString(), complete: final && !error && !s.interrupted, error, elapsedS, options, servers, ...s };
     writeFileSync(
@@ -227,25 +228,10 @@ export async function compareCommand(argv: string[]): Promise<void> {
       const pid = targets[side].pid;
       if (pid !== null) monitors[side] = new TreeMonitor(pid);
     }
-    state = await runComparison(
-      {
-        ours: targets.ours,
-        peer: targets.peer,
-        scenarios,
-        rounds: o.rounds,
-        numPrompts: o['num-prompts'],
-        seed: o.seed,
-        timeout: o.timeout,
-        idleThreshold: o['idle-threshold'],
-        idleWaitS: o['idle-wait'],
-        signal: controller.signal,
-      },
-      log,
-      (s) => {
-        state = s;
-        write(false);
-      },
-    );
+    state = await runComparison({ ours: targets.ours, peer: targets.peer, ...options, signal: controller.signal }, log, (s) => {
+      state = s;
+      write(false);
+    });
   } catch (err) {
     error = (err as Error).message;
   } finally {

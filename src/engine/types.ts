@@ -5,7 +5,7 @@ import type { PrefixCacheStats } from './prefix_cache.js';
 
 // The serving layer takes these through the engine's public types, never from runtime/ itself.
 export type { GrammarRequest, GrammarSpec } from '../runtime/grammar.js';
-export { type SamplingParams, samplingDefaults, type TokenLogprob } from '../runtime/sampler.js';
+export { DEFAULT_SAMPLING, type SamplingParams, samplingDefaults, type TokenLogprob } from '../runtime/sampler.js';
 
 /** A generation request as the engine takes it: plain data, sent to the worker. */
 export interface GenerateRequest {

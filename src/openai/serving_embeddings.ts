@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { GenerateRequest } from '../engine/types.js';
+import { DEFAULT_SAMPLING, type GenerateRequest } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
 import type { ServingContext } from '../serving/context.js';
 import { checkModel, checkTask, checkTokenIds, parseBody, submitAll } from '../serving/request.js';
@@ -19,18 +19,8 @@ export function promptOnlyRequest(promptIds: number[], promptOutput: GenerateReq
   return {
     requestId: randomUUID(),
     promptIds,
-    sampling: {
-      temperature: 0,
-      topP: 1,
-      topK: 0,
-      minP: 0,
-      presencePenalty: 0,
-      frequencyPenalty: 0,
-      repetitionPenalty: 1,
-      logitBias: null,
-      seed: null,
-      logprobs: null,
-    },
+    // Nothing is sampled (maxTokens 0); greedy keeps the request plain.
+    sampling: { ...DEFAULT_SAMPLING, temperature: 0 },
     maxTokens: 0,
     stopTokenIds: [],
     stop: [],

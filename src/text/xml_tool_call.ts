@@ -76,10 +76,10 @@ export function xmlParameterValue(text: string, schema: unknown): unknown {
 }
 
 /** The text between `from` and the first of `ends` (or the end), and where that end was (-1: none). */
-function until(body: string, from: number, ends: string[]): { text: string; end: number } {
+function until(body: string, from: number, ends: string[], searchFrom = from): { text: string; end: number } {
   let end = -1;
   for (const e of ends) {
-    const at = body.indexOf(e, from);
+    const at = body.indexOf(e, Math.max(from, searchFrom));
     if (at >= 0 && (end < 0 || at < end)) end = at;
   }
   return { text: body.slice(from, end < 0 ? body.length : end), end };
@@ -102,14 +102,14 @@ function functionTag(block: string): { name: string; end: number } | null | 'inv
  * `</parameter>`, or where a next tag begins when that is missing. Null when none is
  * there yet or what is there is not a parameter.
  */
-function nextParameter(block: string, at: number): { key: string; text: string; end: number } | null {
+function nextParameter(block: string, at: number, searchFrom = 0): { key: string; text: string; end: number } | null {
   const start = block.indexOf(PARAMETER_OPEN, at);
   if (start < 0 || block.slice(at, start).trim() !== '') return null;
   const keyEnd = block.indexOf('>', start);
   if (keyEnd < 0) return null;
   const key = block.slice(start + PARAMETER_OPEN.length, keyEnd).trim();
   if (key === '') return null;
-  const value = until(block, keyEnd + 1, [PARAMETER_CLOSE, PARAMETER_OPEN, FUNCTION_CLOSE]);
+  const value = until(block, keyEnd + 1, [PARAMETER_CLOSE, PARAMETER_OPEN, FUNCTION_CLOSE], searchFrom);
   if (value.end < 0) return null;
   // The template writes each value between newlines, which are layout.
   const text = value.text.replace(/^\n/, '').replace(/\n$/, '');
@@ -145,6 +145,8 @@ export class XmlCallReader implements ToolCallReader {
   private readonly args: Record<string, unknown> = {};
   /** The arguments' JSON text sent so far. */
   private sent = '';
+  /** Where the search for the open value's end resumes: a long value is not scanned again on every token. */
+  private scanned = 0;
 
   constructor(private readonly tools: readonly ToolDefinition[]) {}
 
@@ -158,8 +160,9 @@ export class XmlCallReader implements ToolCallReader {
       parts.push({ name: head.name, arguments: '', done: false });
     }
     const properties = propertiesOf(this.tools, this.name);
-    for (let p = nextParameter(block, this.at); p; p = nextParameter(block, this.at)) {
+    for (let p = nextParameter(block, this.at, this.scanned); p; p = nextParameter(block, this.at)) {
       this.at = p.end;
+      this.scanned = 0;
       if (Object.hasOwn(this.args, p.key)) continue;
       const value = xmlParameterValue(p.text, Object.hasOwn(properties, p.key) ? properties[p.key] : undefined);
       this.args[p.key] = value;
@@ -167,6 +170,8 @@ export class XmlCallReader implements ToolCallReader {
       this.sent += piece;
       parts.push({ arguments: piece, done: false });
     }
+    // No end tag lies before the last few characters, which a longer text may complete into one.
+    this.scanned = Math.max(this.at, block.length - PARAMETER_CLOSE.length);
     return parts;
   }
 

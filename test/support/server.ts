@@ -1,3 +1,5 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { parseServeConfig, type RunningServer, startServer } from '../../src/cli/serve_command.js';
@@ -43,4 +45,20 @@ export async function until(condition: () => Promise<boolean> | boolean, what: s
 /** The server's /health body: the engine's running and waiting sequences among others. */
 export async function healthOf(url: string): Promise<{ status: string; running: number; waiting: number }> {
   return (await (await fetch(`${url}/health`)).json()) as { status: string; running: number; waiting: number };
+}
+
+const CLI = new URL('../../src/cli.js', import.meta.url).pathname;
+
+/** `qwen3-serve serve` as a process of its own on a free port: its URL, the child and its log so far. */
+export async function spawnServer(args: string[]): Promise<{ url: string; child: ChildProcess; out: { log: string } }> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const out = { log: '' };
+  child.stdout!.on('data', (d: Buffer) => (out.log += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out.log += d.toString()));
+  await until(() => / at http:\/\/[\d.:]+\/v1/.test(out.log) || child.exitCode !== null, 'the server to listen');
+  const url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
+  assert.ok(url, `the server started:\n${out.log}`);
+  return { url, child, out };
 }
