@@ -64,6 +64,10 @@ async function startReplica(i: number): Promise<ChildProcess> {
     values.threads!,
     '--shutdown-timeout',
     '10',
+    // HAProxy checks every 500 ms: a replica with nothing running must not close its
+    // port before the balancer has seen /health turn 503.
+    '--shutdown-delay',
+    '1',
     '--cache-dir',
     join(work, 'cache'),
     '--log-level',

@@ -187,3 +187,21 @@ test('SIGTERM drains: /health and new requests get 503 with Retry-After at once,
     child.kill('SIGKILL');
   }
 });
+
+test('--shutdown-delay: with nothing running, the port stays open and /health answers 503 for the delay, then exit 0', async () => {
+  const { fixtureExport } = await import('./support/engine.js');
+  const { url, child, out } = await spawnServer(['--model', await fixtureExport('fast'), '--max-model-len', '1024', '--shutdown-delay', '2']);
+  try {
+    const exited = new Promise<number>((r) => child.once('exit', () => r(Date.now())));
+    const signalled = Date.now();
+    child.kill('SIGTERM');
+    await until(async () => (await fetch(`${url}/health`)).status === 503, '/health to turn 503');
+    // A balancer checking every second still gets an answer, not a refused connection.
+    await sleep(1000);
+    assert.equal((await fetch(`${url}/health`)).status, 503);
+    assert.ok((await exited) - signalled >= 2000, 'the process waited out the delay');
+    assert.equal(child.exitCode, 0, out.log);
+  } finally {
+    child.kill('SIGKILL');
+  }
+});

@@ -303,6 +303,13 @@ export const SERVE_FLAGS = {
     help: 'On SIGTERM/SIGINT the server drains: `/health` and new requests get 503 with Retry-After at once (load balancers stop sending, clients retry elsewhere) while requests in flight finish; after this many seconds those still running end at the next step boundary with what they generated (streams close normally), the engine stops after its step, and the process exits 0',
     schema: wholeNumber(0, 3600),
   },
+  'shutdown-delay': {
+    type: 'string',
+    env: 'QWEN3_SERVE_SHUTDOWN_DELAY',
+    default: '0',
+    help: 'On SIGTERM/SIGINT, keep the port open and `/health` at 503 for at least this many seconds, even with nothing running, so that a load balancer health-checking the server sees the drain before connections are refused (HAProxy, Nginx; Kubernetes has `preStop` for this)',
+    schema: wholeNumber(0, 600),
+  },
   'metrics-compat': {
     type: 'string',
     env: 'QWEN3_SERVE_METRICS_COMPAT',

@@ -32,7 +32,10 @@ export function shutdownOnce(o: {
       // A request that is not generating (a body still trickling in) does not end at the
       // deadline: a few seconds after it, the server closes regardless.
       const grace = new Promise<void>((resolve) => setTimeout(resolve, config['shutdown-timeout'] * 1000 + 5000).unref());
-      await Promise.race([drain.idle(), grace]);
+      // A balancer that health-checks every so often must see a 503 before the port
+      // closes, or it sends a request into a refused connection: hold the drain open.
+      const delay = new Promise<void>((resolve) => setTimeout(resolve, config['shutdown-delay'] * 1000).unref());
+      await Promise.all([Promise.race([drain.idle(), grace]), delay]);
       // Connections that finish their last request while we close would otherwise idle
       // until the keep-alive timeout: drop them as they become idle.
       const reaper = setInterval(() => app.server.closeIdleConnections(), 100);
