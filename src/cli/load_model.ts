@@ -47,9 +47,13 @@ export async function loadServingModel(config: ServeConfig, log: pino.Logger, na
     ...(config.task !== 'auto' ? { task: config.task } : {}),
   });
   const task = servedTask(config.task, readManifest(resolved.exportDir).task, resolved.exportDir);
+  // Read once here: the engine's worker takes the vocabulary from this thread rather than parsing tokenizer.json again.
+  const files = readTokenizerFiles(resolved.exportDir);
+  const tokenizer = new QwenTokenizer(files);
   const engine = await Engine.start(
     {
       modelDir: resolved.exportDir,
+      vocabulary: tokenizer.vocabulary.data(),
       device: requestedDevice,
       threads: config.threads ?? availableParallelism(),
       maxNumSeqs: config['max-num-seqs'],
@@ -66,8 +70,6 @@ export async function loadServingModel(config: ServeConfig, log: pino.Logger, na
     },
     log,
   );
-  const files = readTokenizerFiles(resolved.exportDir);
-  const tokenizer = new QwenTokenizer(files);
   const codec = new OffThreadTokenizer(tokenizer, resolved.exportDir, config['tokenize-timeout'] * 1000);
   codec.start();
   const modelName = name ?? config['served-model-name'] ?? resolved.name;

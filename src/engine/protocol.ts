@@ -1,10 +1,13 @@
 import type { JsonWhitespace } from '../runtime/grammar.js';
 import type { DeviceChoice } from '../runtime/session.js';
+import type { VocabularyData } from '../text/token_vocabulary.js';
 import type { EngineEvent, EngineInfo, EngineStats, GenerateRequest } from './types.js';
 
 /** What the worker is started with. */
 export interface WorkerOptions {
   modelDir: string;
+  /** The tokenizer's vocabulary when the starting thread has read it already; absent, the worker reads it. */
+  vocabulary?: VocabularyData;
   device: DeviceChoice;
   threads: number;
   maxNumSeqs: number;

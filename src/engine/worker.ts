@@ -136,7 +136,7 @@ async function start(wake: () => void): Promise<EngineCore> {
   const runner: ModelRunner = fast ?? new StandardRunner(session, manifest, limits.maxNumSeqs);
   // The standard layout's cache is allocated per step by its contract: nothing to prefault.
   const kvPrefaultedBytes = options.kvCachePrefault && fast ? fast.prefault() : 0;
-  const tokenizer = VocabularyTable.fromDir(options.modelDir);
+  const tokenizer = options.vocabulary ? new VocabularyTable(options.vocabulary) : VocabularyTable.fromDir(options.modelDir);
   const generation = readGenerationConfig(options.modelDir);
   const { pool, note: prefixCacheNote } = createPrefixCachePool(runner, limits.maxNumBatchedTokens);
   // With --kv-cache-prefault the prefix cache's pool is written too, for the same reason.

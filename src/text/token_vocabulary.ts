@@ -65,67 +65,109 @@ export interface TokenVocabulary {
 }
 
 /**
- * A byte-level BPE vocabulary read from tokenizer.json without building the tokenizer
- * itself: the engine's worker needs the exact bytes of every token (streaming text,
- * grammars), and skipping the BPE tables makes each start cheaper.
+ * A vocabulary as plain data (typed arrays and a short list), so the thread that read
+ * tokenizer.json can hand it to another instead of that thread parsing the file again.
+ */
+export interface VocabularyData {
+  pool: Uint8Array;
+  byteStart: Int32Array;
+  byteLength: Int32Array;
+  added: Array<{ id: number; content: string; special: boolean }>;
+}
+
+/** Checks that tokenizer.json is a byte-level BPE tokenizer, and returns its vocabulary. */
+export function byteLevelVocab(files: TokenizerFiles): Record<string, number> {
+  const model = files.tokenizer.model as { vocab?: Record<string, number> } | undefined;
+  const decoder = files.tokenizer.decoder as { type?: string } | null | undefined;
+  if (!model?.vocab || decoder?.type !== 'ByteLevel') {
+    throw new ModelFormatError('tokenizer.json is not a byte-level BPE tokenizer (Qwen2/Qwen3 family).');
+  }
+  return model.vocab;
+}
+
+/** The vocabulary's bytes from tokenizer.json, without building the tokenizer itself. */
+function vocabularyData(files: TokenizerFiles): VocabularyData {
+  const vocab = byteLevelVocab(files);
+  const table = byteLevelCodeTable();
+  const added = ((files.tokenizer.added_tokens ?? []) as Array<{ id: number; content: string; special: boolean }>).map(
+    ({ id, content, special }) => ({ id, content, special }),
+  );
+  // One pass over the keys: iterating an object of 151k keys is what a start spends here.
+  const pieces = Object.keys(vocab);
+  const ids = new Int32Array(pieces.length);
+  let maxId = 0;
+  let total = 0;
+  for (let i = 0; i < pieces.length; i++) {
+    ids[i] = vocab[pieces[i]];
+    if (ids[i] > maxId) maxId = ids[i];
+    total += pieces[i].length;
+  }
+  for (const t of added) maxId = Math.max(maxId, t.id);
+  const byteStart = new Int32Array(maxId + 1).fill(-1);
+  const byteLength = new Int32Array(maxId + 1);
+  const pool = new Uint8Array(total);
+  let at = 0;
+  for (let i = 0; i < pieces.length; i++) {
+    const piece = pieces[i];
+    const id = ids[i];
+    byteStart[id] = at;
+    byteLength[id] = piece.length;
+    for (let j = 0; j < piece.length; j++) {
+      const code = piece.charCodeAt(j);
+      const b = code < table.length ? table[code] : -1;
+      if (b < 0) throw new ModelFormatError(`tokenizer.json: token ${id} has a character outside the byte-level alphabet.`);
+      pool[at++] = b;
+    }
+  }
+  return { pool, byteStart, byteLength, added };
+}
+
+/**
+ * A byte-level BPE vocabulary: the engine's worker needs the exact bytes of every token
+ * (streaming text, grammars), never encoding, so it takes this rather than a tokenizer.
  */
 export class VocabularyTable implements TokenVocabulary {
   /**
    * Raw bytes of every vocabulary token, one after another: token `id` is `byteLength[id]`
    * bytes from `byteStart[id]` (-1 where the vocabulary has a hole). One buffer rather than
-   * 151k small arrays, since every thread that loads the tokenizer builds it.
+   * 151k small arrays, so that it is cheap to build and to hand to another thread.
    */
   private readonly pool: Uint8Array;
   private readonly byteStart: Int32Array;
   private readonly byteLength: Int32Array;
+  private readonly added: VocabularyData['added'];
   /** Added tokens' bytes (their content as UTF-8), which take precedence over the vocabulary's. */
   private readonly addedBytes = new Map<number, Uint8Array>();
   private readonly addedIds = new Map<string, number>();
-  private readonly vocab: Record<string, number>;
   readonly specialIds: Set<number>;
   readonly vocabSize: number;
 
-  constructor(files: TokenizerFiles) {
-    const model = files.tokenizer.model as { vocab?: Record<string, number> } | undefined;
-    const decoder = files.tokenizer.decoder as { type?: string } | null | undefined;
-    if (!model?.vocab || decoder?.type !== 'ByteLevel') {
-      throw new ModelFormatError('tokenizer.json is not a byte-level BPE tokenizer (Qwen2/Qwen3 family).');
-    }
-    this.vocab = model.vocab;
-    const table = byteLevelCodeTable();
-    const added = (files.tokenizer.added_tokens ?? []) as Array<{ id: number; content: string; special: boolean }>;
-    let maxId = 0;
-    for (const piece in model.vocab) maxId = Math.max(maxId, model.vocab[piece]);
-    for (const t of added) maxId = Math.max(maxId, t.id);
-    this.vocabSize = maxId + 1;
-    this.byteStart = new Int32Array(this.vocabSize).fill(-1);
-    this.byteLength = new Int32Array(this.vocabSize);
-    let total = 0;
-    for (const piece in model.vocab) total += piece.length;
-    this.pool = new Uint8Array(total);
-    let at = 0;
-    for (const piece in model.vocab) {
-      const id = model.vocab[piece];
-      this.byteStart[id] = at;
-      this.byteLength[id] = piece.length;
-      for (let i = 0; i < piece.length; i++) {
-        const code = piece.charCodeAt(i);
-        const b = code < table.length ? table[code] : -1;
-        if (b < 0) throw new ModelFormatError(`tokenizer.json: token ${id} has a character outside the byte-level alphabet.`);
-        this.pool[at++] = b;
-      }
-    }
+  constructor(data: VocabularyData) {
+    this.pool = data.pool;
+    this.byteStart = data.byteStart;
+    this.byteLength = data.byteLength;
+    this.added = data.added;
+    this.vocabSize = data.byteStart.length;
     const enc = new TextEncoder();
     this.specialIds = new Set();
-    for (const t of added) {
+    for (const t of data.added) {
       this.addedBytes.set(t.id, enc.encode(t.content));
       this.addedIds.set(t.content, t.id);
       if (t.special) this.specialIds.add(t.id);
     }
   }
 
+  static fromFiles(files: TokenizerFiles): VocabularyTable {
+    return new VocabularyTable(vocabularyData(files));
+  }
+
+  /** The table as plain data, for another thread (structured clone copies the arrays). */
+  data(): VocabularyData {
+    return { pool: this.pool, byteStart: this.byteStart, byteLength: this.byteLength, added: this.added };
+  }
+
   static fromDir(dir: string): VocabularyTable {
-    return new VocabularyTable(readTokenizerFiles(dir));
+    return VocabularyTable.fromFiles(readTokenizerFiles(dir));
   }
 
   tokenBytes(id: number): Uint8Array | null {
@@ -137,7 +179,26 @@ export class VocabularyTable implements TokenVocabulary {
 
   /** The id of a token spelled as tokenizer.json spells it (an added token's content, or a byte-level piece). */
   tokenId(text: string): number | undefined {
-    return this.addedIds.get(text) ?? (Object.hasOwn(this.vocab, text) ? this.vocab[text] : undefined);
+    const added = this.addedIds.get(text);
+    if (added !== undefined) return added;
+    // A byte-level piece: its bytes, then the token with exactly those bytes. A scan, since
+    // the few lookups an engine makes at start cost less than a map of 151k pieces.
+    const table = byteLevelCodeTable();
+    const bytes = new Uint8Array(text.length);
+    for (let i = 0; i < text.length; i++) {
+      const code = text.charCodeAt(i);
+      const b = code < table.length ? table[code] : -1;
+      if (b < 0) return undefined;
+      bytes[i] = b;
+    }
+    for (let id = 0; id < this.vocabSize; id++) {
+      if (this.byteLength[id] !== bytes.length || this.byteStart[id] < 0) continue;
+      const start = this.byteStart[id];
+      let same = true;
+      for (let i = 0; i < bytes.length && same; i++) same = this.pool[start + i] === bytes[i];
+      if (same) return id;
+    }
+    return undefined;
   }
 
   textTokenBytes(): Array<Uint8Array | null> {

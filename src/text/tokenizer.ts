@@ -1,5 +1,5 @@
 import { Tokenizer } from '@huggingface/tokenizers';
-import { readTokenizerFiles, type TokenizerFiles, type TokenVocabulary, VocabularyTable } from './token_vocabulary.js';
+import { byteLevelVocab, readTokenizerFiles, type TokenizerFiles, type TokenVocabulary, VocabularyTable } from './token_vocabulary.js';
 
 export { readTokenizerFiles, type TokenizerFiles, type TokenVocabulary } from './token_vocabulary.js';
 
@@ -10,12 +10,19 @@ export { readTokenizerFiles, type TokenizerFiles, type TokenVocabulary } from '.
  */
 export class QwenTokenizer implements TokenVocabulary {
   private readonly tok: Tokenizer;
-  readonly vocabulary: VocabularyTable;
+  private readonly files: TokenizerFiles;
+  private table: VocabularyTable | null = null;
 
   constructor(files: TokenizerFiles) {
-    // The table checks first that this is a byte-level BPE tokenizer.
-    this.vocabulary = new VocabularyTable(files);
+    byteLevelVocab(files);
+    this.files = files;
     this.tok = new Tokenizer(files.tokenizer, files.config);
+  }
+
+  /** Built when first asked for: a thread that only encodes and decodes never needs it. */
+  get vocabulary(): VocabularyTable {
+    this.table ??= VocabularyTable.fromFiles(this.files);
+    return this.table;
   }
 
   static fromDir(dir: string): QwenTokenizer {
