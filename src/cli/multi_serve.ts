@@ -27,10 +27,16 @@ export interface MultiServer {
 }
 
 /** Loads one configured model for the registry, with its own settings and worker, logging what it serves. */
-async function loadOne(m: ConfiguredModel, log: pino.Logger, metrics: Map<string, ServerMetrics>, limiter: KeyLimiter): Promise<LoadedServingModel> {
+async function loadOne(
+  m: ConfiguredModel,
+  log: pino.Logger,
+  metrics: Map<string, ServerMetrics>,
+  limiter: KeyLimiter,
+  workerFile: URL | undefined,
+): Promise<LoadedServingModel> {
   const started = Date.now();
   const child = log.child({ model: m.spec.name });
-  const loaded = await loadServingModel(m.config, child, m.spec.name);
+  const loaded = await loadServingModel(m.config, child, m.spec.name, workerFile);
   // A key's tokens per minute count across every model it uses.
   const observe = loaded.ctx.observe;
   loaded.ctx.observe = (ev, reason, key) => {
@@ -59,13 +65,19 @@ async function loadOne(m: ConfiguredModel, log: pino.Logger, metrics: Map<string
 }
 
 /** Starts a server of several models: each loads on demand (or at start with `preload`) in its own engine worker. */
-export async function startMultiServer(config: ServeConfig, log: pino.Logger, installSignalHandlers: boolean, keys: Keyring): Promise<MultiServer> {
+export async function startMultiServer(
+  config: ServeConfig,
+  log: pino.Logger,
+  installSignalHandlers: boolean,
+  keys: Keyring,
+  workerFile?: URL,
+): Promise<MultiServer> {
   const models = await configuredModels(config);
   const metrics = new Map<string, ServerMetrics>();
   const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'] });
   const registry = new ModelRegistry(
     models.map((m) => m.spec),
-    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter),
+    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter, workerFile),
     {
       memoryBytes: config['models-memory'] ?? null,
       idleUnloadMs: config['model-idle-unload'] === undefined ? null : config['model-idle-unload'] * 1000,
