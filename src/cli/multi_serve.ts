@@ -8,7 +8,7 @@ import type { Keyring } from '../http/api_keys.js';
 import { buildApp } from '../http/app.js';
 import { Drain } from '../http/drain.js';
 import { KeyLimiter } from '../http/key_limits.js';
-import { mergedMetricsText, type ServerMetrics } from '../http/metrics.js';
+import { MultiModelMetrics, type ServerMetrics } from '../http/metrics.js';
 import { type LoadedServingModel, ModelRegistry } from '../serving/model_registry.js';
 import { httpOptions, loadServingModel } from './load_model.js';
 import { type ConfiguredModel, configuredModels, estimateBytes, isMultiModel } from './models_config.js';
@@ -74,7 +74,8 @@ export async function startMultiServer(
 ): Promise<MultiServer> {
   const models = await configuredModels(config);
   const metrics = new Map<string, ServerMetrics>();
-  const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'] });
+  // A key's limits hold for all the models together, not for each.
+  const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'], acrossModels: true });
   const registry = new ModelRegistry(
     models.map((m) => m.spec),
     (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter, workerFile),
@@ -85,7 +86,7 @@ export async function startMultiServer(
     },
   );
   const drain = new Drain();
-  const app = await buildApp(registry, httpOptions(config), { text: () => mergedMetricsText([...metrics.values()]) }, drain, { keys, limiter }, log);
+  const app = await buildApp(registry, httpOptions(config), new MultiModelMetrics(() => [...metrics.values()]), drain, { keys, limiter }, log);
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });

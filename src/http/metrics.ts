@@ -273,8 +273,36 @@ export interface MetricsText {
   rateLimited?(key: string, limit: string): void;
 }
 
-export async function mergedMetricsText(parts: ServerMetrics[]): Promise<string> {
-  if (parts.length === 0) return '';
-  const merged = client.AggregatorRegistry.aggregate(await Promise.all(parts.map((m) => m.json())));
+/**
+ * The metrics of a server of several models: each loaded model's (mergedMetricsText), and
+ * the 429s of API keys' limits, which are kept for the server as a whole (key_limits.ts), so
+ * counted once for it, with no model label.
+ */
+export class MultiModelMetrics implements MetricsText {
+  private readonly registry = new client.Registry();
+  private readonly keyRateLimited = new client.Counter({
+    name: 'qwen3_serve_api_key_rate_limited_total',
+    help: "Requests refused (429) by one of their API key's limits, by key name and limit.",
+    labelNames: ['api_key', 'limit'],
+    registers: [this.registry],
+  });
+
+  constructor(private readonly models: () => ServerMetrics[]) {}
+
+  rateLimited(key: string, limit: string): void {
+    this.keyRateLimited.inc({ api_key: key, limit });
+  }
+
+  async text(): Promise<string> {
+    return mergedMetricsText(this.models(), [await this.registry.getMetricsAsJSON()]);
+  }
+}
+
+export async function mergedMetricsText(
+  parts: ServerMetrics[],
+  more: client.MetricObjectWithValues<client.MetricValue<string>>[][] = [],
+): Promise<string> {
+  if (parts.length === 0 && more.length === 0) return '';
+  const merged = client.AggregatorRegistry.aggregate([...(await Promise.all(parts.map((m) => m.json()))), ...more]);
   return merged.metrics();
 }
