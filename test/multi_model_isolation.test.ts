@@ -10,7 +10,8 @@ import { until } from './support/server.js';
 
 // Two chat models in one server, each engine worker booting test/support/crashing_worker.ts:
 // model a's worker dies mid-request while model b streams; b never notices, a answers 503
-// in OpenAI's envelope, then its own engine restarts and a serves again.
+// in OpenAI's envelope, then its own engine restarts and a serves again. And a long prompt
+// on a holds up nothing on b.
 
 const MODELS = ['--model', `a=${FIXTURE_DIR}`, '--model', `b=${FIXTURE_DIR}`, '--max-model-len', '4096'];
 const logLines: Array<{ msg: string; model?: string }> = [];
@@ -97,4 +98,33 @@ test("model a's engine worker dies mid-request: b streams on untouched, a answer
   const health = (await (await fetch(`${server.url}/health`)).json()) as { models: Record<string, { state: string }> };
   assert.equal(health.models.a.state, 'loaded');
   assert.equal(health.models.b.state, 'loaded');
+});
+
+test("a long prompt on model a holds up nothing on model b: b answers while a's request runs", async () => {
+  const long = Array.from({ length: 3000 }, (_, i) => 100 + (i % 5000));
+  const stream = await client.completions.create({
+    model: 'a',
+    prompt: long,
+    max_tokens: 1000,
+    temperature: 0,
+    stream: true,
+    ignore_eos: true,
+  } as never);
+  let aDone = false;
+  let aFinish: string | null = null;
+  const aRun = (async () => {
+    for await (const chunk of stream as unknown as AsyncIterable<OpenAI.Completion>) aFinish = chunk.choices[0]?.finish_reason ?? aFinish;
+    aDone = true;
+  })();
+  // From when a's engine has it (prefilling its prompt, chunk by chunk), b answers each request at once.
+  await until(
+    async () => /^qwen3_serve_num_requests_running\{model="a"\} 1$/m.test(await (await fetch(`${server.url}/metrics`)).text()),
+    "a's request to run",
+  );
+  for (let i = 0; i < 3; i++) {
+    assert.equal((await post('b', `quick ${i}`)).status, 200);
+    assert.equal(aDone, false, `b's answer ${i} came while a's request was still running`);
+  }
+  await aRun;
+  assert.equal(aFinish, 'length');
 });
