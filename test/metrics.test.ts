@@ -22,7 +22,9 @@ test("/metrics: our names, no stutter; with --metrics-compat vllm the same metri
       assert.equal(t.get(`${prefix}generation_tokens_total`), 'counter', prefix);
       assert.equal(t.get(`${prefix}time_to_first_token_seconds`), 'histogram', prefix);
       assert.equal(t.get(`${prefix}e2e_request_latency_seconds`), 'histogram', prefix);
-      assert.match(text, new RegExp(`^${prefix}generation_tokens_total\\{model_name="tiny"\\} 3$`, 'm'));
+      // Ours say `model`; vLLM's say `model_name`, as its dashboards read.
+      const label = prefix === 'vllm:' ? 'model_name' : 'model';
+      assert.match(text, new RegExp(`^${prefix}generation_tokens_total\\{${label}="tiny"\\} 3$`, 'm'));
     }
     assert.equal(t.get('vllm:gpu_cache_usage_perc'), 'gauge');
     const usage = Number(/^vllm:kv_cache_usage_perc\{[^}]*\} (\S+)$/m.exec(text)?.[1]);

@@ -152,10 +152,11 @@ test('a model that fails to load answers 503 with Retry-After while the others k
   assert.equal(health.models.small.state, 'loaded');
 });
 
-test('metrics carry each loaded model in model_name', async () => {
+test('metrics carry each loaded model in the model label', async () => {
   await client.embeddings.create({ model: 'embed', input: 'metrics' });
   const text = await (await fetch(`${server.url}/metrics`)).text();
-  for (const name of ['small', 'embed']) assert.match(text, new RegExp(`qwen3_serve_request_success_total\\{[^}]*model_name="${name}"`));
+  for (const name of ['small', 'embed']) assert.match(text, new RegExp(`qwen3_serve_request_success_total\\{[^}]*model="${name}"`));
+  assert.doesNotMatch(text, /^qwen3_serve_\w+\{[^}]*model_name=/m);
 });
 
 test('the memory budget unloads the least recently used idle model', async () => {

@@ -99,6 +99,6 @@ test('key B is served fairly next to key A: its requests start before A’s last
   const metrics = await (await fetch(`${s.url}/metrics`)).text();
   assert.match(
     metrics,
-    new RegExp(`^qwen3_serve_api_key_rate_limited_total\\{api_key="team-a",limit="max_queued",model_name="tiny"\\} ${aRefused.length}$`, 'm'),
+    new RegExp(`^qwen3_serve_api_key_rate_limited_total\\{api_key="team-a",limit="max_queued",model="tiny"\\} ${aRefused.length}$`, 'm'),
   );
 });

@@ -114,8 +114,8 @@ test("the key's name, never the key, is in the request's log lines and in the me
   const all = logLines.join('\n');
   for (const k of Object.values(KEYS)) assert.ok(!all.includes(k), 'a key reached the logs');
   const metrics = await (await fetch(`${s.url}/metrics`)).text();
-  assert.match(metrics, /^qwen3_serve_api_key_request_success_total\{api_key="alice",finished_reason="length",model_name="tiny"\} \d+$/m);
-  assert.match(metrics, /^qwen3_serve_api_key_prompt_tokens_total\{api_key="bob",model_name="tiny"\} [1-9]\d*$/m);
+  assert.match(metrics, /^qwen3_serve_api_key_request_success_total\{api_key="alice",finished_reason="length",model="tiny"\} \d+$/m);
+  assert.match(metrics, /^qwen3_serve_api_key_prompt_tokens_total\{api_key="bob",model="tiny"\} [1-9]\d*$/m);
   for (const k of Object.values(KEYS)) assert.ok(!metrics.includes(k));
 });
 
@@ -153,7 +153,7 @@ test("tokens_per_minute: once a key's last minute holds its limit it gets 429s n
   // Other keys are not touched.
   assert.equal((await openai(KEYS.alice).chat.completions.create(ask)).choices.length, 1);
   const metrics = await (await fetch(`${s.url}/metrics`)).text();
-  assert.match(metrics, /^qwen3_serve_api_key_rate_limited_total\{api_key="carol",limit="tokens_per_minute",model_name="tiny"\} 2$/m);
+  assert.match(metrics, /^qwen3_serve_api_key_rate_limited_total\{api_key="carol",limit="tokens_per_minute",model="tiny"\} 2$/m);
 });
 
 test("a key's concurrency limits show in x-ratelimit-*-requests", async () => {

@@ -29,9 +29,10 @@ export interface LoadedModel {
 
 /**
  * Exports the model if needed, starts its engine worker and builds its serving context:
- * `config.model` is one model (the first); `name` overrides its served name.
+ * `config.model` is one model (the first); `name` overrides its served name; `workerFile`
+ * is the module the engine's thread boots (Engine.start's; tests pass one that wraps it).
  */
-export async function loadServingModel(config: ServeConfig, log: pino.Logger, name?: string): Promise<LoadedModel> {
+export async function loadServingModel(config: ServeConfig, log: pino.Logger, name?: string, workerFile?: URL): Promise<LoadedModel> {
   const requestedDevice = config.device;
   const model = config.model?.[0];
   const target = resolveExportTarget(requestedDevice, config.dtype, cudaUsable());
@@ -69,6 +70,7 @@ export async function loadServingModel(config: ServeConfig, log: pino.Logger, na
       grammarCompileTimeoutMs: config['grammar-compile-timeout'] * 1000,
     },
     log,
+    workerFile,
   );
   const codec = new OffThreadTokenizer(tokenizer, resolved.exportDir, config['tokenize-timeout'] * 1000);
   codec.start();

@@ -8,7 +8,7 @@ import type { Keyring } from '../http/api_keys.js';
 import { buildApp } from '../http/app.js';
 import { Drain } from '../http/drain.js';
 import { KeyLimiter } from '../http/key_limits.js';
-import { mergedMetricsText, type ServerMetrics } from '../http/metrics.js';
+import { MultiModelMetrics, type ServerMetrics } from '../http/metrics.js';
 import { type LoadedServingModel, ModelRegistry } from '../serving/model_registry.js';
 import { httpOptions, loadServingModel } from './load_model.js';
 import { type ConfiguredModel, configuredModels, estimateBytes, isMultiModel } from './models_config.js';
@@ -27,10 +27,16 @@ export interface MultiServer {
 }
 
 /** Loads one configured model for the registry, with its own settings and worker, logging what it serves. */
-async function loadOne(m: ConfiguredModel, log: pino.Logger, metrics: Map<string, ServerMetrics>, limiter: KeyLimiter): Promise<LoadedServingModel> {
+async function loadOne(
+  m: ConfiguredModel,
+  log: pino.Logger,
+  metrics: Map<string, ServerMetrics>,
+  limiter: KeyLimiter,
+  workerFile: URL | undefined,
+): Promise<LoadedServingModel> {
   const started = Date.now();
   const child = log.child({ model: m.spec.name });
-  const loaded = await loadServingModel(m.config, child, m.spec.name);
+  const loaded = await loadServingModel(m.config, child, m.spec.name, workerFile);
   // A key's tokens per minute count across every model it uses.
   const observe = loaded.ctx.observe;
   loaded.ctx.observe = (ev, reason, key) => {
@@ -59,13 +65,20 @@ async function loadOne(m: ConfiguredModel, log: pino.Logger, metrics: Map<string
 }
 
 /** Starts a server of several models: each loads on demand (or at start with `preload`) in its own engine worker. */
-export async function startMultiServer(config: ServeConfig, log: pino.Logger, installSignalHandlers: boolean, keys: Keyring): Promise<MultiServer> {
+export async function startMultiServer(
+  config: ServeConfig,
+  log: pino.Logger,
+  installSignalHandlers: boolean,
+  keys: Keyring,
+  workerFile?: URL,
+): Promise<MultiServer> {
   const models = await configuredModels(config);
   const metrics = new Map<string, ServerMetrics>();
-  const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'] });
+  // A key's limits hold for all the models together, not for each.
+  const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'], acrossModels: true });
   const registry = new ModelRegistry(
     models.map((m) => m.spec),
-    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter),
+    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter, workerFile),
     {
       memoryBytes: config['models-memory'] ?? null,
       idleUnloadMs: config['model-idle-unload'] === undefined ? null : config['model-idle-unload'] * 1000,
@@ -73,7 +86,7 @@ export async function startMultiServer(config: ServeConfig, log: pino.Logger, in
     },
   );
   const drain = new Drain();
-  const app = await buildApp(registry, httpOptions(config), { text: () => mergedMetricsText([...metrics.values()]) }, drain, { keys, limiter }, log);
+  const app = await buildApp(registry, httpOptions(config), new MultiModelMetrics(() => [...metrics.values()]), drain, { keys, limiter }, log);
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });

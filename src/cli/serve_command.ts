@@ -20,12 +20,15 @@ export interface RunningServer {
 }
 
 /** Loads the model, starts the engine and listens. Used by the CLI and the end-to-end tests. */
-export async function startServer(config: ServeConfig, opts: { logger?: pino.Logger; installSignalHandlers?: boolean } = {}): Promise<RunningServer> {
+export async function startServer(
+  config: ServeConfig,
+  opts: { logger?: pino.Logger; installSignalHandlers?: boolean; engineWorker?: URL } = {},
+): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: config['log-level'] });
   // Read first: a keys file that does not parse stops the start before any model loads.
   const keys = new Keyring(config['api-key'] ?? null, config['api-keys-file'] ?? null, log);
-  if (isMultiModel(config)) return startMultiServer(config, log, opts.installSignalHandlers ?? false, keys);
-  const { ctx, metrics, resolved, task, close: closeModel } = await loadServingModel(config, log);
+  if (isMultiModel(config)) return startMultiServer(config, log, opts.installSignalHandlers ?? false, keys, opts.engineWorker);
+  const { ctx, metrics, resolved, task, close: closeModel } = await loadServingModel(config, log, undefined, opts.engineWorker);
   const { engine } = ctx;
   const limiter = new KeyLimiter({ maxNumSeqs: engine.info!.limits.maxNumSeqs, maxQueue: engine.info!.limits.maxQueue });
   const observe = ctx.observe;

@@ -41,6 +41,8 @@ export interface Tenancy {
 
 /** Routes that generate, which per-key limits and rate-limit headers apply to. */
 const GENERATION_PATHS = new Set(['/v1/chat/completions', '/v1/completions', '/v1/responses', '/v1/messages']);
+/** Routes whose input tokens count toward a key's tokens_per_minute too (OpenAI counts embedding tokens), with its token headers. */
+const RETRIEVAL_PATHS = new Set(['/v1/embeddings', '/v1/rerank', '/rerank', '/v2/rerank']);
 
 function callerOf(key: ApiKey | null, scope: HttpOptions['prefixCacheScope']): Caller {
   if (!key) return ANONYMOUS;
@@ -132,6 +134,8 @@ export async function buildApp(
   }
 
   const checkKey = requireApiKey(tenancy.keys);
+  /** Each keyed generation request's admission by its key's limits (KeyLimiter.begin). */
+  const admissions = new WeakMap<object, Promise<void>>();
   app.decorateRequest('caller', null as unknown as Caller);
   app.decorateRequest('apiKey', null);
   app.addHook('onRequest', async (request, reply) => {
@@ -146,15 +150,24 @@ export async function buildApp(
     // The key's name (never the key) in every log line of the request, its last included.
     request.log = request.log.child({ api_key: key.name });
     reply.log = request.log;
-    if (request.method === 'POST' && GENERATION_PATHS.has(path)) tenancy.limiter.begin(key, (done) => reply.raw.once('close', done));
+    if (request.method !== 'POST') return;
+    if (GENERATION_PATHS.has(path)) {
+      const admitted = tenancy.limiter.begin(key, (done) => reply.raw.once('close', done));
+      // Awaited before routing (a client gone while it waits has no one to tell).
+      admitted.catch(() => {});
+      admissions.set(request, admitted);
+    } else if (RETRIEVAL_PATHS.has(path)) tenancy.limiter.checkTokens(key);
   });
   // The key's rate-limit state with every generation answer, refusals included (OpenAI's or Anthropic's headers).
   app.addHook('onSend', async (request, reply) => {
     const key = request.apiKey;
     if (!key || request.method !== 'POST') return;
     const path = request.url.split('?')[0];
-    if (!GENERATION_PATHS.has(path)) return;
+    const retrieval = RETRIEVAL_PATHS.has(path);
+    if (!GENERATION_PATHS.has(path) && !retrieval) return;
     const state = tenancy.limiter.state(key);
+    // Concurrency limits are for generation: a retrieval answer says only the tokens.
+    if (retrieval) state.requests = null;
     reply.headers(path === '/v1/messages' ? anthropicRateHeaders(state) : openAIRateHeaders(state));
   });
 
@@ -183,6 +196,10 @@ export async function buildApp(
     void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
+  // Before routing: a request waiting for one of its key's max_concurrent holds no model.
+  app.addHook('preHandler', async (request) => {
+    await admissions.get(request);
+  });
   const ctxFor = ctx instanceof ModelRegistry ? routeByModel(app, ctx) : singleModel(ctx);
   await app.register(generationRoutes, { ctxFor, http });
   await app.register(anthropicRoutes, { ctxFor, http });

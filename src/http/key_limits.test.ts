@@ -59,3 +59,39 @@ test('requests in flight count against max_concurrent + max_queued in the header
   assert.deepEqual(limiter.state(k).requests, { limit: 10, remaining: 10 });
   assert.equal(limiter.state(key(null)).requests, null);
 });
+
+test('across models: max_concurrent is one gate for all models (first come, first served) and max_concurrent + max_queued bounds requests in flight', async () => {
+  const limiter = new KeyLimiter({ maxNumSeqs: 4, maxQueue: 8, acrossModels: true });
+  const k = key(null, 1, 1);
+  const order: string[] = [];
+  /** A request as app.ts makes one; `end` is its reply's close. */
+  const request = (tag: string) => {
+    let end = () => {};
+    const admitted = limiter.begin(k, (cb) => (end = cb)).then(() => order.push(tag));
+    return { admitted, end: () => end() };
+  };
+  const first = request('first');
+  await first.admitted;
+  const second = request('second');
+  // Two in flight (max_concurrent 1 + max_queued 1): a third is refused, whatever model it names.
+  assert.throws(
+    () => limiter.begin(k, () => {}),
+    (e: unknown) => e instanceof KeyLimitError && e.limit === 'max_queued' && /2 requests in flight/.test(e.message),
+  );
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(order, ['first'], 'the second waits while the first holds max_concurrent');
+  first.end();
+  await second.admitted;
+  assert.deepEqual(order, ['first', 'second']);
+  // One that leaves while it waits never goes on, and frees its place.
+  const third = request('third');
+  const gone = third.admitted.then(
+    () => 'admitted',
+    (e: unknown) => (e as Error).constructor.name,
+  );
+  third.end();
+  assert.equal(await gone, 'AbortedError');
+  second.end();
+  await request('fourth').admitted;
+  assert.deepEqual(order, ['first', 'second', 'fourth']);
+});

@@ -1,4 +1,4 @@
-import { KeyLimitError } from '../errors.js';
+import { AbortedError, KeyLimitError } from '../errors.js';
 import type { ApiKey } from './api_keys.js';
 
 const WINDOW_MS = 60_000;
@@ -16,6 +16,9 @@ interface Use {
   inFlight: number;
   tokens: Array<{ at: number; n: number }>;
   sum: number;
+  /** Across models (a server of several): requests passed on to their model, and those waiting for one of max_concurrent, oldest first. */
+  admitted: number;
+  gate: Array<{ go(): void; drop(): void }>;
 }
 
 /** What the rate-limit headers say of a key's requests and tokens. */
@@ -29,20 +32,24 @@ export interface KeyLimitState {
  * scheduler enforces max_concurrent and max_queued) and the tokens of the last 60 s, which
  * tokens_per_minute bounds: a request that comes while the key's last minute holds its
  * limit is refused (429) until enough of those tokens are a minute old.
+ *
+ * In a server of several models (`acrossModels`) each engine bounds only the requests it
+ * runs, so max_concurrent and max_queued are kept here too, for all the models together:
+ * a key spreading its requests over N models gets its limits once, not N times.
  */
 export class KeyLimiter {
   private readonly uses = new Map<string, Use>();
 
   constructor(
     /** The server's batch and queue bounds, which stand in for a limit the key does not set. */
-    private readonly server: { maxNumSeqs: number; maxQueue: number },
+    private readonly server: { maxNumSeqs: number; maxQueue: number; acrossModels?: boolean },
     private readonly now: () => number = () => Date.now(),
   ) {}
 
   private use(name: string): Use {
     let u = this.uses.get(name);
     if (!u) {
-      u = { inFlight: 0, tokens: [], sum: 0 };
+      u = { inFlight: 0, tokens: [], sum: 0, admitted: 0, gate: [] };
       this.uses.set(name, u);
     }
     const cutoff = this.now() - WINDOW_MS;
@@ -52,9 +59,59 @@ export class KeyLimiter {
 
   /**
    * Counts a request of `key` until `onDone` calls back; throws the 429 when the key's
-   * tokens of the last minute reached its tokens_per_minute.
+   * tokens of the last minute reached its tokens_per_minute, or (across models) when its
+   * requests in flight reached max_concurrent + max_queued. Resolves once the request may
+   * go on to its model: across models, while the key has max_concurrent requests there, it
+   * waits (first come, first served); elsewhere at once (the engine keeps max_concurrent).
    */
-  begin(key: ApiKey, onDone: (cb: () => void) => void): void {
+  begin(key: ApiKey, onDone: (cb: () => void) => void): Promise<void> {
+    const u = this.tokensChecked(key);
+    const limit = this.requestsLimit(key);
+    const { maxConcurrent, maxQueued } = key.limits;
+    const gated = this.server.acrossModels === true && maxConcurrent !== null;
+    if (this.server.acrossModels && limit !== null && u.inFlight >= limit) {
+      throw new KeyLimitError(
+        `Rate limit reached for API key '${key.name}': max_queued ${maxQueued ?? this.server.maxQueue} (it has ${u.inFlight} requests in flight across this server's models${maxConcurrent !== null ? `, max_concurrent ${maxConcurrent}` : ''}). Retry shortly.`,
+        'max_queued',
+      );
+    }
+    u.inFlight++;
+    return new Promise((resolve, reject) => {
+      let admitted = false;
+      const waiter = {
+        go: () => {
+          admitted = true;
+          u.admitted++;
+          resolve();
+        },
+        // Gone while it waited (the client left): it never reaches its model.
+        drop: () => reject(new AbortedError()),
+      };
+      onDone(() => {
+        u.inFlight--;
+        if (!gated) return;
+        if (!admitted) {
+          const at = u.gate.indexOf(waiter);
+          if (at >= 0) u.gate.splice(at, 1);
+          waiter.drop();
+          return;
+        }
+        u.admitted--;
+        // The freed place goes to the oldest request waiting for one.
+        if (u.admitted < maxConcurrent) u.gate.shift()?.go();
+      });
+      if (!gated) resolve();
+      else if (u.admitted < maxConcurrent && u.gate.length === 0) waiter.go();
+      else u.gate.push(waiter);
+    });
+  }
+
+  /** Throws the 429 when the key's tokens of the last minute reached its tokens_per_minute. */
+  checkTokens(key: ApiKey): void {
+    this.tokensChecked(key);
+  }
+
+  private tokensChecked(key: ApiKey): Use {
     const u = this.use(key.name);
     const tpm = key.limits.tokensPerMinute;
     if (tpm !== null && u.sum >= tpm) {
@@ -65,8 +122,14 @@ export class KeyLimiter {
         Math.max(1, Math.ceil(wait / 1000)),
       );
     }
-    u.inFlight++;
-    onDone(() => u.inFlight--);
+    return u;
+  }
+
+  /** The key's requests in flight at most (max_concurrent + max_queued, the server's bounds for one not set); null without either. */
+  private requestsLimit(key: ApiKey): number | null {
+    const { maxConcurrent, maxQueued } = key.limits;
+    if (maxConcurrent === null && maxQueued === null) return null;
+    return (maxConcurrent ?? this.server.maxNumSeqs) + (maxQueued ?? this.server.maxQueue);
   }
 
   /** Records tokens a request of `name` used (prompt and generated). */
@@ -91,14 +154,9 @@ export class KeyLimiter {
   /** What the key's limits and use are now, for the rate-limit headers; null parts for limits it does not have. */
   state(key: ApiKey): KeyLimitState {
     const u = this.use(key.name);
-    const { maxConcurrent, maxQueued, tokensPerMinute } = key.limits;
-    const requests =
-      maxConcurrent === null && maxQueued === null
-        ? null
-        : (() => {
-            const limit = (maxConcurrent ?? this.server.maxNumSeqs) + (maxQueued ?? this.server.maxQueue);
-            return { limit, remaining: Math.max(0, limit - u.inFlight) };
-          })();
+    const { tokensPerMinute } = key.limits;
+    const limit = this.requestsLimit(key);
+    const requests = limit === null ? null : { limit, remaining: Math.max(0, limit - u.inFlight) };
     const tokens =
       tokensPerMinute === null
         ? null

@@ -12,6 +12,8 @@ export type MetricsCompat = 'none' | 'vllm';
  */
 export class ServerMetrics {
   readonly registry = new client.Registry();
+  /** The `vllm:` series, labelled `model_name` as vLLM's own are (ours say `model`, as the rest of our API does). */
+  private readonly vllmRegistry = new client.Registry();
   private readonly promptTokens: client.Counter[];
   private readonly generationTokens: client.Counter[];
   private readonly requestSuccess: Array<client.Counter<'finished_reason'>>;
@@ -30,19 +32,20 @@ export class ServerMetrics {
   constructor(
     private readonly engine: Engine,
     modelName: string,
-    compat: MetricsCompat = 'none',
+    private readonly compat: MetricsCompat = 'none',
   ) {
     const stats = () => this.snapshot ?? engine.stats();
-    const registers = [this.registry];
+    const registersOf = (name: string) => [name.startsWith('vllm:') ? this.vllmRegistry : this.registry];
     const prefixes = ['qwen3_serve_', ...(compat === 'vllm' ? ['vllm:'] : [])];
-    this.registry.setDefaultLabels({ model_name: modelName });
+    this.registry.setDefaultLabels({ model: modelName });
+    this.vllmRegistry.setDefaultLabels({ model_name: modelName });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'qwen3_serve_' });
     const gauge = (name: string, help: string, value: () => number | Promise<number>, names = prefixes.map((p) => p + name)) => {
       for (const n of names) {
         new client.Gauge({
           name: n,
           help,
-          registers,
+          registers: registersOf(n),
           async collect() {
             this.set(await value());
           },
@@ -69,7 +72,7 @@ export class ServerMetrics {
         new client.Counter({
           name: n,
           help,
-          registers,
+          registers: registersOf(n),
           async collect() {
             // The engine keeps the total; a restarted engine starts again from 0, as a restarted process would.
             this.reset();
@@ -160,7 +163,7 @@ export class ServerMetrics {
         name,
         help: 'Prefix cache configuration in labels: block_size (tokens) and num_gpu_blocks (blocks it can hold); the value is 1.',
         labelNames: ['block_size', 'num_gpu_blocks', 'enable_prefix_caching'],
-        registers,
+        registers: registersOf(name),
         async collect() {
           this.reset();
           const p = await prefix();
@@ -171,7 +174,7 @@ export class ServerMetrics {
         },
       });
     }
-    const counter = (name: string, help: string) => prefixes.map((p) => new client.Counter({ name: `${p}${name}`, help, registers }));
+    const counter = (name: string, help: string) => prefixes.map((p) => new client.Counter({ name: `${p}${name}`, help, registers: registersOf(p) }));
     this.promptTokens = counter('prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('generation_tokens_total', 'Tokens generated.');
     this.requestSuccess = prefixes.map(
@@ -180,11 +183,11 @@ export class ServerMetrics {
           name: `${p}request_success_total`,
           help: 'Finished requests by finish reason.',
           labelNames: ['finished_reason'],
-          registers,
+          registers: registersOf(p),
         }),
     );
     const histogram = (name: string, help: string, buckets: number[]) =>
-      prefixes.map((p) => new client.Histogram({ name: `${p}${name}`, help, buckets, registers }));
+      prefixes.map((p) => new client.Histogram({ name: `${p}${name}`, help, buckets, registers: registersOf(p) }));
     const latency = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80];
     this.ttft = histogram('time_to_first_token_seconds', 'Time to first token.', latency);
     this.tpot = histogram(
@@ -199,25 +202,25 @@ export class ServerMetrics {
       name: 'qwen3_serve_api_key_request_success_total',
       help: 'Finished requests by API key name and finish reason.',
       labelNames: ['api_key', 'finished_reason'],
-      registers,
+      registers: [this.registry],
     });
     this.keyPromptTokens = new client.Counter({
       name: 'qwen3_serve_api_key_prompt_tokens_total',
       help: 'Prompt tokens processed, by API key name.',
       labelNames: ['api_key'],
-      registers,
+      registers: [this.registry],
     });
     this.keyGenerationTokens = new client.Counter({
       name: 'qwen3_serve_api_key_generation_tokens_total',
       help: 'Tokens generated, by API key name.',
       labelNames: ['api_key'],
-      registers,
+      registers: [this.registry],
     });
     this.keyRateLimited = new client.Counter({
       name: 'qwen3_serve_api_key_rate_limited_total',
       help: "Requests refused (429) by one of their API key's limits, by key name and limit.",
       labelNames: ['api_key', 'limit'],
-      registers,
+      registers: [this.registry],
     });
   }
 
@@ -245,7 +248,8 @@ export class ServerMetrics {
   async text(): Promise<string> {
     this.snapshot = this.engine.stats();
     try {
-      return await this.registry.metrics();
+      const ours = await this.registry.metrics();
+      return this.compat === 'vllm' ? `${ours}\n${await this.vllmRegistry.metrics()}` : ours;
     } finally {
       this.snapshot = null;
     }
@@ -255,22 +259,50 @@ export class ServerMetrics {
   async json(): Promise<client.MetricObjectWithValues<client.MetricValue<string>>[]> {
     this.snapshot = this.engine.stats();
     try {
-      return await this.registry.getMetricsAsJSON();
+      return [...(await this.registry.getMetricsAsJSON()), ...(await this.vllmRegistry.getMetricsAsJSON())];
     } finally {
       this.snapshot = null;
     }
   }
 }
 
-/** What /metrics serves of a server of several models: each loaded model's series, told apart by `model_name`. */
+/** What /metrics serves of a server of several models: each loaded model's series, told apart by `model` (`model_name` on the `vllm:` series). */
 export interface MetricsText {
   text(): Promise<string>;
   /** Counts a 429 for an API key's limit, where the metrics keep per-key counters. */
   rateLimited?(key: string, limit: string): void;
 }
 
-export async function mergedMetricsText(parts: ServerMetrics[]): Promise<string> {
-  if (parts.length === 0) return '';
-  const merged = client.AggregatorRegistry.aggregate(await Promise.all(parts.map((m) => m.json())));
+/**
+ * The metrics of a server of several models: each loaded model's (mergedMetricsText), and
+ * the 429s of API keys' limits, which are kept for the server as a whole (key_limits.ts), so
+ * counted once for it, with no model label.
+ */
+export class MultiModelMetrics implements MetricsText {
+  private readonly registry = new client.Registry();
+  private readonly keyRateLimited = new client.Counter({
+    name: 'qwen3_serve_api_key_rate_limited_total',
+    help: "Requests refused (429) by one of their API key's limits, by key name and limit.",
+    labelNames: ['api_key', 'limit'],
+    registers: [this.registry],
+  });
+
+  constructor(private readonly models: () => ServerMetrics[]) {}
+
+  rateLimited(key: string, limit: string): void {
+    this.keyRateLimited.inc({ api_key: key, limit });
+  }
+
+  async text(): Promise<string> {
+    return mergedMetricsText(this.models(), [await this.registry.getMetricsAsJSON()]);
+  }
+}
+
+export async function mergedMetricsText(
+  parts: ServerMetrics[],
+  more: client.MetricObjectWithValues<client.MetricValue<string>>[][] = [],
+): Promise<string> {
+  if (parts.length === 0 && more.length === 0) return '';
+  const merged = client.AggregatorRegistry.aggregate([...(await Promise.all(parts.map((m) => m.json()))), ...more]);
   return merged.metrics();
 }

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { DEFAULT_SAMPLING, type GenerateRequest } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
 import { checkModel, checkTask, checkTokenIds, parseBody, submitAll } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
@@ -30,11 +31,12 @@ export function promptOnlyRequest(promptIds: number[], promptOutput: GenerateReq
   };
 }
 
-/** Runs prompt-only requests and gathers what each asked for of its last position, with its metrics. */
+/** Runs prompt-only requests and gathers what each asked for of its last position, with its metrics (under the caller's key). */
 export async function runPromptOutputs(
   ctx: ServingContext,
   requests: GenerateRequest[],
   signal: AbortSignal,
+  caller: Caller,
 ): Promise<{ outputs: Float32Array[]; cachedTokens: number } | null> {
   const streams = await submitAll(ctx, requests, signal);
   const outputs: Float32Array[] = new Array(requests.length);
@@ -45,8 +47,8 @@ export async function runPromptOutputs(
         if (ev.promptOutput) outputs[i] = ev.promptOutput;
         if (ev.finishReason) {
           if (ev.metrics) {
-            // Retrieval requests are not counted against a key's tokens per minute.
-            ctx.observe(ev.metrics, ev.finishReason, null);
+            // Their input tokens count toward the key's tokens per minute, as OpenAI counts embedding tokens.
+            ctx.observe(ev.metrics, ev.finishReason, caller.key);
             cachedTokens += ev.metrics.cachedTokens;
           }
         }
@@ -79,7 +81,7 @@ export function base64Vector(v: Float32Array): string {
  * with everything else, its blocks in the prefix cache); the last token's hidden state,
  * shortened to `dimensions` when asked, L2-normalized.
  */
-export async function serveEmbeddings(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveEmbeddings(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(embeddingRequestSchema, body);
   checkModel(ctx, req.model);
   checkTask(ctx, 'embed');
@@ -110,6 +112,7 @@ export async function serveEmbeddings(ctx: ServingContext, body: unknown, signal
     ctx,
     inputs.map((ids) => promptOnlyRequest(ids, 'row')),
     signal,
+    caller,
   );
   if (!run) return { body: null };
   const base64 = req.encoding_format === 'base64';

@@ -1,4 +1,5 @@
 import { InvalidRequestError } from '../errors.js';
+import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
 import { checkModel, checkTask, newId, parseBody } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
@@ -26,7 +27,7 @@ export function yesProbability(yes: number, no: number): number {
  * template after the query (so documents share its prefix), a prompt-only engine request
  * whose last position's "yes" / "no" logits give the score; results sorted best first.
  */
-export async function serveRerank(ctx: ServingContext, body: unknown, signal: AbortSignal): Promise<Served> {
+export async function serveRerank(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(rerankRequestSchema, body);
   checkModel(ctx, req.model);
   checkTask(ctx, 'rerank');
@@ -46,6 +47,7 @@ export async function serveRerank(ctx: ServingContext, body: unknown, signal: Ab
     ctx,
     prompts.map((ids) => promptOnlyRequest(ids, [yes, no])),
     signal,
+    caller,
   );
   if (!run) return { body: null };
   const scored = run.outputs.map((o, index) => ({ index, relevance_score: yesProbability(o[0], o[1]) }));

@@ -9,8 +9,10 @@ import { respond } from '../sse.js';
 /** OpenAI's embeddings, and reranking where vLLM, llama.cpp and Jina / Cohere clients look for it. */
 export const retrievalRoutes: FastifyPluginAsync<{ ctxFor: ContextFor; http: HttpOptions }> = async (app, { ctxFor, http }) => {
   app.post('/v1/embeddings', (request, reply) =>
-    respond(request, reply, http, serveEmbeddings(ctxFor(request), request.body, clientAbortSignal(request, reply))),
+    respond(request, reply, http, serveEmbeddings(ctxFor(request), request.body, clientAbortSignal(request, reply), request.caller)),
   );
   for (const path of ['/v1/rerank', '/rerank', '/v2/rerank'])
-    app.post(path, (request, reply) => respond(request, reply, http, serveRerank(ctxFor(request), request.body, clientAbortSignal(request, reply))));
+    app.post(path, (request, reply) =>
+      respond(request, reply, http, serveRerank(ctxFor(request), request.body, clientAbortSignal(request, reply), request.caller)),
+    );
 };
