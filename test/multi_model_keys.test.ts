@@ -13,7 +13,7 @@ import { FIXTURE_DIR, tempDir } from './support/runner.js';
 // embedding requests count toward its tokens_per_minute.
 
 const work = tempDir('qwen3-multi-keys-');
-const KEYS = { conc: 'sk-conc-0123456789', tpm: 'sk-tpm-0123456789' };
+const KEYS = { conc: 'sk-conc-0123456789', tpm: 'sk-tpm-0123456789', alice: 'sk-alice-0123456789', bob: 'sk-bob-0123456789' };
 let server: RunningServer;
 
 before(async () => {
@@ -24,6 +24,8 @@ before(async () => {
       keys: [
         { name: 'conc', key: KEYS.conc, limits: { max_concurrent: 1, max_queued: 1 } },
         { name: 'tpm', key: KEYS.tpm, limits: { tokens_per_minute: 4 } },
+        { name: 'alice', key: KEYS.alice },
+        { name: 'bob', key: KEYS.bob },
       ],
     }),
   );
@@ -105,4 +107,17 @@ test("the 429s of keys' limits are counted once for the server, and each key's t
   assert.match(text, /^qwen3_serve_api_key_rate_limited_total\{api_key="conc",limit="max_queued"\} 1$/m);
   assert.match(text, /^qwen3_serve_api_key_rate_limited_total\{api_key="tpm",limit="tokens_per_minute"\} 2$/m);
   assert.match(text, /^qwen3_serve_api_key_prompt_tokens_total\{api_key="tpm",model="e"\} [1-9]\d*$/m);
+});
+
+test("embeddings keep to the key's prefix cache: bob's repeat of alice's text finds none of her blocks, his own repeat finds his", async () => {
+  const input = Array.from({ length: 120 }, (_, i) => `word${i % 37}`).join(' ');
+  const cached = async (key: string) => {
+    const res = await post(key, '/v1/embeddings', { model: 'e', input });
+    assert.equal(res.status, 200, await res.clone().text());
+    return ((await res.json()) as { usage: { prompt_tokens_details: { cached_tokens: number } } }).usage.prompt_tokens_details.cached_tokens;
+  };
+  assert.equal(await cached(KEYS.alice), 0);
+  assert.ok((await cached(KEYS.alice)) > 0, "alice's repeat is served from her blocks");
+  assert.equal(await cached(KEYS.bob), 0, "bob gets nothing of alice's");
+  assert.ok((await cached(KEYS.bob)) > 0, "bob's repeat is served from his own");
 });

@@ -86,7 +86,13 @@ export async function startMultiServer(
     },
   );
   const drain = new Drain();
-  const app = await buildApp(registry, httpOptions(config), new MultiModelMetrics(() => [...metrics.values()]), drain, { keys, limiter }, log);
+  const app = await buildApp(registry, httpOptions(config), new MultiModelMetrics(() => [...metrics.values()]), drain, { keys, limiter }, log).catch(
+    async (err: unknown) => {
+      await registry.close();
+      keys.close();
+      throw err;
+    },
+  );
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });

@@ -43,7 +43,11 @@ export async function startServer(
   const modelName = ctx.options.modelName;
   const http = httpOptions(config);
   const drain = new Drain();
-  const app = await buildApp(ctx, http, metrics, drain, { keys, limiter }, log);
+  // A start that fails after the model loaded stops its engine, or the process would never exit.
+  const app = await buildApp(ctx, http, metrics, drain, { keys, limiter }, log).catch(async (err: unknown) => {
+    await closeAll();
+    throw err;
+  });
   let address: string;
   try {
     address = await app.listen({ host: config.host, port: config.port });

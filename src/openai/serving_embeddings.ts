@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { DEFAULT_SAMPLING, type GenerateRequest } from '../engine/types.js';
 import { InvalidRequestError } from '../errors.js';
-import { ANONYMOUS, type Caller } from '../serving/caller.js';
+import { ANONYMOUS, type Caller, cacheSalt } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
 import { checkModel, checkTask, checkTokenIds, parseBody, submitAll } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
@@ -15,8 +15,11 @@ async function inputsOf(ctx: ServingContext, input: EmbeddingRequest['input']): 
   return Promise.all(texts.map(async (t) => [...(await ctx.codec.encode(t)), ...(end === null ? [] : [end])]));
 }
 
-/** A prompt-only engine request whose first event carries the last position's hidden state. */
-export function promptOnlyRequest(promptIds: number[], promptOutput: GenerateRequest['promptOutput']): GenerateRequest {
+/**
+ * A prompt-only engine request whose first event carries the last position's hidden state;
+ * its prefix-cache blocks are the caller's key's, as a chat request's are.
+ */
+export function promptOnlyRequest(promptIds: number[], promptOutput: GenerateRequest['promptOutput'], caller: Caller): GenerateRequest {
   return {
     requestId: randomUUID(),
     promptIds,
@@ -28,6 +31,7 @@ export function promptOnlyRequest(promptIds: number[], promptOutput: GenerateReq
     ignoreEos: true,
     skipSpecialTokens: true,
     promptOutput,
+    cacheSalt: cacheSalt(caller, null),
   };
 }
 
@@ -110,7 +114,7 @@ export async function serveEmbeddings(ctx: ServingContext, body: unknown, signal
   });
   const run = await runPromptOutputs(
     ctx,
-    inputs.map((ids) => promptOnlyRequest(ids, 'row')),
+    inputs.map((ids) => promptOnlyRequest(ids, 'row', caller)),
     signal,
     caller,
   );

@@ -45,7 +45,7 @@ export async function serveRerank(ctx: ServingContext, body: unknown, signal: Ab
   );
   const run = await runPromptOutputs(
     ctx,
-    prompts.map((ids) => promptOnlyRequest(ids, [yes, no])),
+    prompts.map((ids) => promptOnlyRequest(ids, [yes, no], caller)),
     signal,
     caller,
   );
