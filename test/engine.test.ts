@@ -159,7 +159,8 @@ test('the main thread keeps running timers during a long prefill in the worker',
   const r = await collect(
     engine,
     request(
-      Array.from({ length: 3000 }, (_, i) => 100 + i),
+      // 1,000 tokens: a prefill of most of a second here (3,000 took eight), far more 5 ms ticks than a blocked thread would see.
+      Array.from({ length: 1000 }, (_, i) => 100 + i),
       { maxTokens: 1 },
     ),
   );

@@ -52,6 +52,9 @@ interface Served {
   prompts: string[];
 }
 
+/** One cache for the file's servers: the demo model is built once, not once per server. */
+const cacheDir = tempDir('qwen3-ui-cache-');
+
 /** A server whose rendered prompts are recorded (--log-prompts), to see what the page asked for. */
 async function serve(flags: string[]): Promise<Served> {
   const prompts: string[] = [];
@@ -75,7 +78,7 @@ async function serve(flags: string[]): Promise<Served> {
       '--prefix-cache-memory',
       '16MiB',
       '--cache-dir',
-      tempDir('qwen3-ui-cache-'),
+      cacheDir,
       '--log-prompts',
       '--log-level',
       'debug',
@@ -302,7 +305,7 @@ test('narrow screens: the conversation list and settings fold away', { skip }, a
 
 test('--no-ui: no page at /', async () => {
   const s = await startServer(
-    parseServeConfig(['--port', '0', '--threads', '1', '--no-ui', '--kv-cache-memory', '64MiB', '--cache-dir', tempDir('qwen3-ui-cache-')], {})!,
+    parseServeConfig(['--port', '0', '--threads', '1', '--no-ui', '--kv-cache-memory', '64MiB', '--cache-dir', cacheDir], {})!,
     { logger: pino({ level: 'silent' }) },
   );
   try {

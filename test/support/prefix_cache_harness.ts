@@ -109,12 +109,22 @@ export function expectedHit(prompts: number[][], i: number): number {
   return Math.min(best, Math.floor((prompts[i].length - 1) / CHUNK)) * CHUNK;
 }
 
-export async function ownCheckpoint(dtype: 'fp16' | 'int4', layout: 'fast' | 'standard' = 'fast'): Promise<string> {
-  const src = join(tempDir(), 'deeper');
-  writeRandomCheckpoint(src, { hiddenSize: 128, intermediateSize: 256, numLayers: 5, numHeads: 4, numKvHeads: 2, headDim: 32, seed: 7 });
-  const out = `${src}-${dtype}-${layout}`;
-  await exportModel({ modelDir: src, outDir: out, dtype, layout });
-  return out;
+let deeper: string | null = null;
+const ownExports = new Map<string, Promise<string>>();
+
+/** A deeper random checkpoint (written once per process) exported in a dtype and layout, once per process each. */
+export function ownCheckpoint(dtype: 'fp16' | 'int4', layout: 'fast' | 'standard' = 'fast'): Promise<string> {
+  if (!deeper) {
+    deeper = join(tempDir(), 'deeper');
+    writeRandomCheckpoint(deeper, { hiddenSize: 128, intermediateSize: 256, numLayers: 5, numHeads: 4, numKvHeads: 2, headDim: 32, seed: 7 });
+  }
+  const out = `${deeper}-${dtype}-${layout}`;
+  if (!ownExports.has(out))
+    ownExports.set(
+      out,
+      exportModel({ modelDir: deeper, outDir: out, dtype, layout }).then(() => out),
+    );
+  return ownExports.get(out)!;
 }
 
 export const variants: Array<[string, () => Promise<string>]> = [

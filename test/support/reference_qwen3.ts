@@ -209,12 +209,17 @@ export class ReferenceQwen3 {
   }
 }
 
-export function logSoftmax(x: ArrayLike<number>): Float64Array {
+/** log(sum(exp(x))) in float64: logSoftmax(x)[j] is x[j] minus this. */
+export function logSumExp(x: ArrayLike<number>): number {
   let m = -Infinity;
   for (let i = 0; i < x.length; i++) m = Math.max(m, x[i]);
   let s = 0;
   for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
-  const lse = Math.log(s) + m;
+  return Math.log(s) + m;
+}
+
+export function logSoftmax(x: ArrayLike<number>): Float64Array {
+  const lse = logSumExp(x);
   return Float64Array.from(x as ArrayLike<number>, (v) => v - lse);
 }
 
