@@ -15,39 +15,33 @@ export interface ForcedCall {
  */
 export function forcedCall(tools: ToolDefinition[], name: string | null, syntax: ToolCallSyntax): ForcedCall {
   const named = name === null ? null : tools.find((t) => t.function.name === name)!;
-  if (syntax === 'json') {
-    const close = { type: 'const_string', value: '}\n</tool_call>' };
-    const args = (t: ToolDefinition) => ({ type: 'json_schema', json_schema: t.function.parameters ?? { type: 'object' } });
-    if (named)
-      return {
-        opening: `<tool_call>\n{"name": ${JSON.stringify(named.function.name)}, "arguments": `,
-        format: { type: 'sequence', elements: [args(named), close] },
-      };
-    return {
-      opening: '<tool_call>\n',
-      format: {
-        type: 'or',
-        elements: tools.map((t) => ({
-          type: 'sequence',
-          elements: [{ type: 'const_string', value: `{"name": ${JSON.stringify(t.function.name)}, "arguments": ` }, args(t), close],
-        })),
-      },
-    };
+  const call = syntax === 'json' ? jsonCall : xmlCall;
+  const close = { type: 'const_string', value: syntax === 'json' ? '}\n</tool_call>' : '</function>\n</tool_call>' };
+  if (named) {
+    const { head, body } = call(named);
+    return { opening: `<tool_call>\n${head}`, format: { type: 'sequence', elements: [...body, close] } };
   }
-  const close = { type: 'const_string', value: '</function>\n</tool_call>' };
-  if (named)
-    return { opening: `<tool_call>\n<function=${named.function.name}>\n`, format: { type: 'sequence', elements: [...xmlParameters(named), close] } };
   return {
     opening: '<tool_call>\n',
     format: {
       type: 'or',
-      elements: tools.map((t) => ({
-        type: 'sequence',
-        elements: [{ type: 'const_string', value: `<function=${t.function.name}>\n` }, ...xmlParameters(t), close],
-      })),
+      elements: tools.map((t) => {
+        const { head, body } = call(t);
+        return { type: 'sequence', elements: [{ type: 'const_string', value: head }, ...body, close] };
+      }),
     },
   };
 }
+
+/** A call's head (the text naming the function) and the structural tags of its arguments, per syntax. */
+type CallForm = (tool: ToolDefinition) => { head: string; body: Array<Record<string, unknown>> };
+
+const jsonCall: CallForm = (t) => ({
+  head: `{"name": ${JSON.stringify(t.function.name)}, "arguments": `,
+  body: [{ type: 'json_schema', json_schema: t.function.parameters ?? { type: 'object' } }],
+});
+
+const xmlCall: CallForm = (t) => ({ head: `<function=${t.function.name}>\n`, body: xmlParameters(t) });
 
 /** Nothing: how a structural tag says an optional part may be left out. */
 const NOTHING = { type: 'regex', pattern: '()?' };
