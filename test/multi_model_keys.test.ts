@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
@@ -7,6 +6,7 @@ import { pino } from 'pino';
 import { parseServeConfig, type RunningServer, startServer } from '../src/cli/serve_command.js';
 import { retrievalCheckpoint } from './support/retrieval_models.js';
 import { FIXTURE_DIR, tempDir } from './support/runner.js';
+import { keysFile } from './support/server.js';
 
 // API keys in a server of two chat models and an embedding model: a key's limits hold
 // for the server, not for each model (spreading over models gets no more), and its
@@ -17,18 +17,12 @@ const KEYS = { conc: 'sk-conc-0123456789', tpm: 'sk-tpm-0123456789', alice: 'sk-
 let server: RunningServer;
 
 before(async () => {
-  const file = join(work, 'keys.json');
-  writeFileSync(
-    file,
-    JSON.stringify({
-      keys: [
-        { name: 'conc', key: KEYS.conc, limits: { max_concurrent: 1, max_queued: 1 } },
-        { name: 'tpm', key: KEYS.tpm, limits: { tokens_per_minute: 4 } },
-        { name: 'alice', key: KEYS.alice },
-        { name: 'bob', key: KEYS.bob },
-      ],
-    }),
-  );
+  const file = keysFile([
+    { name: 'conc', key: KEYS.conc, limits: { max_concurrent: 1, max_queued: 1 } },
+    { name: 'tpm', key: KEYS.tpm, limits: { tokens_per_minute: 4 } },
+    { name: 'alice', key: KEYS.alice },
+    { name: 'bob', key: KEYS.bob },
+  ]);
   const config = parseServeConfig(
     [
       ...['--port', '0', '--threads', '1', '--cache-dir', join(work, 'cache'), '--kv-cache-memory', '64MiB', '--no-ui'],

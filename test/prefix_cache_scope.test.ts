@@ -1,11 +1,8 @@
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
-import { tempDir } from './support/runner.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { keysFile, startTestServer, type TestServer } from './support/server.js';
 
 // Prefix cache isolation through the API, with real clients against real servers: with
 // --prefix-cache-scope key (the default with a keys file) one key's prompt is not cached
@@ -19,16 +16,10 @@ let shared: TestServer;
 let off: TestServer;
 
 before(async () => {
-  const file = join(tempDir(), 'keys.json');
-  writeFileSync(
-    file,
-    JSON.stringify({
-      keys: [
-        { name: 'alice', key: ALICE },
-        { name: 'bob', key: BOB },
-      ],
-    }),
-  );
+  const file = keysFile([
+    { name: 'alice', key: ALICE },
+    { name: 'bob', key: BOB },
+  ]);
   const dir = await fixtureExport('fast');
   const flags = ['--served-model-name', 'tiny', '--api-keys-file', file];
   scoped = await startTestServer(dir, flags, ALICE);

@@ -1,11 +1,8 @@
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import OpenAI from 'openai';
 import { fixtureExport } from './support/engine.js';
-import { tempDir } from './support/runner.js';
-import { startTestServer, type TestServer } from './support/server.js';
+import { keysFile, startTestServer, type TestServer } from './support/server.js';
 
 // Two keys competing for one server on the test model: key A sends 40 requests at once,
 // then key B sends 4. The scheduler admits round robin over keys with requests waiting,
@@ -18,16 +15,10 @@ const B = 'sk-team-b-0123456789';
 let s: TestServer;
 
 before(async () => {
-  const file = join(tempDir(), 'keys.json');
-  writeFileSync(
-    file,
-    JSON.stringify({
-      keys: [
-        { name: 'team-a', key: A, limits: { max_queued: 34 } },
-        { name: 'team-b', key: B },
-      ],
-    }),
-  );
+  const file = keysFile([
+    { name: 'team-a', key: A, limits: { max_queued: 34 } },
+    { name: 'team-b', key: B },
+  ]);
   s = await startTestServer(await fixtureExport('fast'), ['--served-model-name', 'tiny', '--max-num-seqs', '4', '--api-keys-file', file], A);
 });
 after(async () => {

@@ -125,37 +125,21 @@ export class ServerMetrics {
       async () => ((await disk())?.degraded ? 1 : 0),
       ours('prefix_cache_disk_degraded'),
     );
-    engineCounter(
-      '',
-      'Prompt tokens served from blocks read from the disk tier (counted in the hits too).',
-      async () => (await disk())?.hitTokens ?? 0,
-      ours('prefix_cache_disk_hits_total'),
-    );
-    engineCounter(
-      '',
-      'Blocks read from the disk tier, checked and loaded.',
-      async () => (await disk())?.loads ?? 0,
-      ours('prefix_cache_disk_loads_total'),
-    );
-    engineCounter(
-      '',
-      'Seconds the disk tier spent reading the blocks it loaded (divided by loads: the mean latency of a load).',
-      async () => (await disk())?.loadSeconds ?? 0,
-      ours('prefix_cache_disk_load_seconds_total'),
-    );
-    engineCounter('', 'Blocks written to the disk tier.', async () => (await disk())?.writes ?? 0, ours('prefix_cache_disk_writes_total'));
-    engineCounter(
-      '',
-      'Block writes given up because the disk tier was behind (its writer never holds up a step).',
-      async () => (await disk())?.writesDropped ?? 0,
-      ours('prefix_cache_disk_writes_dropped_total'),
-    );
-    engineCounter(
-      '',
-      'Block files found torn, truncated or edited (failing their checksum): deleted, never served.',
-      async () => (await disk())?.corrupt ?? 0,
-      ours('prefix_cache_disk_corrupt_blocks_total'),
-    );
+    const diskCounters = [
+      ['hits_total', 'hitTokens', 'Prompt tokens served from blocks read from the disk tier (counted in the hits too).'],
+      ['loads_total', 'loads', 'Blocks read from the disk tier, checked and loaded.'],
+      [
+        'load_seconds_total',
+        'loadSeconds',
+        'Seconds the disk tier spent reading the blocks it loaded (divided by loads: the mean latency of a load).',
+      ],
+      ['writes_total', 'writes', 'Blocks written to the disk tier.'],
+      ['writes_dropped_total', 'writesDropped', 'Block writes given up because the disk tier was behind (its writer never holds up a step).'],
+      ['corrupt_blocks_total', 'corrupt', 'Block files found torn, truncated or edited (failing their checksum): deleted, never served.'],
+    ] as const;
+    for (const [name, field, help] of diskCounters) {
+      engineCounter('', help, async () => (await disk())?.[field] ?? 0, ours(`prefix_cache_disk_${name}`));
+    }
     // vLLM's cache_config_info, read by inference gateways' prefix-aware routing: the block
     // size and block count of the prefix cache (the running sequences' cache is not paged).
     for (const name of prefixes.map((p) => `${p}cache_config_info`)) {

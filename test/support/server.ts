@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import OpenAI from 'openai';
 import { pino } from 'pino';
 import { parseServeConfig, type RunningServer, startServer } from '../../src/cli/serve_command.js';
@@ -61,4 +63,11 @@ export async function spawnServer(args: string[]): Promise<{ url: string; child:
   const url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
   assert.ok(url, `the server started:\n${out.log}`);
   return { url, child, out };
+}
+
+/** An --api-keys-file (docs/security.md) with these entries, in a fresh temporary folder: its path. */
+export function keysFile(keys: Array<{ name: string; key: string; limits?: Record<string, number> }>): string {
+  const file = join(tempDir('qwen3-serve-keys-'), 'keys.json');
+  writeFileSync(file, JSON.stringify({ keys }));
+  return file;
 }
