@@ -1,4 +1,5 @@
 import type { GenerationConfig } from '../model/generation_config.js';
+import { logSumExp } from './log_sum_exp.js';
 /**
  * Per-request token sampling over one row of logits (151,936 floats for Qwen3) without
  * sorting the vocabulary: top-k and top-p use selection (expected O(V)), min-p a
@@ -103,16 +104,6 @@ export function argmax(x: ArrayLike<number>): number {
     }
   }
   return best;
-}
-
-/** log(sum(exp(x))) computed stably. */
-export function logSumExp(x: ArrayLike<number>): number {
-  let m = -Infinity;
-  for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
-  if (m === -Infinity) return -Infinity;
-  let s = 0;
-  for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
-  return m + Math.log(s);
 }
 
 /** Up to this k, the k best are kept in a small sorted list; beyond, found by a sort. */
