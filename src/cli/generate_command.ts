@@ -6,7 +6,7 @@ import { readGenerationConfig } from '../model/generation_config.js';
 import { samplingDefaults } from '../runtime/sampler.js';
 import { cudaUsable } from '../runtime/session.js';
 import { ChatTemplate } from '../text/chat_template.js';
-import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
+import { QwenTokenizer } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
 import { decimal, type Flags, formatHelp, parseCommand } from './flags.js';
 
@@ -90,8 +90,8 @@ export async function generateCommand(argv: string[]): Promise<void> {
     kvCacheMemory: 0.25,
   });
   try {
-    const files = readTokenizerFiles(resolved.exportDir);
-    const tokenizer = new QwenTokenizer(files);
+    const tokenizer = QwenTokenizer.fromDir(resolved.exportDir);
+    const { files } = tokenizer;
     const gen = readGenerationConfig(resolved.exportDir);
     const defaults = samplingDefaults(gen);
     const text = o.raw

@@ -14,7 +14,7 @@ import { ReasoningSeal } from '../serving/reasoning_seal.js';
 import { ResponseStore } from '../serving/response_store.js';
 import { ChatTemplate } from '../text/chat_template.js';
 import { OffThreadTokenizer } from '../text/offthread_tokenizer.js';
-import { QwenTokenizer, readTokenizerFiles } from '../text/tokenizer.js';
+import { QwenTokenizer } from '../text/tokenizer.js';
 import { createProgress } from '../util/progress.js';
 import type { ServeConfig } from './serve_flags.js';
 
@@ -49,8 +49,8 @@ export async function loadServingModel(config: ServeConfig, log: pino.Logger, na
   });
   const task = servedTask(config.task, readManifest(resolved.exportDir).task, resolved.exportDir);
   // Read once here: the engine's worker takes the vocabulary from this thread rather than parsing tokenizer.json again.
-  const files = readTokenizerFiles(resolved.exportDir);
-  const tokenizer = new QwenTokenizer(files);
+  const tokenizer = QwenTokenizer.fromDir(resolved.exportDir);
+  const { files } = tokenizer;
   const engine = await Engine.start(
     {
       modelDir: resolved.exportDir,

@@ -42,15 +42,34 @@ export interface TokenizerFiles {
   config: Record<string, unknown>;
 }
 
-export function readTokenizerFiles(dir: string): TokenizerFiles {
+/** The raw texts of a model's tokenizer files: what `parseTokenizerFiles` reads, and a key for their content. */
+export interface TokenizerTexts {
+  tokenizer: string;
+  config: string | null;
+  template: string | null;
+}
+
+export function readTokenizerTexts(dir: string): TokenizerTexts {
   const tokPath = join(dir, 'tokenizer.json');
   if (!existsSync(tokPath)) throw new ModelFormatError(`${dir} has no tokenizer.json.`);
   const cfgPath = join(dir, 'tokenizer_config.json');
-  const config = existsSync(cfgPath) ? (JSON.parse(readFileSync(cfgPath, 'utf8')) as Record<string, unknown>) : {};
-  // Newer checkpoints keep the chat template in a file of its own, which then wins (as in transformers).
   const templatePath = join(dir, 'chat_template.jinja');
-  if (existsSync(templatePath)) config.chat_template = readFileSync(templatePath, 'utf8');
-  return { tokenizer: JSON.parse(readFileSync(tokPath, 'utf8')) as Record<string, unknown>, config };
+  return {
+    tokenizer: readFileSync(tokPath, 'utf8'),
+    config: existsSync(cfgPath) ? readFileSync(cfgPath, 'utf8') : null,
+    template: existsSync(templatePath) ? readFileSync(templatePath, 'utf8') : null,
+  };
+}
+
+export function parseTokenizerFiles(texts: TokenizerTexts): TokenizerFiles {
+  const config = texts.config !== null ? (JSON.parse(texts.config) as Record<string, unknown>) : {};
+  // Newer checkpoints keep the chat template in a file of its own, which then wins (as in transformers).
+  if (texts.template !== null) config.chat_template = texts.template;
+  return { tokenizer: JSON.parse(texts.tokenizer) as Record<string, unknown>, config };
+}
+
+export function readTokenizerFiles(dir: string): TokenizerFiles {
+  return parseTokenizerFiles(readTokenizerTexts(dir));
 }
 
 /** What the engine needs of a tokenizer: every token's bytes and the special ones, never encoding. */

@@ -1,7 +1,21 @@
+import { createHash } from 'node:crypto';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { byteLevelVocab, readTokenizerFiles, type TokenizerFiles, type TokenVocabulary, VocabularyTable } from './token_vocabulary.js';
+import {
+  byteLevelVocab,
+  parseTokenizerFiles,
+  readTokenizerTexts,
+  type TokenizerFiles,
+  type TokenVocabulary,
+  VocabularyTable,
+} from './token_vocabulary.js';
 
-export { readTokenizerFiles, type TokenizerFiles, type TokenVocabulary } from './token_vocabulary.js';
+export type { TokenizerFiles, TokenVocabulary } from './token_vocabulary.js';
+
+/** Tokenizers by the digest of their files, held only while a model uses them. */
+const built = new Map<string, WeakRef<QwenTokenizer>>();
+const forget = new FinalizationRegistry<string>((key) => {
+  if (built.get(key)?.deref() === undefined) built.delete(key);
+});
 
 /**
  * The checkpoint's tokenizer (`@huggingface/tokenizers` on tokenizer.json) plus what
@@ -10,7 +24,8 @@ export { readTokenizerFiles, type TokenizerFiles, type TokenVocabulary } from '.
  */
 export class QwenTokenizer implements TokenVocabulary {
   private readonly tok: Tokenizer;
-  private readonly files: TokenizerFiles;
+  /** The parsed tokenizer.json and tokenizer_config.json (with the chat template) it was built from. */
+  readonly files: TokenizerFiles;
   private table: VocabularyTable | null = null;
 
   constructor(files: TokenizerFiles) {
@@ -25,8 +40,26 @@ export class QwenTokenizer implements TokenVocabulary {
     return this.table;
   }
 
+  /**
+   * The tokenizer of a model folder. Folders whose tokenizer files say the same share one
+   * instance while any holds it: every Qwen3 checkpoint has the same 11 MB tokenizer.json,
+   * which takes most of a second and over a hundred megabytes to build.
+   */
   static fromDir(dir: string): QwenTokenizer {
-    return new QwenTokenizer(readTokenizerFiles(dir));
+    const texts = readTokenizerTexts(dir);
+    const key = createHash('sha256')
+      .update(texts.tokenizer)
+      .update('\0')
+      .update(texts.config ?? '')
+      .update('\0')
+      .update(texts.template ?? '')
+      .digest('hex');
+    const shared = built.get(key)?.deref();
+    if (shared) return shared;
+    const tokenizer = new QwenTokenizer(parseTokenizerFiles(texts));
+    built.set(key, new WeakRef(tokenizer));
+    forget.register(tokenizer, key);
+    return tokenizer;
   }
 
   get specialIds(): ReadonlySet<number> {
