@@ -1,6 +1,11 @@
 #!/usr/bin/env node
+import { enableCompileCache } from 'node:module';
 import { AppError, ConfigError } from './errors.js';
 import { PACKAGE_VERSION } from './version.js';
+
+// V8 keeps what it compiled on disk (the OS temp folder), so later starts compile less; a
+// read-only disk only turns it off.
+enableCompileCache();
 
 interface Command {
   run(argv: string[]): Promise<void>;

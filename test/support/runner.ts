@@ -23,9 +23,15 @@ export async function openRunner(dir: string, maxSequences = 8): Promise<ModelRu
   return manifest.layout === 'fast' ? new FastRunner(session, manifest, maxSequences, 4096) : new StandardRunner(session, manifest, maxSequences);
 }
 
+const temporary = new Set<string>();
+// One listener for them all: the test files of a run share a process (scripts/run_tests.ts).
+process.once('exit', () => {
+  for (const dir of temporary) rmSync(dir, { recursive: true, force: true });
+});
+
 /** A temporary directory removed when the process exits. */
 export function tempDir(prefix = 'qwen3-serve-test-'): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  temporary.add(dir);
   return dir;
 }
