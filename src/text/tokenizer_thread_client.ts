@@ -49,6 +49,7 @@ export class TokenizerThread {
     if (!shared.thread) {
       shared.loaded = false;
       shared.thread = shared.spawn();
+      shared.pump();
     }
     return shared;
   }
@@ -74,7 +75,6 @@ export class TokenizerThread {
 
   private spawn(): Worker {
     const thread = new Worker(new URL('./tokenizer_thread.js', import.meta.url), { workerData: this.dir });
-    thread.unref();
     thread.on('message', (r: TokenizerResult) => {
       if (this.thread !== thread) return;
       if (r.id === -1) {
@@ -109,6 +109,13 @@ export class TokenizerThread {
   }
 
   private pump(): void {
+    this.dispatch();
+    // The thread keeps the process alive while a job waits or runs, never while idle (kept for another model).
+    if (this.running || this.queue.length > 0) this.thread?.ref();
+    else this.thread?.unref();
+  }
+
+  private dispatch(): void {
     if (this.running || this.queue.length === 0) return;
     if (!this.thread) {
       this.loaded = false;

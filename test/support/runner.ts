@@ -24,7 +24,7 @@ export async function openRunner(dir: string, maxSequences = 8): Promise<ModelRu
 }
 
 const temporary = new Set<string>();
-// One listener for them all: the test files of a run share a process (scripts/run_tests.ts).
+// One exit listener for them all, however many a test file makes.
 process.once('exit', () => {
   for (const dir of temporary) rmSync(dir, { recursive: true, force: true });
 });
