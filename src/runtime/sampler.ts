@@ -139,27 +139,26 @@ function topIndicesLarge(x: ArrayLike<number>, k: number, ordered: boolean): num
 }
 
 function topIndicesSmall(x: ArrayLike<number>, k: number): number[] {
-  const idx: number[] = [];
-  const val: number[] = [];
+  if (k <= 0) return [];
+  const idx = new Int32Array(k);
+  const val = new Float64Array(k);
+  let n = 0;
+  // Once k are held, most values fail one comparison with the k-th: a local, not an array read.
+  let floor = -Infinity;
   for (let i = 0; i < x.length; i++) {
     const v = x[i];
-    if (idx.length === k && v <= val[k - 1]) continue;
-    let pos = idx.length === k ? k - 1 : idx.length;
+    if (n === k && !(v > floor)) continue;
+    let pos = n === k ? k - 1 : n++;
     while (pos > 0 && val[pos - 1] < v) {
-      if (pos < k) {
-        val[pos] = val[pos - 1];
-        idx[pos] = idx[pos - 1];
-      }
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
       pos--;
     }
     val[pos] = v;
     idx[pos] = i;
-    if (idx.length > k) {
-      idx.length = k;
-      val.length = k;
-    }
+    if (n === k) floor = val[k - 1];
   }
-  return idx;
+  return Array.from(idx.subarray(0, n));
 }
 
 /**
