@@ -28,8 +28,8 @@ export function logSumExp(x: Float32Array | Float64Array): number {
   let s = 0;
   for (let i = 0; i < x.length; i++) {
     const t = x[i] - m;
+    // A NaN logit fails this test and makes the sum NaN below, with no check of its own.
     if (t < NEGLIGIBLE) continue;
-    if (Number.isNaN(t)) return Number.NaN;
     const n = t * LOG2E_64 + ROUND - ROUND;
     const r = t - n * LN2_64_HI - n * LN2_64_LO;
     const p = 1 + r * (1 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120)))));
