@@ -46,11 +46,8 @@ export class TokenizerThread {
     shared.users++;
     if (shared.idle) clearTimeout(shared.idle);
     shared.idle = null;
-    if (!shared.thread) {
-      shared.loaded = false;
-      shared.thread = shared.spawn();
-      shared.pump();
-    }
+    shared.ensureThread();
+    shared.pump();
     return shared;
   }
 
@@ -71,6 +68,15 @@ export class TokenizerThread {
       this.queue.push({ job: { ...task, id: this.nextId++ }, resolve, reject, background, timeoutMs });
       this.pump();
     });
+  }
+
+  /** The thread, started (and its tokenizer loading) if there is none. */
+  private ensureThread(): Worker {
+    if (!this.thread) {
+      this.loaded = false;
+      this.thread = this.spawn();
+    }
+    return this.thread;
   }
 
   private spawn(): Worker {
@@ -117,10 +123,7 @@ export class TokenizerThread {
 
   private dispatch(): void {
     if (this.running || this.queue.length === 0) return;
-    if (!this.thread) {
-      this.loaded = false;
-      this.thread = this.spawn();
-    }
+    const thread = this.ensureThread();
     if (!this.loaded) return;
     const first = this.queue.findIndex((j) => !j.background);
     const next = this.queue.splice(Math.max(first, 0), 1)[0];
@@ -134,7 +137,7 @@ export class TokenizerThread {
       this.pump();
     }, next.timeoutMs);
     this.running = { job: next, timer };
-    this.thread.postMessage(next.job);
+    thread.postMessage(next.job);
   }
 }
 
