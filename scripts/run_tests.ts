@@ -9,9 +9,9 @@
  * the shards end together; `--record` writes that table again from this run.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
 const DIST = new URL('../', import.meta.url).pathname;
@@ -82,21 +82,23 @@ function runShard(index: number, files: string[], record: string | null): Promis
   let output = '';
   // Whole lines, each marked with its shard, so that the shards' outputs interleave readably.
   const pending = ['', ''];
-  const relay = (k: number) => (d: Buffer) => {
-    const text = pending[k] + d.toString();
-    output += d.toString();
+  const relay = (k: number) => (d: string) => {
+    const text = pending[k] + d;
+    output += d;
     const cut = text.lastIndexOf('\n') + 1;
     pending[k] = text.slice(cut);
     if (cut > 0) process.stdout.write(text.slice(0, cut).replace(/^(?=.)/gm, `[${index + 1}] `));
   };
-  child.stdout.on('data', relay(0));
-  child.stderr.on('data', relay(1));
+  // Decoded as a stream, so a character split between two chunks stays whole.
+  child.stdout.setEncoding('utf8').on('data', relay(0));
+  child.stderr.setEncoding('utf8').on('data', relay(1));
   return new Promise((resolve) => {
     child.on('close', (code) => {
       for (const rest of pending) if (rest) process.stdout.write(`[${index + 1}] ${rest}\n`);
       const fileSeconds: Record<string, number> = {};
-      if (timesFile) {
-        const times = JSON.parse(readFileSync(timesFile, 'utf8')) as Record<string, number>;
+      // A process that died before its reporter finished leaves no times: its files keep none.
+      if (timesFile && existsSync(timesFile)) {
+        const times = JSON.parse(readFileSync(timesFile, 'utf8') || '{}') as Record<string, number>;
         for (const [file, t] of Object.entries(times)) fileSeconds[relative(DIST, file)] = Math.round(t * 10) / 10;
       }
       resolve({ ok: code === 0, counts: countsOf(output), wallS: (performance.now() - started) / 1000, fileSeconds });
@@ -112,7 +114,7 @@ const { values, positionals } = parseArgs({
     shards: { type: 'string', default: String(availableParallelism() + 1) },
   },
 });
-const files = positionals.length > 0 ? positionals.map((p) => join(process.cwd(), p)) : testFiles(DIST);
+const files = positionals.length > 0 ? positionals.map((p) => resolve(p)) : testFiles(DIST);
 const unscoped = unscopedHooks(files);
 if (unscoped.length > 0) {
   process.stderr.write(
@@ -141,7 +143,8 @@ process.stdout.write(`ℹ duration ${wallS.toFixed(1)} s\n`);
 const failed = results.flatMap((r, i) => (r.ok ? [] : [i + 1]));
 if (failed.length > 0) process.stdout.write(`\n✖ failed in process ${failed.join(', ')}: see the lines marked so above\n`);
 if (recordDir) {
-  const table = Object.assign({}, ...results.map((r) => r.fileSeconds)) as Record<string, number>;
+  // Some files: their rows replace theirs in the table. All: the table is this run's alone.
+  const table = Object.assign(positionals.length > 0 ? { ...seconds } : {}, ...results.map((r) => r.fileSeconds)) as Record<string, number>;
   writeFileSync(TIMINGS, `${JSON.stringify(Object.fromEntries(Object.entries(table).sort()), null, 2)}\n`);
   rmSync(recordDir, { recursive: true, force: true });
   process.stdout.write(`wrote ${relative(process.cwd(), TIMINGS)}\n`);
