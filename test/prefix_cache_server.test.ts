@@ -10,10 +10,9 @@ import { readManifest } from '../src/export/manifest.js';
 import { fixtureExport } from './support/engine.js';
 import { startTestServer, type TestServer } from './support/server.js';
 
+// Prefix caching through the API, with real clients against real servers: the default
+// server caches, a second one runs with --no-prefix-caching, and both must answer alike.
 describe('test/prefix_cache_server.test', () => {
-  // Prefix caching through the API, with real clients against real servers: the default
-  // server caches, a second one runs with --no-prefix-caching, and both must answer alike.
-
   const CHUNK = 64; // the CPU prefill chunk, and so the block size
   let on: TestServer;
   let off: TestServer;
