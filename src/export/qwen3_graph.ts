@@ -46,29 +46,33 @@ function inPlaceAttention(
   // layer (the only cast proportional to the context); queries and probabilities stay
   // float32 rather than taking a round trip through fp16.
   const f32 = (x: string, type: ElemType) => (type === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) }));
-  // Queries grouped by their KV head, pre-scaled by 1/√HD: [B, KVH, G·S, HD], S fastest.
-  const scale = g.constant('attn_scale', DataType.FLOAT, [], Float32Array.of(1 / Math.sqrt(HD)));
-  const qg = g.op('Mul', [
-    g.op('Reshape', [
-      g.op('Transpose', [g.op('Reshape', [f32(q, qType), g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
-      g.int64s([0, KVH, -1, HD]),
-    ]),
-    scale,
+  // Queries (already scaled by 1/√HD in the query norm) as [B, KVH, GB, GM·S, HD] against
+  // keys [B, KVH, 1, HD, Cap] broadcast over the GB groups. With several KV heads each query
+  // head is a product of its own (GB = G, GM = 1), so a decode step's products have one row
+  // (M = 1) and MLAS reads the cache as it lies; two heads of a group as two rows made it
+  // pack (copy) the whole cache first. With one KV head ONNX Runtime folds the query heads
+  // into the rows whenever the batch has one sequence, so there they are rows always
+  // (GB = 1, GM = G), or a sequence's result would depend on its batch.
+  const GB = KVH > 1 ? G : 1;
+  const qg = g.op('Reshape', [
+    g.op('Transpose', [g.op('Reshape', [f32(q, qType), g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
+    g.int64s([0, KVH, GB, -1, HD]),
   ]);
+  const grouped = (x: string) => g.op('Unsqueeze', [x, g.int64s([2])]);
   // Keys arrive transposed ([B, KVH, HD, Cap] and [B, KVH, HD, S]): Q·Kᵀ reads the cache
   // as it lies. Transposing an fp16 cache every step cost more than all the layers' MLPs.
   // An int8 cache's per-token scales are applied to the small score and probability
   // tensors: keys' to the scores, values' folded into the weights.
-  const perSlot = (x: string) => g.op('Unsqueeze', [x, g.int64s([2])]); // [B, KVH, 1, Cap]
-  const rawPast = g.op('MatMul', [qg, f32(pastK, kv.past)]);
+  const perSlot = (x: string) => g.op('Unsqueeze', [x, g.int64s([2, 3])]); // [B, KVH, 1, 1, Cap]
+  const rawPast = g.op('MatMul', [qg, grouped(f32(pastK, kv.past))]);
   const sPast = kv.scales ? g.op('Mul', [rawPast, perSlot(kv.scales.key)]) : rawPast;
-  const sNew = g.op('MatMul', [qg, f32(kNewT, kv.fresh)]);
+  const sNew = g.op('MatMul', [qg, grouped(f32(kNewT, kv.fresh))]);
   const scores = g.op('Concat', [g.op('Add', [sPast, shared.pastMask]), g.op('Add', [sNew, shared.newMask])], { axis: int(-1) });
   const probs = g.op('Softmax', [scores], { axis: int(-1) });
-  const pPast = g.op('Slice', [probs, g.int64s([0]), shared.capacity1, g.int64s([3])]);
-  const pNew = g.op('Slice', [probs, shared.capacity1, g.int64s([2 ** 50]), g.int64s([3])]);
-  const ctxPast = g.op('MatMul', [kv.scales ? g.op('Mul', [pPast, perSlot(kv.scales.value)]) : pPast, f32(pastV, kv.past)]);
-  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, f32(vNew, kv.fresh)])]); // [B, KVH, G·S, HD]
+  const pPast = g.op('Slice', [probs, g.int64s([0]), shared.capacity1, g.int64s([4])]);
+  const pNew = g.op('Slice', [probs, shared.capacity1, g.int64s([2 ** 50]), g.int64s([4])]);
+  const ctxPast = g.op('MatMul', [kv.scales ? g.op('Mul', [pPast, perSlot(kv.scales.value)]) : pPast, grouped(f32(pastV, kv.past))]);
+  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, grouped(f32(vNew, kv.fresh))])]); // [B, KVH, GB, GM·S, HD]
   return g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [ctx, g.int64s([0, KVH, G, -1, HD])])], { perm: ints([0, 3, 1, 2, 4]) }),
     g.int64s([0, 0, NH * HD]),
@@ -123,10 +127,12 @@ export function buildFastGraph(
     const capacity = g.op('Gather', [g.op('Shape', [ioName(FAST_IO_NAMES.pastValue, 0)]), g.int64Scalar(2)], { axis: int(0) });
     const slots = g.op('Range', [g.int64Scalar(0), capacity, g.int64Scalar(1)]);
     const pastOk = g.op('Less', [g.op('Unsqueeze', [slots, g.int64s([0])]), g.op('Unsqueeze', [pastLen, g.int64s([1])])]); // [B, Cap]
-    const pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2])]); // [B, 1, 1, Cap]
-    const rows = g.op('Mod', [g.op('Range', [g.int64Scalar(0), g.op('Mul', [seqLen, g.int64Scalar(NH / KVH)]), g.int64Scalar(1)]), seqLen]); // s of each G·S row
+    const pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2, 3])]); // [B, 1, 1, 1, Cap]
+    // Each of the GM·S rows of a product is query token s = row mod S (GM = G with one KV head, else 1).
+    const GM = KVH > 1 ? 1 : NH / KVH;
+    const rows = g.op('Mod', [g.op('Range', [g.int64Scalar(0), g.op('Mul', [seqLen, g.int64Scalar(GM)]), g.int64Scalar(1)]), seqLen]);
     const keys = g.op('Range', [g.int64Scalar(0), seqLen, g.int64Scalar(1)]);
-    const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [G·S, S]
+    const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [GM·S, S]
     const newMask = g.op('Where', [newOk, ZERO, NEG]);
     shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]) };
   }
@@ -147,7 +153,9 @@ export function buildFastGraph(
       inputs.push(pastScales.key, pastScales.value);
     }
 
-    let { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix);
+    // In-place attention takes 1/√HD in the query norm's weight: a scale on the product
+    // itself would be fused into it (alpha ≠ 1), and MLAS reads the cache unpacked only at alpha 1.
+    let { q, k, v, qNormW, kNormW } = qkvProjections(g, w, cfg, h, prefix, attention === 'matmul' ? 1 / Math.sqrt(HD) : 1);
     // q_norm / k_norm are RMSNorms over each head: separate nodes because GQA on CPU
     // rejects its fused q/k-norm inputs (measured when the exporter was written).
     q = g.op('Reshape', [norm(g.op('Reshape', [q, headsShape(NH)]), qNormW), flatShape]);

@@ -86,9 +86,10 @@ export function decoderLayer(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config
 
 /**
  * The attention projections of one layer as one stacked projection (with biases if the
- * config has them) and the q/k norm weights.
+ * config has them) and the q/k norm weights; `queryScale` multiplies q_norm's weight (a
+ * constant the attention would otherwise apply to the queries).
  */
-export function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string) {
+export function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string, queryScale = 1) {
   const { hiddenSize: H, numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
   const names = ['q_proj', 'k_proj', 'v_proj'] as const;
   const widths = [NH * HD, KVH * HD, KVH * HD];
@@ -100,7 +101,8 @@ export function qkvProjections(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Conf
     q,
     k,
     v,
-    qNormW: w.vector(`${prefix}.self_attn.q_norm.weight`, HD),
+    qNormW:
+      queryScale === 1 ? w.vector(`${prefix}.self_attn.q_norm.weight`, HD) : w.scaledVector(`${prefix}.self_attn.q_norm.weight`, HD, queryScale),
     kNormW: w.vector(`${prefix}.self_attn.k_norm.weight`, HD),
   };
 }

@@ -63,6 +63,12 @@ export class WeightEmitter {
     return this.floatTensor(srcName, [n], this.read(srcName, [n]));
   }
 
+  /** A 1-D weight multiplied by `factor` (a constant folded into the norm it follows). */
+  scaledVector(srcName: string, n: number, factor: number): string {
+    const data = this.read(srcName, [n]).map((v) => v * factor);
+    return this.floatTensor(`${srcName}.scaled`, [n], data);
+  }
+
   /** Reads a whole [rows, cols] source tensor (e.g. the embedding, used twice when tied). */
   matrix(srcName: string, rows: number, cols: number): Float32Array {
     return this.read(srcName, [rows, cols]);
