@@ -44,6 +44,13 @@ test('a checkpoint is exported once into the cache, reused, and exported again w
   await resolveModel(opts);
   assert.match(logs.join('\n'), /exporting/);
   assert.equal(readManifest(third.exportDir).exporter.graphRevision, GRAPH_REVISION);
+  // Another KV cache type is another export, beside the default one.
+  const int4Opts = { ...opts, dtype: 'int4' as const };
+  const int4Default = await resolveModel(int4Opts);
+  const int4Fp32Kv = await resolveModel({ ...int4Opts, kvDtype: 'fp32' });
+  assert.notEqual(int4Fp32Kv.exportDir, int4Default.exportDir);
+  assert.equal(readManifest(int4Default.exportDir).kvDtype, 'float16');
+  assert.equal(readManifest(int4Fp32Kv.exportDir).kvDtype, 'float32');
   // An export directory is served as it is.
   const direct = await resolveModel({ ...opts, model: third.exportDir });
   assert.equal(direct.exportDir, third.exportDir);

@@ -41,6 +41,7 @@ export async function loadServingModel(config: ServeConfig, log: pino.Logger, na
     model,
     cacheDir: config['cache-dir'] ?? defaultCacheDir(),
     dtype: target.dtype,
+    ...(config['kv-dtype'] !== undefined ? { kvDtype: config['kv-dtype'] } : {}),
     layout: config.layout,
     device: target.device,
     progress: createProgress(),

@@ -8,6 +8,7 @@ import { SERVE_FLAGS, type ServeConfig } from './serve_flags.js';
 /** Settings a model of a models file may set for itself; the others are the server's. */
 export const PER_MODEL_SETTINGS = [
   'dtype',
+  'kv-dtype',
   'device',
   'layout',
   'task',

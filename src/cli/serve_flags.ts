@@ -86,6 +86,13 @@ export const SERVE_FLAGS = {
     help: 'Weights when exporting a checkpoint: `fp32`, `fp16`, `int4`',
     schema: z.enum(['fp32', 'fp16', 'int4']).optional(),
   },
+  'kv-dtype': {
+    type: 'string',
+    env: 'QWEN3_SERVE_KV_DTYPE',
+    defaultText: 'fp16 with fp16 or int4 weights, fp32 with fp32',
+    help: 'KV cache type when exporting a checkpoint (fast layout): `fp16`, `fp32` (twice the memory per token; on the CPU it decodes long contexts faster, docs/performance.md), `int8` (CPU, with fp32 or int4 weights)',
+    schema: z.enum(['fp16', 'fp32', 'int8']).optional(),
+  },
   layout: {
     type: 'string',
     env: 'QWEN3_SERVE_LAYOUT',

@@ -20,6 +20,8 @@ export interface ModelSourceOptions {
   model: string | undefined;
   cacheDir: string;
   dtype: ExportDtype;
+  /** The KV cache's type; absent: the exporter's default for the dtype and device. */
+  kvDtype?: 'fp16' | 'fp32' | 'int8';
   layout: Layout;
   device: 'cpu' | 'cuda';
   progress: Progress;
@@ -156,7 +158,8 @@ async function exportCached(source: string, name: string, o: ModelSourceOptions)
   const key = createHash('sha256').update(resolve(source)).digest('hex').slice(0, 12);
   const task = o.task ?? detectTask(source).task;
   // An embedding graph differs (no head): it has an export of its own.
-  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}-${o.layout}-${o.device}${task === 'embed' ? '-embed' : ''}`);
+  const kv = o.kvDtype ? `-kv${o.kvDtype}` : '';
+  const dir = join(o.cacheDir, 'exports', `${name}-${key}-${o.dtype}${kv}-${o.layout}-${o.device}${task === 'embed' ? '-embed' : ''}`);
   if (exportIsCurrent(dir, source, task)) {
     o.log(`using the cached export ${dir}`);
     return dir;
@@ -165,6 +168,16 @@ async function exportCached(source: string, name: string, o: ModelSourceOptions)
   const weights = estimateWeightBytes(loadQwen3Config(source), o.dtype, o.dtype === 'fp16' || o.device === 'cuda', INT4_BLOCK_SIZE);
   checkFits(weights, 0, availableBytes(), o.device);
   o.log(`exporting ${source} to ${dir} (${o.dtype}, ${o.layout} layout, weights about ${Math.ceil(weights / 2 ** 20)} MiB); later starts reuse it`);
-  await exportModel({ modelDir: source, outDir: dir, dtype: o.dtype, layout: o.layout, device: o.device, force: true, progress: o.progress, task });
+  await exportModel({
+    modelDir: source,
+    outDir: dir,
+    dtype: o.dtype,
+    ...(o.kvDtype ? { kvDtype: o.kvDtype } : {}),
+    layout: o.layout,
+    device: o.device,
+    force: true,
+    progress: o.progress,
+    task,
+  });
   return dir;
 }
