@@ -23,6 +23,16 @@ export type GraphOutput = 'logits' | 'hidden';
  * copies every row's past into a fresh present buffer each step (slower from ~1k tokens,
  * and it doubles KV memory); on CUDA its fused kernel is the better choice.
  */
+/**
+ * Query heads of a KV head's group that share one product as its rows (the rest are
+ * products of their own): one with several KV heads, so a decode step's products have one
+ * row; the whole group with one KV head, since ONNX Runtime folds the heads into rows
+ * whenever the batch has one sequence and a sequence's result must not depend on its batch.
+ */
+function headsPerProduct(cfg: Qwen3Config): number {
+  return cfg.numKvHeads > 1 ? 1 : cfg.numHeads / cfg.numKvHeads;
+}
+
 function inPlaceAttention(
   g: GraphBuilder,
   cfg: Qwen3Config,
@@ -47,13 +57,10 @@ function inPlaceAttention(
   // float32 rather than taking a round trip through fp16.
   const f32 = (x: string, type: ElemType) => (type === DataType.FLOAT ? x : g.op('Cast', [x], { to: int(DataType.FLOAT) }));
   // Queries (already scaled by 1/√HD in the query norm) as [B, KVH, GB, GM·S, HD] against
-  // keys [B, KVH, 1, HD, Cap] broadcast over the GB groups. With several KV heads each query
-  // head is a product of its own (GB = G, GM = 1), so a decode step's products have one row
-  // (M = 1) and MLAS reads the cache as it lies; two heads of a group as two rows made it
-  // pack (copy) the whole cache first. With one KV head ONNX Runtime folds the query heads
-  // into the rows whenever the batch has one sequence, so there they are rows always
-  // (GB = 1, GM = G), or a sequence's result would depend on its batch.
-  const GB = KVH > 1 ? G : 1;
+  // keys [B, KVH, 1, HD, Cap] broadcast over the GB products, GM = headsPerProduct: with one
+  // row (M = 1) MLAS reads the cache as it lies, where two heads as two rows made it pack
+  // (copy) the whole cache first.
+  const GB = G / headsPerProduct(cfg);
   const qg = g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [f32(q, qType), g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
     g.int64s([0, KVH, GB, -1, HD]),
@@ -128,8 +135,8 @@ export function buildFastGraph(
     const slots = g.op('Range', [g.int64Scalar(0), capacity, g.int64Scalar(1)]);
     const pastOk = g.op('Less', [g.op('Unsqueeze', [slots, g.int64s([0])]), g.op('Unsqueeze', [pastLen, g.int64s([1])])]); // [B, Cap]
     const pastMask = g.op('Unsqueeze', [g.op('Where', [pastOk, ZERO, NEG]), g.int64s([1, 2, 3])]); // [B, 1, 1, 1, Cap]
-    // Each of the GM·S rows of a product is query token s = row mod S (GM = G with one KV head, else 1).
-    const GM = KVH > 1 ? 1 : NH / KVH;
+    // Each of the GM·S rows of a product is query token s = row mod S.
+    const GM = headsPerProduct(cfg);
     const rows = g.op('Mod', [g.op('Range', [g.int64Scalar(0), g.op('Mul', [seqLen, g.int64Scalar(GM)]), g.int64Scalar(1)]), seqLen]);
     const keys = g.op('Range', [g.int64Scalar(0), seqLen, g.int64Scalar(1)]);
     const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [GM·S, S]
