@@ -44,10 +44,12 @@ export function quantizeInt4(weight: Float32Array, n: number, k: number, blockSi
       const inv = scale !== 0 ? 1 / scale : 0;
       scales[row * blocksPerRow + b] = scale;
       const out = (row * blocksPerRow + b) * half;
+      const from = rowBase + start;
+      const to = rowBase + end;
       for (let i = 0; i < blockSize; i += 2) {
-        const q0 = start + i < end ? quantizeOne(weight[rowBase + start + i], inv) : 8;
-        const q1 = start + i + 1 < end ? quantizeOne(weight[rowBase + start + i + 1], inv) : 8;
-        packed[out + i / 2] = q0 | (q1 << 4);
+        const q0 = from + i < to ? quantizeOne(weight[from + i], inv) : 8;
+        const q1 = from + i + 1 < to ? quantizeOne(weight[from + i + 1], inv) : 8;
+        packed[out + (i >> 1)] = q0 | (q1 << 4);
       }
     }
   }
@@ -57,11 +59,16 @@ export function quantizeInt4(weight: Float32Array, n: number, k: number, blockSi
 const SCALE_SEARCH_STEPS = 4;
 const SCALE_SEARCH_DELTA = 0.05;
 
+/** The squared error of a block quantized with this scale: the inner loop of every int4 export, so kept free of calls. */
 function blockError(w: Float32Array, from: number, to: number, scale: number): number {
   const inv = 1 / scale;
   let err = 0;
   for (let i = from; i < to; i++) {
-    const d = w[i] - (quantizeOne(w[i], inv) - 8) * scale;
+    const v = w[i];
+    let r = Math.round(v * inv);
+    if (r < -8) r = -8;
+    else if (r > 7) r = 7;
+    const d = v - r * scale;
     err += d * d;
   }
   return err;
@@ -69,7 +76,9 @@ function blockError(w: Float32Array, from: number, to: number, scale: number): n
 
 function quantizeOne(v: number, inv: number): number {
   const q = Math.round(v * inv) + 8;
-  return q < 0 ? 0 : Math.min(q, 15);
+  if (q < 0) return 0;
+  if (q > 15) return 15;
+  return q;
 }
 
 /** The float weights an int4 tensor stands for: used by tests to bound quantization error. */

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { decodeToFloat32, floatToBf16, floatToHalf, halfToFloat } from './dtype.js';
+import { decodeToFloat32, floatsToHalf, floatToBf16, floatToHalf, halfsToFloat, halfToFloat } from './dtype.js';
 
 test('half conversion rounds to nearest even and keeps specials', () => {
   const cases: Array<[number, number]> = [
@@ -31,4 +31,18 @@ test('bf16 rounds to nearest even; safetensors bytes decode exactly', () => {
   const odd = new Uint8Array(5).subarray(1);
   new DataView(odd.buffer, 1).setFloat32(0, 3.5, true);
   assert.deepEqual(Array.from(decodeToFloat32(odd, 'F32')), [3.5]);
+});
+
+test('whole arrays convert as the scalar conversions do, for every half value', () => {
+  const all = new Uint16Array(0x10000).map((_, i) => i);
+  const floats = halfsToFloat(all);
+  for (let h = 0; h < all.length; h++) {
+    if (Number.isNaN(floats[h])) continue;
+    assert.equal(floats[h], halfToFloat(h), `half ${h}`);
+  }
+  const back = floatsToHalf(floats);
+  for (let h = 0; h < all.length; h++) if (!Number.isNaN(floats[h])) assert.equal(back[h], h, `half ${h}`);
+  // Values between halves round as the scalar does, ties to even.
+  const between = Float32Array.from([1 + 2 ** -11, 1 + 3 * 2 ** -11, 65519, 65520, 2 ** -25, 3 * 2 ** -25, -1e-9]);
+  assert.deepEqual(Array.from(floatsToHalf(between)), Array.from(between, floatToHalf));
 });

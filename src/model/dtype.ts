@@ -1,59 +1,32 @@
 /**
- * Scalar conversions between the float formats checkpoints and graphs use.
- * Node 20 has no Float16Array, so half floats travel as Uint16Array bit patterns.
+ * Conversions between the float formats checkpoints and graphs use. Half floats travel as
+ * Uint16Array bit patterns; the conversions themselves are Float16Array's (Node 24), which
+ * rounds to nearest even as numpy and torch do.
  */
 
+const f16 = new Float16Array(1);
+const u16 = new Uint16Array(f16.buffer);
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
 /** IEEE half → float, for one value. */
 export function halfToFloat(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  u16[0] = h;
+  return f16[0];
 }
 
-/** float → IEEE half with round-to-nearest-even (what numpy and torch do). */
+/** float → IEEE half with round-to-nearest-even; a double is first rounded to float32, as a float32 tensor holds it. */
 export function floatToHalf(value: number): number {
-  f32[0] = value;
-  const x = u32[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    const halfMant = mant >> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    const rounded = rem > mid || (rem === mid && halfMant & 1) ? halfMant + 1 : halfMant;
-    return sign | rounded;
-  }
-  const halfMant = mant >> 13;
-  const rem = mant & 0x1fff;
-  let out = (e << 10) | halfMant;
-  // A carry out of the mantissa correctly bumps the exponent (up to infinity).
-  if (rem > 0x1000 || (rem === 0x1000 && halfMant & 1)) out += 1;
-  return sign | out;
+  f16[0] = Math.fround(value);
+  return u16[0];
 }
 
 export function floatsToHalf(src: Float32Array): Uint16Array {
-  const out = new Uint16Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = floatToHalf(src[i]);
-  return out;
+  return new Uint16Array(new Float16Array(src).buffer);
 }
 
 export function halfsToFloat(src: Uint16Array): Float32Array {
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]);
-  return out;
+  return new Float32Array(new Float16Array(src.buffer, src.byteOffset, src.length));
 }
 
 /** float → bfloat16 with round-to-nearest-even. */

@@ -16,6 +16,13 @@ const built = new Map<string, WeakRef<QwenTokenizer>>();
 const forget = new FinalizationRegistry<string>((key) => {
   if (built.get(key)?.deref() === undefined) built.delete(key);
 });
+/**
+ * The last tokenizer built or shared, held even when no model does: a model loaded again,
+ * or the next Qwen3 model (they all have the same tokenizer), then starts without building
+ * it again, and its tokenizer thread (tokenizer_thread_client.ts, keyed by this instance)
+ * is still the loaded one.
+ */
+let lastUsed: { key: string; tokenizer: QwenTokenizer } | null = null;
 
 /**
  * The checkpoint's tokenizer (`@huggingface/tokenizers` on tokenizer.json) plus what
@@ -54,11 +61,14 @@ export class QwenTokenizer implements TokenVocabulary {
       .update('\0')
       .update(texts.template ?? '')
       .digest('hex');
-    const shared = built.get(key)?.deref();
-    if (shared) return shared;
-    const tokenizer = new QwenTokenizer(parseTokenizerFiles(texts));
-    built.set(key, new WeakRef(tokenizer));
-    forget.register(tokenizer, key);
+    if (lastUsed?.key === key) return lastUsed.tokenizer;
+    let tokenizer = built.get(key)?.deref();
+    if (!tokenizer) {
+      tokenizer = new QwenTokenizer(parseTokenizerFiles(texts));
+      built.set(key, new WeakRef(tokenizer));
+      forget.register(tokenizer, key);
+    }
+    lastUsed = { key, tokenizer };
     return tokenizer;
   }
 
