@@ -78,7 +78,13 @@ describe('test/prefix_cache_scope.test', () => {
 
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-  test("scope key: bob gets nothing of alice's cached prompt, neither in cached_tokens nor in time to first token; scope shared: he does; all three modes answer alike", async (t) => {
+  /** The engine's own count of prompt tokens it took from the prefix cache rather than computing them. */
+  async function cacheHits(s: TestServer): Promise<number> {
+    const text = await (await fetch(`${s.url}/metrics`, { headers: { authorization: `Bearer ${ALICE}` } })).text();
+    return Number(/^qwen3_serve_prefix_cache_hits_total(?:\{[^}]*\})? (\S+)$/m.exec(text)?.[1]);
+  }
+
+  test("scope key: bob gets nothing of alice's cached prompt, neither in cached_tokens nor in the engine's cache hits; scope shared: he does; all three modes answer alike", async (t) => {
     const rounds = 3;
     const cold: number[] = [];
     const bobScoped: number[] = [];
@@ -90,8 +96,13 @@ describe('test/prefix_cache_scope.test', () => {
       assert.equal(a.cached, 0);
       cold.push(a.ttftMs);
       await timedChat(as(shared, ALICE), doc);
+      // The engine's counters, not the clock, say whether his prompt was computed or taken from the cache.
+      const scopedHits = await cacheHits(scoped);
       const b = await timedChat(as(scoped, BOB), doc);
+      assert.equal(await cacheHits(scoped), scopedHits, "scope key: the engine computed all of bob's prompt");
+      const sharedHits = await cacheHits(shared);
       const bs = await timedChat(as(shared, BOB), doc);
+      assert.equal((await cacheHits(shared)) - sharedHits, bs.cached, 'scope shared: the engine took what usage reports from the cache');
       const bo = await timedChat(as(off, BOB), doc);
       assert.equal(b.cached, 0, "scope key: none of alice's blocks serve bob");
       assert.ok(bs.cached > 1000, `scope shared: bob's prompt comes from the cache (${bs.cached})`);
@@ -106,14 +117,11 @@ describe('test/prefix_cache_scope.test', () => {
       // Alice's own blocks still serve her under scope key.
       assert.ok((await timedChat(as(scoped, ALICE), doc)).cached > 1000);
     }
-    // Bob's time to first token under scope key is a cold prompt's (his prompt was computed
-    // whole), and well above the cached one under scope shared (one chunk computed of ~25).
+    // The times are reported, not asserted: on a loaded machine they say less than the counters above.
     const [c, k, sh] = [median(cold), median(bobScoped), median(bobShared)];
     t.diagnostic(
       `median time to first token: cold ${c.toFixed(0)} ms, bob under scope key ${k.toFixed(0)} ms, under scope shared ${sh.toFixed(0)} ms`,
     );
-    assert.ok(k > 0.5 * c, `scope key: bob ${k.toFixed(0)} ms vs cold ${c.toFixed(0)} ms`);
-    assert.ok(sh < 0.5 * k, `scope shared: bob ${sh.toFixed(0)} ms vs scope key ${k.toFixed(0)} ms`);
   });
 
   test('cache_salt shares blocks only between requests with the same salt, on chat completions, completions and Responses', async () => {
