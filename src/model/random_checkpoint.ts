@@ -65,6 +65,20 @@ export const QWEN3_0_6B_SHAPE: RandomCheckpointOptions = {
   maxPositionEmbeddings: 40960,
 };
 
+/** Qwen3-30B-A3B's layer shape (48 layers in the real model; callers choose fewer to fit a disk). */
+export const QWEN3_30B_A3B_SHAPE: RandomCheckpointOptions = {
+  vocabSize: 151936,
+  hiddenSize: 2048,
+  intermediateSize: 6144,
+  numLayers: 48,
+  numHeads: 32,
+  numKvHeads: 4,
+  headDim: 128,
+  tieWordEmbeddings: false,
+  maxPositionEmbeddings: 40960,
+  moe: { numExperts: 128, topK: 8, expertIntermediateSize: 768, normTopkProb: true },
+};
+
 function normal(rand: () => number): number {
   // Box–Muller; 1 - u keeps log away from 0.
   return Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
