@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import onnxProto from 'onnx-proto';
 import { exportModel } from '../src/export/exporter.js';
 import type { Layout } from '../src/export/graph_io.js';
 import type { ExportDtype } from '../src/export/weights.js';
@@ -15,13 +17,13 @@ import { openRunner, tempDir } from './support/runner.js';
 const work = tempDir('qwen3-serve-moe-');
 
 const exported = new Map<string, Promise<string>>();
-function exportOf(shape: string, layout: Layout, dtype: ExportDtype, device: 'cpu' | 'cuda' = 'cpu'): Promise<string> {
-  const key = `${shape}-${layout}-${dtype}-${device}`;
+function exportOf(shape: string, layout: Layout, dtype: ExportDtype, device: 'cpu' | 'cuda' = 'cpu', int4BlockSize?: number): Promise<string> {
+  const key = `${shape}-${layout}-${dtype}-${device}-${int4BlockSize ?? ''}`;
   if (!exported.has(key)) {
     const out = join(work, key);
     exported.set(
       key,
-      exportModel({ modelDir: checkpoint(shape), outDir: out, layout, dtype, device }).then(() => out),
+      exportModel({ modelDir: checkpoint(shape), outDir: out, layout, dtype, device, int4BlockSize }).then(() => out),
     );
   }
   return exported.get(key)!;
@@ -97,6 +99,46 @@ for (const shape of Object.keys(MOE_SHAPES)) {
     });
   }
 }
+
+/** How many nodes of each operator an export's graph has. */
+function opCounts(dir: string): Map<string, number> {
+  const model = onnxProto.onnx.ModelProto.decode(readFileSync(join(dir, 'model.onnx')));
+  const counts = new Map<string, number>();
+  for (const n of model.graph?.node ?? []) counts.set(n.opType ?? '', (counts.get(n.opType ?? '') ?? 0) + 1);
+  return counts;
+}
+
+test('int4 CPU exports run the experts of a sparse layer in one QMoE node where experts are whole int4 blocks', async () => {
+  // renorm-dense-middle: experts 32 wide, blocks of 32, two sparse layers; softmax-step2-untied: 24 wide.
+  const fused = opCounts(await exportOf('renorm-dense-middle', 'fast', 'int4'));
+  assert.equal(fused.get('QMoE'), 2);
+  assert.equal(fused.get('Compress') ?? 0, 0, 'no per-expert subgraphs');
+  const perExpert = opCounts(await exportOf('softmax-step2-untied', 'fast', 'int4'));
+  assert.equal(perExpert.get('QMoE') ?? 0, 0);
+  assert.equal(perExpert.get('Compress'), 2 * 16 * 3, 'three Compress nodes per expert in each of the 2 sparse layers');
+  const float = opCounts(await exportOf('renorm-dense-middle', 'fast', 'fp32'));
+  assert.equal(float.get('QMoE') ?? 0, 0, 'float exports keep the per-expert form');
+  // Blocks of 32 give QMoE one expert per row copy (one-hot routing); other blocks let it route and sum.
+  assert.equal(fused.get('OneHot'), 2);
+  const own = opCounts(await exportOf('renorm-dense-middle', 'fast', 'int4', 'cpu', 16));
+  assert.equal(own.get('QMoE'), 2);
+  assert.equal(own.get('OneHot') ?? 0, 0);
+});
+
+test('int4 with blocks of 16 (QMoE routing and summing itself): close to the reference, and batched close to alone', async (t) => {
+  const dir = await exportOf('renorm-dense-middle', 'fast', 'int4', 'cpu', 16);
+  const alone = await generate(dir);
+  const err = maxLogprobError('renorm-dense-middle', alone);
+  t.diagnostic(`max |logprob error| ${err.toFixed(4)}`);
+  assert.ok(err < 0.6, `error ${err}`);
+  const batched = await generateBatched(dir, alone.tokens);
+  batched.forEach((steps, i) =>
+    steps.forEach((l, k) => {
+      const worst = l.reduce((m, v, j) => Math.max(m, Math.abs(v - alone.logits[i][k][j])), 0);
+      assert.ok(worst <= 0.05, `prompt ${i} step ${k}: logits differ by ${worst}`);
+    }),
+  );
+});
 
 test('routing differs between the prompts, and a prompt leaves experts no token chooses', () => {
   for (const shape of Object.keys(MOE_SHAPES)) {

@@ -51,6 +51,7 @@ test('a raw-prompt conversation (each prompt the last one plus its answer) reuse
 for (const [name, exportDir] of [
   ['fixture', () => fixtureExport('fast')],
   ['MoE checkpoint', () => moeExport('softmax-step2-untied')],
+  ['MoE checkpoint in int4 (experts in QMoE)', () => moeExport('renorm-dense-middle', 'int4')],
 ] as const) {
   test(`${name}: prompts sharing a prefix, batched together (and n > 1 sampling from one prompt), give the same results with the cache on and off`, async () => {
     const dir = await exportDir();

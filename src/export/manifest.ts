@@ -11,9 +11,9 @@ export const MANIFEST_VERSION = 1;
  * Revision of the graphs the exporter writes, raised whenever they change (inputs, fixes):
  * cached exports of checkpoints are redone when theirs differs. 2: the fast graph's
  * `logits_start` input (prompt log-probabilities). 3: in-place attention with one product
- * per query head, the 1/√HD scale in q_norm's weight.
+ * per query head, the 1/√HD scale in q_norm's weight. 4: int4 CPU MoE experts in one QMoE node.
  */
-export const GRAPH_REVISION = 3;
+export const GRAPH_REVISION = 4;
 
 const configSchema = z.object({
   vocabSize: z.number().int(),

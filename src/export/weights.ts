@@ -99,6 +99,32 @@ export class WeightEmitter {
     return this.g.node('Split', [y, this.g.int64s(parts.map((p) => p.n))], { outputs: outs, attrs: { axis: int(-1) } });
   }
 
+  /** The int4 settings of this export, or null when its weights are float. */
+  get int4Settings(): { blockSize: number; accuracyLevel: number } | null {
+    return this.dtype === 'int4' ? this.int4 : null;
+  }
+
+  /**
+   * One int4 tensor for a stack of experts in com.microsoft QMoE's layout: weights [E, n, k/2]
+   * and scales [E, n, k/block], expert e's rows given by `rowsOf(e)` ([n, k] row-major).
+   * Quantized one expert at a time, so a layer's experts never sit in memory as floats together.
+   */
+  int4Experts(name: string, experts: number, n: number, k: number, rowsOf: (e: number) => Float32Array): { weight: string; scales: string } {
+    const { blockSize } = this.int4;
+    const blocks = k / blockSize;
+    const packed = new Uint8Array(experts * n * (k / 2));
+    const scales = new Float32Array(experts * n * blocks);
+    for (let e = 0; e < experts; e++) {
+      const q = quantizeInt4(rowsOf(e), n, k, blockSize);
+      packed.set(q.packed, e * n * (k / 2));
+      scales.set(q.scales, e * n * blocks);
+    }
+    return {
+      weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, k / 2], packed),
+      scales: this.g.weight(`${name}.scales`, DataType.FLOAT, [experts, n, blocks], scales),
+    };
+  }
+
   linearFrom(x: string, name: string, w: Float32Array, n: number, k: number): string {
     if (this.dtype === 'int4') {
       const { blockSize, accuracyLevel } = this.int4;
