@@ -15,9 +15,9 @@ import { transpose, type WeightEmitter } from './weights.js';
  * - experts are added in index order onto zeros, the order transformers' index_add_ loop uses.
  *
  * int4 exports for the CPU (fp32 activations, int8 compute, experts as wide as whole blocks)
- * run the experts in one com.microsoft QMoE node per layer instead: see `fusedExperts`. Float exports keep
- * the per-expert form: com.microsoft MoE's result for a row depends on the other rows in the
- * batch (docs/export.md), which would break bit-identical batching and prefix caching.
+ * run the experts in one com.microsoft QMoE node per layer instead: see `fusedExperts`.
+ * Float exports keep the per-expert form: com.microsoft MoE's result for a row depends on
+ * the other rows in the batch (docs/export.md), which would break bit-identical batching.
  */
 export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string): string {
   const moe = cfg.moe;
@@ -74,9 +74,9 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
  * QMoE runs an expert once over all the rows that chose it, on the MatMulNBits kernels, but
  * adds a row's k experts in an order that depends on the other rows (by how many rows chose
  * each expert, and by thread). With blocks of 32 those kernels give a row the same bits
- * whatever rows share its expert (test/export_moe.test.ts), so there each row is given to
- * QMoE k times, each copy routed to one expert by a one-hot router (weight exactly 1, no sum
- * inside), and the k results are weighted and added here in expert index order, as
+ * whatever rows share its expert (test/engine.test.ts batches such an export), so each row
+ * is given to QMoE k times, each copy routed to one expert by a one-hot router (weight
+ * exactly 1, no sum inside), and the k results are weighted and added here in expert index order, as
  * transformers' index_add_ loop does: batching changes nothing. With larger blocks the
  * kernels' rows change in the last bits with their number, as the export's other
  * MatMulNBits do with the batch, so QMoE routes and sums itself (it copies less).
