@@ -1,5 +1,5 @@
 import type { Qwen3Config } from '../model/config.js';
-import { DataType, float, type GraphBuilder, int, ints, string } from './onnx_builder.js';
+import { DataType, float, type GraphBuilder, graph, int, ints, string } from './onnx_builder.js';
 import { transpose, type WeightEmitter } from './weights.js';
 
 /**
@@ -9,15 +9,17 @@ import { transpose, type WeightEmitter } from './weights.js';
  * - the router `mlp.gate` (kept in float, never int4: a quantized router would pick other
  *   experts) gives logits; softmax over all experts in float32, then TopK; with
  *   norm_topk_prob the k weights are divided by their sum;
- * - each expert is computed only on the rows that chose it: Compress gathers those rows,
- *   its gated MLP runs on them (MatMul, or MatMulNBits in int4 exports, as dense layers),
- *   the result is scaled by the routing weight and ScatterND adds it to those rows;
- * - experts are added in index order onto zeros, the order transformers' index_add_ loop uses.
+ * - one Loop runs over the experts the step's rows chose, in index order: Compress gathers
+ *   an expert's rows, its gated MLP runs on them (MatMul, or MatMulNBits in int4 exports, on
+ *   the expert's slice of stacked weights), the result is scaled by the routing weight and
+ *   ScatterND adds it to those rows, onto zeros, as transformers' index_add_ loop does. A
+ *   layer is a few dozen nodes whatever its expert count (a subgraph per expert made
+ *   ONNX Runtime's session load grow faster than the layers, docs/performance.md).
  *
  * int4 exports for the CPU (fp32 activations, int8 compute, experts as wide as whole blocks)
  * run the experts in one com.microsoft QMoE node per layer instead: see `fusedExperts`.
- * Float exports keep the per-expert form: com.microsoft MoE's result for a row depends on
- * the other rows in the batch (docs/export.md), which would break bit-identical batching.
+ * Float exports keep the Loop: com.microsoft MoE's result for a row depends on the other rows
+ * in the batch (docs/export.md), which would break bit-identical batching.
  */
 export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h: string, prefix: string): string {
   const moe = cfg.moe;
@@ -45,27 +47,40 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
   const shape = g.op('Shape', [x]);
   const rows = g.op('Gather', [shape, g.int64Scalar(0)], { axis: int(0) });
   const rowIds = g.op('Unsqueeze', [g.op('Range', [g.int64Scalar(0), rows, g.int64Scalar(1)]), g.int64s([-1])]); // [N, 1]
-  const toFloat = (t: string) => (w.act === DataType.FLOAT ? t : g.op('Cast', [t], { to: int(DataType.FLOAT) }));
-  let acc = g.op('Expand', [zero, shape]);
-  for (let e = 0; e < E; e++) {
-    const p = `${prefix}.mlp.experts.${e}`;
-    const picked = g.op('Gather', [chosen, g.int64Scalar(e)], { axis: int(0) }); // [N] bool
-    const xe = g.op('Compress', [x, picked], { axis: int(0) }); // [n_e, H]
-    const [gate, up] = w.linearStack(
-      xe,
-      [
-        { srcName: `${p}.gate_proj.weight`, n: EI },
-        { srcName: `${p}.up_proj.weight`, n: EI },
-      ],
-      H,
-      `${p}.gate_up_proj`,
-    );
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    const out = w.linear(act, `${p}.down_proj.weight`, H, EI);
-    const we = g.op('Compress', [g.op('Gather', [weights, g.int64Scalar(e)], { axis: int(0) }), picked], { axis: int(0) }); // [n_e, 1]
-    const at = g.op('Compress', [rowIds, picked], { axis: int(0) }); // [n_e, 1]
-    acc = g.op('ScatterND', [acc, at, g.op('Mul', [toFloat(out), we])], { reduction: string('add') });
-  }
+  const experts = (part: string, n: number, k: number) => (e: number) => w.matrix(`${prefix}.mlp.experts.${e}.${part}.weight`, n, k);
+  const gateUp = w.expertStack(`${prefix}.mlp.experts.gate_up_proj`, E, 2 * EI, H, (e) => {
+    const rows = new Float32Array(2 * EI * H);
+    rows.set(experts('gate_proj', EI, H)(e));
+    rows.set(experts('up_proj', EI, H)(e), EI * H);
+    return rows;
+  });
+  const down = w.expertStack(`${prefix}.mlp.experts.down_proj`, E, H, EI, experts('down_proj', H, EI));
+
+  // One Loop over the experts the step's rows chose, in index order: the graph has a node
+  // group per layer, not per expert, and an expert no row chose costs nothing.
+  const chosenExperts = g.node('Unique', [g.op('Reshape', [topIdx, g.int64s([-1])])], { attrs: { sorted: int(1) } })[0];
+  const tag = `${prefix.replaceAll('.', '_')}_experts`;
+  const b = g.body(tag);
+  const [iter, cond, accIn] = [`${tag}_i`, `${tag}_cond`, `${tag}_acc`];
+  b.input(iter, DataType.INT64, []);
+  b.input(cond, DataType.BOOL, []);
+  b.input(accIn, DataType.FLOAT, [`${tag}_rows`, H]);
+  const e = b.op('Gather', [chosenExperts, iter], { axis: int(0) });
+  const picked = b.op('Gather', [chosen, e], { axis: int(0) }); // [N] bool
+  const xe = b.op('Compress', [x, picked], { axis: int(0) }); // [n_e, H]
+  const [gate, up] = b.node('Split', [w.expertLinear(b, xe, gateUp, e), b.int64s([EI, EI])], { outputs: 2, attrs: { axis: int(-1) } });
+  const act = b.op('Mul', [b.op('Mul', [gate, b.op('Sigmoid', [gate])]), up]);
+  const out = w.expertLinear(b, act, down, e);
+  const outF = w.act === DataType.FLOAT ? out : b.op('Cast', [out], { to: int(DataType.FLOAT) });
+  const we = b.op('Compress', [b.op('Gather', [weights, e], { axis: int(0) }), picked], { axis: int(0) }); // [n_e, 1]
+  const at = b.op('Compress', [rowIds, picked], { axis: int(0) }); // [n_e, 1]
+  b.node('ScatterND', [accIn, at, b.op('Mul', [outF, we])], { outputs: [`${tag}_acc_out`], attrs: { reduction: string('add') } });
+  b.node('Identity', [cond], { outputs: [`${tag}_cond_out`] });
+  b.output(`${tag}_cond_out`, DataType.BOOL, []);
+  b.output(`${tag}_acc_out`, DataType.FLOAT, [`${tag}_rows`, H]);
+  const acc = g.node('Loop', [g.op('Size', [chosenExperts]), '', g.op('Expand', [zero, shape])], {
+    attrs: { body: graph(b.toGraph(tag)) },
+  })[0];
   const sum = w.act === DataType.FLOAT ? acc : g.op('Cast', [acc], { to: int(w.act) });
   return g.op('Reshape', [sum, g.op('Shape', [h])]);
 }

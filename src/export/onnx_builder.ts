@@ -9,12 +9,14 @@ export type Attr =
   | { kind: 'int'; value: number }
   | { kind: 'float'; value: number }
   | { kind: 'ints'; value: number[] }
-  | { kind: 'string'; value: string };
+  | { kind: 'string'; value: string }
+  | { kind: 'graph'; value: onnxProto.onnx.IGraphProto };
 
 export const int = (value: number): Attr => ({ kind: 'int', value });
 export const float = (value: number): Attr => ({ kind: 'float', value });
 export const ints = (value: number[]): Attr => ({ kind: 'ints', value });
 export const string = (value: string): Attr => ({ kind: 'string', value });
+export const graph = (value: onnxProto.onnx.IGraphProto): Attr => ({ kind: 'graph', value });
 
 const BYTES_PER_ELEMENT: Partial<Record<ElemType, number>> = {
   [DataType.FLOAT]: 4,
@@ -90,7 +92,21 @@ export class GraphBuilder {
   private readonly initializers: onnxProto.onnx.ITensorProto[] = [];
   private counter = 0;
 
-  constructor(private readonly data: ExternalDataWriter) {}
+  /** `prefix` keeps a subgraph's value names apart from its outer graph's, as ONNX requires. */
+  constructor(
+    private readonly data: ExternalDataWriter,
+    private readonly prefix = '',
+  ) {}
+
+  /** A builder for a subgraph (a Loop or If body) whose names cannot clash with this graph's. */
+  body(name: string): GraphBuilder {
+    return new GraphBuilder(this.data, `${this.prefix}${name}_`);
+  }
+
+  /** This builder's nodes as a subgraph; it reads its outer graph's values by name. */
+  toGraph(name: string): onnxProto.onnx.IGraphProto {
+    return { name, node: this.nodes, input: this.inputs, output: this.outputs, initializer: this.initializers };
+  }
 
   input(name: string, elemType: ElemType, dims: Dim[]): string {
     this.inputs.push(valueInfo(name, elemType, dims));
@@ -110,7 +126,7 @@ export class GraphBuilder {
     const id = this.counter++;
     const outs = Array.isArray(opts.outputs)
       ? opts.outputs
-      : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${opType.toLowerCase()}_${id}_${i}`);
+      : Array.from({ length: opts.outputs ?? 1 }, (_, i) => `${this.prefix}${opType.toLowerCase()}_${id}_${i}`);
     const attribute = Object.entries(opts.attrs ?? {}).map(([name, a]) => {
       switch (a.kind) {
         case 'int':
@@ -121,9 +137,18 @@ export class GraphBuilder {
           return { name, type: onnx.AttributeProto.AttributeType.INTS, ints: a.value };
         case 'string':
           return { name, type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(a.value) };
+        case 'graph':
+          return { name, type: onnx.AttributeProto.AttributeType.GRAPH, g: a.value };
       }
     });
-    this.nodes.push({ opType, input: inputs, output: outs, attribute, domain: opts.domain ?? '', name: opts.name ?? `${opType}_${id}` });
+    this.nodes.push({
+      opType,
+      input: inputs,
+      output: outs,
+      attribute,
+      domain: opts.domain ?? '',
+      name: opts.name ?? `${this.prefix}${opType}_${id}`,
+    });
     return outs;
   }
 
@@ -134,7 +159,7 @@ export class GraphBuilder {
 
   /** A small constant stored inline in the model file. */
   constant(name: string, elemType: ElemType, dims: number[], data: ArrayBufferView): string {
-    const full = `${name}_${this.counter++}`;
+    const full = `${this.prefix}${name}_${this.counter++}`;
     this.initializers.push({ name: full, dataType: elemType, dims, rawData: asBytes(data) });
     return full;
   }

@@ -10,6 +10,15 @@ export const INT4_BLOCK_SIZE = 32;
 
 export type WeightProgress = (tensorName: string, bytes: number) => void;
 
+/** A stack of experts' weights in the graph (see WeightEmitter.expertStack). */
+export interface ExpertStack {
+  weight: string;
+  /** int4 only: the blocks' scales. */
+  scales?: string;
+  n: number;
+  k: number;
+}
+
 /** [rows, cols] row-major → [cols, rows]. */
 export function transpose(src: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(src.length);
@@ -123,6 +132,61 @@ export class WeightEmitter {
       weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, k / 2], packed),
       scales: this.g.weight(`${name}.scales`, DataType.FLOAT, [experts, n, blocks], scales),
     };
+  }
+
+  /**
+   * Experts' HF Linear weights [n, k] stacked so that a Gather by expert index gives one expert's
+   * operand: float [E, k, n] (transposed, as MatMul takes it) or int4 MatMulNBits blocks
+   * [E, n, blocks, block/2] with scales [E, n, blocks]. Written one expert at a time.
+   */
+  expertStack(name: string, experts: number, n: number, k: number, rowsOf: (e: number) => Float32Array): ExpertStack {
+    if (this.dtype === 'int4') {
+      const { blockSize } = this.int4;
+      const blocks = Math.ceil(k / blockSize);
+      const per = n * blocks * (blockSize / 2);
+      const packed = new Uint8Array(experts * per);
+      const scales = new Float32Array(experts * n * blocks);
+      for (let e = 0; e < experts; e++) {
+        const q = quantizeInt4(rowsOf(e), n, k, blockSize);
+        packed.set(q.packed, e * per);
+        scales.set(q.scales, e * n * blocks);
+      }
+      return {
+        weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, blocks, blockSize / 2], packed),
+        scales: this.floatTensor(`${name}.scales`, [experts, n, blocks], scales),
+        n,
+        k,
+      };
+    }
+    const half = this.act === DataType.FLOAT16;
+    const data = half ? new Uint16Array(experts * n * k) : new Float32Array(experts * n * k);
+    for (let e = 0; e < experts; e++) {
+      const t = transpose(rowsOf(e), n, k);
+      data.set(half ? floatsToHalf(t) : t, e * n * k);
+    }
+    return { weight: this.g.weight(name, half ? DataType.FLOAT16 : DataType.FLOAT, [experts, k, n], data), n, k };
+  }
+
+  /** x · W_eᵀ inside a subgraph `gb`, for the expert whose index `e` holds (a scalar). */
+  expertLinear(gb: GraphBuilder, x: string, stack: ExpertStack, e: string): string {
+    const pick = (t: string) => gb.op('Gather', [t, e], { axis: int(0) });
+    if (!stack.scales) {
+      // A row of zeros below the rows: MatMul with a weight that is not an initializer takes
+      // another kernel for one row than for several, so a lone row's bits would differ.
+      const zeros = gb.op('Mul', [
+        gb.op('Slice', [x, gb.int64s([0]), gb.int64s([1])]),
+        gb.constant('zero', this.act, [], this.act === DataType.FLOAT16 ? Uint16Array.of(0) : Float32Array.of(0)),
+      ]);
+      const padded = gb.op('MatMul', [gb.op('Concat', [x, zeros], { axis: int(0) }), pick(stack.weight)]);
+      return gb.op('Slice', [padded, gb.int64s([0]), gb.op('Shape', [x], { end: int(1) })]);
+    }
+    const { blockSize, accuracyLevel } = this.int4;
+    return gb.op(
+      'MatMulNBits',
+      [x, pick(stack.weight), pick(stack.scales)],
+      { K: int(stack.k), N: int(stack.n), bits: int(4), block_size: int(blockSize), accuracy_level: int(accuracyLevel) },
+      'com.microsoft',
+    );
   }
 
   linearFrom(x: string, name: string, w: Float32Array, n: number, k: number): string {
