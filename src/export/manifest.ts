@@ -12,8 +12,9 @@ export const MANIFEST_VERSION = 1;
  * cached exports of checkpoints are redone when theirs differs. 2: the fast graph's
  * `logits_start` input (prompt log-probabilities). 3: in-place attention with one product
  * per query head, the 1/√HD scale in q_norm's weight. 4: int4 CPU MoE experts in one QMoE node.
+ * 5: the other MoE exports' experts in one Loop per layer.
  */
-export const GRAPH_REVISION = 4;
+export const GRAPH_REVISION = 5;
 
 const configSchema = z.object({
   vocabSize: z.number().int(),
