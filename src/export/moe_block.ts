@@ -49,10 +49,10 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
   const rowIds = g.op('Unsqueeze', [g.op('Range', [g.int64Scalar(0), rows, g.int64Scalar(1)]), g.int64s([-1])]); // [N, 1]
   const experts = (part: string, n: number, k: number) => (e: number) => w.matrix(`${prefix}.mlp.experts.${e}.${part}.weight`, n, k);
   const gateUp = w.expertStack(`${prefix}.mlp.experts.gate_up_proj`, E, 2 * EI, H, (e) => {
-    const rows = new Float32Array(2 * EI * H);
-    rows.set(experts('gate_proj', EI, H)(e));
-    rows.set(experts('up_proj', EI, H)(e), EI * H);
-    return rows;
+    const stacked = new Float32Array(2 * EI * H);
+    stacked.set(experts('gate_proj', EI, H)(e));
+    stacked.set(experts('up_proj', EI, H)(e), EI * H);
+    return stacked;
   });
   const down = w.expertStack(`${prefix}.mlp.experts.down_proj`, E, H, EI, experts('down_proj', H, EI));
 

@@ -119,19 +119,26 @@ export class WeightEmitter {
    * Quantized one expert at a time, so a layer's experts never sit in memory as floats together.
    */
   int4Experts(name: string, experts: number, n: number, k: number, rowsOf: (e: number) => Float32Array): { weight: string; scales: string } {
-    const { blockSize } = this.int4;
-    const blocks = k / blockSize;
-    const packed = new Uint8Array(experts * n * (k / 2));
-    const scales = new Float32Array(experts * n * blocks);
-    for (let e = 0; e < experts; e++) {
-      const q = quantizeInt4(rowsOf(e), n, k, blockSize);
-      packed.set(q.packed, e * n * (k / 2));
-      scales.set(q.scales, e * n * blocks);
-    }
+    const { packed, scales, blocks } = this.stackInt4(experts, n, k, rowsOf);
     return {
       weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, k / 2], packed),
       scales: this.g.weight(`${name}.scales`, DataType.FLOAT, [experts, n, blocks], scales),
     };
+  }
+
+  /** Experts' [n, k] rows quantized one expert at a time into one buffer of blocks and one of scales. */
+  private stackInt4(experts: number, n: number, k: number, rowsOf: (e: number) => Float32Array) {
+    const { blockSize } = this.int4;
+    const blocks = Math.ceil(k / blockSize);
+    const per = n * blocks * (blockSize / 2);
+    const packed = new Uint8Array(experts * per);
+    const scales = new Float32Array(experts * n * blocks);
+    for (let e = 0; e < experts; e++) {
+      const q = quantizeInt4(rowsOf(e), n, k, blockSize);
+      packed.set(q.packed, e * per);
+      scales.set(q.scales, e * n * blocks);
+    }
+    return { packed, scales, blocks };
   }
 
   /**
@@ -141,18 +148,9 @@ export class WeightEmitter {
    */
   expertStack(name: string, experts: number, n: number, k: number, rowsOf: (e: number) => Float32Array): ExpertStack {
     if (this.dtype === 'int4') {
-      const { blockSize } = this.int4;
-      const blocks = Math.ceil(k / blockSize);
-      const per = n * blocks * (blockSize / 2);
-      const packed = new Uint8Array(experts * per);
-      const scales = new Float32Array(experts * n * blocks);
-      for (let e = 0; e < experts; e++) {
-        const q = quantizeInt4(rowsOf(e), n, k, blockSize);
-        packed.set(q.packed, e * per);
-        scales.set(q.scales, e * n * blocks);
-      }
+      const { packed, scales, blocks } = this.stackInt4(experts, n, k, rowsOf);
       return {
-        weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, blocks, blockSize / 2], packed),
+        weight: this.g.weight(`${name}.qweight`, DataType.UINT8, [experts, n, blocks, this.int4.blockSize / 2], packed),
         scales: this.floatTensor(`${name}.scales`, [experts, n, blocks], scales),
         n,
         k,
@@ -173,11 +171,7 @@ export class WeightEmitter {
     if (!stack.scales) {
       // A row of zeros below the rows: MatMul with a weight that is not an initializer takes
       // another kernel for one row than for several, so a lone row's bits would differ.
-      const zeros = gb.op('Mul', [
-        gb.op('Slice', [x, gb.int64s([0]), gb.int64s([1])]),
-        gb.constant('zero', this.act, [], this.act === DataType.FLOAT16 ? Uint16Array.of(0) : Float32Array.of(0)),
-      ]);
-      const padded = gb.op('MatMul', [gb.op('Concat', [x, zeros], { axis: int(0) }), pick(stack.weight)]);
+      const padded = gb.op('MatMul', [gb.op('Pad', [x, gb.int64s([0, 0, 1, 0])]), pick(stack.weight)]);
       return gb.op('Slice', [padded, gb.int64s([0]), gb.op('Shape', [x], { end: int(1) })]);
     }
     const { blockSize, accuracyLevel } = this.int4;
