@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { fixtureExport } from '../../test/support/engine.js';
 import { tempDir } from '../../test/support/runner.js';
 import { readManifest } from '../export/manifest.js';
-import { createSession, cudaProviderInstalled, providerPlan } from './session.js';
+import { createSession, cudaProviderInstalled, providerPlan, sessionOptions } from './session.js';
 
 test('provider plan: explicit devices are taken as asked; auto tries CUDA only for CUDA-capable exports with the provider installed', () => {
   const fp16 = { kvDtype: 'float16', layout: 'fast' } as const;
@@ -21,6 +21,14 @@ test('provider plan: explicit devices are taken as asked; auto tries CUDA only f
   const cpuExport = providerPlan('auto', fp32, true);
   assert.deepEqual(cpuExport.order, ['cpu']);
   assert.match(cpuExport.cpuReason ?? '', /exported for the CPU \(float32 KV cache\).*--dtype fp16/);
+});
+
+test('sessions stop their pool threads spinning when a run returns, on either provider', () => {
+  for (const ep of ['cpu', 'cuda'] as const) {
+    const o = sessionOptions(ep, 2);
+    assert.deepEqual(o.extra, { session: { force_spinning_stop: '1' } });
+    assert.equal(o.intraOpNumThreads, 2);
+  }
 });
 
 test("the CUDA provider counts as installed when its library sits in onnxruntime-node's bin folder", {

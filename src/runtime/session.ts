@@ -22,7 +22,7 @@ export interface SessionOptions {
   threads: number;
 }
 
-function sessionOptions(ep: 'cuda' | 'cpu', threads: number): ort.InferenceSession.SessionOptions {
+export function sessionOptions(ep: 'cuda' | 'cpu', threads: number): ort.InferenceSession.SessionOptions {
   return {
     executionProviders: [ep],
     graphOptimizationLevel: 'all',
@@ -32,6 +32,9 @@ function sessionOptions(ep: 'cuda' | 'cpu', threads: number): ort.InferenceSessi
     // Input shapes change as the batch and the cache capacity change: with memory patterns
     // on, each new shape set paid a slow first run for no steady-state gain (docs/performance.md).
     enableMemPattern: false,
+    // The pool's threads stop spinning when a run returns, leaving the cores to the engine
+    // loop and the HTTP thread between steps (docs/performance.md, the server against the engine).
+    extra: { session: { force_spinning_stop: '1' } },
   };
 }
 
