@@ -52,6 +52,8 @@ export async function runEngineBench(o: EngineBenchOptions, log: (line: string) 
     await pre.prefill(warm, [1, 2, 3, 4]);
     const id = nextId++;
     pre.addSequence(id);
+    // As the engine does on admission (step_executor.ts), so capacity grows toward the prompt's end in few moves.
+    pre.expect(id, context);
     const prompt = Array.from({ length: context }, (_, i) => 1000 + ((i * 104729) % 100000));
     const t0 = performance.now();
     for (let at = 0; at < context; at += o.prefillChunk) {
