@@ -2,14 +2,14 @@
 /**
  * Engine microbenchmark: prefill and decode speed of an exported model per batch size and
  * context length, without the scheduler or HTTP.
- *   npm run bench:engine -- --model <export dir> [--batch 1,2,4,8,16] [--context 128,1024] [--steps 16] [--chunk 512] [--threads 2] [--json out.json]
+ *   npm run bench:engine -- --model <export dir> [--batch 1,2,4,8,16] [--context 128,1024] [--steps 16] [--chunk 512] [--threads 2] [--kv-cache-prefault] [--json out.json]
  */
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { runEngineBench } from '../src/bench/engine_bench.js';
 
 const USAGE =
-  'usage: bench_engine --model <export dir> [--batch 1,2,4,8,16] [--context 128,1024] [--steps 16] [--chunk 512] [--threads 2] [--device cpu|cuda] [--json out.json]\n';
+  'usage: bench_engine --model <export dir> [--batch 1,2,4,8,16] [--context 128,1024] [--steps 16] [--chunk 512] [--threads 2] [--device cpu|cuda] [--kv-cache-prefault] [--json out.json]\n';
 function parseFlags() {
   try {
     return parseArgs({
@@ -22,6 +22,7 @@ function parseFlags() {
         chunk: { type: 'string', default: '512' },
         threads: { type: 'string', default: '2' },
         device: { type: 'string', default: 'cpu' },
+        'kv-cache-prefault': { type: 'boolean' },
         json: { type: 'string' },
       },
     });
@@ -55,6 +56,7 @@ const rows = await runEngineBench(
     prefillChunk: Number(values.chunk),
     threads: Number(values.threads),
     device: values.device as 'cpu',
+    kvCachePrefault: values['kv-cache-prefault'] ?? false,
   },
   (line) => process.stdout.write(`${line}\n`),
 );

@@ -104,6 +104,24 @@ describe('test/bench.test', () => {
       ],
     );
     for (const r of rows) assert.ok(r.decodeMsPerStep > 0 && r.prefillTokensPerSecond > 0);
+    // --kv-cache-prefault: the prompt runs in a runner reserved for it and written first, as the server's.
+    const prefaulted = run([
+      '--model',
+      await fixtureExport('fast'),
+      '--batch',
+      '1',
+      '--context',
+      '16,100',
+      '--steps',
+      '1',
+      '--chunk',
+      '8',
+      '--threads',
+      '1',
+      '--kv-cache-prefault',
+    ]);
+    assert.equal(prefaulted.status, 0, prefaulted.stderr);
+    assert.match(prefaulted.stdout, /batch 1 context 16: prefill \d+ tok\/s[\s\S]*batch 1 context 100: prefill \d+ tok\/s/);
   });
 
   test("the shared-prefix and multi-turn datasets: prompts share their prefix, conversations grow turn by turn, and the server's cache shows in the results", async () => {

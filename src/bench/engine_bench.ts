@@ -1,6 +1,7 @@
 import { readManifest } from '../export/manifest.js';
 import { INT4_BLOCK_SIZE } from '../export/weights.js';
 import { FastRunner } from '../runtime/fast_runner.js';
+import { capacityBucket } from '../runtime/kv_cost.js';
 import type { ModelRunner } from '../runtime/model_runner.js';
 import { createSession, type DeviceChoice } from '../runtime/session.js';
 import { StandardRunner } from '../runtime/standard_runner.js';
@@ -13,6 +14,8 @@ export interface EngineBenchOptions {
   prefillChunk: number;
   threads: number;
   device: DeviceChoice;
+  /** As `serve --kv-cache-prefault`: the prefill runner's cache is reserved for its prompt and written before timing. */
+  kvCachePrefault?: boolean;
 }
 
 export interface EngineBenchRow {
@@ -46,7 +49,10 @@ export async function runEngineBench(o: EngineBenchOptions, log: (line: string) 
   let nextId = 0;
   for (const context of o.contexts) {
     // Prefill: one real prompt of `context` tokens, in chunks, after a warm-up run.
-    const pre = newRunner();
+    // With prefaulting, as the server's prompt runner (worker.ts): buffers of the whole budget, written at start.
+    const pre =
+      o.kvCachePrefault && manifest.layout === 'fast' ? new FastRunner(session, manifest, 2, maxLen, 2 * capacityBucket(context)) : newRunner();
+    if (o.kvCachePrefault && pre instanceof FastRunner) pre.prefault();
     const warm = nextId++;
     pre.addSequence(warm);
     await pre.prefill(warm, [1, 2, 3, 4]);
