@@ -49,7 +49,7 @@ export async function runEngineBench(o: EngineBenchOptions, log: (line: string) 
   let nextId = 0;
   for (const context of o.contexts) {
     // Prefill: one real prompt of `context` tokens, in chunks, after a warm-up run.
-    // With prefaulting, as the server's prompt runner (worker.ts): buffers of the whole budget, written at start.
+    // With prefaulting, as the server's prompt runner (worker.ts): buffers reserved for the prompt and written first.
     const pre =
       o.kvCachePrefault && manifest.layout === 'fast' ? new FastRunner(session, manifest, 2, maxLen, 2 * capacityBucket(context)) : newRunner();
     if (o.kvCachePrefault && pre instanceof FastRunner) pre.prefault();
