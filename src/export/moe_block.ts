@@ -47,14 +47,13 @@ export function moeBlock(g: GraphBuilder, w: WeightEmitter, cfg: Qwen3Config, h:
   const shape = g.op('Shape', [x]);
   const rows = g.op('Gather', [shape, g.int64Scalar(0)], { axis: int(0) });
   const rowIds = g.op('Unsqueeze', [g.op('Range', [g.int64Scalar(0), rows, g.int64Scalar(1)]), g.int64s([-1])]); // [N, 1]
-  const experts = (part: string, n: number, k: number) => (e: number) => w.matrix(`${prefix}.mlp.experts.${e}.${part}.weight`, n, k);
   const gateUp = w.expertStack(`${prefix}.mlp.experts.gate_up_proj`, E, 2 * EI, H, (e) => {
     const stacked = new Float32Array(2 * EI * H);
-    stacked.set(experts('gate_proj', EI, H)(e));
-    stacked.set(experts('up_proj', EI, H)(e), EI * H);
+    stacked.set(expertWeight(w, prefix, e, 'gate_proj', EI, H));
+    stacked.set(expertWeight(w, prefix, e, 'up_proj', EI, H), EI * H);
     return stacked;
   });
-  const down = w.expertStack(`${prefix}.mlp.experts.down_proj`, E, H, EI, experts('down_proj', H, EI));
+  const down = w.expertStack(`${prefix}.mlp.experts.down_proj`, E, H, EI, (e) => expertWeight(w, prefix, e, 'down_proj', H, EI));
 
   // One Loop over the experts the step's rows chose, in index order: the graph has a node
   // group per layer, not per expert, and an expert no row chose costs nothing.
@@ -108,11 +107,10 @@ function fusedExperts(
   const { hiddenSize: H } = cfg;
   const { numExperts: E, topK: K, expertIntermediateSize: EI } = moe;
   const block = w.int4Settings!.blockSize;
-  const expert = (e: number, part: string, n: number, k: number) => w.matrix(`${prefix}.mlp.experts.${e}.${part}.weight`, n, k);
   // QMoE's fused SwiGLU reads gate and up interleaved: row 2i is gate_proj's row i, 2i + 1 up_proj's.
   const fc1 = w.int4Experts(`${prefix}.mlp.experts.gate_up_proj`, E, 2 * EI, H, (e) => {
-    const gate = expert(e, 'gate_proj', EI, H);
-    const up = expert(e, 'up_proj', EI, H);
+    const gate = expertWeight(w, prefix, e, 'gate_proj', EI, H);
+    const up = expertWeight(w, prefix, e, 'up_proj', EI, H);
     const rows = new Float32Array(2 * EI * H);
     for (let i = 0; i < EI; i++) {
       rows.set(gate.subarray(i * H, (i + 1) * H), 2 * i * H);
@@ -120,7 +118,7 @@ function fusedExperts(
     }
     return rows;
   });
-  const fc2 = w.int4Experts(`${prefix}.mlp.experts.down_proj`, E, H, EI, (e) => expert(e, 'down_proj', H, EI));
+  const fc2 = w.int4Experts(`${prefix}.mlp.experts.down_proj`, E, H, EI, (e) => expertWeight(w, prefix, e, 'down_proj', H, EI));
   const qmoe = (rows: string, router: string, k: number, routerWeights: string[], normalize: boolean) =>
     g.op(
       'QMoE',
@@ -167,4 +165,9 @@ function canFuseExperts(w: WeightEmitter, cfg: Qwen3Config): boolean {
   if (!int4 || w.act !== DataType.FLOAT || int4.accuracyLevel !== 4) return false;
   const ei = cfg.moe!.expertIntermediateSize;
   return cfg.hiddenSize % int4.blockSize === 0 && ei % int4.blockSize === 0;
+}
+
+/** Expert `e`'s HF Linear weight `part` (gate_proj, up_proj, down_proj) of the layer at `prefix`, [n, k]. */
+function expertWeight(w: WeightEmitter, prefix: string, e: number, part: string, n: number, k: number): Float32Array {
+  return w.matrix(`${prefix}.mlp.experts.${e}.${part}.weight`, n, k);
 }
