@@ -84,7 +84,11 @@ test('blocks a tiny pool lets go are written to disk and read back, and a new en
   // Seven pool slots (and the disk tier's scratch): every prompt's blocks push out the last one's, which go to disk.
   const first = await engine(model, { cacheBlocks: 8, disk: dir });
   const got = [];
-  for (const p of prompts) got.push(...(await run(first.core, [greedy(p)])));
+  for (const p of prompts) {
+    got.push(...(await run(first.core, [greedy(p)])));
+    // The disk tier writes in the background: wait for the spilled blocks, not on luck.
+    await first.store!.close(false);
+  }
   got.forEach((o, i) => same(o, expected[i], `prompt ${i}`));
   assert.equal(got[2].cached, 6 * CHUNK, 'the third prompt found the first one’s six blocks, partly read back from disk');
   assert.equal(got[3].cached, 5 * CHUNK, 'the fourth the second one’s five');
