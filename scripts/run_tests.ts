@@ -18,6 +18,9 @@ const DIST = new URL('../', import.meta.url).pathname;
 const TIMINGS = new URL('../../test/timings.json', import.meta.url).pathname;
 const FILE_TIMES_REPORTER = new URL('../test/support/file_times_reporter.js', import.meta.url).pathname;
 
+/** Longer than any one test takes on a loaded 2-core machine (the slowest take about a minute). */
+const TEST_TIMEOUT_MS = 5 * 60_000;
+
 const COUNT_KEYS = ['tests', 'pass', 'fail', 'cancelled', 'skipped', 'todo'] as const;
 type Counts = Record<(typeof COUNT_KEYS)[number], number>;
 
@@ -75,7 +78,16 @@ interface ShardResult {
 
 function runShard(index: number, files: string[], record: string | null): Promise<ShardResult> {
   const timesFile = record ? join(record, `shard-${index}.json`) : null;
-  const args = ['--test', '--test-isolation=none', '--test-reporter=spec', '--test-reporter-destination=stdout'];
+  // A test that never settles fails by name after TEST_TIMEOUT_MS, and a handle a file left open
+  // does not keep its shard alive: either would otherwise hang the run until CI's own limit.
+  const args = [
+    '--test',
+    '--test-isolation=none',
+    `--test-timeout=${TEST_TIMEOUT_MS}`,
+    '--test-force-exit',
+    '--test-reporter=spec',
+    '--test-reporter-destination=stdout',
+  ];
   if (timesFile) args.push(`--test-reporter=${FILE_TIMES_REPORTER}`, `--test-reporter-destination=${timesFile}`);
   const started = performance.now();
   const child = spawn(process.execPath, [...args, ...files], { stdio: ['ignore', 'pipe', 'pipe'] });

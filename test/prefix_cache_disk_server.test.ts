@@ -72,8 +72,11 @@ function cold(): Promise<Answer> {
 const spawnOn = (model: string, flags: string[]) =>
   spawnServer(['--model', model, '--served-model-name', 'tiny', '--kv-cache-memory', '64MiB', '--log-level', 'info', ...flags]);
 
+/** Its exit code (null when a signal ended it), also when it has already exited: a killed child's exitCode stays null. */
 const exited = (child: ChildProcess) =>
-  new Promise<number | null>((r) => (child.exitCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+  new Promise<number | null>((r) =>
+    child.exitCode !== null || child.signalCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code)),
+  );
 
 test('a restart (SIGTERM) on the same directory serves the long prompt from disk: cached_tokens > 0, identical tokens and log-probabilities', async () => {
   const model = await fixtureExport('fast');

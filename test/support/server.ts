@@ -59,7 +59,7 @@ export async function spawnServer(args: string[]): Promise<{ url: string; child:
   const out = { log: '' };
   child.stdout!.on('data', (d: Buffer) => (out.log += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out.log += d.toString()));
-  await until(() => / at http:\/\/[\d.:]+\/v1/.test(out.log) || child.exitCode !== null, 'the server to listen');
+  await until(() => / at http:\/\/[\d.:]+\/v1/.test(out.log) || child.exitCode !== null || child.signalCode !== null, 'the server to listen');
   const url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
   assert.ok(url, `the server started:\n${out.log}`);
   return { url, child, out };
