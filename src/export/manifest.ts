@@ -12,9 +12,10 @@ export const MANIFEST_VERSION = 1;
  * cached exports of checkpoints are redone when theirs differs. 2: the fast graph's
  * `logits_start` input (prompt log-probabilities). 3: in-place attention with one product
  * per query head, the 1/√HD scale in q_norm's weight. 4: int4 CPU MoE experts in one QMoE node.
- * 5: the other MoE exports' experts in one Loop per layer.
+ * 5: the other MoE exports' experts in one Loop per layer. 6: in-place attention's products
+ * with the step's own keys and values without broadcasting.
  */
-export const GRAPH_REVISION = 5;
+export const GRAPH_REVISION = 6;
 
 const configSchema = z.object({
   vocabSize: z.number().int(),

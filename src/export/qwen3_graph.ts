@@ -47,7 +47,7 @@ function inPlaceAttention(
   /** Element type of the cache and of kNewT / vNew (float32 for an int8 cache: dequantized). */
   kv: { past: ElemType; fresh: ElemType; scales?: { key: string; value: string } },
   /** Computed once for all layers: the score masks and the capacity as a 1-D tensor. */
-  shared: { pastMask: string; newMask: string; capacity1: string },
+  shared: { pastMask: string; newMask: string; capacity1: string; newScores5: string; newProbs4: string },
 ): string {
   const { numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;
   const G = NH / KVH;
@@ -73,13 +73,18 @@ function inPlaceAttention(
   const perSlot = (x: string) => g.op('Unsqueeze', [x, g.int64s([2, 3])]); // [B, KVH, 1, 1, Cap]
   const rawPast = g.op('MatMul', [qg, grouped(f32(pastK, kv.past))]);
   const sPast = kv.scales ? g.op('Mul', [rawPast, perSlot(kv.scales.key)]) : rawPast;
-  const sNew = g.op('MatMul', [qg, grouped(f32(kNewT, kv.fresh))]);
+  // The products with this step's own keys and values are 4-D, the group's queries as rows:
+  // as 5-D broadcasts these tiny products took ONNX Runtime several times as long, at every
+  // step and layer (docs/performance.md, "Where a decode step's time goes").
+  const q4 = g.op('Reshape', [qg, g.int64s([0, KVH, -1, HD])]); // [B, KVH, G·S, HD]
+  const sNew = g.op('Reshape', [g.op('MatMul', [q4, f32(kNewT, kv.fresh)]), shared.newScores5]);
   const scores = g.op('Concat', [g.op('Add', [sPast, shared.pastMask]), g.op('Add', [sNew, shared.newMask])], { axis: int(-1) });
   const probs = g.op('Softmax', [scores], { axis: int(-1) });
   const pPast = g.op('Slice', [probs, g.int64s([0]), shared.capacity1, g.int64s([4])]);
   const pNew = g.op('Slice', [probs, shared.capacity1, g.int64s([2 ** 50]), g.int64s([4])]);
   const ctxPast = g.op('MatMul', [kv.scales ? g.op('Mul', [pPast, perSlot(kv.scales.value)]) : pPast, grouped(f32(pastV, kv.past))]);
-  const ctx = g.op('Add', [ctxPast, g.op('MatMul', [pNew, grouped(f32(vNew, kv.fresh))])]); // [B, KVH, GB, GM·S, HD]
+  const ctxNew = g.op('MatMul', [g.op('Reshape', [pNew, shared.newProbs4]), f32(vNew, kv.fresh)]); // [B, KVH, G·S, HD]
+  const ctx = g.op('Add', [ctxPast, g.op('Reshape', [ctxNew, g.int64s([0, KVH, GB, -1, HD])])]); // [B, KVH, GB, GM·S, HD]
   return g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [ctx, g.int64s([0, KVH, G, -1, HD])])], { perm: ints([0, 3, 1, 2, 4]) }),
     g.int64s([0, 0, NH * HD]),
@@ -124,7 +129,7 @@ export function buildFastGraph(
   // In-place attention masks, shared by all layers (float32, added to the scores):
   // cached slot j of row b is visible when j < past_len[b] = seqlens_k[b] + 1 − S; new
   // token j is visible to new token s when j ≤ s.
-  let shared = { pastMask: '', newMask: '', capacity1: '' };
+  let shared = { pastMask: '', newMask: '', capacity1: '', newScores5: '', newProbs4: '' };
   const seqLen = g.op('Gather', [g.op('Shape', [ids]), g.int64Scalar(1)], { axis: int(0) });
   if (attention === 'matmul') {
     const NEG = g.constant('neg_inf', DataType.FLOAT, [], Float32Array.of(-1e30));
@@ -141,7 +146,11 @@ export function buildFastGraph(
     const keys = g.op('Range', [g.int64Scalar(0), seqLen, g.int64Scalar(1)]);
     const newOk = g.op('LessOrEqual', [g.op('Unsqueeze', [keys, g.int64s([0])]), g.op('Unsqueeze', [rows, g.int64s([1])])]); // [GM·S, S]
     const newMask = g.op('Where', [newOk, ZERO, NEG]);
-    shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]) };
+    // Shapes of the scores against this step's own keys, [B, KVH, GB, GM·S, S] and [B, KVH, G·S, S].
+    const seqLen1 = g.op('Reshape', [seqLen, g.int64s([1])]);
+    const newScores5 = g.op('Concat', [g.int64s([0, KVH, NH / KVH / GM, -1]), seqLen1], { axis: int(0) });
+    const newProbs4 = g.op('Concat', [g.int64s([0, KVH, -1]), seqLen1], { axis: int(0) });
+    shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]), newScores5, newProbs4 };
   }
 
   /** Attention of layer l over its normed input, with the caller's cache buffer as past. */
