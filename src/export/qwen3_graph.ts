@@ -24,9 +24,9 @@ export type GraphOutput = 'logits' | 'hidden';
  * and it doubles KV memory); on CUDA its fused kernel is the better choice.
  */
 /**
- * Query heads of a KV head's group that share one product as its rows (the rest are
- * products of their own): one with several KV heads, so a decode step's products have one
- * row; the whole group with one KV head, since ONNX Runtime folds the heads into rows
+ * Query heads of a KV head's group that share one product with the cache as its rows (the
+ * rest are products of their own): one with several KV heads, so a decode step's products
+ * with the cache have one row; the whole group with one KV head, since ONNX Runtime folds the heads into rows
  * whenever the batch has one sequence and a sequence's result must not depend on its batch.
  */
 function headsPerProduct(cfg: Qwen3Config): number {
@@ -46,7 +46,7 @@ function inPlaceAttention(
   pastV: string,
   /** Element type of the cache and of kNewT / vNew (float32 for an int8 cache: dequantized). */
   kv: { past: ElemType; fresh: ElemType; scales?: { key: string; value: string } },
-  /** Computed once for all layers: the score masks and the capacity as a 1-D tensor. */
+  /** Computed once for all layers: the score masks, the capacity as a 1-D tensor, the new scores' shapes. */
   shared: { pastMask: string; newMask: string; capacity1: string; newScores5: string; newProbs4: string },
 ): string {
   const { numHeads: NH, numKvHeads: KVH, headDim: HD } = cfg;

@@ -51,11 +51,19 @@ export async function healthOf(url: string): Promise<{ status: string; running: 
 
 const CLI = new URL('../../src/cli.js', import.meta.url).pathname;
 
+/** Servers spawned and still running: a run that ends early (a test's timeout) must not leave them behind. */
+const running = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /** `qwen3-serve serve` as a process of its own on a free port: its URL, the child and its log so far. */
 export async function spawnServer(args: string[]): Promise<{ url: string; child: ChildProcess; out: { log: string } }> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   const out = { log: '' };
   child.stdout!.on('data', (d: Buffer) => (out.log += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out.log += d.toString()));
