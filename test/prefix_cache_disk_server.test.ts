@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, watch } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { parseServeConfig, type RunningServer, startServer } from '../src/cli/serve_command.js';
 import { fixtureExport } from './support/engine.js';
 import { tempDir } from './support/runner.js';
-import { spawnServer } from './support/server.js';
+import { exited, spawnServer } from './support/server.js';
 
 // The prefix cache's disk tier through the server: restarts (SIGTERM, SIGKILL mid-write)
 // on the same directory, another export's files, a full disk and a read-only one. Every
@@ -71,12 +71,6 @@ function cold(): Promise<Answer> {
 /** `qwen3-serve serve` on `model` as its own process, started and listening. */
 const spawnOn = (model: string, flags: string[]) =>
   spawnServer(['--model', model, '--served-model-name', 'tiny', '--kv-cache-memory', '64MiB', '--log-level', 'info', ...flags]);
-
-/** Its exit code (null when a signal ended it), also when it has already exited: a killed child's exitCode stays null. */
-const exited = (child: ChildProcess) =>
-  new Promise<number | null>((r) =>
-    child.exitCode !== null || child.signalCode !== null ? r(child.exitCode) : child.once('exit', (code) => r(code)),
-  );
 
 test('a restart (SIGTERM) on the same directory serves the long prompt from disk: cached_tokens > 0, identical tokens and log-probabilities', async () => {
   const model = await fixtureExport('fast');

@@ -26,11 +26,17 @@ export type GraphOutput = 'logits' | 'hidden';
 /**
  * Query heads of a KV head's group that share one product with the cache as its rows (the
  * rest are products of their own): one with several KV heads, so a decode step's products
- * with the cache have one row; the whole group with one KV head, since ONNX Runtime folds the heads into rows
- * whenever the batch has one sequence and a sequence's result must not depend on its batch.
+ * with the cache have one row; the whole group with one KV head, since ONNX Runtime folds
+ * the heads into rows whenever the batch has one sequence and a sequence's result must not
+ * depend on its batch.
  */
 function headsPerProduct(cfg: Qwen3Config): number {
   return cfg.numKvHeads > 1 ? 1 : cfg.numHeads / cfg.numKvHeads;
+}
+
+/** Products with the cache per KV head's group (GB): its query heads over headsPerProduct. */
+function productsPerGroup(cfg: Qwen3Config): number {
+  return cfg.numHeads / cfg.numKvHeads / headsPerProduct(cfg);
 }
 
 function inPlaceAttention(
@@ -60,7 +66,7 @@ function inPlaceAttention(
   // keys [B, KVH, 1, HD, Cap] broadcast over the GB products, GM = headsPerProduct: with one
   // row (M = 1) MLAS reads the cache as it lies, where two heads as two rows made it pack
   // (copy) the whole cache first.
-  const GB = G / headsPerProduct(cfg);
+  const GB = productsPerGroup(cfg);
   const qg = g.op('Reshape', [
     g.op('Transpose', [g.op('Reshape', [f32(q, qType), g.int64s([0, 0, KVH, G, HD])])], { perm: ints([0, 2, 3, 1, 4]) }),
     g.int64s([0, KVH, GB, -1, HD]),
@@ -148,7 +154,7 @@ export function buildFastGraph(
     const newMask = g.op('Where', [newOk, ZERO, NEG]);
     // Shapes of the scores against this step's own keys, [B, KVH, GB, GM·S, S] and [B, KVH, G·S, S].
     const seqLen1 = g.op('Reshape', [seqLen, g.int64s([1])]);
-    const newScores5 = g.op('Concat', [g.int64s([0, KVH, NH / KVH / GM, -1]), seqLen1], { axis: int(0) });
+    const newScores5 = g.op('Concat', [g.int64s([0, KVH, productsPerGroup(cfg), -1]), seqLen1], { axis: int(0) });
     const newProbs4 = g.op('Concat', [g.int64s([0, KVH, -1]), seqLen1], { axis: int(0) });
     shared = { pastMask, newMask, capacity1: g.op('Reshape', [capacity, g.int64s([1])]), newScores5, newProbs4 };
   }

@@ -57,6 +57,13 @@ process.once('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
+/** Whether `child` has ended: one killed by a signal keeps `exitCode` null. */
+export const hasExited = (child: ChildProcess): boolean => child.exitCode !== null || child.signalCode !== null;
+
+/** Its exit code once it has ended (null when a signal ended it), also when it already has. */
+export const exited = (child: ChildProcess): Promise<number | null> =>
+  new Promise((r) => (hasExited(child) ? r(child.exitCode) : child.once('exit', (code) => r(code))));
+
 /** `qwen3-serve serve` as a process of its own on a free port: its URL, the child and its log so far. */
 export async function spawnServer(args: string[]): Promise<{ url: string; child: ChildProcess; out: { log: string } }> {
   const child = spawn(process.execPath, [CLI, 'serve', '--port', '0', '--host', '127.0.0.1', '--threads', '1', ...args], {
@@ -67,7 +74,7 @@ export async function spawnServer(args: string[]): Promise<{ url: string; child:
   const out = { log: '' };
   child.stdout!.on('data', (d: Buffer) => (out.log += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out.log += d.toString()));
-  await until(() => / at http:\/\/[\d.:]+\/v1/.test(out.log) || child.exitCode !== null || child.signalCode !== null, 'the server to listen');
+  await until(() => / at http:\/\/[\d.:]+\/v1/.test(out.log) || hasExited(child), 'the server to listen');
   const url = / at (http:\/\/[\d.:]+)\/v1/.exec(out.log)?.[1] ?? '';
   assert.ok(url, `the server started:\n${out.log}`);
   return { url, child, out };
