@@ -178,6 +178,27 @@ describe('test/server_hardening.test', () => {
     assert.ok(performance.now() - started < 10_000);
   });
 
+  test('a client that shuts its side after sending still gets its answer, also a streamed one', async () => {
+    const request = (path: string, body?: unknown, version = '1.1') => {
+      const text = body === undefined ? '' : JSON.stringify(body);
+      const head = `${body === undefined ? 'GET' : 'POST'} ${path} HTTP/${version}\r\nHost: x\r\n`;
+      return `${head}${body === undefined ? '' : `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n`}\r\n${text}`;
+    };
+    const chat = { model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 };
+    for (const version of ['1.1', '1.0']) {
+      const health = await raw((socket) => socket.end(request('/health', undefined, version)));
+      assert.match(health, /^HTTP\/1\.1 200 /, `GET /health over HTTP/${version}`);
+      const answer = await raw((socket) => socket.end(request('/v1/chat/completions', chat, version)));
+      assert.match(answer, /^HTTP\/1\.1 200 /, `POST /v1/chat/completions over HTTP/${version}`);
+      assert.equal((JSON.parse(answer.split('\r\n\r\n')[1]) as { usage: { completion_tokens: number } }).usage.completion_tokens, 3);
+    }
+    const streamed = await raw((socket) => socket.end(request('/v1/chat/completions', { ...chat, stream: true })));
+    assert.match(streamed, /^HTTP\/1\.1 200 /);
+    assert.match(streamed, /data: \[DONE\]/);
+    // The half-close is not a disconnect, so nothing is left running either way.
+    await until(async () => (await health()).running === 0, 'no sequence left running');
+  });
+
   test('slow headers, oversized headers, bad URLs and long ids are answered in the envelope with x-request-id', async () => {
     const slow = parseResponse(await raw((socket) => socket.write('GET /health HTTP/1.1\r\nHost: x\r\n')));
     assert.equal(slow.status, 408);
