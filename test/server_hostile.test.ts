@@ -222,6 +222,28 @@ describe('test/server_hostile.test', () => {
     assert.equal(ok.choices.length, 1);
   });
 
+  test('more sequences in one request than could ever be queued is a 400 naming n, and the server stays idle', async () => {
+    const post = (body: unknown) =>
+      fetch(`${s.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    // The defaults: a batch of --max-num-seqs plus --max-queue waiting, far below 64 prompts × n 16.
+    const tooMany = await post({ model: 'tiny', prompt: Array.from({ length: 64 }, (_, i) => `p${i}`), n: 16, max_tokens: 1 });
+    assert.equal(tooMany.status, 400);
+    const error = ((await tooMany.json()) as { error: { message: string; type: string; param: string } }).error;
+    assert.equal(error.type, 'invalid_request_error');
+    assert.equal(error.param, 'n');
+    assert.match(error.message, /1024 sequences/);
+    const health = (await (await fetch(`${s.url}/health`)).json()) as { running: number; waiting: number };
+    assert.deepEqual([health.running, health.waiting], [0, 0]);
+    // Within the bound it is served.
+    const ok = await post({ model: 'tiny', prompt: ['a', 'b'], n: 2, max_tokens: 1 });
+    assert.equal(ok.status, 200);
+    assert.equal(((await ok.json()) as { choices: unknown[] }).choices.length, 4);
+    // Too many prompts names the bound rather than a bare "Invalid input".
+    const prompts = await post({ model: 'tiny', prompt: Array.from({ length: 65 }, () => 'x'), max_tokens: 1 });
+    assert.equal(prompts.status, 400);
+    assert.match(((await prompts.json()) as { error: { message: string } }).error.message, /1 to 64 strings/);
+  });
+
   test('a body over --body-limit gets its 413 while the rest is read and dropped, so a client still uploading sees the 413, not a reset', async () => {
     const url = new URL(s.url);
     const total = 5 * 2 ** 20;

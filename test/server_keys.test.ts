@@ -166,6 +166,13 @@ describe('test/server_keys.test', () => {
     // A key without limits gets no rate-limit headers.
     const plain = await openai(KEYS.alice).chat.completions.create(ask).withResponse();
     assert.equal(plain.response.headers.get('x-ratelimit-limit-requests'), null);
+    // One request of more choices than the key can ever have queued is a 400, not a retryable 429.
+    await assert.rejects(openai(KEYS.dave).chat.completions.create({ ...ask, n: 6 }), (e: unknown) => {
+      assert.ok(e instanceof OpenAI.BadRequestError);
+      assert.equal((e.error as { param?: string }).param, 'n');
+      return true;
+    });
+    assert.equal((await openai(KEYS.dave).chat.completions.create({ ...ask, n: 5 })).choices.length, 5);
   });
 
   test("a stored response is its key's alone: another key cannot retrieve, continue or delete it", async () => {

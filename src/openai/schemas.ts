@@ -8,7 +8,9 @@ const tokenIds = z.array(z.number().int().min(0)).min(1);
 export const completionRequestSchema = z
   .object({
     ...samplingFields,
-    prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)]),
+    prompt: z.union([z.string(), z.array(z.string()).min(1).max(64), tokenIds, z.array(tokenIds).min(1).max(64)], {
+      error: 'expected a string, 1 to 64 strings, an array of token ids, or 1 to 64 such arrays',
+    }),
     // 0 is the prompt alone, with echo (lm-eval's log-likelihood requests); checked in the route.
     max_tokens: z.number().int().min(0).max(1_000_000).nullable().optional(),
     echo: z.boolean().nullable().optional(),

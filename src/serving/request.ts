@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
-import { type EngineEvent, type GenerateRequest, type SamplingParams, samplingDefaults } from '../engine/types.js';
+import { type EngineEvent, type GenerateRequest, type SamplingParams, samplingDefaults, type TenantLimits } from '../engine/types.js';
 import { AppError, ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
 import { type Caller, cacheSalt } from './caller.js';
 import { paramName } from './chat_request.js';
@@ -150,6 +150,13 @@ export function unixNow(): number {
 
 /** Queues all choices of a request; if one is refused, the others are aborted and the refusal thrown. */
 export async function submitAll(ctx: ServingContext, requests: GenerateRequest[], signal: AbortSignal): Promise<AsyncGenerator<EngineEvent>[]> {
+  const most = mostQueued(ctx, requests[0]?.tenant ?? null);
+  // More sequences than could ever wait at once is the request's own fault: no retry would help.
+  if (requests.length > most)
+    throw new InvalidRequestError(
+      `This request asks for ${requests.length} sequences (n × prompts), and at most ${most} can be queued at once here. Send fewer per request.`,
+      { param: 'n' },
+    );
   const results = await Promise.allSettled(requests.map((r) => ctx.engine.submit(r, signal)));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
   if (failed) {
@@ -157,6 +164,15 @@ export async function submitAll(ctx: ServingContext, requests: GenerateRequest[]
     throw requestFieldOf(failed.reason);
   }
   return results.map((r) => (r as PromiseFulfilledResult<AsyncGenerator<EngineEvent>>).value);
+}
+
+/** The most sequences one request can queue on an idle engine: the batch plus the queue, or its key's share of them. */
+function mostQueued(ctx: ServingContext, tenant: TenantLimits | null): number {
+  const limits = ctx.engine.info?.limits;
+  if (!limits) return Infinity;
+  const server = limits.maxNumSeqs + limits.maxQueue;
+  if (tenant?.maxQueued == null) return server;
+  return Math.min(server, Math.min(limits.maxNumSeqs, tenant.maxConcurrent ?? Infinity) + tenant.maxQueued);
 }
 
 /** The request field each coded error from the engine is about: the one place codes meet the protocols' field names. */
