@@ -5,11 +5,14 @@ import type { ApiKey, Keyring } from './api_keys.js';
 /** Routes open without an API key: probes and scrapers have no token. */
 const OPEN_PATHS = new Set(['/health', '/live', '/metrics']);
 
+/** `Bearer <token>`, the scheme in any case (RFC 7235) and any spaces after it. */
+const BEARER = /^bearer +(.*)$/i;
+
 /** The key a request presents: `Authorization: Bearer <key>` (OpenAI's clients) or `x-api-key: <key>` (Anthropic's). */
-function presented(request: FastifyRequest): string {
-  const auth = request.headers.authorization ?? '';
-  const xKey = request.headers['x-api-key'];
-  return auth.startsWith('Bearer ') ? auth.slice(7).trim() : typeof xKey === 'string' ? xKey.trim() : '';
+export function presentedKey(headers: FastifyRequest['headers']): string {
+  const bearer = BEARER.exec(headers.authorization ?? '');
+  const xKey = headers['x-api-key'];
+  return bearer ? bearer[1].trim() : typeof xKey === 'string' ? xKey.trim() : '';
 }
 
 /**
@@ -22,7 +25,7 @@ export function requireApiKey(keys: Keyring) {
     const path = request.url.split('?')[0];
     // The chat page is open too: it asks for the key itself, and sends it with each API call.
     if (!keys.enabled || OPEN_PATHS.has(path) || path === '/' || path.startsWith('/ui/') || request.method === 'OPTIONS') return null;
-    const token = presented(request);
+    const token = presentedKey(request.headers);
     const key = token ? keys.match(token) : null;
     if (!key) throw new AuthenticationError();
     return key;
