@@ -154,5 +154,24 @@ describe('test/anthropic_e2e.test', () => {
     const body = (await raw.json()) as { type: string; error: { type: string } };
     assert.equal(body.type, 'error');
     assert.equal(body.error.type, 'invalid_request_error');
+    // A bad max_tokens says what is wrong with it, not that it is missing.
+    for (const [value, reason] of [
+      [0, />=1/],
+      ['4', /expected number/],
+      [1.5, /expected int/],
+    ] as const) {
+      await assert.rejects(
+        thinkerClient.messages.create({ ...ask, max_tokens: value } as unknown as Anthropic.MessageCreateParamsNonStreaming),
+        (err: unknown) => err instanceof Anthropic.BadRequestError && reason.test(err.message) && !/required/.test(err.message),
+      );
+    }
+    // Paths under /v1/messages that no route serves answer in Anthropic's envelope too, 401s included.
+    for (const key of ['sekret', 'wrong']) {
+      const missing = await fetch(`${thinker.url}/v1/messages/batches`, { method: 'POST', headers: { 'x-api-key': key } });
+      assert.equal(missing.status, key === 'sekret' ? 404 : 401);
+      const error = (await missing.json()) as { type: string; error: { type: string; message: string } };
+      assert.equal(error.type, 'error');
+      assert.equal(error.error.type, key === 'sekret' ? 'not_found_error' : 'authentication_error');
+    }
   });
 });

@@ -87,7 +87,12 @@ const common = {
 
 export const messagesRequestSchema = z.object({
   ...common,
-  max_tokens: z.number({ error: 'is required' }).int().min(1).max(1_000_000),
+  // Anthropic's API requires it; other bad values keep zod's own message ("expected int", ">=1").
+  max_tokens: z
+    .number({ error: (issue) => (issue.input === undefined ? 'is required' : undefined) })
+    .int()
+    .min(1)
+    .max(1_000_000),
   stop_sequences: z.array(z.string()).max(16).optional(),
   temperature: z.number().min(0).max(1).optional(),
   top_p: z.number().gt(0).max(1).optional(),

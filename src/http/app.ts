@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import cors from '@fastify/cors';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { AppError, NotFoundError } from '../errors.js';
 import { ANONYMOUS, type Caller } from '../serving/caller.js';
 import type { ServingContext } from '../serving/context.js';
@@ -80,6 +80,17 @@ function discardBody(raw: IncomingMessage, bound: number): Promise<void> {
     raw.once('error', done);
     raw.resume();
   });
+}
+
+/**
+ * Whether a request's errors take Anthropic's envelope: its route says so, or, for a path
+ * no route serves, it lies under `/v1/messages`, where only Anthropic's SDKs call.
+ */
+function anthropicEnvelope(request: FastifyRequest): boolean {
+  const config = request.routeOptions.config as { envelope?: string } | undefined;
+  if (config?.envelope !== undefined) return config.envelope === 'anthropic';
+  const path = request.url.split('?')[0];
+  return path === '/v1/messages' || path.startsWith('/v1/messages/');
 }
 
 /** Builds the HTTP app: routes, OpenAI error envelope, auth, request ids, CORS. */
@@ -179,8 +190,7 @@ export async function buildApp(
 
   app.setErrorHandler(async (err, request, reply) => {
     // Each API answers in its own envelope: routes name theirs in their config.
-    const anthropic = (request.routeOptions.config as { envelope?: string } | undefined)?.envelope === 'anthropic';
-    const mapped = anthropic ? toAnthropicError(err) : toOpenAIError(err);
+    const mapped = anthropicEnvelope(request) ? toAnthropicError(err) : toOpenAIError(err);
     // A body over the limit is refused at once, before it is read (a client that announces
     // its length and waits gets its answer); the connection stays open while the rest is
     // read and dropped, up to a bound, since closing it would reset a client still
@@ -198,7 +208,8 @@ export async function buildApp(
   });
 
   app.setNotFoundHandler((request, reply) => {
-    const mapped = toOpenAIError(new NotFoundError(`No route for ${request.method} ${request.url.split('?')[0]}.`, { code: 'not_found' }));
+    const err = new NotFoundError(`No route for ${request.method} ${request.url.split('?')[0]}.`, { code: 'not_found' });
+    const mapped = anthropicEnvelope(request) ? toAnthropicError(err) : toOpenAIError(err);
     void reply.code(404).header('x-request-id', request.id).send(mapped.body);
   });
 
