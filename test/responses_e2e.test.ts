@@ -40,6 +40,8 @@ describe('test/responses_e2e.test', () => {
     assert.equal(r.status, 'incomplete');
     assert.equal(r.incomplete_details?.reason, 'max_output_tokens');
     assert.equal(r.output[0].type, 'message');
+    // The message the limit cut is incomplete too, as OpenAI's is.
+    assert.equal((r.output[0] as OpenAI.Responses.ResponseOutputMessage).status, 'incomplete');
     assert.ok(r.output_text.length > 0);
     assert.equal(r.usage?.output_tokens, 6);
     assert.equal(r.usage?.output_tokens_details.reasoning_tokens, 0);
@@ -80,6 +82,8 @@ describe('test/responses_e2e.test', () => {
       events.map((e) => e.sequence_number),
       events.map((_, i) => i),
     );
+    const done = events.find((e): e is OpenAI.Responses.ResponseOutputItemDoneEvent => e.type === 'response.output_item.done')!;
+    assert.equal((done.item as OpenAI.Responses.ResponseOutputMessage).status, 'incomplete');
     const text = events
       .filter((e) => e.type === 'response.output_text.delta')
       .map((e) => (e as { delta: string }).delta)

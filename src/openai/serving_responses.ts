@@ -224,9 +224,11 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
       status: 'completed',
     };
   };
+  /** A message the token limit cut short is incomplete, as the response holding it is. */
+  const messageStatus = () => (c.finish?.finishReason === 'length' ? 'incomplete' : 'completed');
   const finalOutput = () => [
     ...(thinking && c.reasoning ? [reasoningItem(c.reasoning)] : []),
-    ...(c.content !== '' || c.toolCalls.length === 0 ? [messageItem(c.content, 'completed')] : []),
+    ...(c.content !== '' || c.toolCalls.length === 0 ? [messageItem(c.content, messageStatus())] : []),
     ...c.toolCalls.map(callItem),
   ];
   const finished = () => {
@@ -275,7 +277,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
             content_index: 0,
             part: { type: 'output_text', text: open.text, annotations: [], logprobs: [] },
           });
-          emit('response.output_item.done', { output_index: index, item: messageItem(open.text, 'completed') });
+          emit('response.output_item.done', { output_index: index, item: messageItem(open.text, messageStatus()) });
         }
         open = null;
       };
