@@ -31,8 +31,8 @@ export class AppError extends Error {
   }
 
   /** This error, naming the request field it is about (the serving layer maps codes to fields). */
-  withParam(param: string): this {
-    return Object.assign(Object.create(Object.getPrototypeOf(this) as object) as this, this, { param, message: this.message, stack: this.stack });
+  withParam(param: string, message: string = this.message): this {
+    return Object.assign(Object.create(Object.getPrototypeOf(this) as object) as this, this, { param, message, stack: this.stack });
   }
 }
 

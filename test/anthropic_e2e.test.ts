@@ -165,6 +165,14 @@ describe('test/anthropic_e2e.test', () => {
         (err: unknown) => err instanceof Anthropic.BadRequestError && reason.test(err.message) && !/required/.test(err.message),
       );
     }
+    // Fields are named as the Messages API names them.
+    await assert.rejects(
+      thinkerClient.messages.create({
+        ...ask,
+        output_config: { format: { type: 'json_schema', schema: { type: 'integer', minimum: 5, maximum: 1 } } },
+      } as unknown as Anthropic.MessageCreateParamsNonStreaming),
+      (err: unknown) => err instanceof Anthropic.BadRequestError && /output_config\.format/.test(err.message) && !/response_format/.test(err.message),
+    );
     // Paths under /v1/messages that no route serves answer in Anthropic's envelope too, 401s included.
     for (const key of ['sekret', 'wrong']) {
       const missing = await fetch(`${thinker.url}/v1/messages/batches`, { method: 'POST', headers: { 'x-api-key': key } });

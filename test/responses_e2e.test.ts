@@ -121,6 +121,28 @@ describe('test/responses_e2e.test', () => {
     assert.ok(Colour.safeParse(r.output_parsed).success);
   });
 
+  test("errors name the Responses API's own fields: input, max_output_tokens, text.format", async () => {
+    const post = async (body: Record<string, unknown>) => {
+      const r = await fetch(`${tiny.url}/v1/responses`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'tiny', ...body }),
+      });
+      assert.equal(r.status, 400);
+      return ((await r.json()) as { error: { message: string; param: string | null } }).error;
+    };
+    const empty = await post({ input: [] });
+    assert.equal(empty.param, 'input');
+    assert.match(empty.message, /'input'/);
+    assert.equal((await post({ input: 'hi '.repeat(1100), max_output_tokens: 16 })).param, 'max_output_tokens');
+    const format = await post({
+      input: 'hi',
+      text: { format: { type: 'json_schema', name: 'x', schema: { type: 'integer', minimum: 5, maximum: 1 } } },
+    });
+    assert.equal(format.param, 'text.format');
+    assert.match(format.message, /^text\.format /);
+  });
+
   test('previous_response_id chains the conversation; retrieve and delete; the store keeps the newest N', async () => {
     const a = await tiny.client.responses.create({ model: 'tiny', input: 'Hello', max_output_tokens: 4, reasoning: { effort: 'none' } });
     const b = await tiny.client.responses.create({

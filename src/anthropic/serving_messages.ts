@@ -5,7 +5,7 @@ import { prepareChat } from '../serving/chat_prompt.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkTask, newId, parseBody } from '../serving/request.js';
+import { checkTask, inProtocolTerms, newId, parseBody } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import {
   type AnthropicMessage,
@@ -160,10 +160,13 @@ function stopReason(c: ChatChoice): { stop_reason: string; stop_sequence: string
   return { stop_reason: 'end_turn', stop_sequence: null };
 }
 
+/** Chat Completions' fields by the Messages API's names. */
+const MESSAGES_FIELDS = { response_format: 'output_config.format' } as const;
+
 export async function serveMessages(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(messagesRequestSchema, body);
   checkTask(ctx, 'chat');
-  const session = await startChat(ctx, toChatRequest(ctx, req), signal, caller);
+  const session = await inProtocolTerms(MESSAGES_FIELDS, () => startChat(ctx, toChatRequest(ctx, req), signal, caller));
   const notes = { ignoredTools: splitTools(req.tools).ignored };
   const c = session.choices[0];
   const id = newId('msg_', 24);

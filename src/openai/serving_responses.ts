@@ -4,7 +4,7 @@ import type { ChatChoice, ChatDelta } from '../serving/chat_choice.js';
 import { type ChatRequest, chatRequestSchema } from '../serving/chat_request.js';
 import { startChat } from '../serving/chat_session.js';
 import type { ServingContext } from '../serving/context.js';
-import { checkModel, checkTask, newId, parseBody, unixNow } from '../serving/request.js';
+import { checkModel, checkTask, inProtocolTerms, newId, parseBody, unixNow } from '../serving/request.js';
 import type { Served } from '../serving/served.js';
 import { type FunctionToolSpec, type ResponsesInputItem, type ResponsesRequest, responsesRequestSchema } from './responses_schemas.js';
 import { allowedTools, planTools, qualifiedName, type ToolPlan } from './responses_tools.js';
@@ -112,6 +112,9 @@ function customInput(args: string): string {
   return args;
 }
 
+/** Chat Completions' fields by the Responses API's names (messages come from the input, less its item indices). */
+const RESPONSES_FIELDS = { messages: 'input', max_tokens: 'max_output_tokens', response_format: 'text.format' } as const;
+
 export async function serveResponses(ctx: ServingContext, body: unknown, signal: AbortSignal, caller: Caller = ANONYMOUS): Promise<Served> {
   const req = parseBody(responsesRequestSchema, body);
   checkModel(ctx, req.model);
@@ -129,8 +132,7 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
   }
   const plan = planTools(req);
   const input = toMessages(ctx, req.input);
-  const chat = toChatRequest(req, history, input, plan);
-  const session = await startChat(ctx, chat, signal, caller);
+  const session = await inProtocolTerms(RESPONSES_FIELDS, () => startChat(ctx, toChatRequest(req, history, input, plan), signal, caller));
   const sealReasoning = (req.include ?? []).includes('reasoning.encrypted_content');
   const notes = { ignoredTools: plan.ignored };
   const c = session.choices[0];

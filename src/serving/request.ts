@@ -189,6 +189,29 @@ export function requestFieldOf(err: unknown): unknown {
   return field ? err.withParam(field) : err;
 }
 
+/**
+ * Runs `run`, naming the request field of any error it throws as another protocol names
+ * it: a chat session speaks Chat Completions' fields, which the Responses and Messages
+ * APIs call otherwise. `names` maps a field (and everything under it) to the protocol's name.
+ */
+export async function inProtocolTerms<T>(names: Readonly<Record<string, string>>, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    throw renamedField(err, names);
+  }
+}
+
+function renamedField(err: unknown, names: Readonly<Record<string, string>>): unknown {
+  if (!(err instanceof AppError) || err.param === null) return err;
+  const old = err.param;
+  const field = Object.keys(names).find((f) => old === f || old.startsWith(`${f}.`) || old.startsWith(`${f}[`));
+  if (field === undefined) return err;
+  const param = names[field];
+  const named = err.message.startsWith(`${old} `) ? `${param}${err.message.slice(old.length)}` : err.message;
+  return err.withParam(param, named.split(`'${old}'`).join(`'${param}'`));
+}
+
 /** OpenAI's ids: a prefix and 32 hex digits (tool calls: 24). */
 export function newId(prefix: string, length = 32): string {
   return `${prefix}${randomUUID().replace(/-/g, '').slice(0, length)}`;
