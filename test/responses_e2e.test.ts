@@ -89,6 +89,28 @@ describe('test/responses_e2e.test', () => {
       .map((e) => (e as { delta: string }).delta)
       .join('');
     assert.equal((events.at(-1) as OpenAI.Responses.ResponseIncompleteEvent).response.output_text ?? text, text);
+
+    // Thinking with a summary asked for: the summary streams as its own part, as OpenAI's does.
+    const thought = await tiny.client.responses.create({
+      model: 'tiny',
+      input: 'Hello',
+      max_output_tokens: 6,
+      reasoning: { effort: 'low', summary: 'auto' },
+      stream: true,
+    });
+    const seen: OpenAI.Responses.ResponseStreamEvent[] = [];
+    for await (const e of thought) seen.push(e);
+    for (const e of seen) assertOpenAI('ResponseStreamEvent', e);
+    const kinds = seen.map((e) => e.type).filter((t) => t.startsWith('response.reasoning_summary'));
+    assert.equal(kinds[0], 'response.reasoning_summary_part.added');
+    assert.deepEqual(kinds.slice(-2), ['response.reasoning_summary_text.done', 'response.reasoning_summary_part.done']);
+    const deltas = seen
+      .filter((e): e is OpenAI.Responses.ResponseReasoningSummaryTextDeltaEvent => e.type === 'response.reasoning_summary_text.delta')
+      .map((e) => e.delta)
+      .join('');
+    const item = seen.find((e): e is OpenAI.Responses.ResponseOutputItemDoneEvent => e.type === 'response.output_item.done')!.item;
+    assert.equal(deltas, (item as OpenAI.Responses.ResponseReasoningItem).summary[0].text);
+    assert.ok(deltas.length > 0);
   });
 
   test('a function tool round trip with function_call_output', async () => {

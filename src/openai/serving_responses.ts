@@ -270,6 +270,11 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
         if (!open) return;
         if (open.kind === 'reasoning') {
           emit('response.reasoning_text.done', { item_id: ids.reasoning, output_index: index, content_index: 0, text: open.text });
+          if (summary) {
+            const at = { item_id: ids.reasoning, output_index: index, summary_index: 0 };
+            emit('response.reasoning_summary_text.done', { ...at, text: open.text });
+            emit('response.reasoning_summary_part.done', { ...at, part: { type: 'summary_text', text: open.text } });
+          }
           emit('response.output_item.done', { output_index: index, item: reasoningItem(open.text) });
         } else {
           emit('response.output_text.done', { item_id: ids.message, output_index: index, content_index: 0, text: open.text, logprobs: [] });
@@ -290,6 +295,14 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
         open = { kind, text: '' };
         if (kind === 'reasoning') {
           emit('response.output_item.added', { output_index: index, item: { type: 'reasoning', id: ids.reasoning, summary: [], content: [] } });
+          // Asked for a summary, the client also gets it as it grows (the summary is the reasoning itself).
+          if (summary)
+            emit('response.reasoning_summary_part.added', {
+              item_id: ids.reasoning,
+              output_index: index,
+              summary_index: 0,
+              part: { type: 'summary_text', text: '' },
+            });
         } else {
           emit('response.output_item.added', {
             output_index: index,
@@ -308,6 +321,8 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
           start('reasoning');
           open!.text += d.reasoning;
           emit('response.reasoning_text.delta', { item_id: ids.reasoning, output_index: index, content_index: 0, delta: d.reasoning });
+          if (summary)
+            emit('response.reasoning_summary_text.delta', { item_id: ids.reasoning, output_index: index, summary_index: 0, delta: d.reasoning });
         }
         if (d.content) {
           start('message');
