@@ -122,7 +122,7 @@ describe('test/server_e2e.test', () => {
     );
   });
 
-  test('stop strings cut the output and are not returned', async () => {
+  test('stop strings cut the output and are not returned unless include_stop_str_in_output', async () => {
     const base = {
       model: 'tiny',
       messages: [{ role: 'user' as const, content: 'Hi' }],
@@ -137,6 +137,14 @@ describe('test/server_e2e.test', () => {
     const cut = await s.client.chat.completions.create({ ...base, stop: [stop] } as OpenAI.ChatCompletionCreateParamsNonStreaming);
     assert.equal(cut.choices[0].message.content, text.slice(0, text.indexOf(stop)));
     assert.equal(cut.choices[0].finish_reason, 'stop');
+    // vLLM's include_stop_str_in_output keeps the stop string at the end, streamed or not.
+    const kept = { ...base, stop: [stop], include_stop_str_in_output: true };
+    const whole = await s.client.chat.completions.create(kept as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    assert.equal(whole.choices[0].message.content, text.slice(0, text.indexOf(stop)) + stop);
+    const stream = await s.client.chat.completions.create({ ...kept, stream: true } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let streamed = '';
+    for await (const chunk of stream) streamed += chunk.choices[0]?.delta.content ?? '';
+    assert.equal(streamed, text.slice(0, text.indexOf(stop)) + stop);
   });
 
   test('errors come as the SDK error classes with OpenAI envelopes', async () => {

@@ -60,7 +60,10 @@ export class OutputProcessor {
       return { event: event(this.detokenizer.flush() + this.stopMatcher.flush()), ending: { reason: 'stop', stopReason: token } };
     }
     const { emit, stopped, matched } = this.stopMatcher.push(this.detokenizer.push(token));
-    if (stopped) return { event: event(emit), ending: { reason: 'stop', stopReason: matched ?? null } };
+    if (stopped) {
+      const kept = this.request.includeStopStr && matched !== undefined ? emit + matched : emit;
+      return { event: event(kept), ending: { reason: 'stop', stopReason: matched ?? null } };
+    }
     // A stop token the grammar accepted that is not a stop id here (ignore_eos) ends it too.
     const atLimit = this.generated >= this.request.maxTokens || length >= this.maxModelLen;
     if (!grammarEnded && !atLimit) return { event: event(emit), ending: null };

@@ -17,6 +17,8 @@ export interface GenerateRequest {
   /** Token ids that end generation (the model's EOS ids unless ignoreEos), plus any the client gave. */
   stopTokenIds: number[];
   stop: string[];
+  /** The stop string that ends the text stays at its end (vLLM's include_stop_str_in_output). */
+  includeStopStr?: boolean;
   ignoreEos: boolean;
   skipSpecialTokens: boolean;
   /** Structured output: every token keeps the output a prefix of what the grammar accepts. */

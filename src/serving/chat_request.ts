@@ -139,6 +139,8 @@ export const samplingFields = {
   stream: z.boolean().nullable().optional(),
   stream_options: z.object({ include_usage: z.boolean().nullable().optional() }).nullable().optional(),
   ignore_eos: z.boolean().optional(),
+  /** vLLM's: the stop string that ended the text is kept at its end. */
+  include_stop_str_in_output: z.boolean().nullable().optional(),
   skip_special_tokens: z.boolean().optional(),
   return_tokens_as_token_ids: z.boolean().optional(),
   prompt_logprobs: z.number().int().min(0).max(20).nullable().optional(),

@@ -111,6 +111,7 @@ export interface CommonGenerationFields {
   stop?: string | string[] | null;
   stop_token_ids?: number[] | null;
   ignore_eos?: boolean;
+  include_stop_str_in_output?: boolean | null;
   skip_special_tokens?: boolean;
 }
 
@@ -130,6 +131,7 @@ export function engineRequest(
     maxTokens,
     stopTokenIds: [...ctx.generation.eosTokenIds, ...(f.stop_token_ids ?? [])],
     stop: stop.filter((s) => s.length > 0),
+    includeStopStr: f.include_stop_str_in_output ?? false,
     ignoreEos: f.ignore_eos ?? false,
     skipSpecialTokens: f.skip_special_tokens ?? true,
     cacheSalt: cacheSalt(caller, f.cache_salt),
