@@ -114,7 +114,11 @@ function toChatRequest(ctx: ServingContext, req: CountTokensRequest & Partial<Om
     throw new InvalidRequestError(`tool_choice names '${choice.name}', a server tool this server cannot run.`, { param: 'tool_choice' });
   }
   const format = req.output_config?.format;
+  // A final assistant turn of text is a prefill: the answer continues it (Anthropic's API).
+  const last = req.messages[req.messages.length - 1];
+  const prefilled = last?.role === 'assistant' && (typeof last.content === 'string' || last.content.every((b) => b.type === 'text'));
   return parseBody(chatRequestSchema, {
+    ...(prefilled ? { continue_final_message: true } : {}),
     messages: toChatMessages(ctx, req.system, req.messages),
     ...(req.tools
       ? { tools: custom.map((t) => ({ type: 'function', function: { name: t.name, description: t.description, parameters: t.input_schema } })) }

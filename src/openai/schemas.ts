@@ -32,7 +32,8 @@ export const tokenizeRequestSchema = z.union([
   z.object({
     model: z.string().optional(),
     messages: z.array(messageSchema).min(1),
-    add_generation_prompt: z.boolean().optional(),
+    add_generation_prompt: z.boolean().nullable().optional(),
+    continue_final_message: z.boolean().nullable().optional(),
     chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
     tools: z.array(toolSchema).nullable().optional(),
     return_token_strs: z.boolean().optional(),

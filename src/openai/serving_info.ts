@@ -35,6 +35,8 @@ export async function serveTokenize(ctx: ServingContext, input: unknown) {
             messages: body.messages,
             tools: body.tools ?? undefined,
             chat_template_kwargs: body.chat_template_kwargs ?? undefined,
+            add_generation_prompt: body.add_generation_prompt,
+            continue_final_message: body.continue_final_message,
           } as ChatRequest)
         ).promptIds;
   return {

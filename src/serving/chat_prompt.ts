@@ -144,6 +144,28 @@ export interface PreparedChat {
   budgetFromEffort: boolean;
   /** What the prompt was rendered from, to render the conversation's next turn alike. */
   rendered: { messages: ChatMessage[]; options: RenderOptions };
+  /** The text of the assistant message the answer continues (continue_final_message), or null. */
+  continued: string | null;
+}
+
+/**
+ * The assistant message a request asks the answer to continue (vLLM's
+ * continue_final_message; Anthropic's prefilled final turn), or null, with what it rules out.
+ */
+function continuation(req: ChatRequest, grammar: GrammarRequest | null): string | null {
+  if (!req.continue_final_message) return null;
+  if (req.add_generation_prompt === true)
+    throw new InvalidRequestError('continue_final_message and add_generation_prompt cannot both be true.', { param: 'continue_final_message' });
+  const last = req.messages[req.messages.length - 1];
+  if (last.role !== 'assistant' || last.tool_calls?.length)
+    throw new InvalidRequestError('continue_final_message needs the last message to be an assistant message without tool calls.', {
+      param: 'continue_final_message',
+    });
+  if (grammar) throw new InvalidRequestError(`${grammar.param} cannot shape an answer that continues a message.`, { param: grammar.param });
+  const choice = req.tool_choice ?? 'auto';
+  if (choice === 'required' || typeof choice === 'object')
+    throw new InvalidRequestError('A forced tool call (tool_choice) cannot continue a message.', { param: 'tool_choice' });
+  return textOf(last.content);
 }
 
 /** Renders the prompt (tools, thinking, forced tool calls) and tokenizes it. */
@@ -153,7 +175,11 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   // with a reasoning parser); a tokenizer without </think> cannot say where that is.
   const thinkEnd = ctx.tokenizer.tokenId(THINK_END_TOKEN) ?? null;
   const plan = chatThinking(ctx, req);
-  let thinking = plan.on && !(grammar && thinkEnd === null);
+  const continuing = continuation(req, grammar);
+  // An empty message to continue is no prefill at all: the answer is a new turn (as Anthropic's API has it).
+  const continued = continuing === '' ? null : continuing;
+  // A continued answer is past any thinking: it goes on with the message's text.
+  let thinking = plan.on && !(grammar && thinkEnd === null) && continued === null;
   const choice = req.tool_choice ?? 'auto';
   if (grammar && (choice === 'required' || typeof choice === 'object')) {
     throw new InvalidRequestError(`${grammar.param} and a forced tool call (tool_choice) cannot both shape one answer.`, { param: grammar.param });
@@ -168,8 +194,16 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   const extra = { ...(req.chat_template_kwargs ?? {}) };
   delete extra.enable_thinking;
   const syntax = ctx.template.toolCallSyntax;
-  const rendered = { messages: toTemplateMessages(req.messages, syntax), options: { tools, enableThinking: thinking, extra } };
-  let prompt = ctx.template.render(rendered.messages, rendered.options);
+  const messages = toTemplateMessages(continuing === '' ? req.messages.slice(0, -1) : req.messages, syntax);
+  const addGenerationPrompt = continued === null && (continuing === '' || req.add_generation_prompt !== false);
+  let prompt = ctx.template.render(messages, { tools, enableThinking: thinking, extra, addGenerationPrompt });
+  // The prompt stops where the continued message's text does (the template's end of turn cut, as vLLM does).
+  if (continued !== null) {
+    const at = prompt.lastIndexOf(continued);
+    if (at >= 0) prompt = prompt.slice(0, at + continued.length);
+  }
+  // The next turn is rendered from the conversation without the message being continued (see nextTurnPrefix).
+  const rendered = { messages: continued === null ? messages : messages.slice(0, -1), options: { tools, enableThinking: thinking, extra } };
   let parserPrefix = '';
   let forced: GrammarRequest | null = null;
   if (choice === 'required' || typeof choice === 'object') {
@@ -198,6 +232,7 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
         : null,
     budgetFromEffort: plan.fromEffort,
     rendered,
+    continued,
   };
 }
 
@@ -219,7 +254,7 @@ export function nextTurnPrefix(
     [
       {
         role: 'assistant',
-        content: answer.content,
+        content: (prepared.continued ?? '') + answer.content,
         ...(answer.toolCalls.length > 0
           ? { tool_calls: answer.toolCalls.map((c) => ({ id: c.id, type: 'function' as const, function: { name: c.name, arguments: c.arguments } })) }
           : {}),

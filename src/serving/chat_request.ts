@@ -162,6 +162,10 @@ export const chatRequestSchema = z
     reasoning_effort: z.enum(['none', 'minimal', 'low', 'medium', 'high']).nullable().optional(),
     /** vLLM's bound on thinking tokens (0: thinking off). */
     thinking_token_budget: z.number().int().min(0).max(10_000_000).nullable().optional(),
+    /** vLLM's: the prompt ends with the assistant's turn opened (default), or after the last message. */
+    add_generation_prompt: z.boolean().nullable().optional(),
+    /** vLLM's: the answer continues the last message, an assistant's, rather than starting a new turn. */
+    continue_final_message: z.boolean().nullable().optional(),
   })
   .superRefine((r, ctx) => {
     // OpenAI and vLLM refuse top_logprobs without logprobs rather than silently return none.
