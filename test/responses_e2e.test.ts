@@ -162,6 +162,8 @@ describe('test/responses_e2e.test', () => {
       text: { format: { type: 'json_schema', name: 'x', schema: { type: 'integer', minimum: 5, maximum: 1 } } },
     });
     assert.equal(format.param, 'text.format');
+    assert.equal((await post({ input: 'hi', top_logprobs: 30 })).param, 'top_logprobs');
+    assert.equal((await post({ input: 'hi', truncation: 'sideways' })).param, 'truncation');
     assert.match(format.message, /^text\.format /);
   });
 

@@ -154,6 +154,9 @@ export const responsesRequestSchema = z.object({
   max_output_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
   temperature: z.number().min(0).max(2).nullable().optional(),
   top_p: z.number().gt(0).max(1).nullable().optional(),
+  // Checked as OpenAI checks them; the output is never truncated here, and logprobs are not returned.
+  top_logprobs: z.number().int().min(0).max(20).nullable().optional(),
+  truncation: z.enum(['auto', 'disabled']).nullable().optional(),
   metadata: z.record(z.string(), z.string().max(512)).nullable().optional(),
   user: z.string().nullable().optional(),
   store: z.boolean().nullable().optional(),

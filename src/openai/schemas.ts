@@ -22,23 +22,26 @@ export const completionRequestSchema = z
 
 export type CompletionRequest = z.infer<typeof completionRequestSchema>;
 
-export const tokenizeRequestSchema = z.union([
-  z.object({
-    model: z.string().optional(),
-    prompt: z.string(),
-    add_special_tokens: z.boolean().optional(),
-    return_token_strs: z.boolean().optional(),
-  }),
-  z.object({
-    model: z.string().optional(),
-    messages: z.array(messageSchema).min(1),
-    add_generation_prompt: z.boolean().nullable().optional(),
-    continue_final_message: z.boolean().nullable().optional(),
-    chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
-    tools: z.array(toolSchema).nullable().optional(),
-    return_token_strs: z.boolean().optional(),
-  }),
-]);
+export const tokenizeRequestSchema = z.union(
+  [
+    z.object({
+      model: z.string().optional(),
+      prompt: z.string(),
+      add_special_tokens: z.boolean().optional(),
+      return_token_strs: z.boolean().optional(),
+    }),
+    z.object({
+      model: z.string().optional(),
+      messages: z.array(messageSchema).min(1),
+      add_generation_prompt: z.boolean().nullable().optional(),
+      continue_final_message: z.boolean().nullable().optional(),
+      chat_template_kwargs: z.record(z.string(), z.unknown()).nullable().optional(),
+      tools: z.array(toolSchema).nullable().optional(),
+      return_token_strs: z.boolean().optional(),
+    }),
+  ],
+  { error: 'expected a prompt (a string) or messages (an array of chat messages)' },
+);
 
 export const detokenizeRequestSchema = z.object({
   model: z.string().optional(),
