@@ -65,6 +65,18 @@ test('a spec xgrammar refuses is a 400 with its reason, and compiling goes on', 
   ok.dispose();
 });
 
+test('a spec no text can satisfy is a 400, not an empty answer', async () => {
+  const compiler = await compilerPromise;
+  for (const schema of [{ $ref: '#' }, { $ref: '#/$defs/a', $defs: { a: { $ref: '#/$defs/b' }, b: { $ref: '#/$defs/a' } } }]) {
+    await assert.rejects(
+      compiler.constraint({ param: 'response_format', spec: { type: 'json_schema', schema: JSON.stringify(schema) } }, [EOS]),
+      (err: unknown) => err instanceof InvalidRequestError && err.param === 'response_format' && /accepts no output/.test(err.message),
+    );
+  }
+  // A schema that can be met still compiles next to them.
+  (await compiler.constraint({ param: 'response_format', spec: { type: 'json_schema', schema: '{"type": "integer"}' } }, [EOS])).dispose();
+});
+
 test('JSON whitespace: compact is one line in json.dumps spacing, any allows whitespace between tokens', async () => {
   const schema: GrammarRequest = {
     param: 'response_format',

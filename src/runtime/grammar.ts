@@ -362,9 +362,17 @@ export class GrammarCompiler {
     return compiled;
   }
 
-  /** A fresh constraint for one request; a spec xgrammar refuses is a 400 naming `param`. */
+  /**
+   * A fresh constraint for one request; a spec xgrammar refuses, or one that allows no
+   * first token (a schema that only refers to itself), is a 400 naming `param`.
+   */
   async constraint(request: GrammarRequest, stopTokenIds: number[]): Promise<TokenConstraint> {
     const compiled = await this.compiled(request);
-    return new TokenConstraint(await this.xg.GrammarMatcher.createGrammarMatcher(compiled, stopTokenIds));
+    const constraint = new TokenConstraint(await this.xg.GrammarMatcher.createGrammarMatcher(compiled, stopTokenIds));
+    if (!(await constraint.nextBitmask()).some((word) => word !== 0)) {
+      constraint.dispose();
+      throw new InvalidRequestError(`${request.param} accepts no output at all: no text can satisfy it.`, { param: request.param });
+    }
+    return constraint;
   }
 }
