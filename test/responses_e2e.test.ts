@@ -164,6 +164,9 @@ describe('test/responses_e2e.test', () => {
     assert.equal(format.param, 'text.format');
     assert.equal((await post({ input: 'hi', top_logprobs: 30 })).param, 'top_logprobs');
     assert.equal((await post({ input: 'hi', truncation: 'sideways' })).param, 'truncation');
+    // A malformed tool of a served type says what is wrong with it, not that its type is unsupported.
+    assert.equal((await post({ input: 'hi', tools: [{ type: 'function' }] })).param, 'tools[0].name');
+    assert.match((await post({ input: 'hi', tools: [{ type: 'bogus' }] })).message, /not supported/);
     assert.match(format.message, /^text\.format /);
   });
 

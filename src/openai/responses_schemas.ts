@@ -98,7 +98,12 @@ const unservedTool = z
   .object({ type: z.string() })
   .passthrough()
   .superRefine((t, c) => {
-    if (!UNSERVED_TOOL_TYPES.has(t.type))
+    if (UNSERVED_TOOL_TYPES.has(t.type)) return;
+    // A tool of a type served here that lands here is malformed: say what is wrong with it.
+    const served = ({ function: functionTool, custom: customTool, namespace: namespaceTool } as const)[t.type as 'function'];
+    const issue = served?.safeParse(t).error?.issues[0];
+    if (issue) c.addIssue({ code: 'custom', path: issue.path as Array<string | number>, message: issue.message });
+    else
       c.addIssue({ code: 'custom', path: ['type'], message: `tools of type '${t.type}' are not supported; use function, custom or namespace tools` });
   });
 const tool = z.union([functionTool, customTool, namespaceTool, unservedTool]);

@@ -189,7 +189,7 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
     throw new InvalidRequestError(`tool_choice names function '${choice.function.name}', which is not in tools.`, { param: 'tool_choice' });
   }
   if (choice === 'required' && tools.length === 0) {
-    throw new InvalidRequestError("tool_choice 'required' needs at least one tool.", { param: 'tool_choice' });
+    throw new InvalidRequestError('tool_choice asks for a tool call, but no tools are given.', { param: 'tool_choice' });
   }
   const extra = { ...(req.chat_template_kwargs ?? {}) };
   delete extra.enable_thinking;
