@@ -38,6 +38,14 @@ describe('test/server_continue.test', () => {
     const continued = await promptText({ messages: conversation, continue_final_message: true, add_generation_prompt: false });
     assert.ok(continued.endsWith(prefill), JSON.stringify(continued.slice(-60)));
     assert.equal(continued.split('<|im_start|>assistant').length, 2, 'one assistant turn, the continued one');
+    // Texts that also occur in the template's own markup or in an earlier turn are cut in the right place.
+    for (const text of ['>', 'e', '|>', '\n\n\nAnswer', 'Answer in JSON.']) {
+      const prompt = await promptText({ messages: [conversation[0], { role: 'assistant', content: text }], continue_final_message: true });
+      assert.ok(prompt.endsWith(text), JSON.stringify([text, prompt.slice(-40)]));
+      const turn = prompt.slice(prompt.lastIndexOf('<|im_start|>assistant'));
+      assert.ok(!turn.includes('<|im_end|>'), JSON.stringify([text, turn]));
+      assert.equal(prompt.split('<|im_start|>assistant').length, 2);
+    }
     const closed = await promptText({ messages: conversation.slice(0, 1), add_generation_prompt: false });
     assert.ok(closed.endsWith('Answer in JSON.<|im_end|>\n'), JSON.stringify(closed.slice(-60)));
     const opened = await promptText({ messages: conversation.slice(0, 1) });

@@ -196,11 +196,21 @@ export async function prepareChat(ctx: ServingContext, req: ChatRequest): Promis
   const syntax = ctx.template.toolCallSyntax;
   const messages = toTemplateMessages(continuing === '' ? req.messages.slice(0, -1) : req.messages, syntax);
   const addGenerationPrompt = continued === null && (continuing === '' || req.add_generation_prompt !== false);
-  let prompt = ctx.template.render(messages, { tools, enableThinking: thinking, extra, addGenerationPrompt });
-  // The prompt stops where the continued message's text does (the template's end of turn cut, as vLLM does).
-  if (continued !== null) {
-    const at = prompt.lastIndexOf(continued);
-    if (at >= 0) prompt = prompt.slice(0, at + continued.length);
+  let prompt: string;
+  if (continued === null) prompt = ctx.template.render(messages, { tools, enableThinking: thinking, extra, addGenerationPrompt });
+  else {
+    // The continued message is rendered with a stand-in for its text, cut there, and its
+    // text put back as the client wrote it: searching for the text itself could land in
+    // the template's own markup or in an earlier turn.
+    const marker = `\u0000continue-${randomUUID()}\u0000`;
+    const stand = [...messages.slice(0, -1), { ...messages[messages.length - 1], content: marker }];
+    const rendered = ctx.template.render(stand, { tools, enableThinking: thinking, extra, addGenerationPrompt: false });
+    const at = rendered.indexOf(marker);
+    if (at < 0)
+      throw new InvalidRequestError("The chat template does not write the last message's text, so it cannot be continued.", {
+        param: 'continue_final_message',
+      });
+    prompt = rendered.slice(0, at) + continued;
   }
   // The next turn is rendered from the conversation without the message being continued (see nextTurnPrefix).
   const rendered = { messages: continued === null ? messages : messages.slice(0, -1), options: { tools, enableThinking: thinking, extra } };
