@@ -178,25 +178,42 @@ describe('test/server_hardening.test', () => {
     assert.ok(performance.now() - started < 10_000);
   });
 
-  test('a client that shuts its side after sending still gets its answer, also a streamed one', async () => {
+  test('a client that shuts its side after sending gets its GET answered; a generation it leaves is freed', async () => {
     const request = (path: string, body?: unknown, version = '1.1') => {
       const text = body === undefined ? '' : JSON.stringify(body);
       const head = `${body === undefined ? 'GET' : 'POST'} ${path} HTTP/${version}\r\nHost: x\r\n`;
       return `${head}${body === undefined ? '' : `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\n`}\r\n${text}`;
     };
-    const chat = { model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 3 };
     for (const version of ['1.1', '1.0']) {
-      const health = await raw((socket) => socket.end(request('/health', undefined, version)));
-      assert.match(health, /^HTTP\/1\.1 200 /, `GET /health over HTTP/${version}`);
-      const answer = await raw((socket) => socket.end(request('/v1/chat/completions', chat, version)));
-      assert.match(answer, /^HTTP\/1\.1 200 /, `POST /v1/chat/completions over HTTP/${version}`);
-      assert.equal((JSON.parse(answer.split('\r\n\r\n')[1]) as { usage: { completion_tokens: number } }).usage.completion_tokens, 3);
+      for (const path of ['/health', '/v1/models']) {
+        const answer = await raw((socket) => socket.end(request(path, undefined, version)));
+        assert.match(answer, /^HTTP\/1\.1 200 /, `GET ${path} over HTTP/${version}`);
+      }
     }
-    const streamed = await raw((socket) => socket.end(request('/v1/chat/completions', { ...chat, stream: true })));
-    assert.match(streamed, /^HTTP\/1\.1 200 /);
-    assert.match(streamed, /data: \[DONE\]/);
-    // The half-close is not a disconnect, so nothing is left running either way.
-    await until(async () => (await health()).running === 0, 'no sequence left running');
+    // Requests ended as abandoned (finish reason "abort"), not run to their max_tokens.
+    const aborted = async () => {
+      const text = await (await fetch(`${s.url}/metrics`)).text();
+      return [...text.matchAll(/^qwen3_serve_request_success_total\{[^}]*finished_reason="abort"[^}]*\} (\d+)$/gm)].reduce(
+        (n, m) => n + Number(m[1]),
+        0,
+      );
+    };
+    // A generation whose client shut its side, streamed or not, is taken as abandoned.
+    const chat = { model: 'tiny', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2000, ignore_eos: true };
+    for (const stream of [false, true]) {
+      const before = await aborted();
+      await raw((socket) => socket.end(request('/v1/chat/completions', { ...chat, stream })));
+      await until(async () => (await health()).running === 0 && (await aborted()) === before + 1, 'the abandoned generation freed');
+    }
+    // And a client that goes away while its non-streamed answer is being generated frees its sequence.
+    const before = await aborted();
+    const url = new URL(s.url);
+    const socket = connect(Number(url.port), url.hostname);
+    socket.on('error', () => {});
+    socket.write(request('/v1/chat/completions', chat));
+    await until(async () => (await health()).running === 1, 'the generation running');
+    socket.destroy();
+    await until(async () => (await health()).running === 0 && (await aborted()) === before + 1, 'the generation freed after the client left');
   });
 
   test('slow headers, oversized headers, bad URLs and long ids are answered in the envelope with x-request-id', async () => {

@@ -136,8 +136,9 @@ export async function buildApp(
 
   // A client that sends its request and then shuts its side of the connection (an HTTP/1.0
   // tool, a `nc -q0` health check) gets its answer: by default Node aborts every request
-  // still being handled at the half-close and ends the connection unanswered. The property
-  // is Node's own (lib/_http_server.js), not in its type definitions.
+  // still being handled at the half-close and ends the connection unanswered. Generation
+  // still takes a half-close as the client gone (disconnect.ts). The property is Node's own
+  // (lib/_http_server.js), not in its type definitions.
   (app.server as { httpAllowHalfOpen?: boolean }).httpAllowHalfOpen = true;
 
   // JSON bodies: any parse failure (syntax, absurd nesting) is the client's 400.
