@@ -169,6 +169,10 @@ describe('test/embeddings_e2e.test', () => {
       assert.equal(r.status, 400, JSON.stringify(body));
       assert.equal(typeof r.body.error?.message, 'string');
     }
+    // More inputs than can be queued at once (the defaults: 16 + 128) is a 400 naming input.
+    const many = await post('/v1/embeddings', { input: Array.from({ length: 145 }, (_, i) => `text ${i}`) });
+    assert.equal(many.status, 400);
+    assert.equal(many.body.error?.param, 'input');
     const wrongModel = await post('/v1/embeddings', { model: 'nope', input: 'x' });
     assert.equal(wrongModel.status, 404);
     assert.equal(wrongModel.body.error?.code, 'model_not_found');

@@ -167,6 +167,8 @@ describe('test/responses_e2e.test', () => {
     // A malformed tool of a served type says what is wrong with it, not that its type is unsupported.
     assert.equal((await post({ input: 'hi', tools: [{ type: 'function' }] })).param, 'tools[0].name');
     assert.match((await post({ input: 'hi', tools: [{ type: 'bogus' }] })).message, /not supported/);
+    for (const type of ['__proto__', 'constructor', 'toString'])
+      assert.match((await post({ input: 'hi', tools: [{ type }] })).message, /not supported/);
     assert.match(format.message, /^text\.format /);
   });
 

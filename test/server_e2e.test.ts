@@ -145,6 +145,30 @@ describe('test/server_e2e.test', () => {
     let streamed = '';
     for await (const chunk of stream) streamed += chunk.choices[0]?.delta.content ?? '';
     assert.equal(streamed, text.slice(0, text.indexOf(stop)) + stop);
+    // A stop token id's own text is kept the same way.
+    const ids = await s.client.chat.completions.create({
+      ...base,
+      logprobs: true,
+      return_tokens_as_token_ids: true,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const third = Number(ids.choices[0].logprobs!.content![2].token.replace('token_id:', ''));
+    const thirdText = (
+      (await (
+        await fetch(`${s.url}/detokenize`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'tiny', tokens: [third] }),
+        })
+      ).json()) as { prompt: string }
+    ).prompt;
+    const upTo = await s.client.chat.completions.create({ ...base, stop_token_ids: [third] } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const withIt = await s.client.chat.completions.create({
+      ...base,
+      stop_token_ids: [third],
+      include_stop_str_in_output: true,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    assert.equal(withIt.choices[0].message.content, upTo.choices[0].message.content + thirdText);
+    assert.ok(thirdText.length > 0);
   });
 
   test('errors come as the SDK error classes with OpenAI envelopes', async () => {

@@ -56,8 +56,13 @@ export class OutputProcessor {
     const logprobs: TokenLogprob[] | null = logprob ? [logprob] : null;
     const event = (text: string) => this.event([token], text, logprobs, cachedTokens);
     if (this.stopIds.has(token)) {
-      // The stop token itself is not text; release what the stop-string matcher held.
-      return { event: event(this.detokenizer.flush() + this.stopMatcher.flush()), ending: { reason: 'stop', stopReason: token } };
+      // The stop token's own text is kept only when asked (vLLM's include_stop_str_in_output;
+      // a special token has none unless skip_special_tokens is off); the held text is released.
+      const tail = (this.request.includeStopStr ? this.detokenizer.push(token) : '') + this.detokenizer.flush();
+      const { emit, stopped, matched } = this.stopMatcher.push(tail);
+      if (stopped)
+        return { event: event(this.request.includeStopStr ? emit + matched : emit), ending: { reason: 'stop', stopReason: matched ?? null } };
+      return { event: event(emit + this.stopMatcher.flush()), ending: { reason: 'stop', stopReason: token } };
     }
     const { emit, stopped, matched } = this.stopMatcher.push(this.detokenizer.push(token));
     if (stopped) {

@@ -100,7 +100,7 @@ const unservedTool = z
   .superRefine((t, c) => {
     if (UNSERVED_TOOL_TYPES.has(t.type)) return;
     // A tool of a type served here that lands here is malformed: say what is wrong with it.
-    const served = ({ function: functionTool, custom: customTool, namespace: namespaceTool } as const)[t.type as 'function'];
+    const served = t.type === 'function' ? functionTool : t.type === 'custom' ? customTool : t.type === 'namespace' ? namespaceTool : null;
     const issue = served?.safeParse(t).error?.issues[0];
     if (issue) c.addIssue({ code: 'custom', path: issue.path as Array<string | number>, message: issue.message });
     else
@@ -159,7 +159,7 @@ export const responsesRequestSchema = z.object({
   max_output_tokens: z.number().int().min(1).max(1_000_000).nullable().optional(),
   temperature: z.number().min(0).max(2).nullable().optional(),
   top_p: z.number().gt(0).max(1).nullable().optional(),
-  // Checked as OpenAI checks them; the output is never truncated here, and logprobs are not returned.
+  // Checked as OpenAI checks them and echoed; input is never dropped to fit (too long is a 400), and no logprobs are returned.
   top_logprobs: z.number().int().min(0).max(20).nullable().optional(),
   truncation: z.enum(['auto', 'disabled']).nullable().optional(),
   metadata: z.record(z.string(), z.string().max(512)).nullable().optional(),

@@ -41,8 +41,9 @@ export async function runPromptOutputs(
   requests: GenerateRequest[],
   signal: AbortSignal,
   caller: Caller,
+  field: { param: string; what: string },
 ): Promise<{ outputs: Float32Array[]; cachedTokens: number } | null> {
-  const streams = await submitAll(ctx, requests, signal);
+  const streams = await submitAll(ctx, requests, signal, field);
   const outputs: Float32Array[] = new Array(requests.length);
   let cachedTokens = 0;
   await Promise.all(
@@ -117,6 +118,7 @@ export async function serveEmbeddings(ctx: ServingContext, body: unknown, signal
     inputs.map((ids) => promptOnlyRequest(ids, 'row', caller)),
     signal,
     caller,
+    { param: 'input', what: 'inputs' },
   );
   if (!run) return { body: null };
   const base64 = req.encoding_format === 'base64';

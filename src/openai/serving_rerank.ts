@@ -48,6 +48,7 @@ export async function serveRerank(ctx: ServingContext, body: unknown, signal: Ab
     prompts.map((ids) => promptOnlyRequest(ids, [yes, no], caller)),
     signal,
     caller,
+    { param: 'documents', what: 'documents' },
   );
   if (!run) return { body: null };
   const scored = run.outputs.map((o, index) => ({ index, relevance_score: yesProbability(o[0], o[1]) }));

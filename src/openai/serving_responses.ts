@@ -170,7 +170,8 @@ export async function serveResponses(ctx: ServingContext, body: unknown, signal:
         return { type: 'function', name: f.name, description: f.description ?? null, parameters: f.parameters ?? null, strict: f.strict ?? false };
       }),
       top_p: req.top_p ?? null,
-      truncation: 'disabled',
+      top_logprobs: req.top_logprobs ?? 0,
+      truncation: req.truncation ?? 'disabled',
       // Usage is omitted until the end (the schema has no null for it).
       ...(status === 'in_progress'
         ? {}

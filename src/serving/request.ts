@@ -150,14 +150,22 @@ export function unixNow(): number {
   return Math.floor(Date.now() / 1000);
 }
 
-/** Queues all choices of a request; if one is refused, the others are aborted and the refusal thrown. */
-export async function submitAll(ctx: ServingContext, requests: GenerateRequest[], signal: AbortSignal): Promise<AsyncGenerator<EngineEvent>[]> {
+/**
+ * Queues all choices of a request; if one is refused, the others are aborted and the
+ * refusal thrown. `field` names what makes a request many sequences (n, or the inputs).
+ */
+export async function submitAll(
+  ctx: ServingContext,
+  requests: GenerateRequest[],
+  signal: AbortSignal,
+  field: { param: string; what: string } = { param: 'n', what: 'sequences (n × prompts)' },
+): Promise<AsyncGenerator<EngineEvent>[]> {
   const most = mostQueued(ctx, requests[0]?.tenant ?? null);
   // More sequences than could ever wait at once is the request's own fault: no retry would help.
   if (requests.length > most)
     throw new InvalidRequestError(
-      `This request asks for ${requests.length} sequences (n × prompts), and at most ${most} can be queued at once here. Send fewer per request.`,
-      { param: 'n' },
+      `This request asks for ${requests.length} ${field.what}, and at most ${most} can be queued at once here (--max-num-seqs plus --max-queue). Send fewer per request.`,
+      { param: field.param },
     );
   const results = await Promise.allSettled(requests.map((r) => ctx.engine.submit(r, signal)));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
