@@ -204,6 +204,34 @@ describe('test/multi_model.test', () => {
     }
   });
 
+  test('a model refused room while another serves is refused that once: it loads when the other is idle', async () => {
+    // Room for one of the two at a time.
+    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '130MiB']);
+    try {
+      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const busy = new AbortController();
+      const stream = await c.completions.create(
+        { model: 'a', prompt: 'x', max_tokens: 100_000, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming,
+        { signal: busy.signal },
+      );
+      const reading = (async () => {
+        for await (const _ of stream);
+      })().catch(() => {});
+      await until(async () => (await stateOf(s, 'a')) === 'loaded', 'a serving');
+      const refused = await post(s, '/v1/embeddings', { model: 'e', input: 'x' });
+      assert.equal(refused.status, 503);
+      assert.match(refused.body.error!.message, /beside the models serving requests now/);
+      busy.abort();
+      await reading;
+      // Once a is idle, e gets its room (a is unloaded for it), and a loads again after.
+      await until(async () => (await post(s, '/v1/embeddings', { model: 'e', input: 'x' })).status === 200, 'e loads once a is idle');
+      assert.equal(await stateOf(s, 'a'), 'unloaded');
+      assert.equal((await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 })).model, 'a');
+    } finally {
+      await s.close();
+    }
+  });
+
   test('a request that cannot be fitted in the memory budget is a 503 with Retry-After, never a crash', async () => {
     const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '70MiB']);
     try {

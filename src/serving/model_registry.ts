@@ -160,7 +160,13 @@ export class ModelRegistry {
       return Promise.reject(new ServiceUnavailableError(`The model \`${e.spec.name}\` failed to load: ${e.error}`, wait));
     }
     e.loading = (async () => {
-      await this.makeRoom(e);
+      try {
+        // Inside the try: a model that does not fit now is refused this once, and nothing is left loading.
+        await this.makeRoom(e);
+      } catch (err) {
+        e.loading = null;
+        throw err;
+      }
       e.state = 'loading';
       this.options.log.info(`loading ${e.spec.name}`);
       try {
