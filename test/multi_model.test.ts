@@ -204,6 +204,21 @@ describe('test/multi_model.test', () => {
     }
   });
 
+  test("stored responses are the server's: found through any model, continued on another, kept when a model unloads", async () => {
+    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `b=${secondChat}`, '--model-idle-unload', '1']);
+    try {
+      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const first = await c.responses.create({ model: 'b', input: 'Hello', max_output_tokens: 2 });
+      assert.equal((await c.responses.retrieve(first.id)).id, first.id);
+      const next = await c.responses.create({ model: 'a', input: 'Again', previous_response_id: first.id, max_output_tokens: 2 });
+      assert.equal(next.model, 'a');
+      await until(async () => (await stateOf(s, 'b')) === 'unloaded', 'b to unload when idle', 30_000);
+      assert.equal((await c.responses.retrieve(first.id)).id, first.id);
+    } finally {
+      await s.close();
+    }
+  });
+
   test('a model refused room while another serves is refused that once: it loads when the other is idle', async () => {
     // Room for one of the two at a time.
     const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '130MiB']);

@@ -10,6 +10,7 @@ import { Drain } from '../http/drain.js';
 import { KeyLimiter } from '../http/key_limits.js';
 import { MultiModelMetrics, type ServerMetrics } from '../http/metrics.js';
 import { type LoadedServingModel, ModelRegistry } from '../serving/model_registry.js';
+import { ResponseStore } from '../serving/response_store.js';
 import { httpOptions, loadServingModel } from './load_model.js';
 import { type ConfiguredModel, configuredModels, estimateBytes, isMultiModel } from './models_config.js';
 import type { ServeConfig } from './serve_flags.js';
@@ -32,6 +33,7 @@ async function loadOne(
   log: pino.Logger,
   metrics: Map<string, ServerMetrics>,
   limiter: KeyLimiter,
+  responses: ResponseStore,
   workerFile: URL | undefined,
 ): Promise<LoadedServingModel> {
   const started = Date.now();
@@ -44,6 +46,8 @@ async function loadOne(
     if (key !== null) limiter.record(key, ev.promptTokens + ev.completionTokens);
   };
   loaded.ctx.options.aliases = m.spec.aliases;
+  // One store of responses for the server: a response is found through any model, and outlives its model's unloading.
+  loaded.ctx.responses = responses;
   metrics.set(m.spec.name, loaded.metrics);
   const info = loaded.ctx.engine.info!;
   const manifest = readManifest(loaded.resolved.exportDir);
@@ -76,9 +80,10 @@ export async function startMultiServer(
   const metrics = new Map<string, ServerMetrics>();
   // A key's limits hold for all the models together, not for each.
   const limiter = new KeyLimiter({ maxNumSeqs: config['max-num-seqs'], maxQueue: config['max-queue'], acrossModels: true });
+  const responses = new ResponseStore(config['responses-store']);
   const registry = new ModelRegistry(
     models.map((m) => m.spec),
-    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter, workerFile),
+    (spec) => loadOne(models.find((m) => m.spec === spec)!, log, metrics, limiter, responses, workerFile),
     {
       memoryBytes: config['models-memory'] ?? null,
       idleUnloadMs: config['model-idle-unload'] === undefined ? null : config['model-idle-unload'] * 1000,
