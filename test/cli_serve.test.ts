@@ -29,6 +29,7 @@ test('invalid serve flags, values and environment variables exit 2 naming them',
     [['--kv-cache-memory', 'lots'], {}, /--kv-cache-memory/],
     [['--max-num-seqs', '0'], {}, /--max-num-seqs/],
     [['--frobnicate'], {}, /frobnicate/],
+    [['--model', 'a=./no-such-x', '--model', 'a=./no-such-y'], {}, /"a" is given twice/],
     [[], { QWEN3_SERVE_PORT: '-3' }, /QWEN3_SERVE_PORT/],
     [[], { QWEN3_SERVE_LOG_PROMPTS: 'perhaps' }, /QWEN3_SERVE_LOG_PROMPTS/],
   ];

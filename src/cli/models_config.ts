@@ -121,5 +121,14 @@ export async function configuredModels(config: ServeConfig): Promise<ConfiguredM
       });
     }
   }
+  // Requests name a model by its name or an alias: each must be one model's.
+  const seen = new Set<string>();
+  for (const { spec } of out) {
+    for (const name of [spec.name, ...spec.aliases]) {
+      if (seen.has(name))
+        throw new ConfigError(`the model name ${JSON.stringify(name)} is given twice (as a name or an alias); give each model names of its own.`);
+      seen.add(name);
+    }
+  }
   return out;
 }
