@@ -47,6 +47,10 @@ test('a keys file breaking a rule is refused, naming the entry and field', () =>
     [{ keys: [{ name: 'a' }] }, /key or its sha256/],
     [{ keys: [{ name: 'a b', key: 'sk-aaaaaaaa' }] }, /keys\[0\]\.name/],
     [{ keys: [{ name: 'a', key: 'short' }] }, /keys\[0\]\.key/],
+    // Keys no HTTP header can carry: spaces around or inside, control characters, non-ASCII.
+    [{ keys: [{ name: 'a', key: '  sk-aaaaaaaa  ' }] }, /keys\[0\]\.key: use printable ASCII/],
+    [{ keys: [{ name: 'a', key: 'sk-aaaa\naaaa' }] }, /keys\[0\]\.key: use printable ASCII/],
+    [{ keys: [{ name: 'a', key: 'sk-ünïcødé🚀' }] }, /keys\[0\]\.key: use printable ASCII/],
     [{ keys: [{ name: 'a', key: 'sk-aaaaaaaa', limits: { max_running: 1 } }] }, /keys\[0\]\.limits/],
     [{ keys: [{ name: 'a', key: 'sk-aaaaaaaa', limits: { tokens_per_minute: 0 } }] }, /tokens_per_minute/],
   ];

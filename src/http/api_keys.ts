@@ -29,7 +29,13 @@ const entrySchema = z
   .object({
     // Names go into logs and metrics labels: plain tokens only.
     name: z.string().regex(/^[\w.@-]{1,64}$/, 'use 1 to 64 letters, digits, and _ . @ -'),
-    key: z.string().min(8, 'use at least 8 characters').max(4096).optional(),
+    // A header carries printable ASCII and loses surrounding spaces: any other key could never be sent.
+    key: z
+      .string()
+      .min(8, 'use at least 8 characters')
+      .max(4096)
+      .regex(/^[\x21-\x7e]+$/, 'use printable ASCII characters without spaces (a key is sent in an HTTP header)')
+      .optional(),
     sha256: z
       .string()
       .regex(/^[0-9a-fA-F]{64}$/, 'expected the key’s SHA-256 as 64 hex digits')
