@@ -54,7 +54,7 @@ describe('test/multi_model.test', () => {
         'models:',
         '  small:',
         `    model: ${FIXTURE_DIR}`,
-        '    aliases: [fast, qwen3-small]',
+        '    aliases: [fast, qwen3-small, Qwen/Qwen3-small]',
         '    preload: true',
         '    max-model-len: 1024',
         '  embed:',
@@ -80,8 +80,11 @@ describe('test/multi_model.test', () => {
       ['big', 'small', 'embed', 'rerank', 'broken'],
     );
     assert.equal(models.find((m) => m.id === 'small')?.state, 'loaded');
-    assert.deepEqual(models.find((m) => m.id === 'small')?.aliases, ['fast', 'qwen3-small']);
+    assert.deepEqual(models.find((m) => m.id === 'small')?.aliases, ['fast', 'qwen3-small', 'Qwen/Qwen3-small']);
     assert.equal(models.find((m) => m.id === 'big')?.state, 'unloaded');
+    // A Hub-style id is found with its slash unescaped in the path, as OpenAI's clients send it.
+    assert.equal((await client.models.retrieve('Qwen/Qwen3-small')).id, 'small');
+    assert.equal((await fetch(`${server.url}/v1/models/Qwen/Qwen3-small`)).status, 200);
   });
 
   test('requests route by name and alias; a model not loaded loads when first asked for', async () => {

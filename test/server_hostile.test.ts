@@ -234,6 +234,10 @@ describe('test/server_hostile.test', () => {
     assert.match(error.message, /1024 sequences/);
     const health = (await (await fetch(`${s.url}/health`)).json()) as { running: number; waiting: number };
     assert.deepEqual([health.running, health.waiting], [0, 0]);
+    // A Hub-style id with its slash in the path reaches the model lookup (a 404 naming the model), not "no route".
+    const hub = await fetch(`${s.url}/v1/models/Qwen/nope`);
+    assert.equal(hub.status, 404);
+    assert.equal(((await hub.json()) as { error: { code: string } }).error.code, 'model_not_found');
     // Within the bound it is served.
     const ok = await post({ model: 'tiny', prompt: ['a', 'b'], n: 2, max_tokens: 1 });
     assert.equal(ok.status, 200);

@@ -33,3 +33,8 @@ export function routeByModel(app: FastifyInstance, registry: ModelRegistry): Con
     return ctx;
   };
 }
+
+/** The model id of a `/v1/models/{org}/{name}` path: a Hub id, slash and all. */
+export function hubId(params: { org: string; name: string }): string {
+  return `${params.org}/${params.name}`;
+}

@@ -3,11 +3,14 @@ import { ServiceUnavailableError } from '../../errors.js';
 import { modelCard, serveDetokenize, serveModel, serveTokenize } from '../../openai/serving_info.js';
 import type { ServingContext } from '../../serving/context.js';
 import type { ServerMetrics } from '../metrics.js';
+import { hubId } from '../model_routing.js';
 
 /** /v1/models, /tokenize and /detokenize. */
 export const infoRoutes: FastifyPluginAsync<{ ctx: ServingContext }> = async (app, { ctx }) => {
   app.get('/v1/models', async () => ({ object: 'list', data: [modelCard(ctx)] }));
   app.get('/v1/models/:id', async (request) => serveModel(ctx, (request.params as { id: string }).id));
+  // A Hub id names its model `org/name`, as OpenAI's clients put it in the path unescaped.
+  app.get('/v1/models/:org/:name', async (request) => serveModel(ctx, hubId(request.params as { org: string; name: string })));
   app.post('/tokenize', async (request) => serveTokenize(ctx, request.body));
   app.post('/detokenize', async (request) => serveDetokenize(ctx, request.body));
 };

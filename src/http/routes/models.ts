@@ -3,7 +3,7 @@ import { NotFoundError, ServiceUnavailableError } from '../../errors.js';
 import { modelCard, serveDetokenize, serveTokenize } from '../../openai/serving_info.js';
 import type { ModelRegistry, ModelSpec } from '../../serving/model_registry.js';
 import type { MetricsText } from '../metrics.js';
-import type { ContextFor } from '../model_routing.js';
+import { type ContextFor, hubId } from '../model_routing.js';
 
 /** A model as /v1/models lists it in a server of several: its state, and its card once loaded. */
 function card(m: ReturnType<ModelRegistry['list']>[number]) {
@@ -19,12 +19,14 @@ export const modelsRoutes: FastifyPluginAsync<{ registry: ModelRegistry; ctxFor:
   { registry, ctxFor, metrics },
 ) => {
   app.get('/v1/models', async () => ({ object: 'list', data: registry.list().map(card) }));
-  app.get('/v1/models/:id', async (request) => {
-    const id = (request.params as { id: string }).id;
+  const one = async (id: string) => {
     const m = registry.list().find((x) => named(x.spec, id));
     if (!m) throw new NotFoundError(`The model \`${id}\` does not exist.`, { param: 'model', code: 'model_not_found' });
     return card(m);
-  });
+  };
+  app.get('/v1/models/:id', async (request) => one((request.params as { id: string }).id));
+  // A Hub id names its model `org/name`, as OpenAI's clients put it in the path unescaped.
+  app.get('/v1/models/:org/:name', async (request) => one(hubId(request.params as { org: string; name: string })));
   app.post('/tokenize', async (request) => serveTokenize(ctxFor(request), request.body));
   app.post('/detokenize', async (request) => serveDetokenize(ctxFor(request), request.body));
 
