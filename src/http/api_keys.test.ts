@@ -53,6 +53,10 @@ test('a keys file breaking a rule is refused, naming the entry and field', () =>
     [{ keys: [{ name: 'a', key: 'sk-ünïcødé🚀' }] }, /keys\[0\]\.key: use printable ASCII/],
     [{ keys: [{ name: 'a', key: 'sk-aaaaaaaa', limits: { max_running: 1 } }] }, /keys\[0\]\.limits/],
     [{ keys: [{ name: 'a', key: 'sk-aaaaaaaa', limits: { tokens_per_minute: 0 } }] }, /tokens_per_minute/],
+    // Either form names the entry and field of a problem.
+    [{ keys: [{ name: 'a', key: 'sk-aaaaaaaa', limits: { max_concurrent: 1.5 } }] }, /keys\[0\]\.limits\.max_concurrent: .*int/],
+    [[{ name: 'a', key: 'sk-aaaaaaaa', limits: { max_concurrent: '2' } }], /keys\[0\]\.limits\.max_concurrent: /],
+    [{ keys: {} }, /keys: .*array/],
   ];
   for (const [file, message] of bad)
     assert.throws(

@@ -47,7 +47,9 @@ const entrySchema = z
   })
   .strict()
   .refine((e) => (e.key === undefined) !== (e.sha256 === undefined), { message: 'give the key or its sha256, one of them' });
-const fileSchema = z.union([z.object({ keys: z.array(entrySchema) }).strict(), z.array(entrySchema)]);
+// An empty list is allowed: emptying the file is how every key is revoked at once (requests are then refused).
+const keyList = z.array(entrySchema);
+const objectFile = z.object({ keys: keyList }).strict();
 
 export function keyDigest(key: string): Buffer {
   return createHash('sha256').update(key, 'utf8').digest();
@@ -61,10 +63,12 @@ export function parseKeysFile(text: string, source: string): ApiKey[] {
   } catch (err) {
     throw new ConfigError(`${source}: not valid JSON: ${(err as Error).message}`);
   }
-  const r = fileSchema.safeParse(raw);
+  // Parsed as the form it has (the bare array or the object), so a problem names its entry and field.
+  const r = Array.isArray(raw) ? keyList.safeParse(raw) : objectFile.safeParse(raw);
   if (!r.success) {
     const issue = r.error.issues[0];
-    throw new ConfigError(`${source}: ${paramName(issue.path) || 'file'}: ${issue.message}`);
+    const where = Array.isArray(raw) ? paramName(['keys', ...issue.path]) : paramName(issue.path);
+    throw new ConfigError(`${source}: ${where || 'file'}: ${issue.message}`);
   }
   const entries = Array.isArray(r.data) ? r.data : r.data.keys;
   const names = new Set<string>();
