@@ -55,6 +55,8 @@ describe('test/rerank_e2e.test', () => {
       top.body.results,
       all.body.results.slice(0, 2).map(({ index, relevance_score }) => ({ index, relevance_score })),
     );
+    // top_n 0 is every document, as vLLM has it.
+    assert.deepEqual((await post('/v1/rerank', { query, documents, top_n: 0 })).body.results, all.body.results);
     const alone = await post('/v1/rerank', { query, documents: [documents[2]] });
     assert.equal(alone.body.results[0].relevance_score, all.body.results.find((x) => x.index === 2)!.relevance_score);
     // An instruction changes the prompt, so the scores.

@@ -238,6 +238,10 @@ describe('test/server_hostile.test', () => {
     const hub = await fetch(`${s.url}/v1/models/Qwen/nope`);
     assert.equal(hub.status, 404);
     assert.equal(((await hub.json()) as { error: { code: string } }).error.code, 'model_not_found');
+    // An unknown model's name is echoed shortened, not whole.
+    const long = await post({ model: 'm'.repeat(100_000), prompt: 'x', max_tokens: 1 });
+    assert.equal(long.status, 404);
+    assert.ok(((await long.json()) as { error: { message: string } }).error.message.length < 1000);
     // Within the bound it is served.
     const ok = await post({ model: 'tiny', prompt: ['a', 'b'], n: 2, max_tokens: 1 });
     assert.equal(ok.status, 200);

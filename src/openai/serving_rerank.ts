@@ -53,7 +53,8 @@ export async function serveRerank(ctx: ServingContext, body: unknown, signal: Ab
   if (!run) return { body: null };
   const scored = run.outputs.map((o, index) => ({ index, relevance_score: yesProbability(o[0], o[1]) }));
   scored.sort((a, b) => b.relevance_score - a.relevance_score || a.index - b.index);
-  const topN = req.top_n === null || req.top_n === undefined ? scored.length : Math.min(req.top_n, scored.length);
+  // As vLLM: no top_n, or 0, returns every document.
+  const topN = !req.top_n ? scored.length : Math.min(req.top_n, scored.length);
   const withDocs = req.return_documents ?? true;
   const tokens = prompts.reduce((n, p) => n + p.length, 0);
   return {

@@ -1,4 +1,5 @@
 import { NotFoundError, ServiceUnavailableError } from '../errors.js';
+import { shortened } from '../util/shortened.js';
 import type { ServingContext } from './context.js';
 
 /** One configured model: its served name, other names, and what loading it is expected to take. */
@@ -111,7 +112,10 @@ export class ModelRegistry {
     const e = name === undefined ? this.entries[0] : this.byName.get(name);
     if (!e) {
       const known = this.entries.map((x) => x.spec.name).join(', ');
-      throw new NotFoundError(`The model \`${name}\` does not exist. This server serves: ${known}.`, { param: 'model', code: 'model_not_found' });
+      throw new NotFoundError(`The model \`${shortened(name ?? '')}\` does not exist. This server serves: ${known}.`, {
+        param: 'model',
+        code: 'model_not_found',
+      });
     }
     e.users++;
     this.touch(e);

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { z } from 'zod';
 import { type EngineEvent, type GenerateRequest, type SamplingParams, samplingDefaults, type TenantLimits } from '../engine/types.js';
 import { AppError, ContextLengthExceededError, InvalidRequestError, NotFoundError } from '../errors.js';
+import { shortened } from '../util/shortened.js';
 import { type Caller, cacheSalt } from './caller.js';
 import { paramName } from './chat_request.js';
 import type { ServingContext } from './context.js';
@@ -23,7 +24,7 @@ export function parseBody<S extends z.ZodType>(schema: S, body: unknown): z.infe
 
 export function checkModel(ctx: ServingContext, model: string | undefined): void {
   if (model !== undefined && model !== ctx.options.modelName && !ctx.options.aliases?.includes(model)) {
-    throw new NotFoundError(`The model \`${model}\` does not exist. This server serves \`${ctx.options.modelName}\`.`, {
+    throw new NotFoundError(`The model \`${shortened(model)}\` does not exist. This server serves \`${ctx.options.modelName}\`.`, {
       param: 'model',
       code: 'model_not_found',
     });
