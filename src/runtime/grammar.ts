@@ -136,21 +136,25 @@ export function applyMask(bits: Int32Array, logits: Float32Array): number {
 /** One request's constraint: which tokens may come next, and the tokens taken. */
 export class TokenConstraint {
   private disposed = false;
+  /** The mask until the next token is taken: the check when the constraint is made computes the first one, the first step reuses it. */
+  private next: Promise<Int32Array> | null = null;
 
   constructor(private readonly matcher: XgMatcher) {}
 
   /** Sets the logits of tokens the grammar forbids now to -Infinity; returns how many remain. */
   async mask(logits: Float32Array): Promise<number> {
-    return applyMask(await this.matcher.getNextTokenBitmask(), logits);
+    return applyMask(await this.nextBitmask(), logits);
   }
 
-  /** The allowed tokens now, one bit per token id. */
+  /** The allowed tokens now, one bit per token id (callers do not change it). */
   nextBitmask(): Promise<Int32Array> {
-    return this.matcher.getNextTokenBitmask();
+    this.next ??= this.matcher.getNextTokenBitmask();
+    return this.next;
   }
 
   /** Takes the sampled token; false if the grammar refuses it (it was masked: never). */
   accept(token: number): boolean {
+    this.next = null;
     return this.matcher.acceptToken(token);
   }
 
