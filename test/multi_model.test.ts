@@ -31,6 +31,16 @@ describe('test/multi_model.test', () => {
     return startServer(config, { logger: pino({ level: 'silent' }) });
   }
 
+  /** A server of `flags` for one test, with a client, closed after `run` whatever it does. */
+  async function withServer(flags: string[], run: (s: RunningServer, c: OpenAI) => Promise<void>): Promise<void> {
+    const s = await start(flags);
+    try {
+      await run(s, new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 }));
+    } finally {
+      await s.close();
+    }
+  }
+
   const stateOf = async (s: RunningServer, id: string) =>
     ((await (await fetch(`${s.url}/v1/models`)).json()) as ModelsBody).data.find((m) => m.id === id)?.state;
 
@@ -164,101 +174,91 @@ describe('test/multi_model.test', () => {
   });
 
   test('the memory budget unloads the least recently used idle model', async () => {
-    const s = await start([
-      '--model',
-      `a=${FIXTURE_DIR}`,
-      '--model',
-      `b=${secondChat}`,
-      '--model',
-      `e=${retrievalCheckpoint('embedding')}`,
-      // Room for two of them (about 64 MiB of KV cache and 20-40 MB of weights each).
-      '--models-memory',
-      '240MiB',
-    ]);
-    try {
-      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-      await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 });
-      await c.completions.create({ model: 'b', prompt: 'x', max_tokens: 1 });
-      await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 });
-      await c.embeddings.create({ model: 'e', input: 'x' });
-      // b was used least recently: it made room for e.
-      assert.equal(await stateOf(s, 'b'), 'unloaded');
-      assert.equal(await stateOf(s, 'a'), 'loaded');
-      assert.equal(await stateOf(s, 'e'), 'loaded');
-      const back = await c.completions.create({ model: 'b', prompt: 'x', max_tokens: 1 });
-      assert.equal(back.model, 'b');
-      assert.equal(await stateOf(s, 'a'), 'unloaded');
-    } finally {
-      await s.close();
-    }
+    await withServer(
+      [
+        '--model',
+        `a=${FIXTURE_DIR}`,
+        '--model',
+        `b=${secondChat}`,
+        '--model',
+        `e=${retrievalCheckpoint('embedding')}`,
+        // Room for two of them (about 64 MiB of KV cache and 20-40 MB of weights each).
+        '--models-memory',
+        '240MiB',
+      ],
+      async (s, c) => {
+        await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 });
+        await c.completions.create({ model: 'b', prompt: 'x', max_tokens: 1 });
+        await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 });
+        await c.embeddings.create({ model: 'e', input: 'x' });
+        // b was used least recently: it made room for e.
+        assert.equal(await stateOf(s, 'b'), 'unloaded');
+        assert.equal(await stateOf(s, 'a'), 'loaded');
+        assert.equal(await stateOf(s, 'e'), 'loaded');
+        const back = await c.completions.create({ model: 'b', prompt: 'x', max_tokens: 1 });
+        assert.equal(back.model, 'b');
+        assert.equal(await stateOf(s, 'a'), 'unloaded');
+      },
+    );
   });
 
   test('an idle model unloads after --model-idle-unload and loads again when asked for', async () => {
-    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--model-idle-unload', '1']);
-    try {
-      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-      const first = await c.embeddings.create({ model: 'e', input: 'x' });
-      await until(async () => (await stateOf(s, 'e')) === 'unloaded', 'the idle model to unload', 30_000);
-      const again = await c.embeddings.create({ model: 'e', input: 'x' });
-      assert.deepEqual(again.data[0].embedding, first.data[0].embedding);
-      assert.equal(await stateOf(s, 'a'), 'unloaded');
-    } finally {
-      await s.close();
-    }
+    await withServer(
+      ['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--model-idle-unload', '1'],
+      async (s, c) => {
+        const first = await c.embeddings.create({ model: 'e', input: 'x' });
+        await until(async () => (await stateOf(s, 'e')) === 'unloaded', 'the idle model to unload', 30_000);
+        const again = await c.embeddings.create({ model: 'e', input: 'x' });
+        assert.deepEqual(again.data[0].embedding, first.data[0].embedding);
+        assert.equal(await stateOf(s, 'a'), 'unloaded');
+      },
+    );
   });
 
   test("stored responses are the server's: found through any model, continued on another, kept when a model unloads", async () => {
-    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `b=${secondChat}`, '--model-idle-unload', '1']);
-    try {
-      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+    await withServer(['--model', `a=${FIXTURE_DIR}`, '--model', `b=${secondChat}`, '--model-idle-unload', '1'], async (s, c) => {
       const first = await c.responses.create({ model: 'b', input: 'Hello', max_output_tokens: 2 });
       assert.equal((await c.responses.retrieve(first.id)).id, first.id);
       const next = await c.responses.create({ model: 'a', input: 'Again', previous_response_id: first.id, max_output_tokens: 2 });
       assert.equal(next.model, 'a');
       await until(async () => (await stateOf(s, 'b')) === 'unloaded', 'b to unload when idle', 30_000);
       assert.equal((await c.responses.retrieve(first.id)).id, first.id);
-    } finally {
-      await s.close();
-    }
+    });
   });
 
   test('a model refused room while another serves is refused that once: it loads when the other is idle', async () => {
     // Room for one of the two at a time.
-    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '130MiB']);
-    try {
-      const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
-      const busy = new AbortController();
-      const stream = await c.completions.create(
-        { model: 'a', prompt: 'x', max_tokens: 100_000, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming,
-        { signal: busy.signal },
-      );
-      const reading = (async () => {
-        for await (const _ of stream);
-      })().catch(() => {});
-      await until(async () => (await stateOf(s, 'a')) === 'loaded', 'a serving');
-      const refused = await post(s, '/v1/embeddings', { model: 'e', input: 'x' });
-      assert.equal(refused.status, 503);
-      assert.match(refused.body.error!.message, /beside the models serving requests now/);
-      busy.abort();
-      await reading;
-      // Once a is idle, e gets its room (a is unloaded for it), and a loads again after.
-      await until(async () => (await post(s, '/v1/embeddings', { model: 'e', input: 'x' })).status === 200, 'e loads once a is idle');
-      assert.equal(await stateOf(s, 'a'), 'unloaded');
-      assert.equal((await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 })).model, 'a');
-    } finally {
-      await s.close();
-    }
+    await withServer(
+      ['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '130MiB'],
+      async (s, c) => {
+        const busy = new AbortController();
+        const stream = await c.completions.create(
+          { model: 'a', prompt: 'x', max_tokens: 100_000, stream: true, ignore_eos: true } as OpenAI.CompletionCreateParamsStreaming,
+          { signal: busy.signal },
+        );
+        const reading = (async () => {
+          for await (const _ of stream);
+        })().catch(() => {});
+        await until(async () => (await stateOf(s, 'a')) === 'loaded', 'a serving');
+        const refused = await post(s, '/v1/embeddings', { model: 'e', input: 'x' });
+        assert.equal(refused.status, 503);
+        assert.match(refused.body.error!.message, /beside the models serving requests now/);
+        busy.abort();
+        await reading;
+        // Once a is idle, e gets its room (a is unloaded for it), and a loads again after.
+        await until(async () => (await post(s, '/v1/embeddings', { model: 'e', input: 'x' })).status === 200, 'e loads once a is idle');
+        assert.equal(await stateOf(s, 'a'), 'unloaded');
+        assert.equal((await c.completions.create({ model: 'a', prompt: 'x', max_tokens: 1 })).model, 'a');
+      },
+    );
   });
 
   test('a request that cannot be fitted in the memory budget is a 503 with Retry-After, never a crash', async () => {
-    const s = await start(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '70MiB']);
-    try {
+    await withServer(['--model', `a=${FIXTURE_DIR}`, '--model', `e=${retrievalCheckpoint('embedding')}`, '--models-memory', '70MiB'], async (s) => {
       const r = await post(s, '/v1/embeddings', { model: 'e', input: 'x' });
       assert.equal(r.status, 503);
       assert.ok(Number(r.headers.get('retry-after')) > 0);
       assert.match(r.body.error!.message, /--models-memory/);
-    } finally {
-      await s.close();
-    }
+    });
   });
 });
