@@ -35,6 +35,11 @@ export class OutputProcessor {
     this.stopIds = new Set(request.ignoreEos ? [] : request.stopTokenIds);
   }
 
+  /** The text up to a stop string, and the stop string itself when the request keeps it (include_stop_str_in_output). */
+  private untilStop(emit: string, matched: string | undefined): string {
+    return this.request.includeStopStr ? emit + (matched ?? '') : emit;
+  }
+
   admitted(now: number): void {
     this.admittedAt ??= now;
   }
@@ -60,15 +65,11 @@ export class OutputProcessor {
       // a special token has none unless skip_special_tokens is off); the held text is released.
       const tail = (this.request.includeStopStr ? this.detokenizer.push(token) : '') + this.detokenizer.flush();
       const { emit, stopped, matched } = this.stopMatcher.push(tail);
-      if (stopped)
-        return { event: event(this.request.includeStopStr ? emit + matched : emit), ending: { reason: 'stop', stopReason: matched ?? null } };
+      if (stopped) return { event: event(this.untilStop(emit, matched)), ending: { reason: 'stop', stopReason: matched ?? null } };
       return { event: event(emit + this.stopMatcher.flush()), ending: { reason: 'stop', stopReason: token } };
     }
     const { emit, stopped, matched } = this.stopMatcher.push(this.detokenizer.push(token));
-    if (stopped) {
-      const kept = this.request.includeStopStr && matched !== undefined ? emit + matched : emit;
-      return { event: event(kept), ending: { reason: 'stop', stopReason: matched ?? null } };
-    }
+    if (stopped) return { event: event(this.untilStop(emit, matched)), ending: { reason: 'stop', stopReason: matched ?? null } };
     // A stop token the grammar accepted that is not a stop id here (ignore_eos) ends it too.
     const atLimit = this.generated >= this.request.maxTokens || length >= this.maxModelLen;
     if (!grammarEnded && !atLimit) return { event: event(emit), ending: null };
